@@ -1,0 +1,218 @@
+//! `advent predict`.
+
+use crate::args::{parse_device, parse_size};
+use advent::model::{Arch, AsppSum, LoadOptions, ModelOverrides, SegModel, WeightsKind};
+use advent::predict::{predict, write_prediction, PredictOptions};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Segmentation network checkpoint: .pth (PyTorch zip or legacy format) or .safetensors.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// An image, or a folder of images (.png, .jpg, .jpeg).
+    #[arg(long)]
+    input: PathBuf,
+    /// Folder for the outputs (created if needed).
+    #[arg(long)]
+    output: PathBuf,
+    /// Architecture; read from the checkpoint's keys when omitted.
+    #[arg(long, value_parser = clap::value_parser!(ArchArg))]
+    arch: Option<ArchArg>,
+    /// Number of classes; read from the checkpoint when omitted.
+    #[arg(long)]
+    num_classes: Option<i64>,
+    /// Resize images (bicubic) to WxH before the network; default: keep their size.
+    #[arg(long, value_parser = parse_size)]
+    input_size: Option<(u32, u32)>,
+    /// Upsample the logits to WxH; default: each image's own size.
+    #[arg(long, value_parser = parse_size)]
+    output_size: Option<(u32, u32)>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write <stem>_prob.npy (C x H x W float32) and <stem>_entropy.npy (H x W float32).
+    #[arg(long)]
+    save_prob: bool,
+    /// Walk sub-folders of a folder input, mirroring them under --output.
+    #[arg(long)]
+    recursive: bool,
+    /// Load what fits from a checkpoint that does not match the network, listing the rest.
+    #[arg(long)]
+    allow_partial: bool,
+    /// Sum only the d=6 and d=12 classifier branches, as AdaptSegNet's code does (its bug);
+    /// for models trained with that code.
+    #[arg(long)]
+    aspp_two_branches: bool,
+}
+
+/// `Arch` as a clap value.
+#[derive(Clone)]
+pub struct ArchArg(Arch);
+
+impl std::str::FromStr for ArchArg {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        s.parse().map(ArchArg)
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let jobs = collect_inputs(&a.input, a.recursive)?;
+    let overrides = ModelOverrides {
+        arch: a.arch.map(|x| x.0),
+        num_classes: a.num_classes,
+        aspp_sum: if a.aspp_two_branches {
+            AsppSum::FirstTwo
+        } else {
+            AsppSum::AllFour
+        },
+    };
+    let (model, report) = SegModel::from_checkpoint(
+        &a.checkpoint,
+        &overrides,
+        LoadOptions {
+            allow_partial: a.allow_partial,
+        },
+        device,
+    )?;
+    let problems = report.describe_problems();
+    if !problems.is_empty() {
+        eprintln!(
+            "warning: partial load of {}:{problems}",
+            a.checkpoint.display()
+        );
+    }
+    if report.kind != Some(WeightsKind::Model) {
+        eprintln!(
+            "warning: {} is an initialisation file; the classifier is untrained ({} tensors keep their initialisation)",
+            a.checkpoint.display(),
+            report.kept_init.len()
+        );
+    }
+    let options = PredictOptions {
+        input_size: a.input_size,
+        output_size: a.output_size,
+    };
+
+    let bar = if jobs.len() > 1 {
+        ProgressBar::new(jobs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
+            .expect("static template"),
+    );
+    let mut failures = Vec::new();
+    for job in &jobs {
+        let out_dir = a.output.join(&job.rel_dir);
+        let result = std::fs::create_dir_all(&out_dir)
+            .with_context(|| format!("creating {}", out_dir.display()))
+            .and_then(|()| advent::image::read_rgb(&job.path))
+            .and_then(|img| {
+                predict(&model, &img, &options)
+                    .with_context(|| format!("predicting {}", job.path.display()))
+            })
+            .and_then(|p| write_prediction(&out_dir, &job.stem, &p, a.save_prob));
+        if let Err(e) = result {
+            bar.suspend(|| eprintln!("error: {e:#}"));
+            failures.push(job.path.clone());
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} images failed (listed above)",
+            failures.len(),
+            jobs.len()
+        );
+    }
+    if jobs.len() > 1 {
+        eprintln!(
+            "wrote predictions of {} images to {}",
+            jobs.len(),
+            a.output.display()
+        );
+    }
+    Ok(())
+}
+
+struct Job {
+    path: PathBuf,
+    rel_dir: PathBuf,
+    stem: String,
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The images to process, sorted, with the output names checked for collisions before any
+/// work starts.
+fn collect_inputs(input: &Path, recursive: bool) -> Result<Vec<Job>> {
+    let meta = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?;
+    let mut paths = Vec::new();
+    if meta.is_dir() {
+        walk(input, recursive, &mut paths)?;
+        paths.sort();
+        if paths.is_empty() {
+            bail!("no images (.png, .jpg, .jpeg) in {}", input.display());
+        }
+    } else {
+        paths.push(input.to_path_buf());
+    }
+    let mut seen: HashMap<(PathBuf, String), PathBuf> = HashMap::new();
+    let mut jobs = Vec::new();
+    for path in paths {
+        let rel_dir = match (meta.is_dir(), path.parent()) {
+            (true, Some(parent)) => parent
+                .strip_prefix(input)
+                .unwrap_or(Path::new(""))
+                .to_path_buf(),
+            _ => PathBuf::new(),
+        };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(other) = seen.insert((rel_dir.clone(), stem.clone()), path.clone()) {
+            bail!(
+                "{} and {} would write the same outputs ({stem}_*)",
+                other.display(),
+                path.display()
+            );
+        }
+        jobs.push(Job {
+            path,
+            rel_dir,
+            stem,
+        });
+    }
+    Ok(jobs)
+}
+
+fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))?
+    {
+        let path = entry
+            .with_context(|| format!("reading folder {}", dir.display()))?
+            .path();
+        if path.is_dir() {
+            if recursive {
+                walk(&path, recursive, out)?;
+            }
+        } else if is_image(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! End-to-end tests of the `advent` binary: outputs of `predict`, `checkpoint`, and one
+//! clear error line with a non-zero exit (never a panic) for bad inputs.
+
+use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
+use advent::weights::{self, StateDict};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{Device, Kind, Tensor};
+
+const CLASSES: i64 = 5;
+
+fn advent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_advent"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure is exactly what users should see: non-zero status, an `error:` line, no panic.
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.starts_with("error: "), "stderr: {err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+fn small_model() -> SegModel {
+    tch::manual_seed(7);
+    let config = ModelConfig {
+        arch: Arch::DeepLabV2ResNet50,
+        num_classes: CLASSES,
+        multi_level: true,
+        aspp_sum: AsppSum::AllFour,
+    };
+    SegModel::new(config, Device::Cpu).unwrap()
+}
+
+fn write_image(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x + y) * 3) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+fn npy_shape(path: &Path) -> Vec<i64> {
+    Tensor::read_npy(path).unwrap().size()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    checkpoint: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let checkpoint = root.join("model.pth");
+    weights::save(&small_model().state_dict(), &checkpoint).unwrap();
+    Setup {
+        _dir: dir,
+        root,
+        checkpoint,
+    }
+}
+
+#[test]
+fn predict_writes_every_output_at_the_requested_sizes() {
+    let s = setup();
+    let images = s.root.join("images");
+    std::fs::create_dir_all(images.join("sub")).unwrap();
+    write_image(&images.join("a.png"), 48, 40);
+    write_image(&images.join("sub/b.png"), 40, 32);
+    std::fs::write(images.join("notes.txt"), "not an image").unwrap();
+    let out = s.root.join("out");
+    let o = advent(&[
+        "predict",
+        "--checkpoint",
+        s.checkpoint.to_str().unwrap(),
+        "--input",
+        images.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--recursive",
+        "--input-size",
+        "64x32",
+        "--output-size",
+        "50x30",
+        "--save-prob",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for rel in ["a", "sub/b"] {
+        let ids = image::open(out.join(format!("{rel}_trainids.png"))).unwrap();
+        assert_eq!((ids.width(), ids.height()), (50, 30));
+        assert!(ids
+            .as_luma8()
+            .unwrap()
+            .pixels()
+            .all(|p| (p.0[0] as i64) < CLASSES));
+        let color = image::open(out.join(format!("{rel}_color.png"))).unwrap();
+        assert!(color.as_rgb8().is_some());
+        assert!(out.join(format!("{rel}_entropy.png")).is_file());
+        assert_eq!(
+            npy_shape(&out.join(format!("{rel}_prob.npy"))),
+            [CLASSES, 30, 50]
+        );
+        let prob = Tensor::read_npy(out.join(format!("{rel}_prob.npy"))).unwrap();
+        let sums = prob.sum_dim_intlist(0, false, Kind::Float);
+        assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-5);
+        let entropy = Tensor::read_npy(out.join(format!("{rel}_entropy.npy"))).unwrap();
+        assert_eq!(entropy.size(), [30, 50]);
+        assert!(
+            entropy.min().double_value(&[]) >= 0.0 && entropy.max().double_value(&[]) <= 1.0 + 1e-6
+        );
+    }
+    assert!(!out.join("notes_trainids.png").exists());
+}
+
+#[test]
+fn predict_defaults_to_the_image_size_and_detects_the_architecture() {
+    let s = setup();
+    let img = s.root.join("x.png");
+    write_image(&img, 37, 29);
+    let out = s.root.join("out");
+    let o = advent(&[
+        "predict",
+        "--checkpoint",
+        s.checkpoint.to_str().unwrap(),
+        "--input",
+        img.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids = image::open(out.join("x_trainids.png")).unwrap();
+    assert_eq!((ids.width(), ids.height()), (37, 29));
+    assert!(!out.join("x_prob.npy").exists());
+}
+
+#[test]
+fn truncated_checkpoint_is_one_clear_error_and_outputs_survive() {
+    let s = setup();
+    let bytes = std::fs::read(&s.checkpoint).unwrap();
+    let cut = s.root.join("cut.pth");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let img = s.root.join("x.png");
+    write_image(&img, 32, 32);
+    let out = s.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("x_trainids.png"), b"previous result").unwrap();
+    let o = advent(&[
+        "predict",
+        "--checkpoint",
+        cut.to_str().unwrap(),
+        "--input",
+        img.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "cut.pth");
+    assert_eq!(
+        std::fs::read(out.join("x_trainids.png")).unwrap(),
+        b"previous result"
+    );
+}
+
+#[test]
+fn wrong_shaped_key_is_named_and_partial_load_is_opt_in() {
+    let s = setup();
+    let mut dict = StateDict::new();
+    for (k, t) in small_model().state_dict().iter() {
+        let t = if k == "layer2.0.conv2.weight" {
+            Tensor::zeros([128, 128, 1, 1], (Kind::Float, Device::Cpu))
+        } else {
+            t.shallow_clone()
+        };
+        if k != "layer1.0.bn1.running_var" {
+            dict.insert(k, t);
+        }
+    }
+    dict.insert(
+        "layer9.weight",
+        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+    );
+    let bad = s.root.join("bad.pth");
+    weights::save(&dict, &bad).unwrap();
+    let img = s.root.join("x.png");
+    write_image(&img, 32, 32);
+    let out = s.root.join("out");
+    let args = [
+        "predict",
+        "--checkpoint",
+        bad.to_str().unwrap(),
+        "--input",
+        img.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let o = advent(&args);
+    assert_clean_failure(&o, "layer2.0.conv2.weight");
+    let err = stderr(&o);
+    assert!(
+        err.contains("layer1.0.bn1.running_var") && err.contains("layer9.weight"),
+        "{err}"
+    );
+    assert!(!out.join("x_trainids.png").exists());
+
+    let mut partial = args.to_vec();
+    partial.push("--allow-partial");
+    let o = advent(&partial);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: partial load"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.join("x_trainids.png").is_file());
+}
+
+#[test]
+fn non_image_input_names_the_file() {
+    let s = setup();
+    let fake = s.root.join("fake.png");
+    std::fs::write(&fake, "this is text").unwrap();
+    let o = advent(&[
+        "predict",
+        "--checkpoint",
+        s.checkpoint.to_str().unwrap(),
+        "--input",
+        fake.to_str().unwrap(),
+        "--output",
+        s.root.join("o").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "fake.png");
+    let missing = s.root.join("missing.pth");
+    let o = advent(&[
+        "predict",
+        "--checkpoint",
+        missing.to_str().unwrap(),
+        "--input",
+        fake.to_str().unwrap(),
+        "--output",
+        s.root.join("o").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, "missing.pth");
+}
+
+#[test]
+fn checkpoint_convert_round_trips_and_info_detects_the_network() {
+    let s = setup();
+    let st = s.root.join("model.safetensors");
+    let back = s.root.join("back.pth");
+    assert!(advent(&[
+        "checkpoint",
+        "convert",
+        s.checkpoint.to_str().unwrap(),
+        st.to_str().unwrap()
+    ])
+    .status
+    .success());
+    assert!(advent(&[
+        "checkpoint",
+        "convert",
+        st.to_str().unwrap(),
+        back.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let a = weights::load(&s.checkpoint).unwrap();
+    let b = weights::load(&back).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (k, t) in a.iter() {
+        assert!(t.equal(b.get(k).unwrap()), "{k} differs");
+    }
+    let o = advent(&["checkpoint", "info", back.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("deeplabv2-r50, 5 classes, multi-level"),
+        "{text}"
+    );
+}
+
+#[test]
+fn demo_says_it_is_not_built_yet() {
+    let o = advent(&["demo"]);
+    assert_clean_failure(&o, "not built yet");
+}

@@ -1,0 +1,226 @@
+//! Image decoding, resizing and encoding, matching the reference's PIL preprocessing.
+//!
+//! The reference ADVENT code prepares a network input with
+//! `Image.open(f).convert('RGB').resize((W, H), Image.BICUBIC)`, then float32, RGB→BGR,
+//! minus the BGR mean, HWC→CHW, without scaling to `[0, 1]`; labels with
+//! `Image.open(f).resize((W, H), Image.NEAREST)`. [`read_rgb`], [`resize_bicubic`],
+//! [`resize_nearest`] and [`to_input_tensor`] reproduce those steps; the resizes are
+//! bit-exact with Pillow (see [`resize`] for how).
+//!
+//! Layouts: images are row-major; [`RgbImage`] holds interleaved `R, G, B` bytes,
+//! single-channel maps are `width * height` samples, row-major. Sizes are in pixels.
+
+pub mod colormap;
+pub mod resize;
+
+pub use ::image::RgbImage;
+pub use resize::{resize_bicubic, resize_nearest};
+
+use crate::fs::write_atomic;
+use ::image::codecs::png::PngEncoder;
+use ::image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageReader};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Cursor;
+use std::path::Path;
+
+/// The reference's per-channel mean (SPEC: `IMG_MEAN`), in BGR order, in 0–255 units.
+pub const IMG_MEAN_BGR: [f64; 3] = [104.00698793, 116.66876762, 122.67891434];
+
+/// Reads a PNG or JPEG file as 8-bit RGB, with PIL's `Image.open(f).convert('RGB')`
+/// semantics. The format is recognised from the content, not the file name.
+///
+/// | PNG content | PIL mode | RGB result (here and in PIL) |
+/// |---|---|---|
+/// | grey 1/2/4/8-bit | `1`/`L` | value scaled to 8 bits (`1` → 255, 2-bit ×85, 4-bit ×17), replicated |
+/// | grey 16-bit | `I;16` | value saturated at 255 (PIL's `I;16`→`RGB` clips, it does not shift), replicated |
+/// | grey + alpha 8-bit | `LA` | alpha dropped, grey replicated |
+/// | grey + alpha 16-bit | `RGBA` (read as `LA;16B`) | high byte of the grey, replicated; alpha dropped |
+/// | RGB / RGBA 16-bit | `RGB`/`RGBA` | high byte of each sample (PIL reads them as `RGB;16B`); alpha dropped |
+/// | RGBA 8-bit | `RGBA` | alpha dropped (not composited) |
+/// | palette 1/2/4/8-bit | `P` | palette colours; transparency ignored |
+/// | any with a `tRNS` chunk | (same) | transparency ignored |
+///
+/// Every row above is checked against Pillow by the fixtures in `tests/fixtures/image/`.
+/// JPEG is decoded by the `image` crate (zune-jpeg), not libjpeg: colour conversion and
+/// chroma upsampling can differ from PIL by a few levels (at most 3 on the fixtures, 4:2:0
+/// quality 90; the datasets are PNG). As with `Image.open`, EXIF orientation is not
+/// applied.
+///
+/// # Errors
+///
+/// A missing or unreadable file, an empty file, content that is not a PNG or JPEG, or a
+/// corrupt or truncated image; the message names the file.
+pub fn read_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+    decode_rgb(&bytes).with_context(|| format!("decoding image {}", path.display()))
+}
+
+/// PNG colour type (IHDR byte 25) and bit depth (byte 24), if `bytes` is a PNG.
+fn png_header(bytes: &[u8]) -> Option<(u8, u8)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    (bytes.len() > 25 && bytes.starts_with(SIGNATURE) && &bytes[12..16] == b"IHDR")
+        .then(|| (bytes[25], bytes[24]))
+}
+
+fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        bail!("the file is empty");
+    }
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+    let Some(format) = reader.format() else {
+        bail!("not an image (neither PNG nor JPEG)");
+    };
+    let img = reader
+        .decode()
+        .map_err(|e| anyhow!("corrupt or truncated {format:?} data: {e}"))?;
+    // 16-bit grey with a tRNS chunk is decoded with an alpha channel; PIL keeps it `I;16`.
+    let grey16 = png_header(bytes) == Some((0, 16));
+    let saturate = |v: u16| v.min(255) as u8;
+    let high = |v: u16| (v >> 8) as u8;
+    Ok(match img {
+        DynamicImage::ImageRgb8(i) => i,
+        DynamicImage::ImageRgba8(i) => map_pixels(&i, |p: &[u8]| [p[0], p[1], p[2]]),
+        DynamicImage::ImageLuma8(i) => map_pixels(&i, |p: &[u8]| [p[0]; 3]),
+        DynamicImage::ImageLumaA8(i) => map_pixels(&i, |p: &[u8]| [p[0]; 3]),
+        DynamicImage::ImageLuma16(i) => map_pixels(&i, |p: &[u16]| [saturate(p[0]); 3]),
+        DynamicImage::ImageLumaA16(i) if grey16 => map_pixels(&i, |p: &[u16]| [saturate(p[0]); 3]),
+        DynamicImage::ImageLumaA16(i) => map_pixels(&i, |p: &[u16]| [high(p[0]); 3]),
+        DynamicImage::ImageRgb16(i) => {
+            map_pixels(&i, |p: &[u16]| [high(p[0]), high(p[1]), high(p[2])])
+        }
+        DynamicImage::ImageRgba16(i) => {
+            map_pixels(&i, |p: &[u16]| [high(p[0]), high(p[1]), high(p[2])])
+        }
+        other => other.to_rgb8(),
+    })
+}
+
+/// Builds an RGB image from each pixel's samples of `img`.
+fn map_pixels<P, F>(img: &::image::ImageBuffer<P, Vec<P::Subpixel>>, f: F) -> RgbImage
+where
+    P: ::image::Pixel,
+    F: Fn(&[P::Subpixel]) -> [u8; 3],
+{
+    let (w, h) = img.dimensions();
+    let data = img
+        .as_raw()
+        .chunks_exact(P::CHANNEL_COUNT as usize)
+        .flat_map(f)
+        .collect();
+    RgbImage::from_raw(w, h, data).expect("buffer size matches")
+}
+
+/// The network input for `img`: a `[1, 3, H, W]` float32 tensor on the CPU, channels in
+/// BGR order, each value `pixel - mean_bgr[c]` in 0–255 units (no scaling).
+///
+/// As in the reference (a float32 mean subtracted from float32 pixels) the mean is rounded
+/// to f32 first and the subtraction is done in f32.
+pub fn to_input_tensor(img: &RgbImage, mean_bgr: [f64; 3]) -> tch::Tensor {
+    let (w, h) = img.dimensions();
+    let plane = w as usize * h as usize;
+    let mean = mean_bgr.map(|m| m as f32);
+    let mut data = vec![0f32; 3 * plane];
+    let (b, rest) = data.split_at_mut(plane);
+    let (g, r) = rest.split_at_mut(plane);
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        b[i] = f32::from(px[2]) - mean[0];
+        g[i] = f32::from(px[1]) - mean[1];
+        r[i] = f32::from(px[0]) - mean[2];
+    }
+    tch::Tensor::from_slice(&data).view([1, 3, i64::from(h), i64::from(w)])
+}
+
+/// Writes an 8-bit greyscale PNG (`data`: `width * height` bytes, row-major), atomically.
+///
+/// # Errors
+///
+/// A buffer of the wrong length, or a failed write; the message names the file.
+pub fn write_png_gray8(path: &Path, width: u32, height: u32, data: &[u8]) -> Result<()> {
+    write_png(path, width, height, data, ExtendedColorType::L8)
+}
+
+/// Writes an 8-bit RGB PNG, atomically.
+///
+/// # Errors
+///
+/// A failed write; the message names the file.
+pub fn write_png_rgb(path: &Path, img: &RgbImage) -> Result<()> {
+    write_png(
+        path,
+        img.width(),
+        img.height(),
+        img.as_raw(),
+        ExtendedColorType::Rgb8,
+    )
+}
+
+fn write_png(
+    path: &Path,
+    width: u32,
+    height: u32,
+    data: &[u8],
+    color: ExtendedColorType,
+) -> Result<()> {
+    let expected = width as usize * height as usize * usize::from(color.channel_count());
+    if data.len() != expected {
+        bail!(
+            "writing {}: {} bytes given for a {width}x{height} {color:?} image ({expected} needed)",
+            path.display(),
+            data.len()
+        );
+    }
+    write_atomic(path, |out| {
+        PngEncoder::new(out).write_image(data, width, height, color)?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_tensor_is_bgr_minus_mean() {
+        // 2x2: (0,0) red, (1,0) green, (0,1) blue, (1,1) grey 100.
+        let img =
+            RgbImage::from_raw(2, 2, vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 100, 100, 100]).unwrap();
+        let t = to_input_tensor(&img, [10.0, 20.0, 30.0]);
+        assert_eq!(t.size(), vec![1, 3, 2, 2]);
+        assert_eq!(t.kind(), tch::Kind::Float);
+        let v: Vec<f32> = Vec::try_from(t.flatten(0, -1)).unwrap();
+        #[rustfmt::skip]
+        let expected = [
+            -10.0, -10.0, 245.0, 90.0, // B plane
+            -20.0, 235.0, -20.0, 80.0, // G plane
+            225.0, -30.0, -30.0, 70.0, // R plane
+        ];
+        assert_eq!(v, expected);
+    }
+
+    #[test]
+    fn input_tensor_rounds_the_mean_to_f32_first() {
+        let img = RgbImage::from_raw(1, 1, vec![1, 2, 3]).unwrap();
+        let v: Vec<f32> =
+            Vec::try_from(to_input_tensor(&img, IMG_MEAN_BGR).flatten(0, -1)).unwrap();
+        let m = IMG_MEAN_BGR.map(|m| m as f32);
+        assert_eq!(v, vec![3.0 - m[0], 2.0 - m[1], 1.0 - m[2]]);
+        assert_eq!(v[0], -101.00699);
+    }
+
+    #[test]
+    fn png_round_trip_and_length_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.png");
+        write_png_gray8(&p, 3, 2, &[0, 1, 2, 3, 4, 255]).unwrap();
+        let g = ::image::open(&p).unwrap().into_luma8();
+        assert_eq!(g.as_raw(), &[0, 1, 2, 3, 4, 255]);
+        let err = write_png_gray8(&dir.path().join("bad.png"), 3, 2, &[0; 5]).unwrap_err();
+        assert!(format!("{err:#}").contains("bad.png"));
+        assert!(!dir.path().join("bad.png").exists());
+
+        let img = RgbImage::from_fn(4, 3, |x, y| ::image::Rgb([x as u8, y as u8, 9]));
+        let p = dir.path().join("c.png");
+        write_png_rgb(&p, &img).unwrap();
+        assert_eq!(read_rgb(&p).unwrap(), img);
+    }
+}

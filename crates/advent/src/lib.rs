@@ -1,0 +1,15 @@
+//! advent: ADVENT (Vu et al., CVPR 2019) unsupervised domain adaptation for semantic
+//! segmentation, on libtorch.
+//!
+//! The data flows one way: files → [`image`] (decoded, resized tensors) → [`model`]
+//! (networks) → [`weights`] (PyTorch checkpoints in and out) → [`predict`] (outputs).
+
+pub mod bench;
+pub mod classes;
+pub mod device;
+pub mod fs;
+pub mod image;
+pub mod loss;
+pub mod model;
+pub mod predict;
+pub mod weights;

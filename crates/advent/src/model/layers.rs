@@ -1,0 +1,179 @@
+//! The two layers every network here is made of: a 2-D convolution and a batch norm with
+//! frozen affine parameters. Parameter names are PyTorch's (`weight`, `bias`,
+//! `running_mean`, ...), so a module path is a state-dict key prefix.
+
+use anyhow::Result;
+use tch::nn::{Init, Path};
+use tch::{Kind, Tensor};
+
+/// Geometry of a square 2-D convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub in_channels: i64,
+    pub out_channels: i64,
+    pub kernel: i64,
+    pub stride: i64,
+    pub padding: i64,
+    pub dilation: i64,
+}
+
+impl ConvSpec {
+    pub fn new(in_channels: i64, out_channels: i64, kernel: i64) -> Self {
+        ConvSpec {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        }
+    }
+    pub fn stride(self, stride: i64) -> Self {
+        ConvSpec { stride, ..self }
+    }
+    pub fn padding(self, padding: i64) -> Self {
+        ConvSpec { padding, ..self }
+    }
+    /// Dilation `d` with padding `d`, the "same" padding of a dilated 3x3 convolution.
+    pub fn dilated(self, d: i64) -> Self {
+        ConvSpec {
+            dilation: d,
+            padding: d,
+            ..self
+        }
+    }
+    /// `C_in · k · k`, the fan-in of PyTorch's default initialisation.
+    pub fn fan_in(&self) -> i64 {
+        self.in_channels * self.kernel * self.kernel
+    }
+}
+
+/// How a convolution's parameters start before any checkpoint is loaded.
+#[derive(Debug, Clone, Copy)]
+pub enum ConvInit {
+    /// Weights N(0, std), no bias: DeepLab-V2's backbone convolutions.
+    Normal { std: f64 },
+    /// Weights N(0, std), bias U(±1/√fan_in): DeepLab-V2's classifier (PyTorch's default bias).
+    NormalWithDefaultBias { std: f64 },
+    /// PyTorch's default `nn.Conv2d` initialisation, weights and bias U(±1/√fan_in).
+    TorchDefault,
+    /// torchvision's VGG: weights N(0, √(2/fan_out)), bias 0.
+    KaimingFanOut,
+}
+
+/// `nn.Conv2d` with square kernels and one group.
+#[derive(Debug)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    spec: ConvSpec,
+}
+
+impl Conv2d {
+    pub fn new(p: Path, spec: ConvSpec, init: ConvInit) -> Self {
+        let shape = [
+            spec.out_channels,
+            spec.in_channels,
+            spec.kernel,
+            spec.kernel,
+        ];
+        let bound = 1.0 / (spec.fan_in() as f64).sqrt();
+        let uniform = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let (w_init, b_init) = match init {
+            ConvInit::Normal { std } => (
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+                None,
+            ),
+            ConvInit::NormalWithDefaultBias { std } => (
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+                Some(uniform),
+            ),
+            ConvInit::TorchDefault => (uniform, Some(uniform)),
+            ConvInit::KaimingFanOut => {
+                let fan_out = spec.out_channels * spec.kernel * spec.kernel;
+                let std = (2.0 / fan_out as f64).sqrt();
+                (
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: std,
+                    },
+                    Some(Init::Const(0.0)),
+                )
+            }
+        };
+        let weight = p.var("weight", &shape, w_init);
+        let bias = b_init.map(|i| p.var("bias", &[spec.out_channels], i));
+        Conv2d { weight, bias, spec }
+    }
+
+    /// `[N, C_in, H, W]` → `[N, C_out, H', W']`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let s = &self.spec;
+        Ok(x.f_conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            [s.stride, s.stride],
+            [s.padding, s.padding],
+            [s.dilation, s.dilation],
+            1,
+        )?)
+    }
+}
+
+/// `nn.BatchNorm2d(affine=True)` whose affine parameters never train (DeepLab-V2, SPEC §1.2).
+///
+/// In training mode it normalises with the batch's statistics and updates the running
+/// statistics (momentum 0.1, unbiased variance); in evaluation mode it uses the running
+/// statistics. γ and β are loaded from checkpoints but receive no gradient.
+#[derive(Debug)]
+pub struct FrozenBatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    num_batches_tracked: Tensor,
+}
+
+/// PyTorch's `nn.BatchNorm2d` defaults, which the reference keeps.
+const BN_MOMENTUM: f64 = 0.1;
+const BN_EPS: f64 = 1e-5;
+
+impl FrozenBatchNorm2d {
+    pub fn new(p: Path, channels: i64) -> Self {
+        let counter = Tensor::zeros([], (Kind::Int64, p.device()));
+        FrozenBatchNorm2d {
+            weight: p.ones_no_train("weight", &[channels]),
+            bias: p.zeros_no_train("bias", &[channels]),
+            running_mean: p.zeros_no_train("running_mean", &[channels]),
+            running_var: p.ones_no_train("running_var", &[channels]),
+            num_batches_tracked: p.add("num_batches_tracked", counter, false),
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x.f_batch_norm(
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            BN_MOMENTUM,
+            BN_EPS,
+            true,
+        )?;
+        if train {
+            let mut n = self.num_batches_tracked.shallow_clone();
+            tch::no_grad(|| n.f_add_scalar_(1)).map(drop)?;
+        }
+        Ok(y)
+    }
+}

@@ -1,0 +1,228 @@
+//! Networks of ADVENT: DeepLab-V2 segmentation networks and the discriminator.
+//!
+//! Every module is built on a [`tch::nn::Path`], so parameter names are the module path and
+//! equal the reference state-dict keys (`layer3.4.conv2.weight`, `layer6.conv2d_list.0.bias`,
+//! `features.29.weight`, `4.bias`): loading a PyTorch checkpoint is a lookup.
+
+mod classifier;
+mod discriminator;
+mod layers;
+mod load;
+mod resnet;
+mod vgg;
+
+pub use classifier::{AsppSum, ASPP_DILATIONS};
+pub use discriminator::{Discriminator, MIN_INPUT_SIDE as DISCRIMINATOR_MIN_INPUT_SIDE};
+pub use layers::{Conv2d, ConvInit, ConvSpec, FrozenBatchNorm2d};
+pub use load::{load_into, LoadOptions, LoadReport, ModelOverrides, WeightsKind};
+
+use anyhow::{bail, ensure, Context, Result};
+use std::fmt;
+use std::str::FromStr;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::weights::StateDict;
+
+/// The two outputs of a segmentation network, logits at output stride 8, not upsampled.
+#[derive(Debug)]
+pub struct Heads {
+    /// `[N, C, h, w]` from the classifier on layer3 (`layer5`); `None` when single-level.
+    pub aux: Option<Tensor>,
+    /// `[N, C, h, w]` from the classifier on layer4 (`layer6`, or VGG's `classifier`).
+    pub main: Tensor,
+}
+
+/// Segmentation architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// DeepLab-V2 on ResNet-101, the paper's main network.
+    DeepLabV2ResNet101,
+    /// DeepLab-V2 on ResNet-50: the same network with `[3, 4, 6, 3]` blocks.
+    DeepLabV2ResNet50,
+    /// DeepLab-V2 on VGG-16 (AdaptSegNet's `DeeplabVGG`), single-level.
+    DeepLabV2Vgg16,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 3] = [
+        Arch::DeepLabV2ResNet101,
+        Arch::DeepLabV2ResNet50,
+        Arch::DeepLabV2Vgg16,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::DeepLabV2ResNet101 => "deeplabv2-r101",
+            Arch::DeepLabV2ResNet50 => "deeplabv2-r50",
+            Arch::DeepLabV2Vgg16 => "deeplabv2-vgg16",
+        }
+    }
+
+    /// Bottlenecks per ResNet layer; `None` for VGG.
+    pub fn resnet_blocks(self) -> Option<[usize; 4]> {
+        match self {
+            Arch::DeepLabV2ResNet101 => Some([3, 4, 23, 3]),
+            Arch::DeepLabV2ResNet50 => Some([3, 4, 6, 3]),
+            Arch::DeepLabV2Vgg16 => None,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Arch::ALL.iter().find(|a| a.name() == s) {
+            Some(a) => Ok(*a),
+            None => {
+                let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
+                bail!(
+                    "unknown architecture `{s}` (expected one of: {})",
+                    names.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// Everything that fixes a segmentation network's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub num_classes: i64,
+    /// Aux classifier on layer3 (ResNet only); the reference trains with it (`MULTI_LEVEL`).
+    pub multi_level: bool,
+    pub aspp_sum: AsppSum,
+}
+
+impl ModelConfig {
+    /// The paper's network: DeepLab-V2 ResNet-101, multi-level, 19 classes.
+    pub fn deeplabv2_r101(num_classes: i64) -> Self {
+        ModelConfig {
+            arch: Arch::DeepLabV2ResNet101,
+            num_classes,
+            multi_level: true,
+            aspp_sum: AsppSum::AllFour,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.num_classes >= 2,
+            "num_classes must be at least 2, got {}",
+            self.num_classes
+        );
+        ensure!(
+            !(self.multi_level && self.arch == Arch::DeepLabV2Vgg16),
+            "deeplabv2-vgg16 is single-level: it has no aux classifier"
+        );
+        Ok(())
+    }
+
+    /// Reads the architecture, class count and levels from a model checkpoint's keys.
+    pub fn detect(dict: &StateDict) -> Result<Self> {
+        load::detect_config(dict)
+    }
+}
+
+enum Network {
+    ResNet(Box<resnet::DeepLabResNet>),
+    Vgg(Box<vgg::DeepLabVgg>),
+}
+
+/// A segmentation network with its parameters.
+pub struct SegModel {
+    pub vs: VarStore,
+    pub config: ModelConfig,
+    net: Network,
+}
+
+impl SegModel {
+    /// Builds the network with the reference's initialisation (SPEC §1.1), drawn from
+    /// libtorch's generator (seed it with `tch::manual_seed`).
+    pub fn new(config: ModelConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let vs = VarStore::new(device);
+        let root = vs.root();
+        let net = match config.arch.resnet_blocks() {
+            Some(blocks) => Network::ResNet(Box::new(resnet::DeepLabResNet::new(
+                &root,
+                blocks,
+                config.num_classes,
+                config.multi_level,
+                config.aspp_sum,
+            ))),
+            None => Network::Vgg(Box::new(vgg::DeepLabVgg::new(
+                &root,
+                config.num_classes,
+                config.aspp_sum,
+            ))),
+        };
+        Ok(SegModel { vs, config, net })
+    }
+
+    /// `[N, 3, H, W]` (BGR, mean subtracted) → logits of both heads at output stride 8.
+    ///
+    /// `train` selects batch statistics in every BatchNorm (and updates their running
+    /// statistics); otherwise the running statistics are used.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Heads> {
+        let size = x.size();
+        ensure!(
+            size.len() == 4 && size[1] == 3,
+            "network input must be [N, 3, H, W], got {size:?}"
+        );
+        ensure!(
+            size[2] >= 1 && size[3] >= 1,
+            "network input is empty: {size:?}"
+        );
+        match &self.net {
+            Network::ResNet(net) => net.forward_t(x, train),
+            Network::Vgg(net) => net.forward(x),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Builds the network a checkpoint file describes (or `overrides` impose) and loads it.
+    pub fn from_checkpoint(
+        path: &std::path::Path,
+        overrides: &ModelOverrides,
+        options: LoadOptions,
+        device: Device,
+    ) -> Result<(Self, LoadReport)> {
+        let dict = crate::weights::load(path)?;
+        let context = || format!("loading {}", path.display());
+        let config = load::resolve_config(&dict, overrides).with_context(context)?;
+        let model = SegModel::new(config, device)?;
+        let report = load_into(&model.vs, dict, options).with_context(context)?;
+        Ok((model, report))
+    }
+
+    /// The current parameters and buffers, keyed as the reference's `state_dict()`.
+    pub fn state_dict(&self) -> StateDict {
+        StateDict::from_var_store(&self.vs)
+    }
+}
+
+/// Spatial size of the logits for an `h x w` input: ResNet's stem convolution (7x7/2,
+/// padding 3), ceil-mode max-pool (3x3/2, padding 1: ⌈(n − 1)/2⌉ + 1 = ⌊n/2⌋ + 1) and
+/// layer2's stride 2; VGG's three floor-mode 2x2 pools.
+pub fn output_size(arch: Arch, h: i64, w: i64) -> (i64, i64) {
+    let side = |n: i64| match arch {
+        Arch::DeepLabV2Vgg16 => n / 8,
+        _ => {
+            let stem = (n - 1) / 2 + 1;
+            let pool = stem / 2 + 1;
+            (pool - 1) / 2 + 1
+        }
+    };
+    (side(h), side(w))
+}
