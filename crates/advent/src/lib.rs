@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod classes;
+pub mod dataset;
 pub mod device;
 pub mod fs;
 pub mod image;
