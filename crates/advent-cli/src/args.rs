@@ -6,17 +6,9 @@ pub use advent::device::parse as parse_device;
 
 /// `WxH`, e.g. `1024x512`.
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .with_context(|| format!("`{s}` is not a size WxH such as 1024x512"))?;
-    let w: u32 = w
-        .trim()
-        .parse()
-        .with_context(|| format!("bad width in `{s}`"))?;
-    let h: u32 = h
-        .trim()
-        .parse()
-        .with_context(|| format!("bad height in `{s}`"))?;
+    let (w, h) = s.split_once(['x', 'X']).with_context(|| format!("`{s}` is not a size WxH such as 1024x512"))?;
+    let w: u32 = w.trim().parse().with_context(|| format!("bad width in `{s}`"))?;
+    let h: u32 = h.trim().parse().with_context(|| format!("bad height in `{s}`"))?;
     if w == 0 || h == 0 {
         bail!("size `{s}` must be positive");
     }

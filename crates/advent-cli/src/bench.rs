@@ -2,6 +2,7 @@
 
 use crate::args::{parse_device, parse_size};
 use advent::bench;
+use advent::config::Method;
 use advent::model::{ModelConfig, SegModel};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -11,9 +12,19 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// What to time: eval, or the training step of source_only, minent, advent,
+    /// advent_minent (comma-separated).
+    #[arg(long, default_value = "eval,advent")]
+    what: String,
     /// Network input for the evaluation timing, WxH (the paper's target size by default).
     #[arg(long, value_parser = parse_size, default_value = "1024x512")]
     eval_size: (u32, u32),
+    /// Source images of the training step, WxH (the paper's GTA5 size by default).
+    #[arg(long, value_parser = parse_size, default_value = "1280x720")]
+    source_size: (u32, u32),
+    /// Target images of the training step, WxH (the paper's Cityscapes size by default).
+    #[arg(long, value_parser = parse_size, default_value = "1024x512")]
+    target_size: (u32, u32),
     /// Timed iterations (the median is reported).
     #[arg(long, default_value_t = 15)]
     iters: usize,
@@ -37,14 +48,20 @@ pub fn run(a: Args) -> Result<()> {
         tch::Cuda::cudnn_set_benchmark(true);
     }
     tch::manual_seed(0);
-    let model = SegModel::new(ModelConfig::deeplabv2_r101(19), device)?;
-    let (w, h) = a.eval_size;
-    let timings = vec![bench::eval_step(
-        &model, h as i64, w as i64, a.warmup, a.iters,
-    )?];
+    let hw = |(w, h): (u32, u32)| (h as i64, w as i64);
     let mut lines = String::new();
-    for t in &timings {
-        let line = serde_json::to_string(t)?;
+    for what in a.what.split(',').map(str::trim) {
+        let timing = if what == "eval" {
+            let model = SegModel::new(ModelConfig::deeplabv2_r101(19), device)?;
+            let (h, w) = hw(a.eval_size);
+            bench::eval_step(&model, h, w, a.warmup, a.iters)?
+        } else {
+            let method: Method = serde_json::from_value(serde_json::Value::String(what.into())).map_err(|_| {
+                anyhow::anyhow!("--what: unknown `{what}` (eval, source_only, minent, advent, advent_minent)")
+            })?;
+            bench::train_step(method, hw(a.source_size), hw(a.target_size), device, a.warmup, a.iters)?
+        };
+        let line = serde_json::to_string(&timing)?;
         println!("{line}");
         lines.push_str(&line);
         lines.push('\n');

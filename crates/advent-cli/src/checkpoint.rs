@@ -22,30 +22,16 @@ pub fn run(command: Command) -> Result<()> {
         Command::Info { file } => {
             let dict = weights::load(&file)?;
             let numel: i64 = dict.iter().map(|(_, t)| t.numel() as i64).sum();
-            println!(
-                "{}: {} tensors, {} values",
-                file.display(),
-                dict.len(),
-                numel
-            );
+            println!("{}: {} tensors, {} values", file.display(), dict.len(), numel);
             match ModelConfig::detect(&dict) {
                 Ok(c) => {
                     let model = SegModel::new(c, tch::Device::Cpu)?;
-                    let trainable: i64 = model
-                        .vs
-                        .trainable_variables()
-                        .iter()
-                        .map(|t| t.numel() as i64)
-                        .sum();
+                    let trainable: i64 = model.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
                     println!(
                         "network: {}, {} classes, {}, {} trainable parameters",
                         c.arch,
                         c.num_classes,
-                        if c.multi_level {
-                            "multi-level (aux head on layer3)"
-                        } else {
-                            "single-level"
-                        },
+                        if c.multi_level { "multi-level (aux head on layer3)" } else { "single-level" },
                         trainable
                     );
                 }

@@ -7,6 +7,7 @@ mod args;
 mod bench;
 mod checkpoint;
 mod predict;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a segmentation network with source-only, MinEnt, AdvEnt or AdvEnt+MinEnt.
+    Train(train::Args),
     /// Segment images with a trained network: train ids, colours, entropy maps.
     Predict(predict::Args),
     /// Inspect or convert a checkpoint (.pth in either PyTorch format, .safetensors).
@@ -38,6 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(a) => train::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Checkpoint(c) => checkpoint::run(c),
         Command::Bench(a) => bench::run(a),

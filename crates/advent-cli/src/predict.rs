@@ -66,26 +66,13 @@ pub fn run(a: Args) -> Result<()> {
     let overrides = ModelOverrides {
         arch: a.arch.map(|x| x.0),
         num_classes: a.num_classes,
-        aspp_sum: if a.aspp_two_branches {
-            AsppSum::FirstTwo
-        } else {
-            AsppSum::AllFour
-        },
+        aspp_sum: if a.aspp_two_branches { AsppSum::FirstTwo } else { AsppSum::AllFour },
     };
-    let (model, report) = SegModel::from_checkpoint(
-        &a.checkpoint,
-        &overrides,
-        LoadOptions {
-            allow_partial: a.allow_partial,
-        },
-        device,
-    )?;
+    let (model, report) =
+        SegModel::from_checkpoint(&a.checkpoint, &overrides, LoadOptions { allow_partial: a.allow_partial }, device)?;
     let problems = report.describe_problems();
     if !problems.is_empty() {
-        eprintln!(
-            "warning: partial load of {}:{problems}",
-            a.checkpoint.display()
-        );
+        eprintln!("warning: partial load of {}:{problems}", a.checkpoint.display());
     }
     if report.kind != Some(WeightsKind::Model) {
         eprintln!(
@@ -94,16 +81,9 @@ pub fn run(a: Args) -> Result<()> {
             report.kept_init.len()
         );
     }
-    let options = PredictOptions {
-        input_size: a.input_size,
-        output_size: a.output_size,
-    };
+    let options = PredictOptions { input_size: a.input_size, output_size: a.output_size };
 
-    let bar = if jobs.len() > 1 {
-        ProgressBar::new(jobs.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = if jobs.len() > 1 { ProgressBar::new(jobs.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
             .expect("static template"),
@@ -115,8 +95,7 @@ pub fn run(a: Args) -> Result<()> {
             .with_context(|| format!("creating {}", out_dir.display()))
             .and_then(|()| advent::image::read_rgb(&job.path))
             .and_then(|img| {
-                predict(&model, &img, &options)
-                    .with_context(|| format!("predicting {}", job.path.display()))
+                predict(&model, &img, &options).with_context(|| format!("predicting {}", job.path.display()))
             })
             .and_then(|p| write_prediction(&out_dir, &job.stem, &p, a.save_prob));
         if let Err(e) = result {
@@ -127,18 +106,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     bar.finish_and_clear();
     if !failures.is_empty() {
-        bail!(
-            "{} of {} images failed (listed above)",
-            failures.len(),
-            jobs.len()
-        );
+        bail!("{} of {} images failed (listed above)", failures.len(), jobs.len());
     }
     if jobs.len() > 1 {
-        eprintln!(
-            "wrote predictions of {} images to {}",
-            jobs.len(),
-            a.output.display()
-        );
+        eprintln!("wrote predictions of {} images to {}", jobs.len(), a.output.display());
     }
     Ok(())
 }
@@ -173,39 +144,21 @@ fn collect_inputs(input: &Path, recursive: bool) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     for path in paths {
         let rel_dir = match (meta.is_dir(), path.parent()) {
-            (true, Some(parent)) => parent
-                .strip_prefix(input)
-                .unwrap_or(Path::new(""))
-                .to_path_buf(),
+            (true, Some(parent)) => parent.strip_prefix(input).unwrap_or(Path::new("")).to_path_buf(),
             _ => PathBuf::new(),
         };
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(other) = seen.insert((rel_dir.clone(), stem.clone()), path.clone()) {
-            bail!(
-                "{} and {} would write the same outputs ({stem}_*)",
-                other.display(),
-                path.display()
-            );
+            bail!("{} and {} would write the same outputs ({stem}_*)", other.display(), path.display());
         }
-        jobs.push(Job {
-            path,
-            rel_dir,
-            stem,
-        });
+        jobs.push(Job { path, rel_dir, stem });
     }
     Ok(jobs)
 }
 
 fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in
-        std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))?
-    {
-        let path = entry
-            .with_context(|| format!("reading folder {}", dir.display()))?
-            .path();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading folder {}", dir.display()))?.path();
         if path.is_dir() {
             if recursive {
                 walk(&path, recursive, out)?;

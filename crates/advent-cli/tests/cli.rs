@@ -10,10 +10,7 @@ use tch::{Device, Kind, Tensor};
 const CLASSES: i64 = 5;
 
 fn advent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advent"))
-        .args(args)
-        .output()
-        .expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_advent")).args(args).output().expect("runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -41,9 +38,7 @@ fn small_model() -> SegModel {
 }
 
 fn write_image(path: &Path, w: u32, h: u32) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x + y) * 3) as u8])
-    });
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x + y) * 3) as u8]));
     img.save(path).unwrap();
 }
 
@@ -62,11 +57,7 @@ fn setup() -> Setup {
     let root = dir.path().to_path_buf();
     let checkpoint = root.join("model.pth");
     weights::save(&small_model().state_dict(), &checkpoint).unwrap();
-    Setup {
-        _dir: dir,
-        root,
-        checkpoint,
-    }
+    Setup { _dir: dir, root, checkpoint }
 }
 
 #[test]
@@ -97,26 +88,17 @@ fn predict_writes_every_output_at_the_requested_sizes() {
     for rel in ["a", "sub/b"] {
         let ids = image::open(out.join(format!("{rel}_trainids.png"))).unwrap();
         assert_eq!((ids.width(), ids.height()), (50, 30));
-        assert!(ids
-            .as_luma8()
-            .unwrap()
-            .pixels()
-            .all(|p| (p.0[0] as i64) < CLASSES));
+        assert!(ids.as_luma8().unwrap().pixels().all(|p| (p.0[0] as i64) < CLASSES));
         let color = image::open(out.join(format!("{rel}_color.png"))).unwrap();
         assert!(color.as_rgb8().is_some());
         assert!(out.join(format!("{rel}_entropy.png")).is_file());
-        assert_eq!(
-            npy_shape(&out.join(format!("{rel}_prob.npy"))),
-            [CLASSES, 30, 50]
-        );
+        assert_eq!(npy_shape(&out.join(format!("{rel}_prob.npy"))), [CLASSES, 30, 50]);
         let prob = Tensor::read_npy(out.join(format!("{rel}_prob.npy"))).unwrap();
         let sums = prob.sum_dim_intlist(0, false, Kind::Float);
         assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-5);
         let entropy = Tensor::read_npy(out.join(format!("{rel}_entropy.npy"))).unwrap();
         assert_eq!(entropy.size(), [30, 50]);
-        assert!(
-            entropy.min().double_value(&[]) >= 0.0 && entropy.max().double_value(&[]) <= 1.0 + 1e-6
-        );
+        assert!(entropy.min().double_value(&[]) >= 0.0 && entropy.max().double_value(&[]) <= 1.0 + 1e-6);
     }
     assert!(!out.join("notes_trainids.png").exists());
 }
@@ -163,10 +145,7 @@ fn truncated_checkpoint_is_one_clear_error_and_outputs_survive() {
         out.to_str().unwrap(),
     ]);
     assert_clean_failure(&o, "cut.pth");
-    assert_eq!(
-        std::fs::read(out.join("x_trainids.png")).unwrap(),
-        b"previous result"
-    );
+    assert_eq!(std::fs::read(out.join("x_trainids.png")).unwrap(), b"previous result");
 }
 
 #[test]
@@ -183,10 +162,7 @@ fn wrong_shaped_key_is_named_and_partial_load_is_opt_in() {
             dict.insert(k, t);
         }
     }
-    dict.insert(
-        "layer9.weight",
-        Tensor::zeros([1], (Kind::Float, Device::Cpu)),
-    );
+    dict.insert("layer9.weight", Tensor::zeros([1], (Kind::Float, Device::Cpu)));
     let bad = s.root.join("bad.pth");
     weights::save(&dict, &bad).unwrap();
     let img = s.root.join("x.png");
@@ -204,21 +180,14 @@ fn wrong_shaped_key_is_named_and_partial_load_is_opt_in() {
     let o = advent(&args);
     assert_clean_failure(&o, "layer2.0.conv2.weight");
     let err = stderr(&o);
-    assert!(
-        err.contains("layer1.0.bn1.running_var") && err.contains("layer9.weight"),
-        "{err}"
-    );
+    assert!(err.contains("layer1.0.bn1.running_var") && err.contains("layer9.weight"), "{err}");
     assert!(!out.join("x_trainids.png").exists());
 
     let mut partial = args.to_vec();
     partial.push("--allow-partial");
     let o = advent(&partial);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("warning: partial load"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("warning: partial load"), "{}", stderr(&o));
     assert!(out.join("x_trainids.png").is_file());
 }
 
@@ -255,22 +224,8 @@ fn checkpoint_convert_round_trips_and_info_detects_the_network() {
     let s = setup();
     let st = s.root.join("model.safetensors");
     let back = s.root.join("back.pth");
-    assert!(advent(&[
-        "checkpoint",
-        "convert",
-        s.checkpoint.to_str().unwrap(),
-        st.to_str().unwrap()
-    ])
-    .status
-    .success());
-    assert!(advent(&[
-        "checkpoint",
-        "convert",
-        st.to_str().unwrap(),
-        back.to_str().unwrap()
-    ])
-    .status
-    .success());
+    assert!(advent(&["checkpoint", "convert", s.checkpoint.to_str().unwrap(), st.to_str().unwrap()]).status.success());
+    assert!(advent(&["checkpoint", "convert", st.to_str().unwrap(), back.to_str().unwrap()]).status.success());
     let a = weights::load(&s.checkpoint).unwrap();
     let b = weights::load(&back).unwrap();
     assert_eq!(a.len(), b.len());
@@ -279,14 +234,144 @@ fn checkpoint_convert_round_trips_and_info_detects_the_network() {
     }
     let o = advent(&["checkpoint", "info", back.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        text.contains("deeplabv2-r50, 5 classes, multi-level"),
-        "{text}"
-    );
+    assert!(text.contains("deeplabv2-r50, 5 classes, multi-level"), "{text}");
 }
 
 #[test]
 fn demo_says_it_is_not_built_yet() {
     let o = advent(&["demo"]);
     assert_clean_failure(&o, "not built yet");
+}
+
+/// A small training config on the built-in generator.
+fn tiny_config(dir: &Path, method: &str) -> PathBuf {
+    let path = dir.join(format!("{method}.toml"));
+    let text = format!(
+        r#"
+        [model]
+        arch = "deeplabv2-tiny"
+        [source]
+        dataset = "synthetic"
+        size = [64, 32]
+        [target]
+        dataset = "synthetic"
+        size = [64, 32]
+        [synthetic]
+        len = 5
+        [train]
+        method = "{method}"
+        max_iters = 50
+        early_stop = 6
+        save_every = 3
+        workers = 2
+        "#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metrics(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(String::from).collect()
+}
+
+#[test]
+fn training_resumes_exactly_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "advent");
+    let full = dir.path().join("full");
+    let o = advent(&["train", "--config", config.to_str().unwrap(), "--run-dir", full.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = metrics(&full);
+    assert_eq!(reference.len(), 7);
+    for name in [
+        "loss_seg_src_main",
+        "loss_seg_src_aux",
+        "loss_adv_trg_main",
+        "loss_adv_trg_aux",
+        "loss_d_main",
+        "loss_d_aux",
+        "\"lr\"",
+    ] {
+        assert!(reference[0].contains(name), "{name} missing from {}", reference[0]);
+    }
+    for file in ["model.pth", "d_main.pth", "d_aux.pth", "optimizer.safetensors", "state.json"] {
+        assert!(full.join("checkpoints/iter_000006").join(file).is_file(), "{file}");
+    }
+
+    let part = dir.path().join("part");
+    let o = advent(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--run-dir",
+        part.to_str().unwrap(),
+        "--set",
+        "train.early_stop=3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(metrics(&part).len(), 4);
+    let o = advent(&["train", "--resume", part.to_str().unwrap(), "--set", "train.early_stop=6"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(metrics(&part), reference, "losses after resuming differ from the uninterrupted run");
+
+    // The checkpoint's network predicts.
+    let img = dir.path().join("x.png");
+    write_image(&img, 64, 32);
+    let model = part.join("checkpoints/iter_000006/model.pth");
+    let o = advent(&[
+        "predict",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--input",
+        img.to_str().unwrap(),
+        "--output",
+        dir.path().join("pred").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A second run into the same folder is refused.
+    let o = advent(&["train", "--config", config.to_str().unwrap(), "--run-dir", part.to_str().unwrap()]);
+    assert_clean_failure(&o, "already holds a run");
+}
+
+#[test]
+fn every_method_trains_and_logs_its_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    for (method, has, lacks) in [
+        ("source_only", "loss_seg_src_aux", "loss_ent_main"),
+        ("minent", "loss_ent_aux", "loss_adv_trg_main"),
+        ("advent_minent", "loss_ent_main", "loss_xyz"),
+    ] {
+        let config = tiny_config(dir.path(), method);
+        let run = dir.path().join(method);
+        let o = advent(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--set",
+            "train.early_stop=1",
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let m = metrics(&run);
+        assert_eq!(m.len(), 2);
+        assert!(m[1].contains(has) && !m[1].contains(lacks), "{method}: {}", m[1]);
+        assert!(!run.join("checkpoints/iter_000001/d_main.pth").exists() || method == "advent_minent");
+    }
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[train]\nlearning_rat = 0.1\n").unwrap();
+    let o = advent(&["train", "--config", bad.to_str().unwrap(), "--run-dir", dir.path().join("r").to_str().unwrap()]);
+    assert_clean_failure(&o, "unknown key `train.learning_rat`");
+    std::fs::write(&bad, "[source]\nsize = [-4, 32]\n").unwrap();
+    let o = advent(&["train", "--config", bad.to_str().unwrap(), "--run-dir", dir.path().join("r").to_str().unwrap()]);
+    assert_clean_failure(&o, "source.size");
+    let o = advent(&["train", "--config", dir.path().join("missing.toml").to_str().unwrap()]);
+    assert_clean_failure(&o, "missing.toml");
+    assert!(!dir.path().join("r").exists());
 }

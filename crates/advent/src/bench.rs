@@ -1,8 +1,10 @@
 //! Timing of the network's hot paths on random inputs, the same work as the reference
 //! measurement script (`../shared/bench/torch_reference.py`), for side-by-side numbers.
 
+use crate::config::{Config, Method};
 use crate::loss;
 use crate::model::SegModel;
+use crate::train::Trainer;
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
@@ -79,9 +81,37 @@ pub fn eval_step(model: &SegModel, h: i64, w: i64, warmup: usize, iters: usize) 
         synchronize(device);
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Timing::from_samples(
-        format!("eval-{h}x{w}-upsampled-x2"),
-        device,
-        samples,
-    ))
+    Ok(Timing::from_samples(format!("eval-{h}x{w}-upsampled-x2"), device, samples))
+}
+
+/// One training iteration of `method` with the reference's settings (DeepLab-V2 R101,
+/// multi-level, both discriminators for AdvEnt), on random inputs of the given sizes
+/// (`(h, w)`), labels uniform over the 19 classes.
+pub fn train_step(
+    method: Method,
+    source: (i64, i64),
+    target: (i64, i64),
+    device: Device,
+    warmup: usize,
+    iters: usize,
+) -> Result<Timing> {
+    let mut config = Config::defaults();
+    config.train.method = method;
+    config.source.size = [source.1 as u32, source.0 as u32];
+    config.target.size = [target.1 as u32, target.0 as u32];
+    let mut trainer = Trainer::new(&config, device)?;
+    let xs = Tensor::f_randn([1, 3, source.0, source.1], (Kind::Float, device))?;
+    let ys = Tensor::f_randint(19, [1, source.0, source.1], (Kind::Int64, device))?;
+    let xt = Tensor::f_randn([1, 3, target.0, target.1], (Kind::Float, device))?;
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..warmup + iters.max(1) {
+        let t = Instant::now();
+        trainer.step(i as u64, &xs, &ys, Some(&xt))?;
+        synchronize(device);
+        if i >= warmup {
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let what = format!("train-{}-src{}x{}-trg{}x{}", method.name(), source.0, source.1, target.0, target.1);
+    Ok(Timing::from_samples(what, device, samples))
 }

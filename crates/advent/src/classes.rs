@@ -12,11 +12,7 @@ pub struct Class {
 }
 
 const fn class(name: &'static str, label_id: u8, color: [u8; 3]) -> Class {
-    Class {
-        name,
-        label_id,
-        color,
-    }
+    Class { name, label_id, color }
 }
 
 /// The 19 evaluation classes, in train-id order (SPEC §5.3).
@@ -46,15 +42,71 @@ pub const CITYSCAPES_19: [Class; 19] = [
 /// dropped; SPEC §5.4).
 pub const SYNTHIA_16_OF_19: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18];
 
+/// The 19-class train ids left out of SYNTHIA's mIoU* (13 classes): wall, fence, pole
+/// (SPEC §5.4; the paper reports mIoU over 16 classes and mIoU* over the other 13).
+pub const MIOU_STAR_DROPPED_OF_19: [usize; 3] = [3, 4, 5];
+
+/// Class names (cityscapesScripts spelling) of a network's output ids, for 19 or 16 classes;
+/// `None` for other counts.
+pub fn class_names(num_classes: usize) -> Option<Vec<&'static str>> {
+    match num_classes {
+        19 => Some(CITYSCAPES_19.iter().map(|c| c.name).collect()),
+        16 => Some(SYNTHIA_16_OF_19.iter().map(|&i| CITYSCAPES_19[i].name).collect()),
+        _ => None,
+    }
+}
+
+/// A set of classes whose IoUs are averaged into one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalSubset {
+    /// Every class of the protocol: mIoU over 19 (Cityscapes) or 16 (SYNTHIA).
+    All,
+    /// SYNTHIA's mIoU*: the 16 classes minus wall, fence and pole.
+    MiouStar13,
+}
+
+impl EvalSubset {
+    /// The score's name in the paper's tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalSubset::All => "mIoU",
+            EvalSubset::MiouStar13 => "mIoU*",
+        }
+    }
+}
+
+/// The subsets reported for a class set: `[All]` for 19 classes, `[All, MiouStar13]` for 16.
+pub fn eval_subsets(num_classes: usize) -> Vec<EvalSubset> {
+    if num_classes == SYNTHIA_16_OF_19.len() {
+        vec![EvalSubset::All, EvalSubset::MiouStar13]
+    } else {
+        vec![EvalSubset::All]
+    }
+}
+
+/// The output ids (`0..num_classes`) a subset averages over; `None` where the subset does not
+/// apply (mIoU* needs the 16-class set).
+pub fn eval_classes(num_classes: usize, subset: EvalSubset) -> Option<Vec<usize>> {
+    match subset {
+        EvalSubset::All => Some((0..num_classes).collect()),
+        EvalSubset::MiouStar13 if num_classes == SYNTHIA_16_OF_19.len() => Some(
+            SYNTHIA_16_OF_19
+                .iter()
+                .enumerate()
+                .filter(|(_, c19)| !MIOU_STAR_DROPPED_OF_19.contains(c19))
+                .map(|(i, _)| i)
+                .collect(),
+        ),
+        EvalSubset::MiouStar13 => None,
+    }
+}
+
 /// Colours for a network's output ids: Cityscapes' for 19 classes, the same colours of the
 /// 16 SYNTHIA classes for 16, and for any other count the 19 colours followed by a
 /// deterministic spread of further colours.
 pub fn palette(num_classes: usize) -> Vec<[u8; 3]> {
     if num_classes == SYNTHIA_16_OF_19.len() {
-        return SYNTHIA_16_OF_19
-            .iter()
-            .map(|&i| CITYSCAPES_19[i].color)
-            .collect();
+        return SYNTHIA_16_OF_19.iter().map(|&i| CITYSCAPES_19[i].color).collect();
     }
     (0..num_classes)
         .map(|i| match CITYSCAPES_19.get(i) {
@@ -80,11 +132,7 @@ fn hsv_to_rgb(h: f64, s: f64, v: f64) -> [u8; 3] {
         4 => (t, p, v),
         _ => (v, p, q),
     };
-    [
-        (r * 255.0).round() as u8,
-        (g * 255.0).round() as u8,
-        (b * 255.0).round() as u8,
-    ]
+    [(r * 255.0).round() as u8, (g * 255.0).round() as u8, (b * 255.0).round() as u8]
 }
 
 #[cfg(test)]
@@ -97,9 +145,23 @@ mod tests {
         assert_eq!(p.len(), 16);
         assert_eq!(p[9], [70, 130, 180]); // sky
         assert_eq!(p[13], [0, 60, 100]); // bus
-        assert!(
-            !p.contains(&[152, 251, 152]) && !p.contains(&[0, 0, 70]) && !p.contains(&[0, 80, 100])
-        );
+        assert!(!p.contains(&[152, 251, 152]) && !p.contains(&[0, 0, 70]) && !p.contains(&[0, 80, 100]));
+    }
+
+    #[test]
+    fn evaluation_subsets() {
+        assert_eq!(eval_classes(19, EvalSubset::All).unwrap(), (0..19).collect::<Vec<_>>());
+        assert_eq!(eval_classes(19, EvalSubset::MiouStar13), None);
+        let star = eval_classes(16, EvalSubset::MiouStar13).unwrap();
+        assert_eq!(star, vec![0, 1, 2, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        let names = class_names(16).unwrap();
+        let star_names: Vec<_> = star.iter().map(|&i| names[i]).collect();
+        assert!(!star_names.contains(&"wall") && !star_names.contains(&"pole"));
+        assert_eq!(names[6], "traffic light");
+        assert_eq!(names[14], "motorcycle");
+        assert_eq!(eval_subsets(16), vec![EvalSubset::All, EvalSubset::MiouStar13]);
+        assert_eq!(eval_subsets(19), vec![EvalSubset::All]);
+        assert!(class_names(7).is_none());
     }
 
     #[test]

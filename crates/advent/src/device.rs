@@ -32,10 +32,7 @@ pub fn load_cuda_backend() {
         // SAFETY: dlopen with a constant, NUL-terminated name; the handle is kept for the
         // life of the process, as libtorch expects of its backends.
         unsafe {
-            libc::dlopen(
-                c"libtorch_cuda.so".as_ptr(),
-                libc::RTLD_NOW | libc::RTLD_GLOBAL,
-            );
+            libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
         }
     });
 }

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod classes;
+pub mod config;
 pub mod dataset;
 pub mod device;
 pub mod fs;
@@ -13,4 +14,5 @@ pub mod image;
 pub mod loss;
 pub mod model;
 pub mod predict;
+pub mod train;
 pub mod weights;

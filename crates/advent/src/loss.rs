@@ -16,9 +16,7 @@ pub const IGNORE_LABEL: i64 = 255;
 /// This is what the discriminators see.
 pub fn self_information(prob: &Tensor) -> Result<Tensor> {
     let c = prob.size()[1] as f64;
-    Ok(prob
-        .f_mul(&prob.f_add_scalar(LOG_EPS)?.f_log2()?)?
-        .f_mul_scalar(-1.0 / c.log2())?)
+    Ok(prob.f_mul(&prob.f_add_scalar(LOG_EPS)?.f_log2()?)?.f_mul_scalar(-1.0 / c.log2())?)
 }
 
 /// Normalised entropy per pixel: `[N, C, H, W]` probabilities → `[N, H, W]` in `[0, 1]`.
@@ -31,31 +29,21 @@ pub fn entropy_map(prob: &Tensor) -> Result<Tensor> {
 pub fn entropy_loss(prob: &Tensor) -> Result<Tensor> {
     let s = prob.size();
     let pixels = (s[0] * s[2] * s[3]) as f64;
-    Ok(self_information(prob)?
-        .f_sum(Kind::Float)?
-        .f_div_scalar(pixels)?)
+    Ok(self_information(prob)?.f_sum(Kind::Float)?.f_div_scalar(pixels)?)
 }
 
 /// `BCEWithLogits(mean)` of discriminator outputs against a constant domain label
 /// (source 0, target 1). A scalar.
 pub fn bce_loss(logits: &Tensor, label: f64) -> Result<Tensor> {
     let target = logits.f_full_like(label)?;
-    Ok(
-        logits.f_binary_cross_entropy_with_logits::<Tensor>(
-            &target,
-            None,
-            None,
-            Reduction::Mean,
-        )?,
-    )
+    Ok(logits.f_binary_cross_entropy_with_logits::<Tensor>(&target, None, None, Reduction::Mean)?)
 }
 
 /// Segmentation cross-entropy (`loss_calc`): `[N, C, H, W]` logits, `[N, H, W]` int64
 /// labels; the mean over pixels whose label is in `[0, C)`, pixels labelled 255 ignored;
 /// 0 when no pixel is labelled (the reference returns `zeros(1)` then). No host round-trip.
 pub fn cross_entropy_2d(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    let sum =
-        logits.f_cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, IGNORE_LABEL, 0.0)?;
+    let sum = logits.f_cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, IGNORE_LABEL, 0.0)?;
     let valid = labels.f_ne(IGNORE_LABEL)?.f_logical_and(&labels.f_ge(0)?)?;
     let count = valid.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
     Ok(sum.f_div(&count)?)
@@ -78,17 +66,13 @@ mod tests {
     #[test]
     fn entropy_of_uniform_and_certain_pixels() {
         // Pixel 0 uniform over 4 classes (entropy 1), pixel 1 certain (entropy 0).
-        let p =
-            Tensor::from_slice(&[0.25f32, 1.0, 0.25, 0.0, 0.25, 0.0, 0.25, 0.0]).view([1, 4, 1, 2]);
+        let p = Tensor::from_slice(&[0.25f32, 1.0, 0.25, 0.0, 0.25, 0.0, 0.25, 0.0]).view([1, 4, 1, 2]);
         let e = entropy_map(&p).unwrap();
         assert!(close(e.double_value(&[0, 0, 0]), 1.0));
         assert!(close(e.double_value(&[0, 0, 1]), 0.0));
         assert!(close(entropy_loss(&p).unwrap().double_value(&[]), 0.5));
         // Self-information of one uniform class: −0.25·log2(0.25)/log2(4) = 0.25.
-        assert!(close(
-            self_information(&p).unwrap().double_value(&[0, 2, 0, 0]),
-            0.25
-        ));
+        assert!(close(self_information(&p).unwrap().double_value(&[0, 2, 0, 0]), 0.25));
     }
 
     #[test]
@@ -116,15 +100,10 @@ mod tests {
         // Two classes, logits (0, 0) everywhere: CE = ln 2 per labelled pixel.
         let logits = Tensor::zeros([1, 2, 1, 3], (Kind::Float, tch::Device::Cpu));
         let labels = Tensor::from_slice(&[0i64, 255, 1]).view([1, 1, 3]);
-        let l = cross_entropy_2d(&logits, &labels)
-            .unwrap()
-            .double_value(&[]);
+        let l = cross_entropy_2d(&logits, &labels).unwrap().double_value(&[]);
         assert!((l - std::f64::consts::LN_2).abs() < 1e-6, "{l}");
         let none = Tensor::from_slice(&[255i64, 255, 255]).view([1, 1, 3]);
-        assert_eq!(
-            cross_entropy_2d(&logits, &none).unwrap().double_value(&[]),
-            0.0
-        );
+        assert_eq!(cross_entropy_2d(&logits, &none).unwrap().double_value(&[]), 0.0);
     }
 
     #[test]

@@ -36,16 +36,10 @@ pub struct Prediction {
 
 /// Runs the network on one image.
 pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Result<Prediction> {
-    ensure!(
-        model.config.num_classes <= 256,
-        "more than 256 classes do not fit 8-bit train-id images"
-    );
+    ensure!(model.config.num_classes <= 256, "more than 256 classes do not fit 8-bit train-id images");
     let (w_in, h_in) = options.input_size.unwrap_or(img.dimensions());
     let (w_out, h_out) = options.output_size.unwrap_or(img.dimensions());
-    ensure!(
-        w_in >= 1 && h_in >= 1 && w_out >= 1 && h_out >= 1,
-        "sizes must be positive"
-    );
+    ensure!(w_in >= 1 && h_in >= 1 && w_out >= 1 && h_out >= 1, "sizes must be positive");
     let resized;
     let net_input = if (w_in, h_in) == img.dimensions() {
         img
@@ -56,35 +50,16 @@ pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Re
     let x = image::to_input_tensor(net_input, image::IMG_MEAN_BGR).f_to_device(model.device())?;
     let (prob, entropy) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
         let heads = model.forward_t(&x, false)?;
-        let logits = loss::upsample(
-            &heads.main.f_to_kind(Kind::Float)?,
-            h_out as i64,
-            w_out as i64,
-        )?;
+        let logits = loss::upsample(&heads.main.f_to_kind(Kind::Float)?, h_out as i64, w_out as i64)?;
         let prob = logits.f_softmax(1, Kind::Float)?;
         let entropy = loss::entropy_map(&prob)?;
         Ok((prob, entropy))
     })?;
-    let prob = prob
-        .f_squeeze_dim(0)?
-        .f_to_device(tch::Device::Cpu)?
-        .f_contiguous()?;
-    let entropy = entropy
-        .f_squeeze_dim(0)?
-        .f_to_device(tch::Device::Cpu)?
-        .f_contiguous()?;
-    let ids = prob
-        .f_argmax(0, false)?
-        .f_to_kind(Kind::Uint8)?
-        .f_contiguous()?;
+    let prob = prob.f_squeeze_dim(0)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+    let entropy = entropy.f_squeeze_dim(0)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+    let ids = prob.f_argmax(0, false)?.f_to_kind(Kind::Uint8)?.f_contiguous()?;
     let train_ids = Vec::<u8>::try_from(ids.f_flatten(0, -1)?)?;
-    Ok(Prediction {
-        width: w_out,
-        height: h_out,
-        prob,
-        entropy,
-        train_ids,
-    })
+    Ok(Prediction { width: w_out, height: h_out, prob, entropy, train_ids })
 }
 
 /// Writes `<stem>_trainids.png`, `<stem>_color.png`, `<stem>_entropy.png` and, with
@@ -95,18 +70,14 @@ pub fn write_prediction(dir: &Path, stem: &str, p: &Prediction, save_prob: bool)
     let file = |suffix: &str| dir.join(format!("{stem}_{suffix}"));
     image::write_png_gray8(&file("trainids.png"), w, h, &p.train_ids)?;
     let palette = classes::palette(p.prob.size()[0] as usize);
-    image::write_png_rgb(
-        &file("color.png"),
-        &colormap::colorize(&p.train_ids, w, h, &palette),
-    )?;
+    image::write_png_rgb(&file("color.png"), &colormap::colorize(&p.train_ids, w, h, &palette))?;
     let entropy = Vec::<f32>::try_from(p.entropy.f_flatten(0, -1)?)?;
     image::write_png_rgb(&file("entropy.png"), &colormap::heatmap(&entropy, w, h))?;
     if save_prob {
         for (suffix, t) in [("prob.npy", &p.prob), ("entropy.npy", &p.entropy)] {
             let path = file(suffix);
             crate::fs::write_via_temporary(&path, |tmp| {
-                t.write_npy(tmp)
-                    .with_context(|| format!("writing {}", tmp.display()))
+                t.write_npy(tmp).with_context(|| format!("writing {}", tmp.display()))
             })?;
         }
     }

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/image")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/image").join(rel)
 }
 
 fn json(rel: &str) -> Value {
@@ -42,20 +40,12 @@ fn fnv1a64(bytes: &[u8]) -> String {
 fn reference_rgb(path: &Path) -> RgbImage {
     match ::image::open(path).unwrap() {
         ::image::DynamicImage::ImageRgb8(i) => i,
-        other => panic!(
-            "{}: expected 8-bit RGB, got {:?}",
-            path.display(),
-            other.color()
-        ),
+        other => panic!("{}: expected 8-bit RGB, got {:?}", path.display(), other.color()),
     }
 }
 
 fn sizes(v: &Value) -> Vec<(u32, u32)> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s[0].as_u64().unwrap() as u32, s[1].as_u64().unwrap() as u32))
-        .collect()
+    v.as_array().unwrap().iter().map(|s| (s[0].as_u64().unwrap() as u32, s[1].as_u64().unwrap() as u32)).collect()
 }
 
 /// `(max |a - b|, number of differing elements)`.
@@ -69,10 +59,7 @@ fn difference<T: Copy + Into<i64>>(a: &[T], b: &[T]) -> (i64, usize) {
 
 fn assert_same<T: Copy + Into<i64>>(what: &str, ours: &[T], pil: &[T]) {
     let (max, count) = difference(ours, pil);
-    assert!(
-        max == 0,
-        "{what}: differs from PIL in {count} samples, max |diff| {max}"
-    );
+    assert!(max == 0, "{what}: differs from PIL in {count} samples, max |diff| {max}");
 }
 
 #[test]
@@ -85,36 +72,24 @@ fn bicubic_matches_pillow() {
         let pil = reference_rgb(&fixture(&format!("bicubic_{w}x{h}.png")));
         let ours = resize_bicubic(&src, w, h);
         assert_eq!(ours.dimensions(), (w, h));
-        assert_same(
-            &format!("bicubic 67x41 -> {w}x{h}"),
-            ours.as_raw(),
-            pil.as_raw(),
-        );
+        assert_same(&format!("bicubic 67x41 -> {w}x{h}"), ours.as_raw(), pil.as_raw());
     }
 }
 
 #[test]
 fn nearest_matches_pillow_for_8_and_16_bit_labels() {
     let manifest = json("manifest.json");
-    let label8 = ::image::open(fixture("label8_38x22.png"))
-        .unwrap()
-        .into_luma8();
-    let label16 = ::image::open(fixture("label16_38x22.png"))
-        .unwrap()
-        .into_luma16();
+    let label8 = ::image::open(fixture("label8_38x22.png")).unwrap().into_luma8();
+    let label16 = ::image::open(fixture("label16_38x22.png")).unwrap().into_luma16();
     let (w0, h0) = label8.dimensions();
     let all = sizes(&manifest["nearest_sizes"]);
     // Sizes where Pillow's 8-bit and 16-bit rules pick different pixels must be covered.
     assert!(!sizes(&manifest["nearest_rules_differ"]).is_empty());
     for (w, h) in all {
-        let pil8 = ::image::open(fixture(&format!("nearest8_{w}x{h}.png")))
-            .unwrap()
-            .into_luma8();
+        let pil8 = ::image::open(fixture(&format!("nearest8_{w}x{h}.png"))).unwrap().into_luma8();
         let ours8 = resize_nearest(label8.as_raw(), w0, h0, w, h);
         assert_same(&format!("nearest u8 -> {w}x{h}"), &ours8, pil8.as_raw());
-        let pil16 = ::image::open(fixture(&format!("nearest16_{w}x{h}.png")))
-            .unwrap()
-            .into_luma16();
+        let pil16 = ::image::open(fixture(&format!("nearest16_{w}x{h}.png"))).unwrap().into_luma16();
         let ours16 = resize_nearest(label16.as_raw(), w0, h0, w, h);
         assert_same(&format!("nearest u16 -> {w}x{h}"), &ours16, pil16.as_raw());
     }
@@ -126,8 +101,8 @@ fn read_rgb_matches_pil_convert_rgb_for_every_png_kind() {
     let modes = manifest["modes"].as_object().unwrap();
     assert!(modes.len() >= 20);
     for (name, info) in modes {
-        let ours = read_rgb(&fixture(&format!("modes/{name}.png")))
-            .unwrap_or_else(|e| panic!("{name} ({info}): {e:#}"));
+        let ours =
+            read_rgb(&fixture(&format!("modes/{name}.png"))).unwrap_or_else(|e| panic!("{name} ({info}): {e:#}"));
         let pil = reference_rgb(&fixture(&format!("modes/{name}.rgb.png")));
         assert_eq!(ours.dimensions(), pil.dimensions(), "{name}");
         assert_same(&format!("{name} ({info})"), ours.as_raw(), pil.as_raw());
@@ -142,14 +117,8 @@ fn read_rgb_decodes_pil_jpegs_closely() {
         let ours = read_rgb(&fixture(&format!("jpeg/{name}.jpg"))).unwrap();
         let pil = reference_rgb(&fixture(&format!("jpeg/{name}.rgb.png")));
         let (max, count) = difference(ours.as_raw(), pil.as_raw());
-        eprintln!(
-            "jpeg {name}: max |diff| {max}, {count} of {} bytes differ",
-            pil.as_raw().len()
-        );
-        assert!(
-            max <= JPEG_TOLERANCE,
-            "jpeg {name}: max |diff| {max} > {JPEG_TOLERANCE}"
-        );
+        eprintln!("jpeg {name}: max |diff| {max}, {count} of {} bytes differ", pil.as_raw().len());
+        assert!(max <= JPEG_TOLERANCE, "jpeg {name}: max |diff| {max} > {JPEG_TOLERANCE}");
     }
 }
 const JPEG_TOLERANCE: i64 = 4;
@@ -158,12 +127,7 @@ const JPEG_TOLERANCE: i64 = 4;
 fn jet_matches_matplotlib() {
     let jet = json("jet.json");
     for (i, rgb) in jet["lut"].as_array().unwrap().iter().enumerate() {
-        let want: Vec<u8> = rgb
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u8)
-            .collect();
+        let want: Vec<u8> = rgb.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
         // Entry i is hit by v = i / 256 exactly.
         assert_eq!(colormap::jet(i as f32 / 256.0).to_vec(), want, "lut[{i}]");
     }
@@ -172,18 +136,10 @@ fn jet_matches_matplotlib() {
     assert_eq!(bits.len(), colours.len());
     for (b, rgb) in bits.iter().zip(colours) {
         let v = f32::from_bits(b.as_u64().unwrap() as u32);
-        let want: Vec<u8> = rgb
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u8)
-            .collect();
+        let want: Vec<u8> = rgb.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
         assert_eq!(colormap::jet(v).to_vec(), want, "jet({v:?})");
     }
-    let values: Vec<f32> = bits
-        .iter()
-        .map(|b| f32::from_bits(b.as_u64().unwrap() as u32))
-        .collect();
+    let values: Vec<f32> = bits.iter().map(|b| f32::from_bits(b.as_u64().unwrap() as u32)).collect();
     let img = colormap::heatmap(&values, values.len() as u32, 1);
     for (p, v) in img.pixels().zip(&values) {
         assert_eq!(p.0, colormap::jet(*v));
@@ -222,13 +178,9 @@ fn pil_dump() -> Option<PathBuf> {
 /// Compares by hash; on a mismatch (or always, with a dump of PIL's outputs) reports the
 /// exact difference. Returns whether it matched.
 fn check_hash(what: &str, ours: &[u8], want: &Value, dump_name: Option<String>) -> bool {
-    let want = want
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: no reference hash"));
+    let want = want.as_str().unwrap_or_else(|| panic!("{what}: no reference hash"));
     let ok = fnv1a64(ours) == want;
-    let pil = dump_name
-        .zip(pil_dump())
-        .and_then(|(n, d)| std::fs::read(d.join(n)).ok());
+    let pil = dump_name.zip(pil_dump()).and_then(|(n, d)| std::fs::read(d.join(n)).ok());
     match pil {
         Some(pil) => {
             let (max, count) = difference(ours, &pil);
@@ -250,39 +202,20 @@ fn real_frames_match_pillow() {
     let mut failures = Vec::new();
     for (rel, e) in refs["train_frames"].as_object().unwrap() {
         let img = read_rgb(&data.join(rel)).unwrap();
-        let stem = Path::new(rel)
-            .file_stem()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        if !check_hash(
-            &format!("{stem} decoded"),
-            img.as_raw(),
-            &e["decoded"],
-            None,
-        ) {
+        let stem = Path::new(rel).file_stem().unwrap().to_string_lossy().into_owned();
+        if !check_hash(&format!("{stem} decoded"), img.as_raw(), &e["decoded"], None) {
             failures.push(format!("{stem} decoded"));
         }
         for (w, h) in [(1024, 512), (1280, 720), (1914, 1052)] {
             let key = format!("bicubic_{w}x{h}");
             let ours = resize_bicubic(&img, w, h);
-            if !check_hash(
-                &format!("{stem} {key}"),
-                ours.as_raw(),
-                &e[&key],
-                Some(format!("{stem}.{key}.rgb")),
-            ) {
+            if !check_hash(&format!("{stem} {key}"), ours.as_raw(), &e[&key], Some(format!("{stem}.{key}.rgb"))) {
                 failures.push(format!("{stem} {key}"));
             }
             if (w, h) == (1914, 1052) {
                 let key = "bicubic_1914x1052_then_1280x720";
                 let twice = resize_bicubic(&ours, 1280, 720);
-                if !check_hash(
-                    &format!("{stem} {key}"),
-                    twice.as_raw(),
-                    &e[key],
-                    Some(format!("{stem}.{key}.rgb")),
-                ) {
+                if !check_hash(&format!("{stem} {key}"), twice.as_raw(), &e[key], Some(format!("{stem}.{key}.rgb"))) {
                     failures.push(format!("{stem} {key}"));
                 }
             }
@@ -307,12 +240,7 @@ fn real_frames_match_pillow() {
         // Labels: PIL keeps the mode (L for label ids, I;16 for instance ids).
         let dynamic = ::image::open(&path).unwrap();
         let (w0, h0) = (dynamic.width(), dynamic.height());
-        for (key, _) in e
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.starts_with("nearest_") || *k == "decoded")
-        {
+        for (key, _) in e.as_object().unwrap().iter().filter(|(k, _)| k.starts_with("nearest_") || *k == "decoded") {
             let (w, h) = match key.strip_prefix("nearest_") {
                 Some(s) => {
                     let (w, h) = s.split_once('x').unwrap();
@@ -342,20 +270,13 @@ fn real_frames_match_pillow() {
 fn bench_resize_bicubic_gta5_size() {
     let src = match shared_data() {
         Some(d) => {
-            let p = d.join(
-                "cityscapes-mini/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png",
-            );
+            let p = d.join("cityscapes-mini/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png");
             resize_bicubic(&read_rgb(&p).unwrap(), 1914, 1052)
         }
-        None => RgbImage::from_fn(1914, 1052, |x, y| {
-            ::image::Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (y * 3) as u8])
-        }),
+        None => RgbImage::from_fn(1914, 1052, |x, y| ::image::Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (y * 3) as u8])),
     };
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let _ = resize_bicubic(&src, 1280, 720); // warm-up
             let n = 30;

@@ -27,31 +27,15 @@ fn seg_parity(fixture_name: &str, config: ModelConfig, h: i64, w: i64, bn_keys: 
 
     let heads = tch::no_grad(|| model.forward_t(&x, false)).unwrap();
     check("eval.main", &heads.main, &want["eval.main"]);
-    assert_eq!(
-        heads.main.size()[2..],
-        [
-            output_size(config.arch, h, w).0,
-            output_size(config.arch, h, w).1
-        ]
-    );
+    assert_eq!(heads.main.size()[2..], [output_size(config.arch, h, w).0, output_size(config.arch, h, w).1]);
     match (&heads.aux, want.get("eval.aux")) {
         (Some(a), Some(r)) => check("eval.aux", a, r),
         (None, None) => {}
         _ => panic!("aux head presence differs from the reference"),
     }
-    let prob = loss::upsample(&heads.main, h, w)
-        .unwrap()
-        .softmax(1, Kind::Float);
-    check(
-        "eval.entropy",
-        &loss::entropy_map(&prob).unwrap(),
-        &want["eval.entropy"],
-    );
-    let agree = prob
-        .argmax(1, false)
-        .eq_tensor(&want["eval.argmax"])
-        .to_kind(Kind::Float)
-        .mean(Kind::Float);
+    let prob = loss::upsample(&heads.main, h, w).unwrap().softmax(1, Kind::Float);
+    check("eval.entropy", &loss::entropy_map(&prob).unwrap(), &want["eval.entropy"]);
+    let agree = prob.argmax(1, false).eq_tensor(&want["eval.argmax"]).to_kind(Kind::Float).mean(Kind::Float);
     assert!(agree.double_value(&[]) > 0.999, "argmax agreement {agree}");
 
     let heads = tch::no_grad(|| model.forward_t(&x, true)).unwrap();
@@ -62,11 +46,7 @@ fn seg_parity(fixture_name: &str, config: ModelConfig, h: i64, w: i64, bn_keys: 
     let vars = model.vs.variables();
     for key in bn_keys {
         let r = &want[&format!("after_train.{key}")];
-        check(
-            key,
-            &vars[*key].to_kind(Kind::Double),
-            &r.to_kind(Kind::Double),
-        );
+        check(key, &vars[*key].to_kind(Kind::Double), &r.to_kind(Kind::Double));
     }
 }
 
@@ -90,40 +70,22 @@ fn resnet101_multi_level_matches_reference() {
 
 #[test]
 fn resnet50_single_level_matches_reference() {
-    let config = ModelConfig {
-        arch: Arch::DeepLabV2ResNet50,
-        num_classes: 7,
-        multi_level: false,
-        aspp_sum: AsppSum::AllFour,
-    };
-    seg_parity(
-        "r50_single",
-        config,
-        49,
-        71,
-        &["bn1.running_mean", "layer4.2.bn3.running_var"],
-    );
+    let config =
+        ModelConfig { arch: Arch::DeepLabV2ResNet50, num_classes: 7, multi_level: false, aspp_sum: AsppSum::AllFour };
+    seg_parity("r50_single", config, 49, 71, &["bn1.running_mean", "layer4.2.bn3.running_var"]);
 }
 
 #[test]
 fn vgg16_matches_reference() {
-    let config = ModelConfig {
-        arch: Arch::DeepLabV2Vgg16,
-        num_classes: 19,
-        multi_level: false,
-        aspp_sum: AsppSum::AllFour,
-    };
+    let config =
+        ModelConfig { arch: Arch::DeepLabV2Vgg16, num_classes: 19, multi_level: false, aspp_sum: AsppSum::AllFour };
     seg_parity("vgg16", config, 64, 88, &[]);
 }
 
 #[test]
 fn vgg16_two_branch_option_matches_adaptsegnet() {
-    let config = ModelConfig {
-        arch: Arch::DeepLabV2Vgg16,
-        num_classes: 19,
-        multi_level: false,
-        aspp_sum: AsppSum::FirstTwo,
-    };
+    let config =
+        ModelConfig { arch: Arch::DeepLabV2Vgg16, num_classes: 19, multi_level: false, aspp_sum: AsppSum::FirstTwo };
     seg_parity("vgg16_two_branches", config, 64, 88, &[]);
 }
 
@@ -133,16 +95,11 @@ fn discriminator_matches_reference() {
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let d = Discriminator::new(&vs.root(), 19, 64);
     fill_deterministic(&vs);
-    let x = Tensor::from_slice(&uniform("discriminator-input", 19 * 64 * 96, 0.0, 0.2))
-        .view([1, 19, 64, 96]);
+    let x = Tensor::from_slice(&uniform("discriminator-input", 19 * 64 * 96, 0.0, 0.2)).view([1, 19, 64, 96]);
     let y = tch::no_grad(|| d.forward(&x)).unwrap();
     check("discriminator", &y, &want["output"]);
     // SPEC §2: 2,781,121 parameters for C = 19.
-    let n: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let n: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     assert_eq!(n, 2_781_121);
 }
 
@@ -150,8 +107,6 @@ fn discriminator_matches_reference() {
 fn discriminator_rejects_inputs_smaller_than_its_receptive_stride() {
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let d = Discriminator::new(&vs.root(), 19, 64);
-    let err = d
-        .forward(&Tensor::zeros([1, 19, 16, 64], (Kind::Float, Device::Cpu)))
-        .unwrap_err();
+    let err = d.forward(&Tensor::zeros([1, 19, 16, 64], (Kind::Float, Device::Cpu))).unwrap_err();
     assert!(err.to_string().contains("H, W >= 32"), "{err}");
 }

@@ -19,10 +19,7 @@ const TOL: f64 = 1e-4;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
 }
 
 #[test]
@@ -32,13 +29,9 @@ fn r101_checkpoint_predicts_like_the_reference_in_both_formats() {
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     for file in ["model_zip.pth", "model_legacy.pth"] {
-        let (model, report) = SegModel::from_checkpoint(
-            &dir.join(file),
-            &ModelOverrides::default(),
-            LoadOptions::default(),
-            Device::Cpu,
-        )
-        .unwrap();
+        let (model, report) =
+            SegModel::from_checkpoint(&dir.join(file), &ModelOverrides::default(), LoadOptions::default(), Device::Cpu)
+                .unwrap();
         assert_eq!(report.kind, Some(WeightsKind::Model));
         assert_eq!(model.config.arch.name(), "deeplabv2-r101");
         for case in cases.as_array().unwrap() {
@@ -46,13 +39,8 @@ fn r101_checkpoint_predicts_like_the_reference_in_both_formats() {
                 let v = case[k].as_array().unwrap();
                 Some((v[0].as_u64().unwrap() as u32, v[1].as_u64().unwrap() as u32))
             };
-            let img =
-                advent::image::read_rgb(std::path::Path::new(case["image"].as_str().unwrap()))
-                    .unwrap();
-            let options = PredictOptions {
-                input_size: size("input_size"),
-                output_size: size("output_size"),
-            };
+            let img = advent::image::read_rgb(std::path::Path::new(case["image"].as_str().unwrap())).unwrap();
+            let options = PredictOptions { input_size: size("input_size"), output_size: size("output_size") };
             let t = std::time::Instant::now();
             let p = predict(&model, &img, &options).unwrap();
             let name = case["name"].as_str().unwrap();
@@ -72,10 +60,7 @@ fn r101_checkpoint_predicts_like_the_reference_in_both_formats() {
                 argmax_agree,
                 t.elapsed().as_secs_f64()
             );
-            assert!(
-                dp <= TOL && de <= TOL,
-                "{file} {name}: Δprob {dp:e}, Δentropy {de:e} exceed {TOL:e}"
-            );
+            assert!(dp <= TOL && de <= TOL, "{file} {name}: Δprob {dp:e}, Δentropy {de:e} exceed {TOL:e}");
         }
     }
 }

@@ -43,21 +43,13 @@ fn kind_of(dtype: &str) -> Kind {
 fn check_tensor(name: &str, t: &Tensor, want: &Value) {
     let kind = kind_of(want["dtype"].as_str().unwrap());
     assert_eq!(t.kind(), kind, "{name}: dtype");
-    let shape: Vec<i64> = want["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let shape: Vec<i64> = want["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     assert_eq!(t.size(), shape, "{name}: shape");
     assert!(t.is_contiguous(), "{name}: not contiguous");
     assert_eq!(t.device(), tch::Device::Cpu, "{name}: device");
     let values = want["values"].as_array().unwrap();
     let flat = t.reshape([-1]);
-    if matches!(
-        kind,
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    ) {
+    if matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
         let got = Vec::<f64>::try_from(flat.to_kind(Kind::Double)).unwrap();
         let want: Vec<f64> = values.iter().map(|v| v.as_f64().unwrap()).collect();
         assert_eq!(got.len(), want.len(), "{name}: element count");
@@ -75,18 +67,9 @@ fn check_tensor(name: &str, t: &Tensor, want: &Value) {
 fn check_against(dict: &StateDict, file: &str) {
     let expected = expected();
     let want = &expected["files"][file];
-    let names: Vec<&str> = want["names"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = want["names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(!names.is_empty());
-    assert_eq!(
-        dict.names().collect::<Vec<_>>(),
-        names,
-        "{file}: names in file order"
-    );
+    assert_eq!(dict.names().collect::<Vec<_>>(), names, "{file}: names in file order");
     for (name, t) in dict.iter() {
         check_tensor(name, t, &want["tensors"][name]);
     }
@@ -123,10 +106,7 @@ fn nested_state_dict_with_metadata() {
 
 #[test]
 fn old_rebuild_tensor_storage_views_and_parameters() {
-    check_against(
-        &load_fixture("old_rebuild_legacy.pth"),
-        "old_rebuild_legacy.pth",
-    );
+    check_against(&load_fixture("old_rebuild_legacy.pth"), "old_rebuild_legacy.pth");
 }
 
 #[test]
@@ -165,10 +145,7 @@ fn pth_writer_round_trips_through_the_reader() {
             }
         }
         let mut version = String::new();
-        zip.by_name("archive/version")
-            .unwrap()
-            .read_to_string(&mut version)
-            .unwrap();
+        zip.by_name("archive/version").unwrap().read_to_string(&mut version).unwrap();
         assert_eq!(version, "3\n");
     }
     // Atomic: nothing but the two outputs in the folder.
@@ -190,11 +167,7 @@ fn safetensors_writer_round_trips_through_the_reader() {
     assert_eq!(names, want);
     let expected = expected();
     for (name, t) in back.iter() {
-        check_tensor(
-            name,
-            t,
-            &expected["files"]["state_zip.pth"]["tensors"][name],
-        );
+        check_tensor(name, t, &expected["files"]["state_zip.pth"]["tensors"][name]);
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
@@ -206,10 +179,7 @@ fn writer_takes_views_and_variables() {
     let base = Tensor::arange(12, (Kind::Float, tch::Device::Cpu)).view([3, 4]);
     dict.insert("t", base.tr());
     dict.insert("slice", base.narrow(1, 1, 2));
-    dict.insert(
-        "grad",
-        Tensor::ones([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true),
-    );
+    dict.insert("grad", Tensor::ones([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true));
     dict.insert("big", Tensor::from_slice(&[i64::MIN, i64::MAX, 1 << 40]));
     dict.insert("scalar", Tensor::from(2.5f64));
     for file in ["v.pth", "v.safetensors"] {
@@ -243,9 +213,7 @@ fn load_error(bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad-input.pth");
     std::fs::write(&path, bytes).unwrap();
-    let err = weights::load(&path)
-        .err()
-        .unwrap_or_else(|| panic!("loaded {} bytes", bytes.len()));
+    let err = weights::load(&path).err().unwrap_or_else(|| panic!("loaded {} bytes", bytes.len()));
     let message = format!("{err:#}");
     eprintln!("{} bytes: {message}", bytes.len());
     assert!(message.contains(&path.display().to_string()), "{message}");
@@ -260,29 +228,19 @@ fn truncated_zip_is_an_error_naming_the_file() {
     assert!(message.contains("truncated"), "{message}");
     for cut in (4..bytes.len()).step_by(53).chain([bytes.len() - 1]) {
         let message = load_error(&bytes[..cut]);
-        assert!(
-            message.contains("truncated") || message.contains("corrupt"),
-            "{cut}: {message}"
-        );
+        assert!(message.contains("truncated") || message.contains("corrupt"), "{cut}: {message}");
     }
 }
 
 #[test]
 fn truncated_legacy_is_an_error_naming_the_file() {
-    for file in [
-        "state_legacy.pth",
-        "state_legacy_p4.pth",
-        "old_rebuild_legacy.pth",
-    ] {
+    for file in ["state_legacy.pth", "state_legacy_p4.pth", "old_rebuild_legacy.pth"] {
         let bytes = std::fs::read(fixture(file)).unwrap();
         let message = load_error(&bytes[..bytes.len() / 2]);
         assert!(message.contains("truncated"), "{message}");
         for cut in (1..bytes.len()).step_by(7).chain([bytes.len() - 1]) {
             let message = load_error(&bytes[..cut]);
-            assert!(
-                message.contains("truncated"),
-                "{file} cut at {cut}: {message}"
-            );
+            assert!(message.contains("truncated"), "{file} cut at {cut}: {message}");
         }
     }
 }
@@ -291,10 +249,7 @@ fn truncated_legacy_is_an_error_naming_the_file() {
 fn empty_random_and_text_files_are_errors_naming_the_file() {
     assert!(load_error(b"").contains("empty"));
     let message = load_error(b"This is a text file, not a checkpoint.\n");
-    assert!(
-        message.contains("not a PyTorch or safetensors checkpoint"),
-        "{message}"
-    );
+    assert!(message.contains("not a PyTorch or safetensors checkpoint"), "{message}");
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move || {
         state ^= state << 13;
@@ -320,10 +275,7 @@ fn missing_file_is_an_error_naming_it() {
 #[test]
 fn big_endian_legacy_file_is_refused() {
     let mut bytes = std::fs::read(fixture("state_legacy.pth")).unwrap();
-    let at = bytes
-        .windows(13)
-        .position(|w| w == b"little_endian")
-        .unwrap();
+    let at = bytes.windows(13).position(|w| w == b"little_endian").unwrap();
     let flag = at + bytes[at..].iter().position(|&b| b == 0x88).unwrap();
     assert!(flag - at < 20, "NEWTRUE right after the key");
     bytes[flag] = 0x89;
@@ -336,8 +288,7 @@ fn edited_zip(file: &str, edits: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
     let bytes = std::fs::read(fixture(file)).unwrap();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).unwrap();
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).unwrap();
         let name = entry.name().unwrap().to_string();
@@ -356,10 +307,7 @@ fn edited_zip(file: &str, edits: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
 
 #[test]
 fn big_endian_zip_file_is_refused() {
-    let message = load_error(&edited_zip(
-        "state_zip.pth",
-        &[("/byteorder", Some(b"big"))],
-    ));
+    let message = load_error(&edited_zip("state_zip.pth", &[("/byteorder", Some(b"big"))]));
     assert!(message.contains("big-endian"), "{message}");
     // Without a byteorder record (old files), little-endian is assumed.
     let bytes = edited_zip("state_zip.pth", &[("/byteorder", None)]);
@@ -371,10 +319,7 @@ fn big_endian_zip_file_is_refused() {
 
 #[test]
 fn short_storage_record_is_an_error() {
-    let message = load_error(&edited_zip(
-        "state_zip.pth",
-        &[("/data/0", Some(&[0u8; 8]))],
-    ));
+    let message = load_error(&edited_zip("state_zip.pth", &[("/data/0", Some(&[0u8; 8]))]));
     assert!(message.contains("layer1.0.conv1.weight"), "{message}");
     let message = load_error(&edited_zip("state_zip.pth", &[("/data/3", None)]));
     assert!(message.contains("data/3"), "{message}");
@@ -432,13 +377,8 @@ impl Pk {
 fn zip_with_pickle(pickle: &[u8]) -> Vec<u8> {
     let floats: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, data) in [
-        ("x/data.pkl", pickle),
-        ("x/data/0", &floats),
-        ("x/version", b"3\n"),
-    ] {
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, data) in [("x/data.pkl", pickle), ("x/data/0", &floats), ("x/version", b"3\n")] {
         out.start_file(name, options).unwrap();
         out.write_all(data).unwrap();
     }
@@ -446,23 +386,14 @@ fn zip_with_pickle(pickle: &[u8]) -> Vec<u8> {
 }
 
 fn one_tensor_dict(numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
-    Pk::new()
-        .op(b"}(")
-        .str("w")
-        .tensor(numel, offset, size, stride)
-        .op(b"u.")
-        .0
+    Pk::new().op(b"}(").str("w").tensor(numel, offset, size, stride).op(b"u.").0
 }
 
 #[test]
 fn hand_made_zip_checkpoint_loads() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ok.pth");
-    std::fs::write(
-        &path,
-        zip_with_pickle(&one_tensor_dict(6, 1, &[2, 2], &[1, 3])),
-    )
-    .unwrap();
+    std::fs::write(&path, zip_with_pickle(&one_tensor_dict(6, 1, &[2, 2], &[1, 3]))).unwrap();
     let dict = weights::load(&path).unwrap();
     let w = Vec::<f32>::try_from(dict.get("w").unwrap().reshape([-1])).unwrap();
     assert_eq!(w, [1.0, 4.0, 2.0, 5.0]);
@@ -485,61 +416,29 @@ fn malicious_sizes_offsets_and_strides_are_errors() {
         (6, 0, vec![1; 65], vec![1; 65]),      // too many dimensions
     ];
     for (numel, offset, size, stride) in cases {
-        let message = load_error(&zip_with_pickle(&one_tensor_dict(
-            numel, offset, &size, &stride,
-        )));
+        let message = load_error(&zip_with_pickle(&one_tensor_dict(numel, offset, &size, &stride)));
         assert!(message.contains("\"w\""), "{size:?} {stride:?}: {message}");
     }
 }
 
 #[test]
 fn non_tensor_entries_are_errors_naming_the_key() {
-    let pickle = Pk::new()
-        .op(b"}(")
-        .str("w")
-        .tensor(6, 0, &[6], &[1])
-        .str("b")
-        .int(3)
-        .op(b"u.")
-        .0;
+    let pickle = Pk::new().op(b"}(").str("w").tensor(6, 0, &[6], &[1]).str("b").int(3).op(b"u.").0;
     let message = load_error(&zip_with_pickle(&pickle));
-    assert!(
-        message.contains("\"b\"") && message.contains("not a tensor"),
-        "{message}"
-    );
+    assert!(message.contains("\"b\"") && message.contains("not a tensor"), "{message}");
     // Known metadata is skipped.
-    let pickle = Pk::new()
-        .op(b"}(")
-        .str("w")
-        .tensor(6, 0, &[6], &[1])
-        .str("block._extra_state")
-        .int(3)
-        .op(b"u.")
-        .0;
+    let pickle = Pk::new().op(b"}(").str("w").tensor(6, 0, &[6], &[1]).str("block._extra_state").int(3).op(b"u.").0;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("extra.pth");
     std::fs::write(&path, zip_with_pickle(&pickle)).unwrap();
-    assert_eq!(
-        weights::load(&path).unwrap().names().collect::<Vec<_>>(),
-        ["w"]
-    );
+    assert_eq!(weights::load(&path).unwrap().names().collect::<Vec<_>>(), ["w"]);
 }
 
 #[test]
 fn checkpoint_without_a_state_dict_lists_its_keys() {
-    let pickle = Pk::new()
-        .op(b"}(")
-        .str("epoch")
-        .int(3)
-        .str("arch")
-        .str("deeplab")
-        .op(b"u.")
-        .0;
+    let pickle = Pk::new().op(b"}(").str("epoch").int(3).str("arch").str("deeplab").op(b"u.").0;
     let message = load_error(&zip_with_pickle(&pickle));
-    assert!(
-        message.contains("\"epoch\"") && message.contains("\"arch\""),
-        "{message}"
-    );
+    assert!(message.contains("\"epoch\"") && message.contains("\"arch\""), "{message}");
     let message = load_error(&zip_with_pickle(&Pk::new().op(b"](").int(1).op(b"e.").0));
     assert!(message.contains("list"), "{message}");
 }
@@ -547,16 +446,8 @@ fn checkpoint_without_a_state_dict_lists_its_keys() {
 #[test]
 fn state_dict_under_model_state_dict_and_model() {
     for key in ["model_state_dict", "model"] {
-        let pickle = Pk::new()
-            .op(b"}(")
-            .str("epoch")
-            .int(3)
-            .str(key)
-            .op(b"}(")
-            .str("w")
-            .tensor(6, 0, &[3], &[2])
-            .op(b"uu.")
-            .0;
+        let pickle =
+            Pk::new().op(b"}(").str("epoch").int(3).str(key).op(b"}(").str("w").tensor(6, 0, &[3], &[2]).op(b"uu.").0;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wrapped.pth");
         std::fs::write(&path, zip_with_pickle(&pickle)).unwrap();
@@ -581,10 +472,7 @@ fn torch_loads_our_pth_with_weights_only() {
     let source = fixture("state_zip.pth");
     let mut dict = load_fixture("state_zip.pth");
     // A few tensors made here, which the script rebuilds in torch.
-    dict.insert(
-        "extra.big",
-        Tensor::from_slice(&[i64::MIN, i64::MAX, -1, 1 << 40]),
-    );
+    dict.insert("extra.big", Tensor::from_slice(&[i64::MIN, i64::MAX, -1, 1 << 40]));
     let base = Tensor::arange(12, (Kind::Double, tch::Device::Cpu)).view([3, 4]) / 8.0;
     dict.insert("extra.transposed", base.tr());
     let ours = dir.path().join("ours.pth");
@@ -615,9 +503,6 @@ print("torch", torch.__version__, "loaded", len(ours), "tensors, all equal")
         .expect("running ADVENT_TORCH_PYTHON");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "torch.load failed:\n{stdout}\n{stderr}"
-    );
+    assert!(output.status.success(), "torch.load failed:\n{stdout}\n{stderr}");
     eprintln!("{stdout}");
 }

@@ -5,12 +5,32 @@
 //! (SPEC §5.1): the image resized bicubically (bit-exact with PIL) to the configured size,
 //! RGB turned to BGR, the BGR mean subtracted, no scaling and no augmentation; the label
 //! resized with nearest neighbour and mapped to train ids (255 = ignored).
+//!
+//! * one short file per dataset says where its files are and how its labels read:
+//!   [`gta5`], [`synthia`], [`cityscapes`], [`foggy`]; [`synthetic`] generates scenes;
+//! * [`layout`] finds the items of any of them and loads one ([`FileDataset`]); [`label`]
+//!   reads label files as stored and holds the id → train-id tables;
+//! * [`loader`] turns a dataset into endless, seeded, resumable batches, loaded ahead by
+//!   worker threads; [`check`] reads a whole dataset and reports its problems
+//!   (`advent data check`).
 
+pub mod check;
+pub mod cityscapes;
+pub mod foggy;
+pub mod gta5;
+pub mod label;
+pub mod layout;
+pub mod loader;
 pub mod synthetic;
+pub mod synthia;
 
-use anyhow::Result;
+pub use layout::{FileDataset, LabelSize, Layout};
+pub use loader::{Batch, Loader, LoaderConfig, OrderState};
+pub use synthia::SynthiaLabels;
+
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -62,13 +82,65 @@ pub struct DatasetSpec {
     pub synthetic_domain: synthetic::Domain,
 }
 
+/// The datasets read from their official folder layouts, by `DatasetSpec::kind`.
+pub const FILE_KINDS: [&str; 4] = ["gta5", "synthia", "cityscapes", "foggy-cityscapes"];
+
+/// What opening a file-based dataset may choose beyond its [`DatasetSpec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Size of the loaded labels (default: the image size, as in training).
+    pub label_size: LabelSize,
+    /// Which SYNTHIA label set to read (default: `parsed_LABELS` when present).
+    pub synthia_labels: SynthiaLabels,
+}
+
 /// Opens the dataset a spec names.
 pub fn open(spec: &DatasetSpec) -> Result<Arc<dyn Dataset>> {
+    open_with(spec, &OpenOptions::default())
+}
+
+/// Opens the dataset a spec names, with options (evaluation loads labels at their native
+/// size: `LabelSize::Native`).
+pub fn open_with(spec: &DatasetSpec, options: &OpenOptions) -> Result<Arc<dyn Dataset>> {
     match spec.kind.as_str() {
         "synthetic" => Ok(Arc::new(synthetic::SyntheticScenes::new(spec)?)),
-        other => anyhow::bail!(
-            "dataset `{other}` cannot be read yet (known: synthetic); the readers of GTA5, \
-             SYNTHIA, Cityscapes and Foggy Cityscapes arrive with the dataset work"
-        ),
+        _ => Ok(Arc::new(open_files(spec, options)?)),
     }
+}
+
+/// The folder layout of a file-based dataset kind (see [`FILE_KINDS`]) at `spec.root`.
+pub fn layout(spec: &DatasetSpec, synthia_labels: SynthiaLabels) -> Result<Box<dyn Layout>> {
+    layout_of(&spec.kind, &spec.root, &spec.split, spec.foggy_beta, synthia_labels)
+}
+
+/// The folder layout of dataset `kind` (see [`FILE_KINDS`]) at `root`. `split` is used by
+/// Cityscapes and Foggy Cityscapes, `foggy_beta` by the latter, `synthia_labels` by SYNTHIA.
+pub fn layout_of(
+    kind: &str,
+    root: &Path,
+    split: &str,
+    foggy_beta: f64,
+    synthia_labels: SynthiaLabels,
+) -> Result<Box<dyn Layout>> {
+    let root = root.to_path_buf();
+    let split = split.to_string();
+    Ok(match kind {
+        "gta5" => Box::new(gta5::Gta5 { root }),
+        "synthia" => Box::new(synthia::Synthia::new(root, synthia_labels)),
+        "cityscapes" => Box::new(cityscapes::Cityscapes { root, split }),
+        "foggy-cityscapes" => Box::new(foggy::FoggyCityscapes { root, split, beta: foggy_beta }),
+        other => bail!("unknown dataset `{other}` (known: {}, synthetic)", FILE_KINDS.join(", ")),
+    })
+}
+
+/// Opens a file-based dataset (see [`FILE_KINDS`]) as its concrete type.
+pub fn open_files(spec: &DatasetSpec, options: &OpenOptions) -> Result<FileDataset> {
+    let layout = layout(spec, options.synthia_labels)?;
+    FileDataset::new(
+        layout,
+        spec.list.as_deref(),
+        spec.size,
+        spec.labels.then_some(options.label_size),
+        spec.num_classes,
+    )
 }

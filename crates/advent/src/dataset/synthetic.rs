@@ -132,7 +132,8 @@ pub fn generate(seed: u64, index: u64, domain: Domain, w: u32, h: u32) -> (RgbIm
     let mut rng = Rng::new(layout_seed);
     let (wi, hi) = (w as i64, h as i64);
     let (wf, hf) = (w as f32, h as f32);
-    let mut c = Canvas { w: wi, h: hi, label: vec![id::SKY; (w * h) as usize], color: vec![[0.0; 3]; (w * h) as usize] };
+    let mut c =
+        Canvas { w: wi, h: hi, label: vec![id::SKY; (w * h) as usize], color: vec![[0.0; 3]; (w * h) as usize] };
     let color = |rng: &mut Rng, class: u8| jitter(rng, base_color(domain, class), 12.0);
 
     let sky = color(&mut rng, id::SKY);
@@ -173,7 +174,14 @@ pub fn generate(seed: u64, index: u64, domain: Domain, w: u32, h: u32) -> (RgbIm
         let px = rng.int(0, wi);
         let col = color(&mut rng, id::POLE);
         let pw = (wi / 80).max(1);
-        c.fill_rect(px, (horizon as f32 - hf * 0.3) as i64, px + pw, (horizon as f32 + hf * 0.25) as i64, id::POLE, col);
+        c.fill_rect(
+            px,
+            (horizon as f32 - hf * 0.3) as i64,
+            px + pw,
+            (horizon as f32 + hf * 0.25) as i64,
+            id::POLE,
+            col,
+        );
     }
     // Cars on the road, larger when nearer.
     for _ in 0..rng.int(1, 4) {

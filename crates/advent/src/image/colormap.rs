@@ -15,28 +15,10 @@ use std::sync::LazyLock;
 type Segments = &'static [(f64, f64, f64)];
 
 /// matplotlib's `_jet_data` (`matplotlib/_cm.py`).
-const JET_RED: Segments = &[
-    (0.0, 0.0, 0.0),
-    (0.35, 0.0, 0.0),
-    (0.66, 1.0, 1.0),
-    (0.89, 1.0, 1.0),
-    (1.0, 0.5, 0.5),
-];
-const JET_GREEN: Segments = &[
-    (0.0, 0.0, 0.0),
-    (0.125, 0.0, 0.0),
-    (0.375, 1.0, 1.0),
-    (0.64, 1.0, 1.0),
-    (0.91, 0.0, 0.0),
-    (1.0, 0.0, 0.0),
-];
-const JET_BLUE: Segments = &[
-    (0.0, 0.5, 0.5),
-    (0.11, 1.0, 1.0),
-    (0.34, 1.0, 1.0),
-    (0.65, 0.0, 0.0),
-    (1.0, 0.0, 0.0),
-];
+const JET_RED: Segments = &[(0.0, 0.0, 0.0), (0.35, 0.0, 0.0), (0.66, 1.0, 1.0), (0.89, 1.0, 1.0), (1.0, 0.5, 0.5)];
+const JET_GREEN: Segments =
+    &[(0.0, 0.0, 0.0), (0.125, 0.0, 0.0), (0.375, 1.0, 1.0), (0.64, 1.0, 1.0), (0.91, 0.0, 0.0), (1.0, 0.0, 0.0)];
+const JET_BLUE: Segments = &[(0.0, 0.5, 0.5), (0.11, 1.0, 1.0), (0.34, 1.0, 1.0), (0.65, 0.0, 0.0), (1.0, 0.0, 0.0)];
 
 /// Entries in matplotlib's default colour tables.
 const N: usize = 256;
@@ -62,11 +44,7 @@ fn lookup_table(seg: Segments) -> [u8; N] {
 }
 
 static JET: LazyLock<[[u8; 3]; N]> = LazyLock::new(|| {
-    let (r, g, b) = (
-        lookup_table(JET_RED),
-        lookup_table(JET_GREEN),
-        lookup_table(JET_BLUE),
-    );
+    let (r, g, b) = (lookup_table(JET_RED), lookup_table(JET_GREEN), lookup_table(JET_BLUE));
     std::array::from_fn(|i| [r[i], g[i], b[i]])
 });
 
@@ -95,11 +73,7 @@ pub fn jet(v: f32) -> [u8; 3] {
 ///
 /// If `values.len() != w * h`.
 pub fn heatmap(values: &[f32], w: u32, h: u32) -> RgbImage {
-    assert_eq!(
-        values.len(),
-        w as usize * h as usize,
-        "value buffer does not match its size"
-    );
+    assert_eq!(values.len(), w as usize * h as usize, "value buffer does not match its size");
     let data = values.iter().flat_map(|&v| jet(v)).collect();
     RgbImage::from_raw(w, h, data).expect("buffer size matches")
 }
@@ -111,15 +85,8 @@ pub fn heatmap(values: &[f32], w: u32, h: u32) -> RgbImage {
 ///
 /// If `labels.len() != w * h`.
 pub fn colorize(labels: &[u8], w: u32, h: u32, palette: &[[u8; 3]]) -> RgbImage {
-    assert_eq!(
-        labels.len(),
-        w as usize * h as usize,
-        "label buffer does not match its size"
-    );
-    let data = labels
-        .iter()
-        .flat_map(|&id| palette.get(id as usize).copied().unwrap_or([0; 3]))
-        .collect();
+    assert_eq!(labels.len(), w as usize * h as usize, "label buffer does not match its size");
+    let data = labels.iter().flat_map(|&id| palette.get(id as usize).copied().unwrap_or([0; 3])).collect();
     RgbImage::from_raw(w, h, data).expect("buffer size matches")
 }
 

@@ -58,8 +58,7 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage> {
 /// PNG colour type (IHDR byte 25) and bit depth (byte 24), if `bytes` is a PNG.
 fn png_header(bytes: &[u8]) -> Option<(u8, u8)> {
     const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    (bytes.len() > 25 && bytes.starts_with(SIGNATURE) && &bytes[12..16] == b"IHDR")
-        .then(|| (bytes[25], bytes[24]))
+    (bytes.len() > 25 && bytes.starts_with(SIGNATURE) && &bytes[12..16] == b"IHDR").then(|| (bytes[25], bytes[24]))
 }
 
 fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
@@ -70,9 +69,7 @@ fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     let Some(format) = reader.format() else {
         bail!("not an image (neither PNG nor JPEG)");
     };
-    let img = reader
-        .decode()
-        .map_err(|e| anyhow!("corrupt or truncated {format:?} data: {e}"))?;
+    let img = reader.decode().map_err(|e| anyhow!("corrupt or truncated {format:?} data: {e}"))?;
     // 16-bit grey with a tRNS chunk is decoded with an alpha channel; PIL keeps it `I;16`.
     let grey16 = png_header(bytes) == Some((0, 16));
     let saturate = |v: u16| v.min(255) as u8;
@@ -85,12 +82,8 @@ fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
         DynamicImage::ImageLuma16(i) => map_pixels(&i, |p: &[u16]| [saturate(p[0]); 3]),
         DynamicImage::ImageLumaA16(i) if grey16 => map_pixels(&i, |p: &[u16]| [saturate(p[0]); 3]),
         DynamicImage::ImageLumaA16(i) => map_pixels(&i, |p: &[u16]| [high(p[0]); 3]),
-        DynamicImage::ImageRgb16(i) => {
-            map_pixels(&i, |p: &[u16]| [high(p[0]), high(p[1]), high(p[2])])
-        }
-        DynamicImage::ImageRgba16(i) => {
-            map_pixels(&i, |p: &[u16]| [high(p[0]), high(p[1]), high(p[2])])
-        }
+        DynamicImage::ImageRgb16(i) => map_pixels(&i, |p: &[u16]| [high(p[0]), high(p[1]), high(p[2])]),
+        DynamicImage::ImageRgba16(i) => map_pixels(&i, |p: &[u16]| [high(p[0]), high(p[1]), high(p[2])]),
         other => other.to_rgb8(),
     })
 }
@@ -102,11 +95,7 @@ where
     F: Fn(&[P::Subpixel]) -> [u8; 3],
 {
     let (w, h) = img.dimensions();
-    let data = img
-        .as_raw()
-        .chunks_exact(P::CHANNEL_COUNT as usize)
-        .flat_map(f)
-        .collect();
+    let data = img.as_raw().chunks_exact(P::CHANNEL_COUNT as usize).flat_map(f).collect();
     RgbImage::from_raw(w, h, data).expect("buffer size matches")
 }
 
@@ -145,22 +134,10 @@ pub fn write_png_gray8(path: &Path, width: u32, height: u32, data: &[u8]) -> Res
 ///
 /// A failed write; the message names the file.
 pub fn write_png_rgb(path: &Path, img: &RgbImage) -> Result<()> {
-    write_png(
-        path,
-        img.width(),
-        img.height(),
-        img.as_raw(),
-        ExtendedColorType::Rgb8,
-    )
+    write_png(path, img.width(), img.height(), img.as_raw(), ExtendedColorType::Rgb8)
 }
 
-fn write_png(
-    path: &Path,
-    width: u32,
-    height: u32,
-    data: &[u8],
-    color: ExtendedColorType,
-) -> Result<()> {
+fn write_png(path: &Path, width: u32, height: u32, data: &[u8], color: ExtendedColorType) -> Result<()> {
     let expected = width as usize * height as usize * usize::from(color.channel_count());
     if data.len() != expected {
         bail!(
@@ -182,8 +159,7 @@ mod tests {
     #[test]
     fn input_tensor_is_bgr_minus_mean() {
         // 2x2: (0,0) red, (1,0) green, (0,1) blue, (1,1) grey 100.
-        let img =
-            RgbImage::from_raw(2, 2, vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 100, 100, 100]).unwrap();
+        let img = RgbImage::from_raw(2, 2, vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 100, 100, 100]).unwrap();
         let t = to_input_tensor(&img, [10.0, 20.0, 30.0]);
         assert_eq!(t.size(), vec![1, 3, 2, 2]);
         assert_eq!(t.kind(), tch::Kind::Float);
@@ -200,8 +176,7 @@ mod tests {
     #[test]
     fn input_tensor_rounds_the_mean_to_f32_first() {
         let img = RgbImage::from_raw(1, 1, vec![1, 2, 3]).unwrap();
-        let v: Vec<f32> =
-            Vec::try_from(to_input_tensor(&img, IMG_MEAN_BGR).flatten(0, -1)).unwrap();
+        let v: Vec<f32> = Vec::try_from(to_input_tensor(&img, IMG_MEAN_BGR).flatten(0, -1)).unwrap();
         let m = IMG_MEAN_BGR.map(|m| m as f32);
         assert_eq!(v, vec![3.0 - m[0], 2.0 - m[1], 1.0 - m[2]]);
         assert_eq!(v[0], -101.00699);

@@ -125,21 +125,12 @@ fn bicubic_coefficients(in_size: usize, out_size: usize) -> Coefficients {
         }
         for (s, &kj) in slot.iter_mut().zip(&k[..n]) {
             let fixed = kj * f64::from(1u32 << PRECISION_BITS);
-            *s = if kj < 0.0 {
-                (-0.5 + fixed) as i32
-            } else {
-                (0.5 + fixed) as i32
-            };
+            *s = if kj < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
         }
         start.push(lo as usize);
         len.push(n);
     }
-    Coefficients {
-        weights,
-        start,
-        len,
-        taps,
-    }
+    Coefficients { weights, start, len, taps }
 }
 
 /// Pillow's `clip8`: drop the fractional bits, clamp to a byte.
@@ -160,24 +151,22 @@ fn horizontal_pass<const C: usize>(
     out_width: usize,
 ) {
     let in_stride = src_width * C;
-    out.par_chunks_mut(out_width * C)
-        .enumerate()
-        .for_each(|(r, row_out)| {
-            let row_in = &src[(first_row + r) * in_stride..][..in_stride];
-            for (xx, px_out) in row_out.chunks_exact_mut(C).enumerate() {
-                let (start, w) = coeffs.of(xx);
-                let px_in = &row_in[start * C..(start + w.len()) * C];
-                let mut acc = [HALF; C];
-                for (&wk, p) in w.iter().zip(px_in.chunks_exact(C)) {
-                    for c in 0..C {
-                        acc[c] += i32::from(p[c]) * wk;
-                    }
-                }
+    out.par_chunks_mut(out_width * C).enumerate().for_each(|(r, row_out)| {
+        let row_in = &src[(first_row + r) * in_stride..][..in_stride];
+        for (xx, px_out) in row_out.chunks_exact_mut(C).enumerate() {
+            let (start, w) = coeffs.of(xx);
+            let px_in = &row_in[start * C..(start + w.len()) * C];
+            let mut acc = [HALF; C];
+            for (&wk, p) in w.iter().zip(px_in.chunks_exact(C)) {
                 for c in 0..C {
-                    px_out[c] = clip8(acc[c]);
+                    acc[c] += i32::from(p[c]) * wk;
                 }
             }
-        });
+            for c in 0..C {
+                px_out[c] = clip8(acc[c]);
+            }
+        }
+    });
 }
 
 /// Vertical pass: each output row is a weighted sum of whole rows of `src` (`row_len`
@@ -209,16 +198,9 @@ fn resize_bicubic_u8<const C: usize>(
     new_width: usize,
     new_height: usize,
 ) -> Vec<u8> {
-    assert_eq!(
-        src.len(),
-        width * height * C,
-        "pixel buffer does not match its size"
-    );
+    assert_eq!(src.len(), width * height * C, "pixel buffer does not match its size");
     assert!(width > 0 && height > 0, "cannot resize an empty image");
-    assert!(
-        new_width > 0 && new_height > 0,
-        "cannot resize to an empty image"
-    );
+    assert!(new_width > 0 && new_height > 0, "cannot resize to an empty image");
     let need_h = new_width != width;
     let need_v = new_height != height;
     if !need_h && !need_v {
@@ -269,13 +251,7 @@ fn resize_bicubic_u8<const C: usize>(
 /// If the input or the requested size is empty (Pillow raises `ValueError` for the latter).
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (w, h) = img.dimensions();
-    let data = resize_bicubic_u8::<3>(
-        img.as_raw(),
-        w as usize,
-        h as usize,
-        width as usize,
-        height as usize,
-    );
+    let data = resize_bicubic_u8::<3>(img.as_raw(), w as usize, h as usize, width as usize, height as usize);
     RgbImage::from_raw(width, height, data).expect("buffer size matches")
 }
 
@@ -305,9 +281,7 @@ fn nearest_indices(in_size: usize, out_size: usize, accumulate: bool) -> Vec<usi
             })
             .collect()
     } else {
-        (0..out_size)
-            .map(|i| coord(scale * (i as f64 + 0.5) + 0.0))
-            .collect()
+        (0..out_size).map(|i| coord(scale * (i as f64 + 0.5) + 0.0)).collect()
     }
 }
 
@@ -369,10 +343,7 @@ mod tests {
             for x in 0..o {
                 let (_, w) = c.of(x);
                 let s: i32 = w.iter().sum();
-                assert!(
-                    (s - (1 << PRECISION_BITS)).abs() <= w.len() as i32,
-                    "{i}->{o} @{x}: {s}"
-                );
+                assert!((s - (1 << PRECISION_BITS)).abs() <= w.len() as i32, "{i}->{o} @{x}: {s}");
             }
         }
     }

@@ -37,11 +37,7 @@ impl Classifier {
             .enumerate()
             .map(|(i, &d)| {
                 let spec = ConvSpec::new(in_channels, num_classes, 3).dilated(d);
-                Conv2d::new(
-                    list.sub(i),
-                    spec,
-                    ConvInit::NormalWithDefaultBias { std: 0.01 },
-                )
+                Conv2d::new(list.sub(i), spec, ConvInit::NormalWithDefaultBias { std: 0.01 })
             })
             .collect();
         Classifier { branches, sum }

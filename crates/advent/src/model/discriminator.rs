@@ -3,7 +3,7 @@
 use super::layers::{Conv2d, ConvInit, ConvSpec};
 use anyhow::{ensure, Result};
 use tch::nn::Path;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Slope of the leaky ReLUs.
 const LEAKY_SLOPE: f64 = 0.2;
@@ -25,9 +25,7 @@ impl Discriminator {
         let widths = [num_classes, ndf, ndf * 2, ndf * 4, ndf * 8, 1];
         let convs = (0..5)
             .map(|i| {
-                let spec = ConvSpec::new(widths[i], widths[i + 1], 4)
-                    .stride(2)
-                    .padding(1);
+                let spec = ConvSpec::new(widths[i], widths[i + 1], 4).stride(2).padding(1);
                 Conv2d::new(p.sub(2 * i), spec, ConvInit::TorchDefault)
             })
             .collect();
@@ -55,7 +53,8 @@ impl Discriminator {
         Ok(x)
     }
 
-    pub fn kind(&self) -> Kind {
-        self.convs[0].weight.kind()
+    /// Follows its VarStore to `device` (after `VarStore::set_device`).
+    pub fn set_device(&mut self, device: tch::Device) {
+        self.slope = self.slope.to_device(device);
     }
 }

@@ -19,14 +19,7 @@ pub struct ConvSpec {
 
 impl ConvSpec {
     pub fn new(in_channels: i64, out_channels: i64, kernel: i64) -> Self {
-        ConvSpec {
-            in_channels,
-            out_channels,
-            kernel,
-            stride: 1,
-            padding: 0,
-            dilation: 1,
-        }
+        ConvSpec { in_channels, out_channels, kernel, stride: 1, padding: 0, dilation: 1 }
     }
     pub fn stride(self, stride: i64) -> Self {
         ConvSpec { stride, ..self }
@@ -36,11 +29,7 @@ impl ConvSpec {
     }
     /// Dilation `d` with padding `d`, the "same" padding of a dilated 3x3 convolution.
     pub fn dilated(self, d: i64) -> Self {
-        ConvSpec {
-            dilation: d,
-            padding: d,
-            ..self
-        }
+        ConvSpec { dilation: d, padding: d, ..self }
     }
     /// `C_in · k · k`, the fan-in of PyTorch's default initialisation.
     pub fn fan_in(&self) -> i64 {
@@ -71,43 +60,17 @@ pub struct Conv2d {
 
 impl Conv2d {
     pub fn new(p: Path, spec: ConvSpec, init: ConvInit) -> Self {
-        let shape = [
-            spec.out_channels,
-            spec.in_channels,
-            spec.kernel,
-            spec.kernel,
-        ];
+        let shape = [spec.out_channels, spec.in_channels, spec.kernel, spec.kernel];
         let bound = 1.0 / (spec.fan_in() as f64).sqrt();
-        let uniform = Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let uniform = Init::Uniform { lo: -bound, up: bound };
         let (w_init, b_init) = match init {
-            ConvInit::Normal { std } => (
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: std,
-                },
-                None,
-            ),
-            ConvInit::NormalWithDefaultBias { std } => (
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: std,
-                },
-                Some(uniform),
-            ),
+            ConvInit::Normal { std } => (Init::Randn { mean: 0.0, stdev: std }, None),
+            ConvInit::NormalWithDefaultBias { std } => (Init::Randn { mean: 0.0, stdev: std }, Some(uniform)),
             ConvInit::TorchDefault => (uniform, Some(uniform)),
             ConvInit::KaimingFanOut => {
                 let fan_out = spec.out_channels * spec.kernel * spec.kernel;
                 let std = (2.0 / fan_out as f64).sqrt();
-                (
-                    Init::Randn {
-                        mean: 0.0,
-                        stdev: std,
-                    },
-                    Some(Init::Const(0.0)),
-                )
+                (Init::Randn { mean: 0.0, stdev: std }, Some(Init::Const(0.0)))
             }
         };
         let weight = p.var("weight", &shape, w_init);

@@ -69,11 +69,8 @@ impl LoadReport {
         list(&mut s, "missing in file", &self.missing);
         list(&mut s, "unexpected in file", &self.unexpected);
         if !self.mismatched.is_empty() {
-            let items: Vec<String> = self
-                .mismatched
-                .iter()
-                .map(|(k, f, n)| format!("{k} (file {f:?}, network {n:?})"))
-                .collect();
+            let items: Vec<String> =
+                self.mismatched.iter().map(|(k, f, n)| format!("{k} (file {f:?}, network {n:?})")).collect();
             list(&mut s, "wrong shape", &items);
         }
         s
@@ -82,12 +79,7 @@ impl LoadReport {
 
 fn abbreviate(keys: &[String]) -> String {
     const SHOWN: usize = 12;
-    let mut s = keys
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = keys.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if keys.len() > SHOWN {
         let _ = write!(s, ", … and {} more", keys.len() - SHOWN);
     }
@@ -122,11 +114,7 @@ fn translate(dict: &StateDict) -> (WeightsKind, StateDict, Vec<String>) {
         let mut dropped = Vec::new();
         for (k, t) in dict.iter() {
             let mut parts = k.splitn(3, '.');
-            match (
-                parts.next(),
-                parts.next().and_then(|i| i.parse::<i64>().ok()),
-                parts.next(),
-            ) {
+            match (parts.next(), parts.next().and_then(|i| i.parse::<i64>().ok()), parts.next()) {
                 (Some("features"), Some(i), Some(rest)) if i != 23 && i < 30 => {
                     let j = if i > 23 { i - 1 } else { i };
                     out.insert(format!("features.{j}.{rest}"), t.shallow_clone());
@@ -150,9 +138,7 @@ fn keeps_init(kind: WeightsKind, key: &str) -> bool {
         WeightsKind::Model => false,
         WeightsKind::DeepLabInit => first == "layer5" || first == "layer6",
         WeightsKind::Vgg16ImageNet => {
-            first == "classifier"
-                || key.starts_with("features.29.")
-                || key.starts_with("features.31.")
+            first == "classifier" || key.starts_with("features.29.") || key.starts_with("features.31.")
         }
     }
 }
@@ -164,21 +150,13 @@ fn keeps_init(kind: WeightsKind, key: &str) -> bool {
 /// them all and leaves `vs` unchanged.
 pub fn load_into(vs: &VarStore, dict: StateDict, options: LoadOptions) -> Result<LoadReport> {
     let (kind, dict, dropped) = translate(&dict);
-    let mut report = LoadReport {
-        kind: Some(kind),
-        dropped,
-        ..Default::default()
-    };
+    let mut report = LoadReport { kind: Some(kind), dropped, ..Default::default() };
     let vars: HashMap<String, Tensor> = vs.variables();
     let mut plan: Vec<(Tensor, Tensor)> = Vec::new();
     for (key, src) in dict.iter() {
         match vars.get(key) {
             None => report.unexpected.push(key.to_string()),
-            Some(dst) if dst.size() != src.size() => {
-                report
-                    .mismatched
-                    .push((key.to_string(), src.size(), dst.size()))
-            }
+            Some(dst) if dst.size() != src.size() => report.mismatched.push((key.to_string(), src.size(), dst.size())),
             Some(dst) => plan.push((dst.shallow_clone(), src.shallow_clone())),
         }
     }
@@ -196,10 +174,7 @@ pub fn load_into(vs: &VarStore, dict: StateDict, options: LoadOptions) -> Result
         }
     }
     if !report.is_complete() && !options.allow_partial {
-        bail!(
-            "the checkpoint does not fit the network:{}",
-            report.describe_problems()
-        );
+        bail!("the checkpoint does not fit the network:{}", report.describe_problems());
     }
     tch::no_grad(|| -> Result<()> {
         for (mut dst, src) in plan {
@@ -238,32 +213,23 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 /// translation of initialisation files).
 pub(crate) fn detect_config(dict: &StateDict) -> Result<ModelConfig> {
     let (kind, dict, _) = translate(dict);
-    let classes_of = |key: &str| {
-        dict.get(key)
-            .map(|t| t.size())
-            .filter(|s| s.len() == 4)
-            .map(|s| s[0])
-    };
+    let classes_of = |key: &str| dict.get(key).map(|t| t.size()).filter(|s| s.len() == 4).map(|s| s[0]);
     let is_vgg = dict.contains("features.0.weight");
     let arch = if is_vgg {
         Arch::DeepLabV2Vgg16
     } else if dict.contains("layer4.0.conv1.weight") {
         let blocks = dict
             .names()
-            .filter_map(|k| {
-                k.strip_prefix("layer3.")?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
+            .filter_map(|k| k.strip_prefix("layer3.")?.split('.').next()?.parse::<usize>().ok())
             .max()
             .map_or(0, |m| m + 1);
-        match blocks {
-            23 => Arch::DeepLabV2ResNet101,
-            6 => Arch::DeepLabV2ResNet50,
-            n => bail!(
-                "a ResNet with {n} blocks in layer3 is neither ResNet-101 (23) nor ResNet-50 (6)"
+        let width = dict.get("conv1.weight").map(|t| t.size()[0]);
+        let fits = |a: &&Arch| a.resnet_layout().is_some_and(|(b, w)| b[2] == blocks && Some(w) == width);
+        match Arch::ALL.iter().find(fits) {
+            Some(a) => *a,
+            None => bail!(
+                "a ResNet with {blocks} blocks in layer3 and stem width {width:?} is none of \
+                 ResNet-101 (23, 64), ResNet-50 (6, 64), tiny (1, 16)"
             ),
         }
     } else {
@@ -272,11 +238,7 @@ pub(crate) fn detect_config(dict: &StateDict) -> Result<ModelConfig> {
             abbreviate(&dict.names().take(5).map(String::from).collect::<Vec<_>>())
         )
     };
-    let main_key = if is_vgg {
-        "classifier.conv2d_list.0.weight"
-    } else {
-        "layer6.conv2d_list.0.weight"
-    };
+    let main_key = if is_vgg { "classifier.conv2d_list.0.weight" } else { "layer6.conv2d_list.0.weight" };
     let num_classes = match classes_of(main_key) {
         Some(c) => c,
         None if kind != WeightsKind::Model => {
@@ -305,22 +267,18 @@ pub struct ModelOverrides {
 pub(crate) fn resolve_config(dict: &StateDict, overrides: &ModelOverrides) -> Result<ModelConfig> {
     let detected = detect_config(dict);
     let config = match (overrides.arch, detected) {
-        (None, Ok(c)) => ModelConfig {
-            num_classes: overrides.num_classes.unwrap_or(c.num_classes),
-            ..c
-        },
-        (None, Err(e)) => match (
-            overrides.num_classes,
-            e.to_string().contains("--num-classes"),
-        ) {
+        (None, Ok(c)) => ModelConfig { num_classes: overrides.num_classes.unwrap_or(c.num_classes), ..c },
+        (None, Err(e)) => match (overrides.num_classes, e.to_string().contains("--num-classes")) {
             (Some(n), true) => {
                 let (_, dict, _) = translate(dict);
                 let arch = if dict.contains("features.0.weight") {
                     Arch::DeepLabV2Vgg16
                 } else if dict.contains("layer3.22.conv1.weight") {
                     Arch::DeepLabV2ResNet101
-                } else {
+                } else if dict.contains("layer3.5.conv1.weight") {
                     Arch::DeepLabV2ResNet50
+                } else {
+                    Arch::DeepLabV2Tiny
                 };
                 ModelConfig {
                     arch,
@@ -335,24 +293,14 @@ pub(crate) fn resolve_config(dict: &StateDict, overrides: &ModelOverrides) -> Re
             let num_classes = match (overrides.num_classes, &detected) {
                 (Some(n), _) => n,
                 (None, Ok(c)) => c.num_classes,
-                (None, Err(_)) => bail!(
-                    "cannot tell the number of classes from the checkpoint: give --num-classes"
-                ),
+                (None, Err(_)) => bail!("cannot tell the number of classes from the checkpoint: give --num-classes"),
             };
             let multi_level = match &detected {
                 Ok(c) => c.multi_level,
                 Err(_) => arch != Arch::DeepLabV2Vgg16,
             };
-            ModelConfig {
-                arch,
-                num_classes,
-                multi_level,
-                aspp_sum: AsppSum::AllFour,
-            }
+            ModelConfig { arch, num_classes, multi_level, aspp_sum: AsppSum::AllFour }
         }
     };
-    Ok(ModelConfig {
-        aspp_sum: overrides.aspp_sum,
-        ..config
-    })
+    Ok(ModelConfig { aspp_sum: overrides.aspp_sum, ..config })
 }

@@ -42,28 +42,30 @@ pub enum Arch {
     DeepLabV2ResNet50,
     /// DeepLab-V2 on VGG-16 (AdaptSegNet's `DeeplabVGG`), single-level.
     DeepLabV2Vgg16,
+    /// Not in the paper: the DeepLab-V2 head on a reduced ResNet (one bottleneck per layer,
+    /// a quarter of the widths), for the CPU demo and tests.
+    DeepLabV2Tiny,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 3] = [
-        Arch::DeepLabV2ResNet101,
-        Arch::DeepLabV2ResNet50,
-        Arch::DeepLabV2Vgg16,
-    ];
+    pub const ALL: [Arch; 4] =
+        [Arch::DeepLabV2ResNet101, Arch::DeepLabV2ResNet50, Arch::DeepLabV2Vgg16, Arch::DeepLabV2Tiny];
 
     pub fn name(self) -> &'static str {
         match self {
             Arch::DeepLabV2ResNet101 => "deeplabv2-r101",
             Arch::DeepLabV2ResNet50 => "deeplabv2-r50",
             Arch::DeepLabV2Vgg16 => "deeplabv2-vgg16",
+            Arch::DeepLabV2Tiny => "deeplabv2-tiny",
         }
     }
 
-    /// Bottlenecks per ResNet layer; `None` for VGG.
-    pub fn resnet_blocks(self) -> Option<[usize; 4]> {
+    /// Bottlenecks per ResNet layer and the stem width; `None` for VGG.
+    pub fn resnet_layout(self) -> Option<([usize; 4], i64)> {
         match self {
-            Arch::DeepLabV2ResNet101 => Some([3, 4, 23, 3]),
-            Arch::DeepLabV2ResNet50 => Some([3, 4, 6, 3]),
+            Arch::DeepLabV2ResNet101 => Some(([3, 4, 23, 3], 64)),
+            Arch::DeepLabV2ResNet50 => Some(([3, 4, 6, 3], 64)),
+            Arch::DeepLabV2Tiny => Some(([1, 1, 1, 1], 16)),
             Arch::DeepLabV2Vgg16 => None,
         }
     }
@@ -82,10 +84,7 @@ impl FromStr for Arch {
             Some(a) => Ok(*a),
             None => {
                 let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
-                bail!(
-                    "unknown architecture `{s}` (expected one of: {})",
-                    names.join(", ")
-                )
+                bail!("unknown architecture `{s}` (expected one of: {})", names.join(", "))
             }
         }
     }
@@ -104,20 +103,11 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The paper's network: DeepLab-V2 ResNet-101, multi-level, 19 classes.
     pub fn deeplabv2_r101(num_classes: i64) -> Self {
-        ModelConfig {
-            arch: Arch::DeepLabV2ResNet101,
-            num_classes,
-            multi_level: true,
-            aspp_sum: AsppSum::AllFour,
-        }
+        ModelConfig { arch: Arch::DeepLabV2ResNet101, num_classes, multi_level: true, aspp_sum: AsppSum::AllFour }
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure!(
-            self.num_classes >= 2,
-            "num_classes must be at least 2, got {}",
-            self.num_classes
-        );
+        ensure!(self.num_classes >= 2, "num_classes must be at least 2, got {}", self.num_classes);
         ensure!(
             !(self.multi_level && self.arch == Arch::DeepLabV2Vgg16),
             "deeplabv2-vgg16 is single-level: it has no aux classifier"
@@ -146,24 +136,27 @@ pub struct SegModel {
 impl SegModel {
     /// Builds the network with the reference's initialisation (SPEC §1.1), drawn from
     /// libtorch's generator (seed it with `tch::manual_seed`).
+    ///
+    /// The parameters are drawn on the CPU and then moved, so that a seed gives the same
+    /// network on every device.
     pub fn new(config: ModelConfig, device: Device) -> Result<Self> {
         config.validate()?;
-        let vs = VarStore::new(device);
+        let mut vs = VarStore::new(Device::Cpu);
         let root = vs.root();
-        let net = match config.arch.resnet_blocks() {
-            Some(blocks) => Network::ResNet(Box::new(resnet::DeepLabResNet::new(
+        let net = match config.arch.resnet_layout() {
+            Some((blocks, width)) => Network::ResNet(Box::new(resnet::DeepLabResNet::new(
                 &root,
                 blocks,
+                width,
                 config.num_classes,
                 config.multi_level,
                 config.aspp_sum,
             ))),
-            None => Network::Vgg(Box::new(vgg::DeepLabVgg::new(
-                &root,
-                config.num_classes,
-                config.aspp_sum,
-            ))),
+            None => Network::Vgg(Box::new(vgg::DeepLabVgg::new(&root, config.num_classes, config.aspp_sum))),
         };
+        if device != Device::Cpu {
+            vs.set_device(device);
+        }
         Ok(SegModel { vs, config, net })
     }
 
@@ -173,14 +166,8 @@ impl SegModel {
     /// statistics); otherwise the running statistics are used.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Heads> {
         let size = x.size();
-        ensure!(
-            size.len() == 4 && size[1] == 3,
-            "network input must be [N, 3, H, W], got {size:?}"
-        );
-        ensure!(
-            size[2] >= 1 && size[3] >= 1,
-            "network input is empty: {size:?}"
-        );
+        ensure!(size.len() == 4 && size[1] == 3, "network input must be [N, 3, H, W], got {size:?}");
+        ensure!(size[2] >= 1 && size[3] >= 1, "network input is empty: {size:?}");
         match &self.net {
             Network::ResNet(net) => net.forward_t(x, train),
             Network::Vgg(net) => net.forward(x),

@@ -34,23 +34,12 @@ impl Bottleneck {
         let downsample = project.then(|| {
             let d = p.sub("downsample");
             let spec = ConvSpec::new(in_ch, out_ch, 1).stride(stride);
-            (
-                Conv2d::new(d.sub("0"), spec, CONV_INIT),
-                FrozenBatchNorm2d::new(d.sub("1"), out_ch),
-            )
+            (Conv2d::new(d.sub("0"), spec, CONV_INIT), FrozenBatchNorm2d::new(d.sub("1"), out_ch))
         });
         Bottleneck {
-            conv1: Conv2d::new(
-                p.sub("conv1"),
-                ConvSpec::new(in_ch, planes, 1).stride(stride),
-                CONV_INIT,
-            ),
+            conv1: Conv2d::new(p.sub("conv1"), ConvSpec::new(in_ch, planes, 1).stride(stride), CONV_INIT),
             bn1: FrozenBatchNorm2d::new(p.sub("bn1"), planes),
-            conv2: Conv2d::new(
-                p.sub("conv2"),
-                ConvSpec::new(planes, planes, 3).dilated(dilation),
-                CONV_INIT,
-            ),
+            conv2: Conv2d::new(p.sub("conv2"), ConvSpec::new(planes, planes, 3).dilated(dilation), CONV_INIT),
             bn2: FrozenBatchNorm2d::new(p.sub("bn2"), planes),
             conv3: Conv2d::new(p.sub("conv3"), ConvSpec::new(planes, out_ch, 1), CONV_INIT),
             bn3: FrozenBatchNorm2d::new(p.sub("bn3"), out_ch),
@@ -59,14 +48,8 @@ impl Bottleneck {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let out = self
-            .bn1
-            .forward_t(&self.conv1.forward(x)?, train)?
-            .f_relu()?;
-        let out = self
-            .bn2
-            .forward_t(&self.conv2.forward(&out)?, train)?
-            .f_relu()?;
+        let out = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.f_relu()?;
+        let out = self.bn2.forward_t(&self.conv2.forward(&out)?, train)?.f_relu()?;
         let out = self.bn3.forward_t(&self.conv3.forward(&out)?, train)?;
         let residual = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
@@ -87,23 +70,9 @@ impl Layer {
     /// of every layer of DeepLab-V2.
     fn new(p: Path, in_ch: i64, planes: i64, n: usize, stride: i64, dilation: i64) -> Self {
         let project = stride != 1 || in_ch != planes * EXPANSION || dilation == 2 || dilation == 4;
-        let mut blocks = vec![Bottleneck::new(
-            p.sub("0"),
-            in_ch,
-            planes,
-            stride,
-            dilation,
-            project,
-        )];
+        let mut blocks = vec![Bottleneck::new(p.sub("0"), in_ch, planes, stride, dilation, project)];
         for i in 1..n {
-            blocks.push(Bottleneck::new(
-                p.sub(i),
-                planes * EXPANSION,
-                planes,
-                1,
-                dilation,
-                false,
-            ));
+            blocks.push(Bottleneck::new(p.sub(i), planes * EXPANSION, planes, 1, dilation, false));
         }
         Layer { blocks }
     }
@@ -130,36 +99,30 @@ pub struct DeepLabResNet {
 
 impl DeepLabResNet {
     /// `blocks`: bottlenecks per layer, `[3, 4, 23, 3]` for ResNet-101, `[3, 4, 6, 3]` for 50.
-    pub fn new(
-        p: &Path,
-        blocks: [usize; 4],
-        num_classes: i64,
-        multi_level: bool,
-        sum: AsppSum,
-    ) -> Self {
-        let stem = ConvSpec::new(3, 64, 7).stride(2).padding(3);
+    /// `width`: channels of the stem and inside layer1's bottlenecks, 64 in ResNets; the
+    /// layers work at 1, 2, 4 and 8 times it inside their bottlenecks, 4 times that outside.
+    pub fn new(p: &Path, blocks: [usize; 4], width: i64, num_classes: i64, multi_level: bool, sum: AsppSum) -> Self {
+        let (w, e) = (width, EXPANSION);
+        let stem = ConvSpec::new(3, w, 7).stride(2).padding(3);
         let layers = [
-            Layer::new(p.sub("layer1"), 64, 64, blocks[0], 1, 1),
-            Layer::new(p.sub("layer2"), 256, 128, blocks[1], 2, 1),
-            Layer::new(p.sub("layer3"), 512, 256, blocks[2], 1, 2),
-            Layer::new(p.sub("layer4"), 1024, 512, blocks[3], 1, 4),
+            Layer::new(p.sub("layer1"), w, w, blocks[0], 1, 1),
+            Layer::new(p.sub("layer2"), w * e, 2 * w, blocks[1], 2, 1),
+            Layer::new(p.sub("layer3"), 2 * w * e, 4 * w, blocks[2], 1, 2),
+            Layer::new(p.sub("layer4"), 4 * w * e, 8 * w, blocks[3], 1, 4),
         ];
         DeepLabResNet {
             conv1: Conv2d::new(p.sub("conv1"), stem, CONV_INIT),
-            bn1: FrozenBatchNorm2d::new(p.sub("bn1"), 64),
+            bn1: FrozenBatchNorm2d::new(p.sub("bn1"), w),
             layers,
-            aux: multi_level.then(|| Classifier::new(p.sub("layer5"), 1024, num_classes, sum)),
-            main: Classifier::new(p.sub("layer6"), 2048, num_classes, sum),
+            aux: multi_level.then(|| Classifier::new(p.sub("layer5"), 4 * w * e, num_classes, sum)),
+            main: Classifier::new(p.sub("layer6"), 8 * w * e, num_classes, sum),
         }
     }
 
     /// `[N, 3, H, W]` → logits at output stride 8, `[N, C, h, w]` with
     /// h = ⌈(⌈H/2⌉ − 1)/2⌉ + 1 rounded as PyTorch's ceil-mode pool, then halved by layer2.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Heads> {
-        let x = self
-            .bn1
-            .forward_t(&self.conv1.forward(x)?, train)?
-            .f_relu()?;
+        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.f_relu()?;
         let x = x.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], true)?;
         let x = self.layers[0].forward_t(&x, train)?;
         let x = self.layers[1].forward_t(&x, train)?;
@@ -169,9 +132,6 @@ impl DeepLabResNet {
             None => None,
         };
         let x4 = self.layers[3].forward_t(&x3, train)?;
-        Ok(Heads {
-            aux,
-            main: self.main.forward(&x4)?,
-        })
+        Ok(Heads { aux, main: self.main.forward(&x4)? })
     }
 }

@@ -57,18 +57,11 @@ impl DeepLabVgg {
             if pools.next_if(|&&q| q < idx).is_some() {
                 features.push(Step::Pool);
             }
-            let init = if idx >= FIRST_FC {
-                ConvInit::TorchDefault
-            } else {
-                ConvInit::KaimingFanOut
-            };
+            let init = if idx >= FIRST_FC { ConvInit::TorchDefault } else { ConvInit::KaimingFanOut };
             let spec = ConvSpec::new(c_in, c_out, 3).dilated(d);
             features.push(Step::ConvRelu(Conv2d::new(f.sub(idx), spec, init)));
         }
-        DeepLabVgg {
-            features,
-            classifier: Classifier::new(p.sub("classifier"), 1024, num_classes, sum),
-        }
+        DeepLabVgg { features, classifier: Classifier::new(p.sub("classifier"), 1024, num_classes, sum) }
     }
 
     /// `[N, 3, H, W]` → `Heads { aux: None, main: [N, C, ⌊⌊⌊H/2⌋/2⌋/2⌋, ...] }`.
@@ -80,9 +73,6 @@ impl DeepLabVgg {
                 Step::Pool => x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?,
             };
         }
-        Ok(Heads {
-            aux: None,
-            main: self.classifier.forward(&x)?,
-        })
+        Ok(Heads { aux: None, main: self.classifier.forward(&x)? })
     }
 }

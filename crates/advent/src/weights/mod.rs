@@ -26,10 +26,7 @@ pub struct StateDict {
 
 impl StateDict {
     pub fn new() -> Self {
-        StateDict {
-            entries: Vec::new(),
-            index: HashMap::new(),
-        }
+        StateDict { entries: Vec::new(), index: HashMap::new() }
     }
 
     /// Adds a tensor at the end; a tensor of the same name is replaced in place.
@@ -104,10 +101,7 @@ impl fmt::Debug for StateDict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(self.entries.iter().map(|(n, t)| {
-                let kind = t
-                    .f_kind()
-                    .map(|k| format!("{k:?}"))
-                    .unwrap_or_else(|_| "?".into());
+                let kind = t.f_kind().map(|k| format!("{k:?}")).unwrap_or_else(|_| "?".into());
                 (n, format!("{kind}{:?}", t.size()))
             }))
             .finish()
@@ -173,11 +167,7 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<StateDict> {
     let offsets: HashMap<String, u64> = bytes
         .get(8..8 + header_len)
         .and_then(|h| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(h).ok())
-        .map(|map| {
-            map.into_iter()
-                .filter_map(|(name, info)| Some((name, info["data_offsets"][0].as_u64()?)))
-                .collect()
-        })
+        .map(|map| map.into_iter().filter_map(|(name, info)| Some((name, info["data_offsets"][0].as_u64()?))).collect())
         .unwrap_or_default();
     tensors.sort_by(|a, b| {
         let (x, y) = (offsets.get(&a.0), offsets.get(&b.0));
@@ -198,10 +188,7 @@ fn read_safetensors(path: &Path, bytes: &[u8]) -> Result<StateDict> {
 /// float64, float16, bfloat16, int64, int32, int16, int8, uint8, bool (and complex64/128 in
 /// `.pth` only).
 pub fn save(dict: &StateDict, path: &Path) -> Result<()> {
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     match extension.as_deref() {
         Some("pth" | "pt") => crate::fs::write_atomic(path, |out| pth::write(dict, &mut *out)),
         Some("safetensors") => {
@@ -218,10 +205,7 @@ pub fn save(dict: &StateDict, path: &Path) -> Result<()> {
                 Ok(())
             })
         }
-        _ => bail!(
-            "writing {}: unknown checkpoint extension (expected .pth, .pt or .safetensors)",
-            path.display()
-        ),
+        _ => bail!("writing {}: unknown checkpoint extension (expected .pth, .pt or .safetensors)", path.display()),
     }
 }
 
@@ -232,10 +216,7 @@ mod tests {
 
     #[test]
     fn natural_order() {
-        assert_eq!(
-            natural_cmp("layer3.2.conv", "layer3.10.conv"),
-            Ordering::Less
-        );
+        assert_eq!(natural_cmp("layer3.2.conv", "layer3.10.conv"), Ordering::Less);
         assert_eq!(natural_cmp("layer3.10", "layer3.9"), Ordering::Greater);
         assert_eq!(natural_cmp("a.b", "a.b.c"), Ordering::Less);
         assert_eq!(natural_cmp("a.bias", "a.weight"), Ordering::Less);
@@ -272,9 +253,6 @@ mod tests {
             let _ = p.zeros("v", &[1]);
         }
         let d = StateDict::from_var_store(&vs);
-        assert_eq!(
-            d.names().collect::<Vec<_>>(),
-            ["fc.bias.v", "layer1.0.w.v", "layer3.2.w.v", "layer3.10.w.v"]
-        );
+        assert_eq!(d.names().collect::<Vec<_>>(), ["fc.bias.v", "layer1.0.w.v", "layer3.2.w.v", "layer3.10.w.v"]);
     }
 }

@@ -113,9 +113,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_objects: 1 << 24,
-        }
+        Limits { max_objects: 1 << 24 }
     }
 }
 
@@ -194,9 +192,7 @@ impl Pickle {
 
     /// The value of the string key `key` in the dictionary `dict`.
     pub fn dict_get(&self, dict: &Dict, key: &str) -> Option<Id> {
-        dict.index
-            .get(&Key::Str(key.to_string()))
-            .map(|&i| dict.entries[i].1)
+        dict.index.get(&Key::Str(key.to_string())).map(|&i| dict.entries[i].1)
     }
 
     /// A short description of an object for error messages: its type, and its value when
@@ -346,10 +342,7 @@ impl<'a> Machine<'a> {
     }
 
     fn fail<T>(&self, message: impl Into<String>) -> Step<T> {
-        Err(PickleError::Invalid {
-            offset: self.at,
-            message: message.into(),
-        })
+        Err(PickleError::Invalid { offset: self.at, message: message.into() })
     }
 
     // --- input ---------------------------------------------------------------------------
@@ -474,10 +467,7 @@ impl<'a> Machine<'a> {
             "copy_reg" => "copyreg",
             m => m,
         };
-        self.push(Object::Global {
-            module: module.to_string(),
-            name: name.to_string(),
-        })
+        self.push(Object::Global { module: module.to_string(), name: name.to_string() })
     }
 
     fn text_or_bytes(bytes: &[u8]) -> Object {
@@ -491,8 +481,7 @@ impl<'a> Machine<'a> {
 
     fn key(&self, id: Id) -> Key {
         let mut budget = KEY_NODES;
-        self.key_within(id, 0, &mut budget)
-            .unwrap_or(Key::Identity(id))
+        self.key_within(id, 0, &mut budget).unwrap_or(Key::Identity(id))
     }
 
     fn key_within(&self, id: Id, depth: usize, budget: &mut usize) -> Option<Key> {
@@ -511,12 +500,9 @@ impl<'a> Machine<'a> {
             }
             Object::Str(s) => Key::Str(s.clone()),
             Object::Bytes(b) => Key::Bytes(b.clone()),
-            Object::Tuple(items) if depth < KEY_DEPTH => Key::Tuple(
-                items
-                    .iter()
-                    .map(|&i| self.key_within(i, depth + 1, budget))
-                    .collect::<Option<Vec<_>>>()?,
-            ),
+            Object::Tuple(items) if depth < KEY_DEPTH => {
+                Key::Tuple(items.iter().map(|&i| self.key_within(i, depth + 1, budget)).collect::<Option<Vec<_>>>()?)
+            }
             _ => return None,
         })
     }
@@ -582,9 +568,7 @@ impl<'a> Machine<'a> {
     /// The items of an iterable argument, if the machine can see them.
     fn items_of(&self, id: Id) -> Option<Vec<Id>> {
         match &self.objects[id] {
-            Object::Tuple(v) | Object::List(v) | Object::Set(v) | Object::FrozenSet(v) => {
-                Some(v.clone())
-            }
+            Object::Tuple(v) | Object::List(v) | Object::Set(v) | Object::FrozenSet(v) => Some(v.clone()),
             Object::Dict(d) => Some(d.entries.iter().map(|&(k, _)| k).collect()),
             _ => None,
         }
@@ -598,45 +582,35 @@ impl<'a> Machine<'a> {
             return Ok(None);
         };
         let made = match (module.as_str(), name.as_str(), args.as_slice()) {
-            ("collections", "OrderedDict", []) | ("builtins", "dict", []) => {
-                Some(self.new_dict(Vec::new())?)
-            }
-            ("collections", "OrderedDict", [from]) | ("builtins", "dict", [from]) => {
-                match self.pairs_of(*from) {
-                    Some(pairs) => Some(self.new_dict(pairs)?),
-                    None => None,
-                }
-            }
+            ("collections", "OrderedDict", []) | ("builtins", "dict", []) => Some(self.new_dict(Vec::new())?),
+            ("collections", "OrderedDict", [from]) | ("builtins", "dict", [from]) => match self.pairs_of(*from) {
+                Some(pairs) => Some(self.new_dict(pairs)?),
+                None => None,
+            },
             ("builtins", "list", []) => Some(self.alloc(Object::List(Vec::new()))?),
             ("builtins", "tuple", []) => Some(self.alloc(Object::Tuple(Vec::new()))?),
             ("builtins", "set", []) => Some(self.alloc(Object::Set(Vec::new()))?),
             ("builtins", "frozenset", []) => Some(self.alloc(Object::FrozenSet(Vec::new()))?),
-            ("builtins", kind @ ("list" | "tuple" | "set" | "frozenset"), [from]) => {
-                match self.items_of(*from) {
-                    Some(items) => Some(self.alloc(match kind {
-                        "list" => Object::List(items),
-                        "tuple" => Object::Tuple(items),
-                        "set" => Object::Set(items),
-                        _ => Object::FrozenSet(items),
-                    })?),
-                    None => None,
-                }
-            }
+            ("builtins", kind @ ("list" | "tuple" | "set" | "frozenset"), [from]) => match self.items_of(*from) {
+                Some(items) => Some(self.alloc(match kind {
+                    "list" => Object::List(items),
+                    "tuple" => Object::Tuple(items),
+                    "set" => Object::Set(items),
+                    _ => Object::FrozenSet(items),
+                })?),
+                None => None,
+            },
             ("builtins", "bytes" | "bytearray", []) => Some(self.alloc(Object::Bytes(Vec::new()))?),
             // How Python 3 pickles `bytes` with protocols below 3.
-            ("_codecs", "encode", [text, encoding]) => {
-                match (&self.objects[*text], &self.objects[*encoding]) {
-                    (Object::Str(t), Object::Str(e))
-                        if matches!(e.as_str(), "latin1" | "latin-1" | "iso-8859-1") =>
-                    {
-                        match t.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect() {
-                            Some(bytes) => Some(self.alloc(Object::Bytes(bytes))?),
-                            None => return self.fail("_codecs.encode: not latin-1 text"),
-                        }
+            ("_codecs", "encode", [text, encoding]) => match (&self.objects[*text], &self.objects[*encoding]) {
+                (Object::Str(t), Object::Str(e)) if matches!(e.as_str(), "latin1" | "latin-1" | "iso-8859-1") => {
+                    match t.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect() {
+                        Some(bytes) => Some(self.alloc(Object::Bytes(bytes))?),
+                        None => return self.fail("_codecs.encode: not latin-1 text"),
                     }
-                    _ => None,
                 }
-            }
+                _ => None,
+            },
             _ => None,
         };
         Ok(made)
@@ -666,11 +640,7 @@ impl<'a> Machine<'a> {
             let op = self.byte()?;
             if op == STOP {
                 let root = self.pop()?;
-                return Ok(Pickle {
-                    objects: self.objects,
-                    root,
-                    consumed: self.pos,
-                });
+                return Ok(Pickle { objects: self.objects, root, consumed: self.pos });
             }
             self.step(op)?;
         }
@@ -1178,11 +1148,8 @@ mod tests {
         p.extend([SETITEMS, STOP]);
         let pk = run(&p);
         let d = pk.as_dict(pk.root).unwrap();
-        let got: Vec<(String, i128)> = d
-            .entries()
-            .iter()
-            .map(|&(k, v)| (pk.as_str(k).unwrap().to_string(), pk.as_int(v).unwrap()))
-            .collect();
+        let got: Vec<(String, i128)> =
+            d.entries().iter().map(|&(k, v)| (pk.as_str(k).unwrap().to_string(), pk.as_int(v).unwrap())).collect();
         assert_eq!(got, [("z".into(), 1), ("a".into(), 4), ("m".into(), 3)]);
     }
 
@@ -1194,18 +1161,11 @@ mod tests {
         p.extend([LONG1, 2, 0x00, 0xff]);
         p.extend([LONG1, 2, 0xff, 0x00]);
         p.extend([LONG1, 0]);
-        p.extend([
-            LONG1, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
-        ]);
+        p.extend([LONG1, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
         p.extend([LONG4, 1, 0, 0, 0, 0x80]);
         p.extend([TUPLE, STOP]);
         let pk = run(&p);
-        let got: Vec<i128> = pk
-            .as_seq(pk.root)
-            .unwrap()
-            .iter()
-            .map(|&i| pk.as_int(i).unwrap())
-            .collect();
+        let got: Vec<i128> = pk.as_seq(pk.root).unwrap().iter().map(|&i| pk.as_int(i).unwrap()).collect();
         assert_eq!(got, [-1, -256, 255, 0, 0x1950a86a20f9469cfc6c, -128]);
     }
 
@@ -1229,36 +1189,12 @@ mod tests {
         // OrderedDict([['a', 1], ['b', 2]]) with Python 2 byte strings.
         let mut p = vec![PROTO, 2, GLOBAL];
         p.extend(b"collections\nOrderedDict\n");
-        p.extend([
-            MARK,
-            EMPTY_LIST,
-            MARK,
-            EMPTY_LIST,
-            MARK,
-            SHORT_BINSTRING,
-            1,
-            b'a',
-        ]);
-        p.extend([
-            BININT1,
-            1,
-            APPENDS,
-            EMPTY_LIST,
-            MARK,
-            SHORT_BINSTRING,
-            1,
-            b'b',
-            BININT1,
-            2,
-        ]);
+        p.extend([MARK, EMPTY_LIST, MARK, EMPTY_LIST, MARK, SHORT_BINSTRING, 1, b'a']);
+        p.extend([BININT1, 1, APPENDS, EMPTY_LIST, MARK, SHORT_BINSTRING, 1, b'b', BININT1, 2]);
         p.extend([APPENDS, APPENDS, TUPLE, REDUCE, STOP]);
         let pk = run(&p);
         let d = pk.as_dict(pk.root).unwrap();
-        let keys: Vec<&str> = d
-            .entries()
-            .iter()
-            .map(|&(k, _)| pk.as_str(k).unwrap())
-            .collect();
+        let keys: Vec<&str> = d.entries().iter().map(|&(k, _)| pk.as_str(k).unwrap()).collect();
         assert_eq!(keys, ["a", "b"]);
     }
 
@@ -1272,17 +1208,10 @@ mod tests {
         p.extend(b"torch\nFloatStorage\n");
         p.extend([TUPLE, BINPERSID, BININT1, 0, TUPLE2, REDUCE, STOP]);
         let pk = run(&p);
-        let Object::Call(call) = pk.root() else {
-            panic!("{:?}", pk.root())
-        };
-        assert_eq!(
-            pk.as_global(call.callable),
-            Some(("torch._utils", "_rebuild_tensor_v2"))
-        );
+        let Object::Call(call) = pk.root() else { panic!("{:?}", pk.root()) };
+        assert_eq!(pk.as_global(call.callable), Some(("torch._utils", "_rebuild_tensor_v2")));
         let args = pk.as_seq(call.args).unwrap();
-        let Object::Persistent(pid) = pk.get(args[0]) else {
-            panic!()
-        };
+        let Object::Persistent(pid) = pk.get(args[0]) else { panic!() };
         let pid = pk.as_seq(*pid).unwrap();
         assert_eq!(pk.as_str(pid[0]), Some("storage"));
         assert_eq!(pk.as_global(pid[1]), Some(("torch", "FloatStorage")));
@@ -1295,17 +1224,7 @@ mod tests {
         p.extend(b"collections");
         p.extend([MEMOIZE, SHORT_BINUNICODE, 11]);
         p.extend(b"OrderedDict");
-        p.extend([
-            MEMOIZE,
-            STACK_GLOBAL,
-            MEMOIZE,
-            EMPTY_TUPLE,
-            REDUCE,
-            MEMOIZE,
-            BINGET,
-            0,
-            POP,
-        ]);
+        p.extend([MEMOIZE, STACK_GLOBAL, MEMOIZE, EMPTY_TUPLE, REDUCE, MEMOIZE, BINGET, 0, POP]);
         p.extend([STOP]);
         let pk = run(&p);
         assert!(pk.as_dict(pk.root).is_some());
@@ -1318,10 +1237,7 @@ mod tests {
         let pk = run(p);
         let d = pk.as_dict(pk.root).unwrap();
         assert_eq!(pk.as_int(pk.dict_get(d, "ke'y").unwrap()), Some(42));
-        assert_eq!(
-            pk.as_int(pk.dict_get(d, "café").unwrap()),
-            Some(-12345678901234567890)
-        );
+        assert_eq!(pk.as_int(pk.dict_get(d, "café").unwrap()), Some(-12345678901234567890));
         assert_eq!(pk.get(pk.dict_get(d, "f").unwrap()), &Object::Float(0.5));
         assert_eq!(d.len(), 4);
     }
@@ -1340,19 +1256,7 @@ mod tests {
             b"",
             &[PROTO],
             &[PROTO, 2, BINUNICODE, 0xff, 0xff, 0xff, 0xff],
-            &[
-                PROTO,
-                2,
-                BINUNICODE8,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-            ],
+            &[PROTO, 2, BINUNICODE8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
             &[LONG4, 0xff, 0xff, 0xff, 0x7f],
             &[LONG4, 0xff, 0xff, 0xff, 0xff],
             &[BINGET, 3, STOP],
@@ -1370,10 +1274,7 @@ mod tests {
         for case in cases {
             assert!(parse(case, &Limits::default()).is_err(), "{case:?}");
         }
-        assert_eq!(
-            parse(&[PROTO, 2, NONE], &Limits::default()).err(),
-            Some(PickleError::Truncated(3))
-        );
+        assert_eq!(parse(&[PROTO, 2, NONE], &Limits::default()).err(), Some(PickleError::Truncated(3)));
     }
 
     #[test]
@@ -1395,13 +1296,8 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let alphabet: Vec<u8> = (0x80..=0x98)
-            .chain(
-                b"()0-2FIJKLMNPQRSTUVXabcdeghijlopqrstu}]G.BC"
-                    .iter()
-                    .copied(),
-            )
-            .collect();
+        let alphabet: Vec<u8> =
+            (0x80..=0x98).chain(b"()0-2FIJKLMNPQRSTUVXabcdeghijlopqrstu}]G.BC".iter().copied()).collect();
         for _ in 0..20_000 {
             let len = (next() % 40) as usize;
             let bytes: Vec<u8> = (0..len)

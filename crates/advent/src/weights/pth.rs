@@ -93,10 +93,9 @@ pub fn read(bytes: &[u8]) -> Result<StateDict> {
              re-save it with a recent PyTorch"
         ),
         Format::Safetensors => bail!("safetensors file: not a PyTorch checkpoint"),
-        Format::Unknown => bail!(
-            "not a PyTorch or safetensors checkpoint (unrecognised format; first bytes {})",
-            first_bytes(bytes)
-        ),
+        Format::Unknown => {
+            bail!("not a PyTorch or safetensors checkpoint (unrecognised format; first bytes {})", first_bytes(bytes))
+        }
     }
 }
 
@@ -107,10 +106,7 @@ fn first_bytes(bytes: &[u8]) -> String {
     if head.iter().all(|&b| b.is_ascii_graphic() || b == b' ') {
         format!("{:?}", String::from_utf8_lossy(head))
     } else {
-        head.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        head.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -193,20 +189,11 @@ fn storage_ref(pk: &Pickle, pid: Id) -> Result<StorageRef> {
     };
     let typename = items.first().and_then(|&i| pk.as_str(i));
     if typename != Some("storage") {
-        bail!(
-            "unsupported persistent id of type {}",
-            typename.map_or("?".into(), short_repr)
-        );
+        bail!("unsupported persistent id of type {}", typename.map_or("?".into(), short_repr));
     }
-    ensure!(
-        items.len() >= 5,
-        "storage persistent id with {} items, expected 5 or 6",
-        items.len()
-    );
+    ensure!(items.len() >= 5, "storage persistent id with {} items, expected 5 or 6", items.len());
     let kind = match pk.as_global(items[1]) {
-        Some((m, n)) => {
-            storage_kind(m, n).ok_or_else(|| anyhow!("unsupported storage type {m}.{n}"))?
-        }
+        Some((m, n)) => storage_kind(m, n).ok_or_else(|| anyhow!("unsupported storage type {m}.{n}"))?,
         None => bail!("storage type is {}, not a class", pk.describe(items[1])),
     };
     let key = match (pk.as_str(items[2]), pk.as_int(items[2])) {
@@ -217,9 +204,10 @@ fn storage_ref(pk: &Pickle, pid: Id) -> Result<StorageRef> {
     let numel = non_negative(pk, items[4], "storage size")?;
     let view = match items.get(5) {
         Some(&v) if !matches!(pk.get(v), Object::None) => {
-            let parts = pk.as_seq(v).filter(|p| p.len() == 3).ok_or_else(|| {
-                anyhow!("storage view metadata is {}, not a 3-tuple", pk.describe(v))
-            })?;
+            let parts = pk
+                .as_seq(v)
+                .filter(|p| p.len() == 3)
+                .ok_or_else(|| anyhow!("storage view metadata is {}, not a 3-tuple", pk.describe(v)))?;
             let offset = non_negative(pk, parts[1], "storage view offset")?;
             let len = non_negative(pk, parts[2], "storage view size")?;
             ensure!(
@@ -230,29 +218,19 @@ fn storage_ref(pk: &Pickle, pid: Id) -> Result<StorageRef> {
         }
         _ => None,
     };
-    Ok(StorageRef {
-        key,
-        kind,
-        numel,
-        view,
-    })
+    Ok(StorageRef { key, kind, numel, view })
 }
 
 /// A tuple of integers (a size or a stride); `torch.Size(...)` is accepted too.
 fn int_tuple(pk: &Pickle, id: Id, what: &str) -> Result<Vec<i64>> {
     let items = match pk.get(id) {
-        Object::Call(call) if pk.as_global(call.callable) == Some(("torch", "Size")) => pk
-            .as_seq(call.args)
-            .and_then(|a| a.first())
-            .and_then(|&t| pk.as_seq(t)),
+        Object::Call(call) if pk.as_global(call.callable) == Some(("torch", "Size")) => {
+            pk.as_seq(call.args).and_then(|a| a.first()).and_then(|&t| pk.as_seq(t))
+        }
         _ => pk.as_seq(id),
     };
     let items = items.ok_or_else(|| anyhow!("tensor {what} is {}", pk.describe(id)))?;
-    ensure!(
-        items.len() <= MAX_DIMS,
-        "tensor {what} has {} dimensions",
-        items.len()
-    );
+    ensure!(items.len() <= MAX_DIMS, "tensor {what} has {} dimensions", items.len());
     items
         .iter()
         .map(|&i| match pk.as_int(i) {
@@ -290,19 +268,13 @@ fn rebuild_call(pk: &Pickle, func: Id, args: &[Id], depth: usize) -> Result<Opti
         return Ok(None);
     };
     ensure!(depth < 4, "tensor nested too deeply");
-    let arg = |i: usize| {
-        args.get(i)
-            .copied()
-            .ok_or_else(|| anyhow!("{module}.{name} called with {} arguments", args.len()))
-    };
+    let arg =
+        |i: usize| args.get(i).copied().ok_or_else(|| anyhow!("{module}.{name} called with {} arguments", args.len()));
     match (module, name) {
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
             let storage = arg(0)?;
             let Object::Persistent(pid) = pk.get(storage) else {
-                bail!(
-                    "tensor storage is {}, not a persistent storage",
-                    pk.describe(storage)
-                );
+                bail!("tensor storage is {}, not a persistent storage", pk.describe(storage));
             };
             let storage = storage_ref(pk, *pid)?;
             let offset = non_negative(pk, arg(1)?, "storage offset")?;
@@ -315,12 +287,7 @@ fn rebuild_call(pk: &Pickle, func: Id, args: &[Id], depth: usize) -> Result<Opti
                 size.len(),
                 stride.len()
             );
-            Ok(Some(TensorSpec {
-                storage,
-                offset,
-                size,
-                stride,
-            }))
+            Ok(Some(TensorSpec { storage, offset, size, stride }))
         }
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
             let data = arg(0)?;
@@ -351,26 +318,17 @@ fn rebuild_call(pk: &Pickle, func: Id, args: &[Id], depth: usize) -> Result<Opti
 
 /// Names that may hold something else than a tensor in a state dict.
 fn is_known_metadata(name: &str) -> bool {
-    matches!(
-        name,
-        "_metadata" | "__metadata__" | "_version" | "__version__"
-    ) || name.ends_with("_extra_state")
+    matches!(name, "_metadata" | "__metadata__" | "_version" | "__version__") || name.ends_with("_extra_state")
 }
 
 /// Finds the state dict in a checkpoint's object and describes its tensors, in order.
 fn state_dict_specs(pk: &Pickle) -> Result<Vec<(String, TensorSpec)>> {
     let mut dict_id = pk.root;
     for _ in 0..4 {
-        let dict = pk.as_dict(dict_id).ok_or_else(|| {
-            anyhow!(
-                "the checkpoint holds {}, not a state dict",
-                pk.describe(dict_id)
-            )
-        })?;
-        let wrapped = WRAPPER_KEYS
-            .iter()
-            .filter_map(|k| pk.dict_get(dict, k))
-            .find(|&v| pk.as_dict(v).is_some());
+        let dict = pk
+            .as_dict(dict_id)
+            .ok_or_else(|| anyhow!("the checkpoint holds {}, not a state dict", pk.describe(dict_id)))?;
+        let wrapped = WRAPPER_KEYS.iter().filter_map(|k| pk.dict_get(dict, k)).find(|&v| pk.as_dict(v).is_some());
         let plain = dict.is_empty() || dict.entries().iter().any(|&(_, v)| is_tensor_like(pk, v));
         match wrapped {
             Some(inner) if !plain => dict_id = inner,
@@ -399,17 +357,11 @@ fn specs_of(pk: &Pickle, dict_id: Id) -> Result<Vec<(String, TensorSpec)>> {
     let dict = pk.as_dict(dict_id).expect("checked by the caller");
     let mut specs = Vec::with_capacity(dict.len());
     for &(k, v) in dict.entries() {
-        let name = pk
-            .as_str(k)
-            .ok_or_else(|| anyhow!("state dict key is {}, not a string", pk.describe(k)))?;
+        let name = pk.as_str(k).ok_or_else(|| anyhow!("state dict key is {}, not a string", pk.describe(k)))?;
         match tensor_spec(pk, v).with_context(|| format!("tensor {}", short_repr(name)))? {
             Some(spec) => specs.push((name.to_string(), spec)),
             None if is_known_metadata(name) => {}
-            None => bail!(
-                "state dict entry {} is not a tensor but {}",
-                short_repr(name),
-                pk.describe(v)
-            ),
+            None => bail!("state dict entry {} is not a tensor but {}", short_repr(name), pk.describe(v)),
         }
     }
     Ok(specs)
@@ -446,13 +398,9 @@ fn build_tensor(root: &[u8], spec: &TensorSpec) -> Result<Tensor> {
     let mut last = spec.offset as u64;
     for (&size, &stride) in spec.size.iter().zip(&spec.stride) {
         let reach = (size as u64 - 1).checked_mul(stride as u64);
-        last = reach.and_then(|r| last.checked_add(r)).ok_or_else(|| {
-            anyhow!(
-                "tensor size {:?} and stride {:?} overflow",
-                spec.size,
-                spec.stride
-            )
-        })?;
+        last = reach
+            .and_then(|r| last.checked_add(r))
+            .ok_or_else(|| anyhow!("tensor size {:?} and stride {:?} overflow", spec.size, spec.stride))?;
     }
     ensure!(
         last < available,
@@ -494,10 +442,7 @@ trait Storages {
 }
 
 /// Builds all tensors, in order, releasing each storage after its last tensor.
-fn build_state_dict(
-    specs: &[(String, TensorSpec)],
-    storages: &mut dyn Storages,
-) -> Result<StateDict> {
+fn build_state_dict(specs: &[(String, TensorSpec)], storages: &mut dyn Storages) -> Result<StateDict> {
     let mut uses: HashMap<&str, usize> = HashMap::new();
     for (_, spec) in specs {
         *uses.entry(spec.storage.key.as_str()).or_default() += 1;
@@ -509,9 +454,7 @@ fn build_state_dict(
             .and_then(|root| build_tensor(root, spec))
             .with_context(|| format!("tensor {}", short_repr(name)))?;
         dict.insert(name.clone(), tensor);
-        let left = uses
-            .get_mut(spec.storage.key.as_str())
-            .expect("counted above");
+        let left = uses.get_mut(spec.storage.key.as_str()).expect("counted above");
         *left -= 1;
         if *left == 0 {
             storages.release(&spec.storage.key);
@@ -523,15 +466,11 @@ fn build_state_dict(
 /// Parses the pickle at `bytes[start..]`; errors give offsets in `bytes`.
 fn parse_pickle(bytes: &[u8], start: usize, what: &str) -> Result<Pickle> {
     pickle::parse(&bytes[start..], &Limits::default()).map_err(|e| match e {
-        pickle::PickleError::Truncated(_) => anyhow!(
-            "truncated or corrupt checkpoint: the {what} pickle ends unexpectedly at byte {}",
-            bytes.len()
-        ),
+        pickle::PickleError::Truncated(_) => {
+            anyhow!("truncated or corrupt checkpoint: the {what} pickle ends unexpectedly at byte {}", bytes.len())
+        }
         pickle::PickleError::Invalid { offset, message } => {
-            anyhow!(
-                "corrupt checkpoint: the {what} pickle at byte {}: {message}",
-                start + offset
-            )
+            anyhow!("corrupt checkpoint: the {what} pickle at byte {}: {message}", start + offset)
         }
     })
 }
@@ -539,19 +478,16 @@ fn parse_pickle(bytes: &[u8], start: usize, what: &str) -> Result<Pickle> {
 // --- the zip format ----------------------------------------------------------------------
 
 fn read_zip(bytes: &[u8]) -> Result<StateDict> {
-    let mut archive = ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| anyhow!("truncated or corrupt zip archive ({e})"))?;
+    let mut archive =
+        ZipArchive::new(Cursor::new(bytes)).map_err(|e| anyhow!("truncated or corrupt zip archive ({e})"))?;
     // The record folder: that of the first `<folder>/data.pkl`.
     let prefix = (0..archive.len())
         .filter_map(|i| archive.name_for_index(i).and_then(|name| name.ok()))
         .find_map(|name| {
             let folder = name.strip_suffix("data.pkl")?;
-            (folder.ends_with('/') && folder[..folder.len() - 1].find('/').is_none())
-                .then(|| folder.to_string())
+            (folder.ends_with('/') && folder[..folder.len() - 1].find('/').is_none()).then(|| folder.to_string())
         })
-        .ok_or_else(|| {
-            anyhow!("zip archive without a <name>/data.pkl: not a PyTorch checkpoint")
-        })?;
+        .ok_or_else(|| anyhow!("zip archive without a <name>/data.pkl: not a PyTorch checkpoint"))?;
 
     if let Some(order) = read_small_entry(&mut archive, &format!("{prefix}byteorder"))? {
         match order.trim_ascii() {
@@ -561,21 +497,11 @@ fn read_zip(bytes: &[u8]) -> Result<StateDict> {
         }
     }
 
-    let pkl = read_entry(
-        &mut archive,
-        &format!("{prefix}data.pkl"),
-        None,
-        bytes.len(),
-    )?;
+    let pkl = read_entry(&mut archive, &format!("{prefix}data.pkl"), None, bytes.len())?;
     let pk = parse_pickle(&pkl, 0, "data.pkl")?;
     let specs = state_dict_specs(&pk)?;
 
-    let mut storages = ZipStorages {
-        archive,
-        prefix,
-        archive_len: bytes.len(),
-        cache: HashMap::new(),
-    };
+    let mut storages = ZipStorages { archive, prefix, archive_len: bytes.len(), cache: HashMap::new() };
     build_state_dict(&specs, &mut storages)
 }
 
@@ -591,10 +517,7 @@ impl Storages for ZipStorages<'_> {
     fn bytes(&mut self, storage: &StorageRef) -> Result<&[u8]> {
         if !self.cache.contains_key(&storage.key) {
             let elt = storage.kind.elt_size_in_bytes() as u64;
-            let declared = storage
-                .numel
-                .checked_mul(elt)
-                .ok_or_else(|| anyhow!("storage too large"))?;
+            let declared = storage.numel.checked_mul(elt).ok_or_else(|| anyhow!("storage too large"))?;
             let name = format!("{}data/{}", self.prefix, storage.key);
             let data = read_entry(&mut self.archive, &name, Some(declared), self.archive_len)?;
             self.cache.insert(storage.key.clone(), data);
@@ -608,21 +531,13 @@ impl Storages for ZipStorages<'_> {
 }
 
 /// A small text entry, if the archive has it.
-fn read_small_entry(
-    archive: &mut ZipArchive<Cursor<&[u8]>>,
-    name: &str,
-) -> Result<Option<Vec<u8>>> {
+fn read_small_entry(archive: &mut ZipArchive<Cursor<&[u8]>>, name: &str) -> Result<Option<Vec<u8>>> {
     if archive.index_for_name(name).is_none() {
         return Ok(None);
     }
     let mut out = Vec::new();
-    let entry = archive
-        .by_name(name)
-        .map_err(|e| anyhow!("zip entry {name}: {e}"))?;
-    entry
-        .take(4096)
-        .read_to_end(&mut out)
-        .map_err(|e| anyhow!("zip entry {name}: {e}"))?;
+    let entry = archive.by_name(name).map_err(|e| anyhow!("zip entry {name}: {e}"))?;
+    entry.take(4096).read_to_end(&mut out).map_err(|e| anyhow!("zip entry {name}: {e}"))?;
     Ok(Some(out))
 }
 
@@ -657,20 +572,14 @@ fn read_entry(
     let mut out = Vec::with_capacity(limit.min(most).min(entry.size()) as usize);
     // One byte more than allowed, so that an overlong entry shows, and so that the reader
     // reaches the end of the entry and checks its CRC.
-    entry
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| anyhow!("zip entry {name}: {e} (truncated or corrupt)"))?;
+    entry.take(limit + 1).read_to_end(&mut out).map_err(|e| anyhow!("zip entry {name}: {e} (truncated or corrupt)"))?;
     match expected {
         Some(expected) => ensure!(
             out.len() as u64 == expected,
             "zip entry {name} holds {} bytes, the checkpoint expects {expected}",
             out.len()
         ),
-        None => ensure!(
-            out.len() as u64 <= limit,
-            "zip entry {name} is larger than {limit} bytes"
-        ),
+        None => ensure!(out.len() as u64 <= limit, "zip entry {name} is larger than {limit} bytes"),
     }
     Ok(out)
 }
@@ -707,12 +616,7 @@ fn read_legacy(bytes: &[u8]) -> Result<StateDict> {
     let keys_pk = next("storage keys")?;
     let keys = keys_pk
         .as_seq(keys_pk.root)
-        .ok_or_else(|| {
-            anyhow!(
-                "corrupt checkpoint: the storage key list is {}",
-                keys_pk.describe(keys_pk.root)
-            )
-        })?
+        .ok_or_else(|| anyhow!("corrupt checkpoint: the storage key list is {}", keys_pk.describe(keys_pk.root)))?
         .iter()
         .map(|&k| match (keys_pk.as_str(k), keys_pk.as_int(k)) {
             (Some(s), _) => Ok(s.to_string()),
@@ -735,9 +639,8 @@ fn read_legacy(bytes: &[u8]) -> Result<StateDict> {
     // The storages follow the pickles, in the order of the key list.
     let mut ranges: HashMap<String, std::ops::Range<usize>> = HashMap::new();
     for key in &keys {
-        let kind = *kinds
-            .get(key)
-            .ok_or_else(|| anyhow!("corrupt checkpoint: storage {key} is listed but never used"))?;
+        let kind =
+            *kinds.get(key).ok_or_else(|| anyhow!("corrupt checkpoint: storage {key} is listed but never used"))?;
         let header = bytes
             .get(pos..pos + 8)
             .ok_or_else(|| anyhow!("truncated checkpoint: storage {key} missing at byte {pos}"))?;
@@ -769,12 +672,10 @@ struct LegacyStorages<'a> {
 
 impl Storages for LegacyStorages<'_> {
     fn bytes(&mut self, storage: &StorageRef) -> Result<&[u8]> {
-        let range = self.ranges.get(&storage.key).ok_or_else(|| {
-            anyhow!(
-                "corrupt checkpoint: storage {} is missing from the data",
-                storage.key
-            )
-        })?;
+        let range = self
+            .ranges
+            .get(&storage.key)
+            .ok_or_else(|| anyhow!("corrupt checkpoint: storage {} is missing from the data", storage.key))?;
         let data = &self.bytes[range.clone()];
         let elt = storage.kind.elt_size_in_bytes() as u64;
         ensure!(
@@ -799,10 +700,7 @@ struct PickleWriter {
 
 impl PickleWriter {
     fn new() -> Self {
-        PickleWriter {
-            out: vec![0x80, 2],
-            memo: HashMap::new(),
-        }
+        PickleWriter { out: vec![0x80, 2], memo: HashMap::new() }
     }
 
     /// `GLOBAL module name`, memoised after its first use.
@@ -879,20 +777,10 @@ fn entries(dict: &StateDict) -> Result<Vec<Entry<'_>>> {
             let what = || format!("tensor {}", short_repr(name));
             ensure!(tensor.defined(), "{}: undefined tensor", what());
             let kind = tensor.f_kind().with_context(what)?;
-            ensure!(
-                storage_class(kind).is_some(),
-                "{}: unsupported dtype {kind:?}",
-                what()
-            );
+            ensure!(storage_class(kind).is_some(), "{}: unsupported dtype {kind:?}", what());
             let size = tensor.size();
             let numel = size.iter().map(|&s| s as u64).product();
-            Ok(Entry {
-                name,
-                tensor,
-                kind,
-                size,
-                numel,
-            })
+            Ok(Entry { name, tensor, kind, size, numel })
         })
         .collect()
 }
@@ -912,10 +800,7 @@ fn state_dict_pickle(entries: &[Entry<'_>]) -> Vec<u8> {
             // The storage: BINPERSID of ('storage', class, key, location, numel).
             w.out.push(b'(');
             w.string("storage");
-            w.global(
-                "torch",
-                storage_class(e.kind).expect("checked in entries()"),
-            );
+            w.global("torch", storage_class(e.kind).expect("checked in entries()"));
             w.string(&index.to_string());
             w.string("cpu");
             w.int(e.numel as i64);
@@ -944,11 +829,7 @@ fn contiguous_strides(size: &[i64]) -> Vec<i64> {
 
 /// The raw little-endian bytes of a tensor, from a contiguous CPU copy.
 fn tensor_bytes(e: &Entry<'_>) -> Result<Vec<u8>> {
-    let t = e
-        .tensor
-        .f_detach()?
-        .f_to_device(Device::Cpu)?
-        .f_contiguous()?;
+    let t = e.tensor.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?;
     let numel = e.numel as usize;
     let mut out = vec![0u8; numel * e.kind.elt_size_in_bytes()];
     if numel > 0 {
@@ -972,9 +853,7 @@ pub fn write<W: Write + Seek>(dict: &StateDict, out: W) -> Result<()> {
     zip.write_all(b"little")?;
     for (i, e) in entries.iter().enumerate() {
         let bytes = tensor_bytes(e).with_context(|| format!("tensor {}", short_repr(e.name)))?;
-        let options = small
-            .with_alignment(64)
-            .large_file(bytes.len() as u64 >= u32::MAX as u64);
+        let options = small.with_alignment(64).large_file(bytes.len() as u64 >= u32::MAX as u64);
         zip.start_file(format!("archive/data/{i}"), options)?;
         zip.write_all(&bytes)?;
     }
@@ -1004,28 +883,12 @@ mod tests {
 
     #[test]
     fn writer_ints_round_trip_through_the_reader() {
-        let values = [
-            0i64,
-            255,
-            256,
-            65535,
-            65536,
-            -1,
-            -129,
-            1 << 31,
-            i64::MAX,
-            i64::MIN,
-        ];
+        let values = [0i64, 255, 256, 65535, 65536, -1, -129, 1 << 31, i64::MAX, i64::MIN];
         let mut w = PickleWriter::new();
         w.int_tuple(&values);
         w.out.push(b'.');
         let pk = pickle::parse(&w.out, &Limits::default()).unwrap();
-        let got: Vec<i128> = pk
-            .as_seq(pk.root)
-            .unwrap()
-            .iter()
-            .map(|&i| pk.as_int(i).unwrap())
-            .collect();
+        let got: Vec<i128> = pk.as_seq(pk.root).unwrap().iter().map(|&i| pk.as_int(i).unwrap()).collect();
         assert_eq!(got, values.map(i128::from));
     }
 
@@ -1038,12 +901,7 @@ mod tests {
 
     fn spec(kind: Kind, offset: i64, size: &[i64], stride: &[i64]) -> TensorSpec {
         TensorSpec {
-            storage: StorageRef {
-                key: "0".into(),
-                kind,
-                numel: 0,
-                view: None,
-            },
+            storage: StorageRef { key: "0".into(), kind, numel: 0, view: None },
             offset,
             size: size.to_vec(),
             stride: stride.to_vec(),
@@ -1054,14 +912,9 @@ mod tests {
     fn views_are_checked_against_the_storage() {
         let root: Vec<u8> = (0..6).flat_map(|v| (v as f32).to_le_bytes()).collect();
         let t = build_tensor(&root, &spec(Kind::Float, 1, &[2, 2], &[1, 3])).unwrap();
-        assert_eq!(
-            Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(),
-            [1.0, 4.0, 2.0, 5.0]
-        );
+        assert_eq!(Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(), [1.0, 4.0, 2.0, 5.0]);
         assert!(build_tensor(&root, &spec(Kind::Float, 2, &[2, 2], &[1, 3])).is_err());
-        assert!(
-            build_tensor(&root, &spec(Kind::Float, 0, &[i64::MAX, 2], &[i64::MAX, 1])).is_err()
-        );
+        assert!(build_tensor(&root, &spec(Kind::Float, 0, &[i64::MAX, 2], &[i64::MAX, 1])).is_err());
         assert!(build_tensor(&root, &spec(Kind::Float, 0, &[1 << 40], &[0])).is_err());
         let empty = build_tensor(&root, &spec(Kind::Float, 0, &[0, 5], &[5, 1])).unwrap();
         assert_eq!(empty.size(), [0, 5]);

@@ -7,9 +7,7 @@ use tch::{Kind, Tensor};
 
 /// `crates/advent/tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
 
 /// `../shared/data` beside the checkout, if present.
@@ -20,10 +18,7 @@ pub fn shared_data() -> Option<PathBuf> {
 
 /// Reads a safetensors fixture into (name → tensor).
 pub fn read_fixture(rel: &str) -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixture(rel))
-        .unwrap()
-        .into_iter()
-        .collect()
+    Tensor::read_safetensors(fixture(rel)).unwrap().into_iter().collect()
 }
 
 /// FNV-1a 64 of a string: the seed of a key's values.
@@ -76,9 +71,7 @@ pub fn deterministic_value(key: &str, shape: &[i64]) -> Tensor {
 pub fn fill_deterministic(vs: &VarStore) {
     tch::no_grad(|| {
         for (key, mut t) in vs.variables() {
-            let v = deterministic_value(&key, &t.size())
-                .to_kind(t.kind())
-                .to_device(t.device());
+            let v = deterministic_value(&key, &t.size()).to_kind(t.kind()).to_device(t.device());
             t.copy_(&v);
         }
     });

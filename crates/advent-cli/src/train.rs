@@ -1,0 +1,68 @@
+//! `advent train`.
+
+use crate::args::parse_device;
+use advent::config::Config;
+use advent::train::{self, RunOptions};
+use anyhow::{bail, Result};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML configuration (see configs/defaults.toml for every key and its default).
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Override a setting: --set train.max_iters=2000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue a run: its folder (newest complete checkpoint) or a checkpoint folder. The
+    /// run's saved config.toml is used, with any --set applied.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run folder (default: runs/<name>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let (config, run_dir, resume) = match (&a.resume, &a.config) {
+        (Some(_), Some(_)) => {
+            bail!("--resume continues with the run's own config.toml: drop --config (use --set to change settings)")
+        }
+        (Some(path), None) => {
+            if a.run_dir.is_some() {
+                bail!("--resume writes into the run's own folder: drop --run-dir");
+            }
+            let (run_dir, ckpt) = train::resolve_resume(path)?;
+            let config = Config::load(&run_dir.join("config.toml"), &a.overrides)?;
+            (config, run_dir, Some(ckpt))
+        }
+        (None, Some(file)) => {
+            let config = Config::load(file, &a.overrides)?;
+            let run_dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+            (config, run_dir, None)
+        }
+        (None, None) => bail!("give --config FILE or --resume RUN"),
+    };
+    if let Some(ckpt) = &resume {
+        eprintln!("resuming from {}", ckpt.display());
+    }
+    let summary =
+        train::run(&config, RunOptions { run_dir, device, resume, progress: std::io::stderr().is_terminal() })?;
+    let losses: Vec<String> = summary.last_losses.iter().map(|(k, v)| format!("{k} = {v:.4}")).collect();
+    eprintln!(
+        "trained iterations {}..={} in {:.1} s; last: {}",
+        summary.first_iteration,
+        summary.last_iteration,
+        summary.seconds,
+        losses.join(", ")
+    );
+    if let Some(c) = summary.last_checkpoint {
+        eprintln!("checkpoint: {}", c.display());
+    }
+    Ok(())
+}

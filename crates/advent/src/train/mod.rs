@@ -1,0 +1,9 @@
+//! Training: one loop for source-only, MinEnt, AdvEnt and their combination.
+
+pub mod optim;
+mod step;
+
+pub use step::{Detached, DomainDiscriminator, Losses, Trainer, SOURCE_LABEL, TARGET_LABEL};
+mod run;
+
+pub use run::{checkpoints, resolve_resume, run, RunOptions, RunSummary, TrainState};

@@ -1,0 +1,424 @@
+//! A training run: its folder, the loop, metrics, checkpoints and resumption.
+//!
+//! ```text
+//! <run>/config.toml                  the resolved configuration
+//! <run>/metrics.jsonl                one line per iteration: losses and learning rates
+//! <run>/checkpoints/iter_002000/     model.pth (the segmentation network, reference keys,
+//!                                    loadable by `advent predict`/`eval` and by PyTorch),
+//!                                    d_main.pth, d_aux.pth (discriminators),
+//!                                    optimizer.safetensors, state.json (iteration, data order)
+//! ```
+//! A checkpoint is written into a hidden temporary folder and renamed when complete, so a
+//! crash never leaves a half-written one where `--resume` looks.
+
+use super::step::{Losses, Trainer};
+use crate::config::Config;
+use crate::dataset::loader::{Loader, LoaderConfig, OrderState};
+use crate::dataset::{self, Dataset};
+use crate::weights::{self, StateDict};
+use anyhow::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+const STATE_FORMAT: &str = "advent-train-state/1";
+const CHECKPOINT_PREFIX: &str = "iter_";
+
+/// Where a run stands at a checkpoint (`state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: String,
+    /// The last completed iteration.
+    pub iteration: u64,
+    pub method: String,
+    pub source_order: OrderState,
+    pub target_order: Option<OrderState>,
+}
+
+/// How to run.
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub device: Device,
+    /// A checkpoint folder to continue from.
+    pub resume: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub first_iteration: u64,
+    pub last_iteration: u64,
+    pub seconds: f64,
+    pub last_losses: Vec<(String, f32)>,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// The checkpoint folders of a run, oldest first, complete ones only.
+pub fn checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = run_dir.join("checkpoints");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(i) = name.strip_prefix(CHECKPOINT_PREFIX).and_then(|s| s.parse::<u64>().ok()) {
+            if path.join("state.json").is_file() {
+                out.push((i, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `--resume PATH`: a checkpoint folder, or a run folder (its newest complete checkpoint).
+/// Returns (run folder, checkpoint folder).
+pub fn resolve_resume(path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if path.join("state.json").is_file() {
+        let run = path
+            .parent()
+            .and_then(Path::parent)
+            .with_context(|| format!("{} is not inside a run folder", path.display()))?;
+        return Ok((run.to_path_buf(), path.to_path_buf()));
+    }
+    ensure!(path.is_dir(), "--resume {}: no such run or checkpoint folder", path.display());
+    match checkpoints(path)?.pop() {
+        Some((_, ckpt)) => Ok((path.to_path_buf(), ckpt)),
+        None => bail!("--resume {}: the run has no complete checkpoint yet", path.display()),
+    }
+}
+
+fn checkpoint_name(iteration: u64) -> String {
+    format!("{CHECKPOINT_PREFIX}{iteration:06}")
+}
+
+fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(state.format == STATE_FORMAT, "{}: unknown format `{}`", path.display(), state.format);
+    Ok(state)
+}
+
+/// Trains as configured; returns when `train.early_stop` is reached.
+pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
+    let run_dir = &options.run_dir;
+    let resume_state = match &options.resume {
+        Some(ckpt) => Some(read_state(ckpt)?),
+        None => {
+            let taken = run_dir.join("metrics.jsonl").exists() || !checkpoints(run_dir)?.is_empty();
+            ensure!(
+                !taken,
+                "{} already holds a run: continue it with --resume {0}, or choose another --run-dir",
+                run_dir.display()
+            );
+            None
+        }
+    };
+    let mut trainer = Trainer::new(config, options.device)?;
+    let t = &config.train;
+    let (start, source_order, target_order) = match (&resume_state, &options.resume) {
+        (Some(state), Some(ckpt)) => {
+            ensure!(
+                state.method == trainer.method.name(),
+                "{}: the checkpoint was trained with `{}`, the config says `{}`",
+                ckpt.display(),
+                state.method,
+                trainer.method.name()
+            );
+            load_checkpoint(&mut trainer, ckpt)?;
+            (state.iteration + 1, state.source_order, state.target_order.unwrap_or_default())
+        }
+        _ => (0, OrderState::default(), OrderState::default()),
+    };
+
+    let loader_config = |batch_size: usize, seed: u64| LoaderConfig {
+        batch_size,
+        shuffle: true,
+        seed,
+        workers: t.workers,
+        prefetch: t.prefetch,
+    };
+    let source_set: Arc<dyn Dataset> = dataset::open(&config.dataset_spec(true)).context("source dataset")?;
+    let mut source = Loader::new(source_set, loader_config(config.source.batch_size, t.seed), source_order)?;
+    let mut target = if trainer.method.uses_target() {
+        let set = dataset::open(&config.dataset_spec(false)).context("target dataset")?;
+        Some(Loader::new(set, loader_config(config.target.batch_size, t.seed.wrapping_add(1)), target_order)?)
+    } else {
+        None
+    };
+
+    // Everything that can fail on a bad config or bad data has been tried: now the folder.
+    fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
+    crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
+    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
+
+    let total = t.early_stop + 1;
+    let bar = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} it, {per_sec}, eta {eta} {msg}")
+            .expect("static template"),
+    );
+    bar.set_prefix(format!("{} {}", config.name, trainer.method.name()));
+    bar.set_position(start);
+    bar.reset_eta();
+    let began = Instant::now();
+    let mut last_checkpoint = None;
+    let mut last_losses = Vec::new();
+    for i in start..=t.early_stop {
+        let src = source.next_batch().with_context(|| format!("iteration {i}: loading a source batch"))?;
+        let labels = src.labels.as_ref().context("the source dataset gave no labels")?;
+        let trg = match &mut target {
+            Some(l) => Some(l.next_batch().with_context(|| format!("iteration {i}: loading a target batch"))?),
+            None => None,
+        };
+        let losses = trainer
+            .step(i, &src.images, labels, trg.as_ref().map(|b| &b.images))
+            .with_context(|| format!("iteration {i}"))?;
+        let (lr, lr_d) = trainer.learning_rates(i);
+        metrics.push(i, lr, lr_d, losses);
+        let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
+        if save || (i + 1) % t.log_every == 0 {
+            if let Some(row) = metrics.flush()? {
+                bar.set_message(short_losses(&row));
+                last_losses = row;
+            }
+        }
+        if save {
+            let state = TrainState {
+                format: STATE_FORMAT.into(),
+                iteration: i,
+                method: trainer.method.name().into(),
+                source_order: source.state(),
+                target_order: target.as_ref().map(Loader::state),
+            };
+            metrics.sync()?;
+            let dir = save_checkpoint(&trainer, run_dir, &state)?;
+            prune_checkpoints(run_dir, t.keep_checkpoints)?;
+            last_checkpoint = Some(dir);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(RunSummary {
+        run_dir: run_dir.clone(),
+        first_iteration: start,
+        last_iteration: t.early_stop,
+        seconds: began.elapsed().as_secs_f64(),
+        last_losses,
+        last_checkpoint,
+    })
+}
+
+fn short_losses(row: &[(String, f32)]) -> String {
+    row.iter()
+        .filter(|(k, _)| k.starts_with("loss_") && k.ends_with("_main"))
+        .map(|(k, v)| format!("{}={v:.3}", k.trim_start_matches("loss_").trim_end_matches("_main")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Per-iteration losses, held on the device and read in one transfer per flush, so that the
+/// training step never waits for the host; checked for NaN and infinity when read.
+struct MetricsLog {
+    path: PathBuf,
+    file: File,
+    pending: Vec<(u64, f64, f64, Losses)>,
+}
+
+impl MetricsLog {
+    /// Opens the log for appending from iteration `start`, dropping lines of later
+    /// iterations (those after the checkpoint a run resumes from).
+    fn open(path: &Path, start: u64) -> Result<Self> {
+        if path.exists() {
+            let reader = BufReader::new(File::open(path).with_context(|| format!("reading {}", path.display()))?);
+            let mut kept = String::new();
+            for line in reader.lines() {
+                let line = line.with_context(|| format!("reading {}", path.display()))?;
+                let iter = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v["iter"].as_u64());
+                if iter.is_some_and(|i| i < start) {
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            }
+            crate::fs::write_bytes_atomic(path, kept.as_bytes())?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(MetricsLog { path: path.to_path_buf(), file, pending: Vec::new() })
+    }
+
+    fn push(&mut self, iter: u64, lr: f64, lr_d: f64, losses: Losses) {
+        self.pending.push((iter, lr, lr_d, losses));
+    }
+
+    /// Writes the pending rows; returns the last one. A non-finite loss stops training with
+    /// an error naming the iteration and the loss (rows before it are written).
+    fn flush(&mut self) -> Result<Option<Vec<(String, f32)>>> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let scalars: Vec<Tensor> = self
+            .pending
+            .iter()
+            .flat_map(|(_, _, _, l)| l.iter().map(|(_, t)| t.f_reshape([1])))
+            .collect::<Result<_, _>>()?;
+        let values =
+            Vec::<f32>::try_from(Tensor::f_cat(&scalars, 0)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
+        let mut values = values.into_iter();
+        let mut text = String::new();
+        let mut last = Vec::new();
+        let mut failure = None;
+        for (iter, lr, lr_d, losses) in self.pending.drain(..) {
+            let mut row = serde_json::Map::new();
+            row.insert("iter".into(), iter.into());
+            let mut named = Vec::new();
+            for (name, _) in &losses {
+                let v = values.next().expect("one value per loss");
+                if !v.is_finite() && failure.is_none() {
+                    failure = Some(format!("iteration {iter}: {name} is {v}; training stopped"));
+                }
+                named.push((name.to_string(), v));
+            }
+            if failure.is_some() {
+                break;
+            }
+            for (name, v) in &named {
+                row.insert(name.clone(), serde_json::Value::from(*v));
+            }
+            row.insert("lr".into(), lr.into());
+            row.insert("lr_d".into(), lr_d.into());
+            text.push_str(&serde_json::Value::Object(row).to_string());
+            text.push('\n');
+            named.push(("lr".into(), lr as f32));
+            last = named;
+        }
+        self.file.write_all(text.as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
+        if let Some(message) = failure {
+            self.file.flush()?;
+            bail!(message);
+        }
+        Ok(Some(last))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Result<PathBuf> {
+    let name = checkpoint_name(state.iteration);
+    let parent = run_dir.join("checkpoints");
+    let final_dir = parent.join(&name);
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let result = (|| -> Result<()> {
+        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        weights::save(&trainer.model.state_dict(), &tmp.join("model.pth"))?;
+        let mut optim = trainer.sgd.state_dict("seg.");
+        for (d, file, prefix) in [(&trainer.d_main, "d_main.pth", "d_main."), (&trainer.d_aux, "d_aux.pth", "d_aux.")] {
+            if let Some(d) = d {
+                weights::save(&StateDict::from_var_store(&d.vs), &tmp.join(file))?;
+                for (k, v) in d.opt.state_dict(prefix).iter() {
+                    optim.insert(k, v.shallow_clone());
+                }
+            }
+        }
+        weights::save(&optim, &tmp.join("optimizer.safetensors"))?;
+        crate::fs::write_bytes_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
+        }
+        fs::rename(&tmp, &final_dir)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
+        if let Ok(d) = File::open(&parent) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result.with_context(|| format!("saving checkpoint {}", final_dir.display()))?;
+    Ok(final_dir)
+}
+
+fn load_checkpoint(trainer: &mut Trainer, dir: &Path) -> Result<()> {
+    let context = || format!("resuming from {}", dir.display());
+    let opts = crate::model::LoadOptions::default();
+    crate::model::load_into(&trainer.model.vs, weights::load(&dir.join("model.pth"))?, opts).with_context(context)?;
+    let optim = weights::load(&dir.join("optimizer.safetensors")).with_context(context)?;
+    trainer.sgd.load_state_dict(&optim, "seg.").with_context(context)?;
+    for (d, file, prefix) in
+        [(&mut trainer.d_main, "d_main.pth", "d_main."), (&mut trainer.d_aux, "d_aux.pth", "d_aux.")]
+    {
+        if let Some(d) = d {
+            crate::model::load_into(&d.vs, weights::load(&dir.join(file))?, opts).with_context(context)?;
+            d.opt.load_state_dict(&optim, prefix).with_context(context)?;
+        }
+    }
+    Ok(())
+}
+
+fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let all = checkpoints(run_dir)?;
+    for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
+        fs::remove_dir_all(dir).with_context(|| format!("removing old checkpoint {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(v: f32) -> Tensor {
+        Tensor::from(v)
+    }
+
+    #[test]
+    fn a_nan_loss_stops_with_the_iteration_and_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        log.push(0, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.5)), ("loss_ent_main", scalar(0.5))]);
+        log.push(1, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.25)), ("loss_ent_main", scalar(f32::NAN))]);
+        log.push(2, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.0)), ("loss_ent_main", scalar(0.4))]);
+        let err = log.flush().unwrap_err().to_string();
+        assert_eq!(err, "iteration 1: loss_ent_main is NaN; training stopped");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "only the rows before the bad one are kept: {text}");
+        assert!(text.starts_with(r#"{"iter":0,"loss_seg_src_main":1.5,"loss_ent_main":0.5,"lr":0.1"#), "{text}");
+    }
+
+    #[test]
+    fn reopening_drops_rows_after_the_resumed_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        for i in 0..5 {
+            log.push(i, 0.1, 0.01, vec![("loss_seg_src_main", scalar(i as f32))]);
+        }
+        log.flush().unwrap();
+        drop(log);
+        MetricsLog::open(&path, 3).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.lines().last().unwrap().starts_with(r#"{"iter":2,"#));
+    }
+}

@@ -1,0 +1,292 @@
+//! One training iteration, as the reference does it (SPEC §4.2–4.3): the methods differ
+//! only in the target-side losses they add and in the discriminators they own.
+
+use super::optim::{poly_lr, Adam, Group, Param, Sgd};
+use crate::config::{Config, Method};
+use crate::loss::{bce_loss, cross_entropy_2d, entropy_loss, self_information, upsample};
+use crate::model::{Arch, Discriminator, LoadOptions, SegModel};
+use crate::weights::StateDict;
+use anyhow::{Context, Result};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// Domain labels of the discriminators (the reference's convention).
+pub const SOURCE_LABEL: f64 = 0.0;
+pub const TARGET_LABEL: f64 = 1.0;
+/// Width of the discriminators' first layer (`ndf`).
+const NDF: i64 = 64;
+
+/// Named scalar losses of one iteration, in logging order, detached, on the device.
+pub type Losses = Vec<(&'static str, Tensor)>;
+
+/// A discriminator with its parameters and optimiser; its VarStore holds exactly the
+/// reference's keys (`0.weight` … `8.bias`), so it saves as `model_*_D_main.pth` does.
+pub struct DomainDiscriminator {
+    pub vs: VarStore,
+    pub net: Discriminator,
+    pub opt: Adam,
+}
+
+impl DomainDiscriminator {
+    fn new(num_classes: i64, betas: (f64, f64), device: Device) -> Result<Self> {
+        // Drawn on the CPU, then moved: a seed gives the same discriminator on every device.
+        let mut vs = VarStore::new(Device::Cpu);
+        let mut net = Discriminator::new(&vs.root(), num_classes, NDF);
+        if device != Device::Cpu {
+            vs.set_device(device);
+            net.set_device(device);
+        }
+        let params =
+            named_trainables(&vs).into_iter().map(|(name, tensor)| Param { name, tensor, visits: 1 }).collect();
+        let opt = Adam::new(params, betas)?;
+        Ok(DomainDiscriminator { vs, net, opt })
+    }
+
+    fn set_trainable(&self, on: bool) {
+        for p in &self.opt.params {
+            let _ = p.tensor.set_requires_grad(on);
+        }
+    }
+}
+
+/// Trainable variables of a store, in natural key order (deterministic).
+fn named_trainables(vs: &VarStore) -> Vec<(String, Tensor)> {
+    StateDict::from_var_store(vs)
+        .iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(k, t)| (k.to_string(), t.shallow_clone()))
+        .collect()
+}
+
+/// What the discriminator update needs from the segmentation update: the upsampled logits
+/// of both domains, detached.
+pub struct Detached {
+    source_main: Tensor,
+    source_aux: Option<Tensor>,
+    target_prob_main: Tensor,
+    target_prob_aux: Option<Tensor>,
+}
+
+/// The networks and optimisers of a run.
+pub struct Trainer {
+    pub config: Config,
+    pub method: Method,
+    pub model: SegModel,
+    pub sgd: Sgd,
+    /// On the main head's output (adversarial methods).
+    pub d_main: Option<DomainDiscriminator>,
+    /// On the aux head's output (adversarial methods, multi-level).
+    pub d_aux: Option<DomainDiscriminator>,
+}
+
+impl Trainer {
+    /// Builds the networks (seeded by `train.seed`), loads `model.init` if given, and sets up
+    /// the optimisers.
+    pub fn new(config: &Config, device: Device) -> Result<Self> {
+        let t = &config.train;
+        tch::manual_seed(t.seed as i64);
+        let model_config = config.model_config()?;
+        let model = SegModel::new(model_config, device)?;
+        if !config.model.init.is_empty() {
+            let path = std::path::Path::new(&config.model.init);
+            let dict = crate::weights::load(path).context("model.init")?;
+            crate::model::load_into(&model.vs, dict, LoadOptions::default())
+                .with_context(|| format!("model.init: loading {}", path.display()))?;
+        }
+        let sgd = Sgd::new(seg_groups(&model, config), t.momentum, t.weight_decay);
+        let betas = (t.adam_betas[0], t.adam_betas[1]);
+        let adversarial = config.train.method.adversarial();
+        let d_main =
+            adversarial.then(|| DomainDiscriminator::new(model_config.num_classes, betas, device)).transpose()?;
+        let d_aux = (adversarial && model_config.multi_level)
+            .then(|| DomainDiscriminator::new(model_config.num_classes, betas, device))
+            .transpose()?;
+        Ok(Trainer { config: config.clone(), method: t.method, model, sgd, d_main, d_aux })
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    /// Learning rates of iteration `iter`: (segmentation base rate, discriminator rate).
+    pub fn learning_rates(&self, iter: u64) -> (f64, f64) {
+        let t = &self.config.train;
+        (poly_lr(t.learning_rate, iter, t.max_iters, t.power), poly_lr(t.learning_rate_d, iter, t.max_iters, t.power))
+    }
+
+    /// One iteration: gradients of every loss, then the optimiser steps.
+    ///
+    /// `source_images` `[N, 3, Hs, Ws]`, `source_labels` `[N, Hs, Ws]` (int64, 255 ignored),
+    /// `target_images` `[N, 3, Ht, Wt]` (unused by source-only), all on the CPU or the device.
+    pub fn step(
+        &mut self,
+        iter: u64,
+        source_images: &Tensor,
+        source_labels: &Tensor,
+        target_images: Option<&Tensor>,
+    ) -> Result<Losses> {
+        let (lr, lr_d) = self.learning_rates(iter);
+        self.zero_grad();
+        let (mut losses, detached) = self.segmentation_backward(source_images, source_labels, target_images)?;
+        if let Some(detached) = detached {
+            losses.extend(self.discriminator_backward(&detached)?);
+        }
+        self.sgd.step(lr)?;
+        if let Some(d) = &mut self.d_aux {
+            d.opt.step(lr_d)?;
+        }
+        if let Some(d) = &mut self.d_main {
+            d.opt.step(lr_d)?;
+        }
+        Ok(losses)
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.sgd.zero_grad();
+        for d in [&mut self.d_main, &mut self.d_aux].into_iter().flatten() {
+            d.opt.zero_grad();
+        }
+    }
+
+    /// Steps 2–4 of SPEC §4.2: the discriminators frozen, the supervised source loss and the
+    /// target loss of the method (adversarial and/or entropy) back-propagated into the
+    /// segmentation network. Returns the losses and, for adversarial methods, what the
+    /// discriminator update needs.
+    pub fn segmentation_backward(
+        &mut self,
+        source_images: &Tensor,
+        source_labels: &Tensor,
+        target_images: Option<&Tensor>,
+    ) -> Result<(Losses, Option<Detached>)> {
+        let t = &self.config.train;
+        let device = self.device();
+        for d in [&self.d_main, &self.d_aux].into_iter().flatten() {
+            d.set_trainable(false);
+        }
+        let mut losses: Losses = Vec::new();
+
+        // Supervised source loss.
+        let x = source_images.f_to_device(device)?;
+        let y = source_labels.f_to_device(device)?;
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let heads = self.model.forward_t(&x, true)?;
+        let main = upsample(&heads.main, h, w)?;
+        let loss_main = cross_entropy_2d(&main, &y)?;
+        let mut loss = loss_main.f_mul_scalar(t.lambda_seg_main)?;
+        losses.push(("loss_seg_src_main", loss_main.detach()));
+        let aux = match &heads.aux {
+            Some(a) => {
+                let aux = upsample(a, h, w)?;
+                let loss_aux = cross_entropy_2d(&aux, &y)?;
+                loss = loss.f_add(&loss_aux.f_mul_scalar(t.lambda_seg_aux)?)?;
+                losses.push(("loss_seg_src_aux", loss_aux.detach()));
+                Some(aux)
+            }
+            None => None,
+        };
+        let (source_main, source_aux) = (main.detach(), aux.as_ref().map(Tensor::detach));
+        drop((main, aux));
+        loss.f_backward()?;
+
+        let Some(target_images) = target_images.filter(|_| self.method.uses_target()) else {
+            return Ok((losses, None));
+        };
+        // Target loss: fool the discriminators (into "source") and/or minimise entropy.
+        let x = target_images.f_to_device(device)?;
+        let (h, w) = (x.size()[2], x.size()[3]);
+        let heads = self.model.forward_t(&x, true)?;
+        let prob_main = upsample(&heads.main, h, w)?.f_softmax(1, Kind::Float)?;
+        let prob_aux = match &heads.aux {
+            Some(a) => Some(upsample(a, h, w)?.f_softmax(1, Kind::Float)?),
+            None => None,
+        };
+        let mut loss = Tensor::f_zeros([], (Kind::Float, device))?;
+        if self.method.adversarial() {
+            let d = self.d_main.as_ref().expect("adversarial methods own d_main");
+            let adv = bce_loss(&d.net.forward(&self_information(&prob_main)?)?, SOURCE_LABEL)?;
+            loss = loss.f_add(&adv.f_mul_scalar(t.lambda_adv_main)?)?;
+            losses.push(("loss_adv_trg_main", adv.detach()));
+            if let (Some(d), Some(p)) = (&self.d_aux, &prob_aux) {
+                let adv = bce_loss(&d.net.forward(&self_information(p)?)?, SOURCE_LABEL)?;
+                loss = loss.f_add(&adv.f_mul_scalar(t.lambda_adv_aux)?)?;
+                losses.push(("loss_adv_trg_aux", adv.detach()));
+            }
+        }
+        if self.method.entropy() {
+            let ent = entropy_loss(&prob_main)?;
+            loss = loss.f_add(&ent.f_mul_scalar(t.lambda_ent_main)?)?;
+            losses.push(("loss_ent_main", ent.detach()));
+            if let Some(p) = &prob_aux {
+                let ent = entropy_loss(p)?;
+                loss = loss.f_add(&ent.f_mul_scalar(t.lambda_ent_aux)?)?;
+                losses.push(("loss_ent_aux", ent.detach()));
+            }
+        }
+        loss.f_backward()?;
+        let detached = self.method.adversarial().then(|| Detached {
+            source_main,
+            source_aux,
+            target_prob_main: prob_main.detach(),
+            target_prob_aux: prob_aux.as_ref().map(Tensor::detach),
+        });
+        Ok((losses, detached))
+    }
+
+    /// Steps 5–7 of SPEC §4.2: the discriminators trained on the detached maps of both
+    /// domains (source 0, target 1, each loss halved). The segmentation network gets no
+    /// gradient: its outputs are detached. Returns the target halves, which the reference
+    /// logs as `loss_d_main` / `loss_d_aux`.
+    pub fn discriminator_backward(&mut self, detached: &Detached) -> Result<Losses> {
+        let mut losses: Losses = Vec::new();
+        for d in [&self.d_main, &self.d_aux].into_iter().flatten() {
+            d.set_trainable(true);
+        }
+        let pairs = [
+            (&self.d_aux, detached.source_aux.as_ref(), detached.target_prob_aux.as_ref(), "loss_d_aux"),
+            (&self.d_main, Some(&detached.source_main), Some(&detached.target_prob_main), "loss_d_main"),
+        ];
+        let mut target_halves = Vec::new();
+        for (d, source_logits, target_prob, name) in pairs {
+            let (Some(d), Some(source_logits), Some(target_prob)) = (d, source_logits, target_prob) else { continue };
+            let source_prob = source_logits.f_softmax(1, Kind::Float)?;
+            let l = bce_loss(&d.net.forward(&self_information(&source_prob)?)?, SOURCE_LABEL)?.f_div_scalar(2.0)?;
+            l.f_backward()?;
+            target_halves.push((d, target_prob, name));
+        }
+        for (d, target_prob, name) in target_halves {
+            let l = bce_loss(&d.net.forward(&self_information(target_prob)?)?, TARGET_LABEL)?.f_div_scalar(2.0)?;
+            l.f_backward()?;
+            losses.push((name, l.detach()));
+        }
+        // Log order: main before aux, as the other losses.
+        losses.sort_by_key(|(n, _)| *n != "loss_d_main");
+        Ok(losses)
+    }
+}
+
+/// SGD groups of the segmentation network (SPEC §1.3): the backbone at the base rate, the
+/// classifiers (`layer5`, `layer6`) at `head_lr_factor` times it; VGG-16 in one group at the
+/// base rate. Under `reference_duplicate_params` each backbone parameter is visited once per
+/// module that contains it (the reference's generator yields it once per ancestor).
+fn seg_groups(model: &SegModel, config: &Config) -> Vec<Group> {
+    let t = &config.train;
+    let is_head = |k: &str| k.starts_with("layer5.") || k.starts_with("layer6.");
+    let resnet = model.config.arch != Arch::DeepLabV2Vgg16;
+    let mut backbone = Vec::new();
+    let mut heads = Vec::new();
+    for (name, tensor) in named_trainables(&model.vs) {
+        let head = resnet && is_head(&name);
+        let visits = if t.reference_duplicate_params && resnet && !head { name.split('.').count() - 1 } else { 1 };
+        let p = Param { name, tensor, visits };
+        if head {
+            heads.push(p)
+        } else {
+            backbone.push(p)
+        }
+    }
+    let mut groups = vec![Group { lr_factor: 1.0, params: backbone }];
+    if !heads.is_empty() {
+        groups.push(Group { lr_factor: t.head_lr_factor, params: heads });
+    }
+    groups
+}
