@@ -31,6 +31,9 @@ pub struct Args {
     /// Untimed iterations first.
     #[arg(long, default_value_t = 4)]
     warmup: usize,
+    /// CUDA arithmetic: tf32 (PyTorch's default for convolutions) or fp32.
+    #[arg(long, default_value = "tf32")]
+    precision: advent::device::Precision,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
@@ -45,13 +48,14 @@ pub fn run(a: Args) -> Result<()> {
         tch::set_num_threads(n);
     }
     if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
+        advent::device::set_precision(a.precision)?;
+        advent::device::set_cudnn_benchmark(true)?;
     }
     tch::manual_seed(0);
     let hw = |(w, h): (u32, u32)| (h as i64, w as i64);
     let mut lines = String::new();
     for what in a.what.split(',').map(str::trim) {
-        let timing = if what == "eval" {
+        let mut timing = if what == "eval" {
             let model = SegModel::new(ModelConfig::deeplabv2_r101(19), device)?;
             let (h, w) = hw(a.eval_size);
             bench::eval_step(&model, h, w, a.warmup, a.iters)?
@@ -61,6 +65,9 @@ pub fn run(a: Args) -> Result<()> {
             })?;
             bench::train_step(method, hw(a.source_size), hw(a.target_size), device, a.warmup, a.iters)?
         };
+        if device.is_cuda() {
+            timing.precision = Some(format!("{:?}", a.precision).to_lowercase());
+        }
         let line = serde_json::to_string(&timing)?;
         println!("{line}");
         lines.push_str(&line);

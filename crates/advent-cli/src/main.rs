@@ -6,6 +6,7 @@
 mod args;
 mod bench;
 mod checkpoint;
+mod data;
 mod predict;
 mod train;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Inspect or convert a checkpoint (.pth in either PyTorch format, .safetensors).
     #[command(subcommand)]
     Checkpoint(checkpoint::Command),
+    /// Check a dataset on disk: counts, sizes, pixels per class, every problem.
+    #[command(subcommand)]
+    Data(data::Command),
     /// Time the network's hot paths on random inputs (see BENCHMARKS.md).
     Bench(bench::Args),
     /// The built-in synthetic-to-real demonstration (not built yet).
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict::run(a),
         Command::Checkpoint(c) => checkpoint::run(c),
         Command::Bench(a) => bench::run(a),
+        Command::Data(c) => data::run(c),
         Command::Demo => Err(anyhow::anyhow!(
             "`advent demo` is not built yet: it arrives with the built-in synthetic benchmark \
              (see README.md, \"Status\")"

@@ -20,6 +20,8 @@ pub struct Timing {
     pub min_ms: f64,
     pub mean_ms: f64,
     pub images_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 impl Timing {
@@ -35,6 +37,7 @@ impl Timing {
             min_ms: round1(ms[0]),
             mean_ms: round1(mean),
             images_per_s: round1(1000.0 / median),
+            precision: None,
         }
     }
 }

@@ -117,6 +117,9 @@ pub struct TrainSection {
     pub seed: u64,
     pub workers: usize,
     pub prefetch: usize,
+    pub precision: crate::device::Precision,
+    pub cudnn_benchmark: bool,
+    pub deterministic: bool,
     pub log_every: u64,
 }
 

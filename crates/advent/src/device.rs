@@ -37,8 +37,92 @@ pub fn load_cuda_backend() {
     });
 }
 
+/// Floating-point mode of CUDA convolutions and matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE float32 everywhere (PyTorch's `allow_tf32 = False`).
+    Fp32,
+    /// TF32 tensor-core arithmetic for convolutions and matrix products, float32 storage:
+    /// PyTorch's default for convolutions, and what the reference ran on Ampere and later.
+    #[default]
+    Tf32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            _ => bail!("unknown precision `{s}` (expected fp32 or tf32)"),
+        }
+    }
+}
+
+/// libtorch keeps these switches in its global `at::Context`, which tch does not expose;
+/// its setters are plain exported C++ functions (`this` first, as the Itanium ABI passes
+/// it), looked up by name in the libtorch this process runs on.
+mod context {
+    use anyhow::{bail, Result};
+    use std::ffi::{c_void, CStr};
+
+    type Getter = unsafe extern "C" fn() -> *mut c_void;
+    type Setter = unsafe extern "C" fn(*mut c_void, bool);
+
+    fn symbol(name: &CStr) -> Result<*mut c_void> {
+        // SAFETY: dlsym on the global scope with a NUL-terminated name.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        if p.is_null() {
+            bail!("libtorch does not export {name:?}: another libtorch than 2.11?");
+        }
+        Ok(p)
+    }
+
+    /// Calls `at::globalContext().<setter>(on)`.
+    pub fn set(setter: &CStr, on: bool) -> Result<()> {
+        let get = symbol(c"_ZN2at13globalContextEv")?;
+        let set = symbol(setter)?;
+        // SAFETY: both symbols have exactly these signatures in libtorch 2.11
+        // (`at::Context& at::globalContext()`, `void at::Context::setX(bool)`).
+        unsafe {
+            let get: Getter = std::mem::transmute(get);
+            let set: Setter = std::mem::transmute(set);
+            set(get(), on);
+        }
+        Ok(())
+    }
+}
+
+/// Sets the precision of CUDA convolutions and matrix products for the whole process.
+pub fn set_precision(precision: Precision) -> Result<()> {
+    let tf32 = precision == Precision::Tf32;
+    context::set(c"_ZN2at7Context17setAllowTF32CuDNNEb", tf32)?;
+    context::set(c"_ZN2at7Context18setAllowTF32CuBLASEb", tf32)
+}
+
+/// cuDNN's autotuner (PyTorch's `cudnn.benchmark`): the fastest algorithm per shape,
+/// chosen on first use. The reference turns it on.
+pub fn set_cudnn_benchmark(on: bool) -> Result<()> {
+    context::set(c"_ZN2at7Context17setBenchmarkCuDNNEb", on)
+}
+
+/// Deterministic cuDNN algorithms (slower; bit-repeatable runs on one GPU).
+pub fn set_cudnn_deterministic(on: bool) -> Result<()> {
+    context::set(c"_ZN2at7Context21setDeterministicCuDNNEb", on)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn context_switches_are_found() {
+        set_precision(Precision::Fp32).unwrap();
+        set_cudnn_benchmark(false).unwrap();
+        set_cudnn_deterministic(false).unwrap();
+        set_precision(Precision::Tf32).unwrap();
+        assert!("bf17".parse::<Precision>().is_err());
+    }
+
     use super::*;
 
     #[test]

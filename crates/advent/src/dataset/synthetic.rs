@@ -215,9 +215,9 @@ pub fn generate(seed: u64, index: u64, domain: Domain, w: u32, h: u32) -> (RgbIm
                 // Texture, sensor noise and distance haze.
                 let texture = 10.0 * (((x * 7 + y * 3) as f32 * 0.9).sin() * ((y * 5) as f32 * 0.7).cos());
                 let haze = 0.45 * (1.0 - (y as f32 / hf)).clamp(0.0, 1.0);
-                for ch in 0..3 {
-                    let v = px[ch] + texture + 9.0 * noise.normal();
-                    px[ch] = v * (1.0 - haze) + 200.0 * haze;
+                for v in px.iter_mut() {
+                    let noisy = *v + texture + 9.0 * noise.normal();
+                    *v = noisy * (1.0 - haze) + 200.0 * haze;
                 }
             }
             img.put_pixel(x as u32, y as u32, ::image::Rgb(px.map(|v| v.round().clamp(0.0, 255.0) as u8)));

@@ -124,8 +124,13 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
             None
         }
     };
-    let mut trainer = Trainer::new(config, options.device)?;
     let t = &config.train;
+    if options.device.is_cuda() {
+        crate::device::set_precision(t.precision)?;
+        crate::device::set_cudnn_benchmark(t.cudnn_benchmark && !t.deterministic)?;
+        crate::device::set_cudnn_deterministic(t.deterministic)?;
+    }
+    let mut trainer = Trainer::new(config, options.device)?;
     let (start, source_order, target_order) = match (&resume_state, &options.resume) {
         (Some(state), Some(ckpt)) => {
             ensure!(

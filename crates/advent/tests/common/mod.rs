@@ -5,14 +5,25 @@ use std::path::PathBuf;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
+/// The crate's folder: where it was built, or, for a test binary carried to another
+/// machine and run from the repository root, `crates/advent` under the current directory.
+fn crate_dir() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.is_dir() {
+        built
+    } else {
+        std::env::current_dir().unwrap().join("crates/advent")
+    }
+}
+
 /// `crates/advent/tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    crate_dir().join("tests/fixtures").join(rel)
 }
 
 /// `../shared/data` beside the checkout, if present.
 pub fn shared_data() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    let p = crate_dir().join("../../../shared/data");
     p.is_dir().then_some(p)
 }
 
