@@ -1,10 +1,12 @@
 //! The parity fixtures on a CUDA device (ignored: CI has no GPU). Run on a GPU machine with
 //! `cuda-* --ignored --nocapture`; each check prints its measured error.
 //!
-//! libtorch runs convolutions in TF32 on Ampere and later GPUs by default (as PyTorch does),
-//! so the tolerances here are TF32's: relative 2e-2 of the output's scale for a forward pass
-//! through ResNet-101 and for the losses of the first two training iterations (10-bit
-//! mantissas, about 1e-3 per layer, accumulated over 100 layers).
+//! Each check runs twice: in strict fp32 (tolerance relative 1e-3: cuDNN's algorithms sum in
+//! other orders than the CPU's) and in TF32, PyTorch's default for convolutions (relative
+//! 2e-2 for evaluation: 10-bit mantissas, about 1e-3 per layer over 100
+//! layers). The training-mode forward pass of the fixture is ill-conditioned (BatchNorm on
+//! tiny maps: 1e-3 relative noise on the weights moves its output by 46%, measured with
+//! PyTorch on the CPU), so for it and for the training losses the TF32 error is printed, not asserted.
 
 mod common;
 
@@ -14,7 +16,14 @@ use advent::train::Trainer;
 use common::*;
 use tch::{Device, Kind, Tensor};
 
+use advent::device::Precision;
+
 const TF32_TOL: f64 = 2e-2;
+const FP32_TOL: f64 = 1e-3;
+
+fn modes() -> [(Precision, f64); 2] {
+    [(Precision::Fp32, FP32_TOL), (Precision::Tf32, TF32_TOL)]
+}
 
 fn cuda() -> Option<Device> {
     match advent::device::parse("cuda") {
@@ -31,15 +40,20 @@ fn cuda() -> Option<Device> {
 fn resnet101_forward_on_cuda_matches_reference() {
     let Some(device) = cuda() else { return };
     let want = read_fixture("model/r101_multi.safetensors");
-    let model = SegModel::new(ModelConfig::deeplabv2_r101(19), device).unwrap();
-    fill_deterministic(&model.vs);
     let x = input_image(65, 97).to_device(device);
-    for (train, tag) in [(false, "eval"), (true, "train")] {
-        let heads = tch::no_grad(|| model.forward_t(&x, train)).unwrap();
-        for (name, t) in [("main", &heads.main), ("aux", heads.aux.as_ref().unwrap())] {
-            let err = rel_err(&t.to_device(Device::Cpu), &want[&format!("{tag}.{name}")]);
-            println!("cuda forward {tag}.{name}: relative error {err:.2e}");
-            assert!(err < TF32_TOL, "{tag}.{name}: {err:e}");
+    for (precision, tol) in modes() {
+        advent::device::set_precision(precision).unwrap();
+        let model = SegModel::new(ModelConfig::deeplabv2_r101(19), device).unwrap();
+        fill_deterministic(&model.vs);
+        for (train, tag) in [(false, "eval"), (true, "train")] {
+            let heads = tch::no_grad(|| model.forward_t(&x, train)).unwrap();
+            for (name, t) in [("main", &heads.main), ("aux", heads.aux.as_ref().unwrap())] {
+                let err = rel_err(&t.to_device(Device::Cpu), &want[&format!("{tag}.{name}")]);
+                println!("cuda {precision:?} forward {tag}.{name}: relative error {err:.2e}");
+                if !(train && precision == Precision::Tf32) {
+                    assert!(err < tol, "{precision:?} {tag}.{name}: {err:e}");
+                }
+            }
         }
     }
 }
@@ -56,25 +70,40 @@ fn training_steps_on_cuda_match_reference() {
     let ys = ys.where_self(&ys.lt(19), &Tensor::from(255i64));
     let xt =
         Tensor::from_slice(&uniform("train-target-image", (3 * 48 * 80) as usize, -120.0, 120.0)).view([1, 3, 48, 80]);
-    for method in ["source_only", "minent", "advent", "advent_minent"] {
-        let text = format!(
+    for (precision, tol) in modes() {
+        advent::device::set_precision(precision).unwrap();
+        for method in ["source_only", "minent", "advent", "advent_minent"] {
+            let text = format!(
             "[train]\nmethod = \"{method}\"\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n\
              lambda_adv_main = 0.1\nlambda_adv_aux = 0.02\nlambda_ent_main = 0.1\nlambda_ent_aux = 0.02\n"
         );
-        let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
-        fill_deterministic(&t.model.vs);
-        for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
-            fill_deterministic(&d.vs);
-        }
-        let mut worst: f64 = 0.0;
-        for i in 0..2u64 {
-            for (name, v) in t.step(i, &xs, &ys, Some(&xt)).unwrap() {
-                let r = want[&format!("{method}.iter{i}.{name}")].double_value(&[0]);
-                let rel = (v.double_value(&[]) - r).abs() / r.abs().max(1e-3);
-                worst = worst.max(rel);
-                assert!(rel < TF32_TOL, "{method} iteration {i} {name}: {} vs {r} ({rel:e})", v.double_value(&[]));
+            let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
+            fill_deterministic(&t.model.vs);
+            for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
+                fill_deterministic(&d.vs);
             }
+            let mut worst: f64 = 0.0;
+            for i in 0..2u64 {
+                for (name, v) in t.step(i, &xs, &ys, Some(&xt)).unwrap() {
+                    let r = want[&format!("{method}.iter{i}.{name}")].double_value(&[0]);
+                    let rel = (v.double_value(&[]) - r).abs() / r.abs().max(1e-3);
+                    worst = worst.max(rel);
+                    // Training-mode losses inherit the fixture's ill-conditioning: asserted in
+                    // fp32 only, and after one update within 2e-2 (on the CPU alone, one thread
+                    // instead of two moves the second iteration's losses by 4e-2).
+                    let tol = if i == 0 { tol } else { 2e-2 };
+                    if precision == Precision::Fp32 {
+                        assert!(
+                            rel < tol,
+                            "{precision:?} {method} iteration {i} {name}: {} vs {r} ({rel:e})",
+                            v.double_value(&[])
+                        );
+                    }
+                }
+            }
+            println!(
+                "cuda {precision:?} training step {method}: worst relative loss error over 2 iterations {worst:.2e}"
+            );
         }
-        println!("cuda training step {method}: worst relative loss error over 2 iterations {worst:.2e}");
     }
 }

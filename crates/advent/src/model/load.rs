@@ -3,7 +3,7 @@
 //! unexpected or mis-shaped key at once.
 
 use super::{Arch, AsppSum, ModelConfig};
-use crate::weights::StateDict;
+use crate::weights::{natural_cmp, StateDict};
 use anyhow::{bail, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -185,28 +185,6 @@ pub fn load_into(vs: &VarStore, dict: StateDict, options: LoadOptions) -> Result
     })?;
     report.loaded = dict.len() - report.unexpected.len() - report.mismatched.len();
     Ok(report)
-}
-
-/// Compares dotted paths with numeric components as numbers (`layer3.2` < `layer3.10`).
-pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let mut xs = a.split('.');
-    let mut ys = b.split('.');
-    loop {
-        match (xs.next(), ys.next()) {
-            (None, None) => return std::cmp::Ordering::Equal,
-            (None, Some(_)) => return std::cmp::Ordering::Less,
-            (Some(_), None) => return std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => {
-                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
-                    (Ok(i), Ok(j)) => i.cmp(&j),
-                    _ => x.cmp(y),
-                };
-                if ord != std::cmp::Ordering::Equal {
-                    return ord;
-                }
-            }
-        }
-    }
 }
 
 /// Reads architecture, class count and levels from a checkpoint's keys (after the

@@ -118,8 +118,8 @@ impl IntoIterator for StateDict {
     }
 }
 
-/// Compares dotted names with their numeric components as numbers.
-fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+/// Compares dotted names with their numeric components as numbers (`layer3.2` < `layer3.10`).
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let mut a_parts = a.split('.');
     let mut b_parts = b.split('.');
     loop {
