@@ -3,7 +3,7 @@
 use crate::args::{parse_device, parse_size};
 use advent::bench;
 use advent::config::Method;
-use advent::model::{ModelConfig, SegModel};
+use advent::model::{Arch, ModelConfig, SegModel};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -16,6 +16,9 @@ pub struct Args {
     /// advent_minent (comma-separated).
     #[arg(long, default_value = "eval,advent")]
     what: String,
+    /// Network: deeplabv2-r101 (the paper's), deeplabv2-r50, deeplabv2-vgg16, deeplabv2-tiny.
+    #[arg(long, default_value = "deeplabv2-r101")]
+    arch: String,
     /// Network input for the evaluation timing, WxH (the paper's target size by default).
     #[arg(long, value_parser = parse_size, default_value = "1024x512")]
     eval_size: (u32, u32),
@@ -52,18 +55,21 @@ pub fn run(a: Args) -> Result<()> {
         advent::device::set_cudnn_benchmark(true)?;
     }
     tch::manual_seed(0);
+    let arch: Arch = a.arch.parse()?;
     let hw = |(w, h): (u32, u32)| (h as i64, w as i64);
     let mut lines = String::new();
     for what in a.what.split(',').map(str::trim) {
         let mut timing = if what == "eval" {
-            let model = SegModel::new(ModelConfig::deeplabv2_r101(19), device)?;
+            let config =
+                ModelConfig { arch, multi_level: arch != Arch::DeepLabV2Vgg16, ..ModelConfig::deeplabv2_r101(19) };
+            let model = SegModel::new(config, device)?;
             let (h, w) = hw(a.eval_size);
             bench::eval_step(&model, h, w, a.warmup, a.iters)?
         } else {
             let method: Method = serde_json::from_value(serde_json::Value::String(what.into())).map_err(|_| {
                 anyhow::anyhow!("--what: unknown `{what}` (eval, source_only, minent, advent, advent_minent)")
             })?;
-            bench::train_step(method, hw(a.source_size), hw(a.target_size), device, a.warmup, a.iters)?
+            bench::train_step(arch, method, hw(a.source_size), hw(a.target_size), device, a.warmup, a.iters)?
         };
         if device.is_cuda() {
             timing.precision = Some(format!("{:?}", a.precision).to_lowercase());

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Method};
 use crate::loss;
-use crate::model::SegModel;
+use crate::model::{Arch, SegModel};
 use crate::train::Trainer;
 use anyhow::Result;
 use serde::Serialize;
@@ -87,10 +87,11 @@ pub fn eval_step(model: &SegModel, h: i64, w: i64, warmup: usize, iters: usize) 
     Ok(Timing::from_samples(format!("eval-{h}x{w}-upsampled-x2"), device, samples))
 }
 
-/// One training iteration of `method` with the reference's settings (DeepLab-V2 R101,
-/// multi-level, both discriminators for AdvEnt), on random inputs of the given sizes
+/// One training iteration of `method` with the reference's settings (multi-level, both
+/// discriminators for AdvEnt), on random inputs of the given sizes
 /// (`(h, w)`), labels uniform over the 19 classes.
 pub fn train_step(
+    arch: Arch,
     method: Method,
     source: (i64, i64),
     target: (i64, i64),
@@ -100,6 +101,7 @@ pub fn train_step(
 ) -> Result<Timing> {
     let mut config = Config::defaults();
     config.train.method = method;
+    config.model.arch = arch.name().into();
     config.source.size = [source.1 as u32, source.0 as u32];
     config.target.size = [target.1 as u32, target.0 as u32];
     let mut trainer = Trainer::new(&config, device)?;
@@ -115,6 +117,7 @@ pub fn train_step(
             samples.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let what = format!("train-{}-src{}x{}-trg{}x{}", method.name(), source.0, source.1, target.0, target.1);
+    let what =
+        format!("train-{}-{}-src{}x{}-trg{}x{}", arch.name(), method.name(), source.0, source.1, target.0, target.1);
     Ok(Timing::from_samples(what, device, samples))
 }

@@ -120,6 +120,8 @@ pub struct TrainSection {
     pub precision: crate::device::Precision,
     pub cudnn_benchmark: bool,
     pub deterministic: bool,
+    pub tensorboard: bool,
+    pub viz_every: u64,
     pub log_every: u64,
 }
 
@@ -174,6 +176,7 @@ impl Config {
         );
         ensure!(t.save_every >= 1, "train.save_every must be at least 1");
         ensure!(t.log_every >= 1, "train.log_every must be at least 1");
+        ensure!(t.viz_every >= 1, "train.viz_every must be at least 1");
         for (key, v) in [
             ("learning_rate", t.learning_rate),
             ("learning_rate_d", t.learning_rate_d),

@@ -14,5 +14,6 @@ pub mod image;
 pub mod loss;
 pub mod model;
 pub mod predict;
+pub mod tensorboard;
 pub mod train;
 pub mod weights;

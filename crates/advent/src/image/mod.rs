@@ -119,6 +119,28 @@ pub fn to_input_tensor(img: &RgbImage, mean_bgr: [f64; 3]) -> tch::Tensor {
     tch::Tensor::from_slice(&data).view([1, 3, i64::from(h), i64::from(w)])
 }
 
+/// The inverse of [`to_input_tensor`] for display: `[3, H, W]` or `[1, 3, H, W]` BGR minus
+/// `mean_bgr` → RGB, rounded and clamped to 0–255.
+pub fn from_input_tensor(t: &tch::Tensor, mean_bgr: [f64; 3]) -> Result<RgbImage> {
+    let t = if t.dim() == 4 { t.f_get(0)? } else { t.shallow_clone() };
+    let size = t.size();
+    anyhow::ensure!(size.len() == 3 && size[0] == 3, "expected a [3, H, W] image tensor, got {size:?}");
+    let (h, w) = (size[1] as u32, size[2] as u32);
+    let data = Vec::<f32>::try_from(
+        t.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_flatten(0, -1)?,
+    )?;
+    let plane = (w * h) as usize;
+    let byte = |v: f32, m: f64| (v as f64 + m).round().clamp(0.0, 255.0) as u8;
+    Ok(RgbImage::from_fn(w, h, |x, y| {
+        let i = (y * w + x) as usize;
+        ::image::Rgb([
+            byte(data[2 * plane + i], mean_bgr[2]),
+            byte(data[plane + i], mean_bgr[1]),
+            byte(data[i], mean_bgr[0]),
+        ])
+    }))
+}
+
 /// Writes an 8-bit greyscale PNG (`data`: `width * height` bytes, row-major), atomically.
 ///
 /// # Errors
@@ -150,6 +172,18 @@ fn write_png(path: &Path, width: u32, height: u32, data: &[u8], color: ExtendedC
         PngEncoder::new(out).write_image(data, width, height, color)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod round_trip_tests {
+    use super::*;
+
+    #[test]
+    fn input_tensor_round_trips() {
+        let img = RgbImage::from_fn(3, 2, |x, y| ::image::Rgb([x as u8 * 80, y as u8 * 200, 7]));
+        let back = from_input_tensor(&to_input_tensor(&img, IMG_MEAN_BGR), IMG_MEAN_BGR).unwrap();
+        assert_eq!(back, img);
+    }
 }
 
 #[cfg(test)]

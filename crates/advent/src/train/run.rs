@@ -15,6 +15,8 @@ use super::step::{Losses, Trainer};
 use crate::config::Config;
 use crate::dataset::loader::{Loader, LoaderConfig, OrderState};
 use crate::dataset::{self, Dataset};
+use crate::image::colormap;
+use crate::tensorboard::EventWriter;
 use crate::weights::{self, StateDict};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -166,6 +168,7 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
     crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
     let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
+    let mut board = if t.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
 
     let total = t.early_stop + 1;
     let bar = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
@@ -193,10 +196,25 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         metrics.push(i, lr, lr_d, losses);
         let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
         if save || (i + 1) % t.log_every == 0 {
-            if let Some(row) = metrics.flush()? {
+            let rows = metrics.flush()?;
+            if let Some(board) = &mut board {
+                for (iter, row) in &rows {
+                    for (name, v) in row {
+                        board.add_scalar(name, *v, *iter as i64)?;
+                    }
+                }
+            }
+            if let Some((_, row)) = rows.into_iter().next_back() {
                 bar.set_message(short_losses(&row));
                 last_losses = row;
             }
+        }
+        if let Some(board) = board.as_mut().filter(|_| i % t.viz_every == t.viz_every - 1) {
+            visualize(board, &trainer.model, "source", &src.images, i)?;
+            if let Some(trg) = &trg {
+                visualize(board, &trainer.model, "target", &trg.images, i)?;
+            }
+            board.flush()?;
         }
         if save {
             let state = TrainState {
@@ -214,6 +232,9 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(board) = &mut board {
+        board.flush()?;
+    }
     Ok(RunSummary {
         run_dir: run_dir.clone(),
         first_iteration: start,
@@ -222,6 +243,25 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         last_losses,
         last_checkpoint,
     })
+}
+
+/// The first image of a batch, the network's prediction of it and its entropy map, as
+/// TensorBoard images `<domain>/image`, `<domain>/prediction`, `<domain>/entropy`.
+fn visualize(
+    board: &mut EventWriter,
+    model: &crate::model::SegModel,
+    domain: &str,
+    images: &Tensor,
+    iter: u64,
+) -> Result<()> {
+    let img = crate::image::from_input_tensor(images, crate::image::IMG_MEAN_BGR)?;
+    let p = crate::predict::predict(model, &img, &Default::default())?;
+    let (w, h) = (p.width, p.height);
+    let palette = crate::classes::palette(model.config.num_classes as usize);
+    let entropy = Vec::<f32>::try_from(p.entropy.f_flatten(0, -1)?)?;
+    board.add_image(&format!("{domain}/image"), &img, iter as i64)?;
+    board.add_image(&format!("{domain}/prediction"), &colormap::colorize(&p.train_ids, w, h, &palette), iter as i64)?;
+    board.add_image(&format!("{domain}/entropy"), &colormap::heatmap(&entropy, w, h), iter as i64)
 }
 
 fn short_losses(row: &[(String, f32)]) -> String {
@@ -269,11 +309,11 @@ impl MetricsLog {
         self.pending.push((iter, lr, lr_d, losses));
     }
 
-    /// Writes the pending rows; returns the last one. A non-finite loss stops training with
-    /// an error naming the iteration and the loss (rows before it are written).
-    fn flush(&mut self) -> Result<Option<Vec<(String, f32)>>> {
+    /// Writes the pending rows and returns them. A non-finite loss stops training with an
+    /// error naming the iteration and the loss (rows before it are written).
+    fn flush(&mut self) -> Result<Vec<(u64, Vec<(String, f32)>)>> {
         if self.pending.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let scalars: Vec<Tensor> = self
             .pending
@@ -284,7 +324,7 @@ impl MetricsLog {
             Vec::<f32>::try_from(Tensor::f_cat(&scalars, 0)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
         let mut values = values.into_iter();
         let mut text = String::new();
-        let mut last = Vec::new();
+        let mut rows = Vec::new();
         let mut failure = None;
         for (iter, lr, lr_d, losses) in self.pending.drain(..) {
             let mut row = serde_json::Map::new();
@@ -308,14 +348,15 @@ impl MetricsLog {
             text.push_str(&serde_json::Value::Object(row).to_string());
             text.push('\n');
             named.push(("lr".into(), lr as f32));
-            last = named;
+            named.push(("lr_d".into(), lr_d as f32));
+            rows.push((iter, named));
         }
         self.file.write_all(text.as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
         if let Some(message) = failure {
             self.file.flush()?;
             bail!(message);
         }
-        Ok(Some(last))
+        Ok(rows)
     }
 
     fn sync(&mut self) -> Result<()> {
