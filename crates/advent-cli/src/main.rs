@@ -7,7 +7,10 @@ mod args;
 mod bench;
 mod checkpoint;
 mod data;
+mod demo;
+mod eval;
 mod predict;
+mod score;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +31,10 @@ struct Cli {
 enum Command {
     /// Train a segmentation network with source-only, MinEnt, AdvEnt or AdvEnt+MinEnt.
     Train(train::Args),
+    /// Evaluate networks on Cityscapes val with the paper's protocol: ensembles, snapshot sweeps.
+    Eval(eval::Args),
+    /// Score prediction PNGs of any model against Cityscapes ground truth (as cityscapesScripts matches them).
+    Score(score::Args),
     /// Segment images with a trained network: train ids, colours, entropy maps.
     Predict(predict::Args),
     /// Inspect or convert a checkpoint (.pth in either PyTorch format, .safetensors).
@@ -38,22 +45,34 @@ enum Command {
     Data(data::Command),
     /// Time the network's hot paths on random inputs (see BENCHMARKS.md).
     Bench(bench::Args),
-    /// The built-in synthetic-to-real demonstration (not built yet).
-    Demo,
+    /// ADVENT on the built-in synthetic-to-real shift: trains every method, compares them,
+    /// writes results.json and report.html (CPU, minutes).
+    Demo(demo::Args),
+    /// The HTML report of a training run (curves, evaluations, predictions).
+    Report(demo::ReportArgs),
 }
 
 fn main() -> ExitCode {
+    // Die quietly when the reader of our output goes away (`advent ... | head`), as Unix
+    // tools do, instead of panicking on a failed print.
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    if std::env::var_os("ADVENT_KEEP_DENORMALS").is_none() {
+        let _ = advent::device::set_flush_denormal(true);
+    }
     let result = match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Score(a) => score::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Checkpoint(c) => checkpoint::run(c),
         Command::Bench(a) => bench::run(a),
         Command::Data(c) => data::run(c),
-        Command::Demo => Err(anyhow::anyhow!(
-            "`advent demo` is not built yet: it arrives with the built-in synthetic benchmark \
-             (see README.md, \"Status\")"
-        )),
+        Command::Demo(a) => demo::run(a),
+        Command::Report(a) => demo::report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

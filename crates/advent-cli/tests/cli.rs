@@ -237,12 +237,6 @@ fn checkpoint_convert_round_trips_and_info_detects_the_network() {
     assert!(text.contains("deeplabv2-r50, 5 classes, multi-level"), "{text}");
 }
 
-#[test]
-fn demo_says_it_is_not_built_yet() {
-    let o = advent(&["demo"]);
-    assert_clean_failure(&o, "not built yet");
-}
-
 /// A small training config on the built-in generator.
 fn tiny_config(dir: &Path, method: &str) -> PathBuf {
     let path = dir.join(format!("{method}.toml"));

@@ -52,6 +52,7 @@ pub struct DomainSection {
 pub struct SyntheticSection {
     pub seed: u64,
     pub len: usize,
+    pub shift: f32,
 }
 
 /// The adaptation methods; they differ only in the target-side losses and the models they own.
@@ -106,6 +107,7 @@ pub struct TrainSection {
     pub reference_duplicate_params: bool,
     pub learning_rate_d: f64,
     pub adam_betas: [f64; 2],
+    pub discriminator_width: i64,
     pub lambda_seg_main: f64,
     pub lambda_seg_aux: f64,
     pub lambda_adv_main: f64,
@@ -177,6 +179,7 @@ impl Config {
         ensure!(t.save_every >= 1, "train.save_every must be at least 1");
         ensure!(t.log_every >= 1, "train.log_every must be at least 1");
         ensure!(t.viz_every >= 1, "train.viz_every must be at least 1");
+        ensure!(t.discriminator_width >= 1, "train.discriminator_width must be at least 1");
         for (key, v) in [
             ("learning_rate", t.learning_rate),
             ("learning_rate_d", t.learning_rate_d),
@@ -235,6 +238,7 @@ impl Config {
             synthetic_seed: self.synthetic.seed,
             synthetic_len: self.synthetic.len,
             synthetic_domain: if source { Domain::Source } else { Domain::Target },
+            synthetic_shift: self.synthetic.shift,
         }
     }
 

@@ -101,6 +101,14 @@ pub fn set_precision(precision: Precision) -> Result<()> {
     context::set(c"_ZN2at7Context18setAllowTF32CuBLASEb", tf32)
 }
 
+/// Flush denormal floats to zero on the CPU (the SSE FTZ/DAZ flags, PyTorch's
+/// `torch.set_flush_denormal`), for every thread libtorch starts from now on. Gradients of
+/// a converging network can sink into the denormal range, where x86 arithmetic is tens of
+/// times slower; values that small (below 1.2e-38) are zero for any purpose here.
+pub fn set_flush_denormal(on: bool) -> Result<()> {
+    context::set(c"_ZN2at7Context16setFlushDenormalEb", on)
+}
+
 /// cuDNN's autotuner (PyTorch's `cudnn.benchmark`): the fastest algorithm per shape,
 /// chosen on first use. The reference turns it on.
 pub fn set_cudnn_benchmark(on: bool) -> Result<()> {

@@ -127,6 +127,7 @@ fn spec(kind: &str, root: &Path, split: &str, size: (u32, u32), num_classes: usi
         synthetic_seed: 0,
         synthetic_len: 0,
         synthetic_domain: Default::default(),
+        synthetic_shift: 1.0,
     }
 }
 

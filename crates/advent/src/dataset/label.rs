@@ -140,6 +140,11 @@ fn decode_label(bytes: &[u8], encoding: LabelEncoding) -> Result<RawLabel, Label
             }
             Samples::U16(out)
         }
+        D::Eight if line == w => {
+            // One sample per pixel and no row padding: the decoded rows are the samples.
+            buf.truncate(w * h);
+            Samples::U8(buf)
+        }
         D::Eight => {
             let mut out = Vec::with_capacity(w * h);
             for row in buf.chunks_exact(line).take(h) {

@@ -78,8 +78,11 @@ pub struct DatasetSpec {
     /// Seed and item count of the `synthetic` generator.
     pub synthetic_seed: u64,
     pub synthetic_len: usize,
-    /// `source` or `target` appearance for the `synthetic` generator.
+    /// `source` or `target` appearance for the `synthetic` generator (the kinds
+    /// `synthetic-source` and `synthetic-target` force one).
     pub synthetic_domain: synthetic::Domain,
+    /// Strength of the generator's target appearance (1 = the default domain shift).
+    pub synthetic_shift: f32,
 }
 
 /// The datasets read from their official folder layouts, by `DatasetSpec::kind`.
@@ -103,7 +106,7 @@ pub fn open(spec: &DatasetSpec) -> Result<Arc<dyn Dataset>> {
 /// size: `LabelSize::Native`).
 pub fn open_with(spec: &DatasetSpec, options: &OpenOptions) -> Result<Arc<dyn Dataset>> {
     match spec.kind.as_str() {
-        "synthetic" => Ok(Arc::new(synthetic::SyntheticScenes::new(spec)?)),
+        "synthetic" | "synthetic-source" | "synthetic-target" => Ok(Arc::new(synthetic::SyntheticScenes::new(spec)?)),
         _ => Ok(Arc::new(open_files(spec, options)?)),
     }
 }

@@ -31,27 +31,63 @@ mod id {
     pub const CAR: u8 = 13;
 }
 
-/// Base colours per domain (RGB). The target's are those of a real camera under grey light:
-/// less saturated, shifted hues.
-fn base_color(domain: Domain, class: u8) -> [f32; 3] {
-    match (domain, class) {
-        (Domain::Source, id::ROAD) => [110., 60., 120.],
-        (Domain::Source, id::SIDEWALK) => [230., 60., 210.],
-        (Domain::Source, id::BUILDING) => [90., 90., 90.],
-        (Domain::Source, id::POLE) => [220., 220., 40.],
-        (Domain::Source, id::VEGETATION) => [60., 170., 40.],
-        (Domain::Source, id::SKY) => [80., 150., 240.],
-        (Domain::Source, id::PERSON) => [230., 30., 50.],
-        (Domain::Source, id::CAR) => [20., 20., 200.],
-        (Domain::Target, id::ROAD) => [105., 100., 100.],
-        (Domain::Target, id::SIDEWALK) => [150., 135., 125.],
-        (Domain::Target, id::BUILDING) => [140., 115., 95.],
-        (Domain::Target, id::POLE) => [95., 95., 90.],
-        (Domain::Target, id::VEGETATION) => [80., 110., 60.],
-        (Domain::Target, id::SKY) => [190., 200., 210.],
-        (Domain::Target, id::PERSON) => [120., 60., 70.],
-        (Domain::Target, id::CAR) => [70., 75., 110.],
+/// Flat base colours of the game-like source (RGB). The target sees the same scene through a
+/// camera: [`Camera`] changes the colours globally and adds texture, noise, haze and blur,
+/// so that class and colour stay related, as between a game and a street.
+fn base_color(class: u8) -> [f32; 3] {
+    match class {
+        id::ROAD => [110., 60., 120.],
+        id::SIDEWALK => [230., 60., 210.],
+        id::BUILDING => [90., 90., 90.],
+        id::POLE => [220., 220., 40.],
+        id::VEGETATION => [60., 170., 40.],
+        id::SKY => [80., 150., 240.],
+        id::PERSON => [230., 30., 50.],
+        id::CAR => [20., 20., 200.],
         _ => [0., 0., 0.],
+    }
+}
+
+/// The "real" domain's image formation, drawn per image; `strength` scales every effect
+/// (0: the source's appearance, 1: the default shift).
+struct Camera {
+    saturation: f32,
+    cast: [f32; 3],
+    exposure: f32,
+    gamma: f32,
+    texture: f32,
+    noise: f32,
+    haze: f32,
+    phase: f32,
+}
+
+impl Camera {
+    fn draw(rng: &mut Rng, strength: f32) -> Self {
+        let lerp = |a: f32, b: f32| a + (b - a) * strength;
+        Camera {
+            saturation: lerp(1.0, rng.range(0.35, 0.65)),
+            cast: [lerp(1.0, rng.range(1.05, 1.25)), lerp(1.0, rng.range(0.95, 1.05)), lerp(1.0, rng.range(0.7, 0.9))],
+            exposure: lerp(1.0, rng.range(0.65, 0.95)),
+            gamma: lerp(1.0, rng.range(0.75, 1.0)),
+            texture: lerp(0.0, rng.range(6.0, 14.0)),
+            noise: lerp(0.0, 9.0),
+            haze: lerp(0.0, rng.range(0.2, 0.5)),
+            phase: rng.range(0.0, 6.3),
+        }
+    }
+
+    fn apply(&self, c: [f32; 3], x: i64, y: i64, h: f32, noise: &mut Rng) -> [f32; 3] {
+        let grey = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
+        let texture = self.texture * (((x * 7 + y * 3) as f32 * 0.9 + self.phase).sin() * ((y * 5) as f32 * 0.7).cos());
+        let haze = self.haze * (1.0 - y as f32 / h).clamp(0.0, 1.0);
+        let mut out = [0.0; 3];
+        for ch in 0..3 {
+            let v = (grey + (c[ch] - grey) * self.saturation) * self.cast[ch] * self.exposure;
+            let v = 255.0 * (v.clamp(0.0, 255.0) / 255.0).powf(self.gamma);
+            let v = v + texture + self.noise * noise.normal();
+            out[ch] = v * (1.0 - haze) + 200.0 * haze;
+        }
+        out
     }
 }
 
@@ -127,14 +163,15 @@ fn jitter(rng: &mut Rng, c: [f32; 3], amount: f32) -> [f32; 3] {
 }
 
 /// Draws scene `index`: returns the RGB image and the train-id label map (`w·h` bytes).
-pub fn generate(seed: u64, index: u64, domain: Domain, w: u32, h: u32) -> (RgbImage, Vec<u8>) {
+/// `shift` scales the target's camera effects (1 = the default domain shift).
+pub fn generate(seed: u64, index: u64, domain: Domain, shift: f32, w: u32, h: u32) -> (RgbImage, Vec<u8>) {
     let layout_seed = seed ^ index.wrapping_mul(0xD1B54A32D192ED03) ^ (domain as u64).wrapping_mul(0xA24BAED4963EE407);
     let mut rng = Rng::new(layout_seed);
     let (wi, hi) = (w as i64, h as i64);
     let (wf, hf) = (w as f32, h as f32);
     let mut c =
         Canvas { w: wi, h: hi, label: vec![id::SKY; (w * h) as usize], color: vec![[0.0; 3]; (w * h) as usize] };
-    let color = |rng: &mut Rng, class: u8| jitter(rng, base_color(domain, class), 12.0);
+    let color = |rng: &mut Rng, class: u8| jitter(rng, base_color(class), 12.0);
 
     let sky = color(&mut rng, id::SKY);
     c.fill_rect(0, 0, wi, hi, id::SKY, sky);
@@ -207,23 +244,18 @@ pub fn generate(seed: u64, index: u64, domain: Domain, w: u32, h: u32) -> (RgbIm
 
     let mut img = RgbImage::new(w, h);
     let mut noise = Rng::new(layout_seed ^ 0x5851F42D4C957F2D);
+    let camera = (domain == Domain::Target).then(|| Camera::draw(&mut rng, shift));
     for y in 0..hi {
         for x in 0..wi {
             let i = (y * wi + x) as usize;
-            let mut px = c.color[i];
-            if domain == Domain::Target {
-                // Texture, sensor noise and distance haze.
-                let texture = 10.0 * (((x * 7 + y * 3) as f32 * 0.9).sin() * ((y * 5) as f32 * 0.7).cos());
-                let haze = 0.45 * (1.0 - (y as f32 / hf)).clamp(0.0, 1.0);
-                for v in px.iter_mut() {
-                    let noisy = *v + texture + 9.0 * noise.normal();
-                    *v = noisy * (1.0 - haze) + 200.0 * haze;
-                }
-            }
+            let px = match &camera {
+                Some(cam) => cam.apply(c.color[i], x, y, hf, &mut noise),
+                None => c.color[i],
+            };
             img.put_pixel(x as u32, y as u32, ::image::Rgb(px.map(|v| v.round().clamp(0.0, 255.0) as u8)));
         }
     }
-    if domain == Domain::Target {
+    if camera.is_some() && shift > 0.0 {
         img = box_blur(&img);
     }
     (img, c.label)
@@ -257,6 +289,7 @@ pub struct SyntheticScenes {
     len: usize,
     size: (u32, u32),
     domain: Domain,
+    shift: f32,
     labels: bool,
 }
 
@@ -268,7 +301,12 @@ impl SyntheticScenes {
             seed: spec.synthetic_seed,
             len: spec.synthetic_len,
             size: spec.size,
-            domain: spec.synthetic_domain,
+            domain: match spec.kind.as_str() {
+                "synthetic-source" => Domain::Source,
+                "synthetic-target" => Domain::Target,
+                _ => spec.synthetic_domain,
+            },
+            shift: spec.synthetic_shift,
             labels: spec.labels,
         })
     }
@@ -282,7 +320,7 @@ impl super::Dataset for SyntheticScenes {
     fn get(&self, index: usize) -> Result<Sample> {
         ensure!(index < self.len, "synthetic item {index} out of range ({} items)", self.len);
         let (w, h) = self.size;
-        let (img, label) = generate(self.seed, index as u64, self.domain, w, h);
+        let (img, label) = generate(self.seed, index as u64, self.domain, self.shift, w, h);
         let image = to_input_tensor(&img, IMG_MEAN_BGR).f_squeeze_dim(0)?;
         let label = if self.labels {
             Some(Tensor::from_slice(&label).f_view([h as i64, w as i64])?.f_to_kind(tch::Kind::Int64)?)
@@ -299,13 +337,13 @@ mod tests {
 
     #[test]
     fn deterministic_and_domain_dependent() {
-        let (a, la) = generate(3, 5, Domain::Source, 64, 32);
-        let (b, lb) = generate(3, 5, Domain::Source, 64, 32);
+        let (a, la) = generate(3, 5, Domain::Source, 1.0, 64, 32);
+        let (b, lb) = generate(3, 5, Domain::Source, 1.0, 64, 32);
         assert_eq!(a, b);
         assert_eq!(la, lb);
-        let (t, _) = generate(3, 5, Domain::Target, 64, 32);
+        let (t, _) = generate(3, 5, Domain::Target, 1.0, 64, 32);
         assert_ne!(a, t);
-        let (c, _) = generate(3, 6, Domain::Source, 64, 32);
+        let (c, _) = generate(3, 6, Domain::Source, 1.0, 64, 32);
         assert_ne!(a, c);
     }
 
@@ -313,10 +351,24 @@ mod tests {
     fn draws_the_street_classes() {
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..20 {
-            seen.extend(generate(1, i, Domain::Source, 128, 64).1);
+            seen.extend(generate(1, i, Domain::Source, 1.0, 128, 64).1);
         }
         for class in [id::ROAD, id::SIDEWALK, id::BUILDING, id::VEGETATION, id::SKY, id::CAR, id::PERSON, id::POLE] {
             assert!(seen.contains(&class), "class {class} never drawn");
+        }
+    }
+}
+#[cfg(test)]
+mod speed {
+    #[test]
+    #[ignore]
+    fn generation_speed() {
+        for domain in [super::Domain::Source, super::Domain::Target] {
+            let t = std::time::Instant::now();
+            for i in 0..50 {
+                super::generate(0, i, domain, 1.0, 128, 64);
+            }
+            println!("{domain:?}: {:.2} ms per image", t.elapsed().as_secs_f64() * 1e3 / 50.0);
         }
     }
 }

@@ -132,9 +132,8 @@ impl Scores {
             }
         }
         let widths: Vec<usize> = heads.iter().zip(&values).map(|(h, v)| h.len().max(v.len())).collect();
-        let row = |cells: &[String]| {
-            cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join(" ")
-        };
+        let row =
+            |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join(" ");
         format!("{}\n{}\n", row(&heads), row(&values))
     }
 
@@ -172,6 +171,10 @@ mod tests {
         assert_eq!(keys, ["a", "b", "c"]);
         let back: Scores = serde_json::from_value(v).unwrap();
         assert_eq!(back, s);
+        // Percentages read back bit for bit (serde_json's `float_roundtrip`), so that a cached
+        // result equals a fresh one.
+        let x = 0.37667410714285715f64;
+        assert_eq!(serde_json::from_str::<f64>(&serde_json::to_string(&x).unwrap()).unwrap(), x);
     }
 
     #[test]

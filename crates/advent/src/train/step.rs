@@ -13,8 +13,6 @@ use tch::{Device, Kind, Tensor};
 /// Domain labels of the discriminators (the reference's convention).
 pub const SOURCE_LABEL: f64 = 0.0;
 pub const TARGET_LABEL: f64 = 1.0;
-/// Width of the discriminators' first layer (`ndf`).
-const NDF: i64 = 64;
 
 /// Named scalar losses of one iteration, in logging order, detached, on the device.
 pub type Losses = Vec<(&'static str, Tensor)>;
@@ -28,10 +26,10 @@ pub struct DomainDiscriminator {
 }
 
 impl DomainDiscriminator {
-    fn new(num_classes: i64, betas: (f64, f64), device: Device) -> Result<Self> {
+    fn new(num_classes: i64, width: i64, betas: (f64, f64), device: Device) -> Result<Self> {
         // Drawn on the CPU, then moved: a seed gives the same discriminator on every device.
         let mut vs = VarStore::new(Device::Cpu);
-        let mut net = Discriminator::new(&vs.root(), num_classes, NDF);
+        let mut net = Discriminator::new(&vs.root(), num_classes, width);
         if device != Device::Cpu {
             vs.set_device(device);
             net.set_device(device);
@@ -96,10 +94,11 @@ impl Trainer {
         let sgd = Sgd::new(seg_groups(&model, config), t.momentum, t.weight_decay);
         let betas = (t.adam_betas[0], t.adam_betas[1]);
         let adversarial = config.train.method.adversarial();
-        let d_main =
-            adversarial.then(|| DomainDiscriminator::new(model_config.num_classes, betas, device)).transpose()?;
+        let d_main = adversarial
+            .then(|| DomainDiscriminator::new(model_config.num_classes, t.discriminator_width, betas, device))
+            .transpose()?;
         let d_aux = (adversarial && model_config.multi_level)
-            .then(|| DomainDiscriminator::new(model_config.num_classes, betas, device))
+            .then(|| DomainDiscriminator::new(model_config.num_classes, t.discriminator_width, betas, device))
             .transpose()?;
         Ok(Trainer { config: config.clone(), method: t.method, model, sgd, d_main, d_aux })
     }

@@ -1,0 +1,71 @@
+//! `advent demo` and `advent report`.
+
+use crate::args::parse_device;
+use advent::demo::{findings, run_demo, table, DemoOptions};
+use anyhow::Result;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// One seed and shorter training (about 3 minutes on 2 CPU cores instead of 15).
+    #[arg(long)]
+    quick: bool,
+    /// Output folder: results.json, report.html and every run (replaced when the demo ends).
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Seeds to average over (default: 3, or 1 with --quick).
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let seeds = a.seeds.unwrap_or(if a.quick { 1 } else { 3 });
+    anyhow::ensure!(seeds >= 1, "--seeds must be at least 1");
+    let options = DemoOptions {
+        out: a.out.clone(),
+        seeds,
+        quick: a.quick,
+        device,
+        progress: std::io::stderr().is_terminal(),
+        schedule: None,
+    };
+    let say = |line: &str| eprintln!("demo: {line}");
+    let results = run_demo(&options, &say)?;
+    println!("{}", table(&results));
+    println!();
+    for line in findings(&results) {
+        println!("- {line}");
+    }
+    println!();
+    println!(
+        "{:.0} s; results: {}, report: {}",
+        results.seconds,
+        a.out.join("results.json").display(),
+        a.out.join("report.html").display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// A training run's folder.
+    run: PathBuf,
+    /// Device for the sample predictions.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Target images shown with their predictions.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+}
+
+pub fn report(a: ReportArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let path = advent::report::run::write_run_report(&a.run, device, a.samples)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! `advent eval`: networks on Cityscapes val with the paper's protocol, ensembles, and
+//! snapshot sweeps of a training run.
+
+use crate::args::{parse_device, parse_size};
+use advent::device::Precision;
+use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions};
+use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, EVAL_DATASETS};
+use advent::model::{AsppSum, LoadOptions, ModelOverrides, SegModel, WeightsKind};
+use anyhow::{ensure, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+The protocol is the paper's (SPEC §6): each image resized bicubically to --input-size, the \
+main head's logits upsampled bilinearly (align_corners=True) to --output-size, argmax, one \
+confusion matrix over the whole split, IoU per class, classes without pixels skipped in the \
+mean. Several --checkpoint give the weighted ensemble of their upsampled logits (the paper's \
+AdvEnt+MinEnt, 45.5, is the AdvEnt and MinEnt+ER models at 0.5/0.5, which equal weights give).
+
+--sweep evaluates every checkpoint of a training run (the reference's `best` mode); results \
+are cached in RUN_DIR/eval/<dataset>-<split>-<classes>/ so that a re-run skips finished ones, \
+and written per iteration to scores.csv there. The paper reports the best snapshot on the \
+target validation set, which selects the model with target ground truth; the last snapshot \
+is reported beside it.")]
+pub struct Args {
+    /// Segmentation network checkpoint (.pth in either PyTorch format, or .safetensors);
+    /// repeat for an ensemble.
+    #[arg(long, value_name = "FILE", required_unless_present = "sweep", conflicts_with = "sweep")]
+    checkpoint: Vec<PathBuf>,
+    /// Weight of each --checkpoint's upsampled logits in the ensemble, one per checkpoint in
+    /// the same order (the reference's MODEL_WEIGHT). Default: 1/n each.
+    #[arg(long, value_name = "W", requires = "checkpoint")]
+    weight: Vec<f64>,
+    /// Evaluate every checkpoint of this training run folder, in iteration order.
+    #[arg(long, value_name = "RUN_DIR")]
+    sweep: Option<PathBuf>,
+    /// With --sweep: keep polling for new checkpoints until the run's last iteration
+    /// (train.early_stop in RUN_DIR/config.toml) is evaluated.
+    #[arg(long, requires = "sweep")]
+    wait: bool,
+    /// With --wait: seconds between looks for new checkpoints.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    poll: f64,
+    /// The evaluation set: cityscapes or foggy-cityscapes.
+    #[arg(long)]
+    dataset: String,
+    /// Its root folder, in the official layout (leftImg8bit/ or leftImg8bit_foggy/, gtFine/).
+    #[arg(long)]
+    root: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// List file in the reference's format restricting and ordering the images.
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Classes averaged: 19 (Cityscapes), 16 (SYNTHIA → Cityscapes) or 13 (SYNTHIA's mIoU*,
+    /// a 16-class network). Default: the network's class count.
+    #[arg(long, value_parser = ["19", "16", "13"])]
+    classes: Option<String>,
+    /// Network input size WxH (bicubic resize, as PIL).
+    #[arg(long, value_parser = parse_size, default_value = "1024x512")]
+    input_size: (u32, u32),
+    /// Size WxH the logits are upsampled to and the labels compared at (labels of another
+    /// size are resized with nearest neighbour); `native`: each label's own size.
+    #[arg(long, value_parser = parse_output_size, default_value = "2048x1024")]
+    output_size: OutputSize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CUDA convolutions and matrix products: tf32 (PyTorch's default, the reference's) or fp32.
+    #[arg(long, default_value = "tf32")]
+    precision: String,
+    /// Write the scores as JSON: {"miou", "iou": {class: IoU}, "classes", "confusion"}
+    /// (with --sweep: {"best", "last"}, each {"iteration", "scores"}).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write each image's <name>_trainids.png and <name>_color.png into this folder.
+    #[arg(long, value_name = "DIR", conflicts_with = "sweep")]
+    save_predictions: Option<PathBuf>,
+    /// Foggy Cityscapes' attenuation β (0.005, 0.01 or 0.02).
+    #[arg(long, default_value_t = 0.02)]
+    beta: f64,
+    /// Threads loading images ahead of the network.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Sum only the d=6 and d=12 classifier branches, as AdaptSegNet's code does (its bug);
+    /// for models trained with that code.
+    #[arg(long)]
+    aspp_two_branches: bool,
+}
+
+/// `--output-size`: a size, or `native`.
+#[derive(Clone, Copy)]
+pub struct OutputSize(Option<(u32, u32)>);
+
+fn parse_output_size(s: &str) -> Result<OutputSize> {
+    if s == "native" {
+        return Ok(OutputSize(None));
+    }
+    parse_size(s).map(|size| OutputSize(Some(size)))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    ensure!(
+        EVAL_DATASETS.contains(&a.dataset.as_str()),
+        "unknown evaluation dataset `{}` (expected one of: {})",
+        a.dataset,
+        EVAL_DATASETS.join(", ")
+    );
+    let device = parse_device(&a.device)?;
+    if device.is_cuda() {
+        advent::device::set_precision(a.precision.parse::<Precision>()?)?;
+    } else {
+        a.precision.parse::<Precision>()?;
+    }
+    match &a.sweep {
+        Some(run_dir) => run_sweep(&a, run_dir, device),
+        None => run_checkpoints(&a, device),
+    }
+}
+
+fn overrides(a: &Args) -> ModelOverrides {
+    ModelOverrides {
+        aspp_sum: if a.aspp_two_branches { AsppSum::FirstTwo } else { AsppSum::AllFour },
+        ..ModelOverrides::default()
+    }
+}
+
+/// The class count of `--classes`, or of the network.
+fn classes(a: &Args, num_classes: usize) -> usize {
+    a.classes.as_deref().map_or(num_classes, |c| c.parse().expect("validated by clap"))
+}
+
+fn eval_set(a: &Args, num_classes: usize) -> EvalSet {
+    EvalSet {
+        kind: a.dataset.clone(),
+        root: a.root.clone(),
+        split: a.split.clone(),
+        list: a.list.clone(),
+        num_classes,
+        input_size: a.input_size,
+        foggy_beta: a.beta,
+    }
+}
+
+fn describe_sizes(a: &Args) -> String {
+    let out = a.output_size.0.map_or_else(|| "each label's size".to_string(), |(w, h)| format!("{w}x{h}"));
+    format!("input {}x{}, output {out}", a.input_size.0, a.input_size.1)
+}
+
+fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
+    let n = a.checkpoint.len();
+    let weights: Vec<f64> = if a.weight.is_empty() {
+        vec![1.0 / n as f64; n]
+    } else {
+        ensure!(
+            a.weight.len() == n,
+            "{} --weight for {n} --checkpoint: give one weight per checkpoint, in the same order",
+            a.weight.len()
+        );
+        a.weight.clone()
+    };
+    let mut models = Vec::with_capacity(n);
+    for path in &a.checkpoint {
+        let (model, report) = SegModel::from_checkpoint(path, &overrides(a), LoadOptions::default(), device)?;
+        if report.kind != Some(WeightsKind::Model) {
+            eprintln!(
+                "warning: {} is an initialisation file; its classifier is untrained ({} tensors keep their initialisation)",
+                path.display(),
+                report.kept_init.len()
+            );
+        }
+        models.push(model);
+    }
+    let num_classes = models[0].config.num_classes as usize;
+    let subset = subset_for(classes(a, num_classes), num_classes)?;
+    let dataset = open_dataset(&eval_set(a, num_classes))?;
+    let members: Vec<String> = a
+        .checkpoint
+        .iter()
+        .zip(&weights)
+        .map(|(p, w)| if n > 1 { format!("{} (weight {w})", p.display()) } else { p.display().to_string() })
+        .collect();
+    eprintln!(
+        "evaluating {} on {} images of {} {} ({} classes; {})",
+        members.join(" + "),
+        dataset.len(),
+        a.dataset,
+        a.split,
+        subset.len(),
+        describe_sizes(a)
+    );
+    let options = EvalOptions {
+        input_size: Some(a.input_size),
+        output_size: a.output_size.0,
+        subset,
+        save_predictions: a.save_predictions.clone(),
+        workers: a.workers,
+        progress: true,
+    };
+    let pairs: Vec<(&SegModel, f64)> = models.iter().zip(weights).collect();
+    let scores = evaluate(&pairs, dataset, &options)?;
+    print!("{}", scores.table());
+    println!("{} {:.2} over {} classes", scores.score_name(), scores.miou, scores.classes.len());
+    if let Some(path) = &a.json {
+        scores.write_json(path)?;
+    }
+    if let Some(dir) = &a.save_predictions {
+        eprintln!("wrote predictions to {}", dir.display());
+    }
+    Ok(())
+}
+
+fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
+    ensure!(run_dir.is_dir(), "no run folder {}", run_dir.display());
+    ensure!(a.poll > 0.0 && a.poll.is_finite(), "--poll must be a positive number of seconds");
+    let num_classes = run_num_classes(run_dir)?;
+    let classes = classes(a, num_classes);
+    let subset = subset_for(classes, num_classes)?;
+    let dataset = open_dataset(&eval_set(a, num_classes))?;
+    let key = cache_key(
+        &a.dataset,
+        (a.dataset == "foggy-cityscapes").then_some(a.beta),
+        &a.split,
+        classes,
+        a.list.as_deref(),
+        a.input_size,
+        a.output_size.0,
+    );
+    eprintln!(
+        "sweeping the checkpoints of {} on {} images of {} {} ({} classes; {}){}",
+        run_dir.display(),
+        dataset.len(),
+        a.dataset,
+        a.split,
+        subset.len(),
+        describe_sizes(a),
+        if a.wait { ", waiting for the run's last iteration" } else { "" }
+    );
+    let options = SweepOptions {
+        key,
+        eval: EvalOptions {
+            input_size: Some(a.input_size),
+            output_size: a.output_size.0,
+            subset,
+            save_predictions: None,
+            workers: a.workers,
+            progress: true,
+        },
+        device,
+        overrides: overrides(a),
+        wait: a.wait,
+        poll: Duration::from_secs_f64(a.poll),
+        patience: None,
+    };
+    let result = sweep(run_dir, dataset, &options, &mut |e: &SweepEntry, best: &SweepEntry| {
+        println!(
+            "iter {:>6}  {} {:6.2}   best {:6.2} (iter {}){}",
+            e.iteration,
+            e.scores.score_name(),
+            e.scores.miou,
+            best.scores.miou,
+            best.iteration,
+            if e.cached { "  [cached]" } else { "" }
+        );
+    })?;
+    let best = result.best().expect("a sweep has results");
+    let last = result.last().expect("a sweep has results");
+    let name = best.scores.score_name();
+    println!(
+        "\nbest snapshot: iteration {}, {name} {:.2} (the paper's protocol: the best snapshot on the \
+         target validation set, i.e. selected with its ground truth)",
+        best.iteration, best.scores.miou
+    );
+    print!("{}", best.scores.table());
+    println!("\nlast snapshot: iteration {}, {name} {:.2}", last.iteration, last.scores.miou);
+    print!("{}", last.scores.table());
+    if !result.complete() {
+        match result.final_iteration {
+            Some(f) => println!(
+                "\nnote: the run's last iteration ({f}) has no checkpoint yet: still training, or \
+                 stopped early (--wait follows a run)"
+            ),
+            None => println!("\nnote: no config.toml in the run folder: its last iteration is unknown"),
+        }
+    }
+    println!(
+        "\n{} checkpoint(s): {} evaluated now, {} from the cache; per iteration: {}",
+        result.entries.len(),
+        result.evaluated(),
+        result.entries.len() - result.evaluated(),
+        result.csv.display()
+    );
+    if let Some(path) = &a.json {
+        let entry = |e: &SweepEntry| serde_json::json!({"iteration": e.iteration, "scores": e.scores});
+        let json = serde_json::json!({"best": entry(best), "last": entry(last)});
+        let bytes = serde_json::to_vec_pretty(&json).context("serialising the sweep")?;
+        advent::fs::write_bytes_atomic(path, &bytes)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! End-to-end tests of `advent eval` and `advent score`: the JSON both write, ensembles,
+//! sweeps and their cache, agreement with cityscapesScripts, and one clear error line with a
+//! non-zero exit for bad inputs.
+
+use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
+use advent::weights;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::Device;
+
+fn advent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_advent")).args(args).output().expect("runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_success(o: &Output) {
+    assert!(o.status.success(), "failed: {}\n{}", stderr(o), stdout(o));
+}
+
+/// A failure is exactly what users should see: non-zero status, an `error:` line, no panic.
+fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.lines().any(|l| l.starts_with("error: ")), "stderr: {err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+/// `crates/advent/tests/fixtures/eval`: 6 Cityscapes-named 64x32 ground-truth frames, train-id
+/// and label-id predictions, and cityscapesScripts' scores of them (expected.json).
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../advent/tests/fixtures/eval")
+}
+
+fn tiny_checkpoint(path: &Path, seed: i64) {
+    tch::manual_seed(seed);
+    let config =
+        ModelConfig { arch: Arch::DeepLabV2Tiny, num_classes: 19, multi_level: true, aspp_sum: AsppSum::AllFour };
+    weights::save(&SegModel::new(config, Device::Cpu).unwrap().state_dict(), path).unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A Cityscapes root of the fixture frames: their ground truth, and an image for each.
+fn cityscapes_root(dir: &Path) -> PathBuf {
+    let root = dir.join("cityscapes");
+    for city in std::fs::read_dir(fixtures().join("gtFine/val")).unwrap() {
+        let city = city.unwrap().path();
+        let name = city.file_name().unwrap();
+        let (gt, images) = (root.join("gtFine/val").join(name), root.join("leftImg8bit/val").join(name));
+        std::fs::create_dir_all(&gt).unwrap();
+        std::fs::create_dir_all(&images).unwrap();
+        for f in std::fs::read_dir(&city).unwrap() {
+            let f = f.unwrap().path();
+            let file = f.file_name().unwrap().to_str().unwrap();
+            std::fs::copy(&f, gt.join(file)).unwrap();
+            let stem = file.strip_suffix("_gtFine_labelIds.png").unwrap();
+            let img = image::RgbImage::from_fn(64, 32, |x, y| image::Rgb([(x * 4) as u8, (y * 8) as u8, 90]));
+            img.save(images.join(format!("{stem}_leftImg8bit.png"))).unwrap();
+        }
+    }
+    root
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn cityscapes_mini() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cityscapes-mini");
+    root.join("gtFine/val").is_dir().then_some(root)
+}
+
+#[test]
+fn score_prints_the_papers_table_and_agrees_with_cityscapes_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("scores.json");
+    let fx = fixtures();
+    let o = advent(&["score", "--pred", s(&fx.join("pred_trainids")), "--gt", s(&fx), "--json", s(&json)]);
+    assert_success(&o);
+    let out = stdout(&o);
+    let heads: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(heads[..3], ["road", "side.", "build."]);
+    assert_eq!(heads.last(), Some(&"mIoU"));
+    let expected = read_json(&fx.join("expected.json"));
+    let average = 100.0 * expected["pred_trainids"]["averageScoreClasses"].as_f64().unwrap();
+    assert!(out.contains(&format!("mIoU {average:.2} over 19 classes, 6 frames")), "{out}");
+    let v = read_json(&json);
+    assert!((v["miou"].as_f64().unwrap() - average).abs() < 1e-9);
+    let road = 100.0 * expected["pred_trainids"]["classScores"]["road"].as_f64().unwrap();
+    assert!((v["iou"]["road"].as_f64().unwrap() - road).abs() < 1e-9);
+    assert!(v["iou"]["train"].is_null());
+
+    // Label ids, with ignored ids predicted: --label-ids.
+    let o = advent(&["score", "--pred", s(&fx.join("pred_labelids")), "--gt", s(&fx), "--label-ids", "--threads", "1"]);
+    assert_success(&o);
+    let average = 100.0 * expected["pred_labelids"]["averageScoreClasses"].as_f64().unwrap();
+    assert!(stdout(&o).contains(&format!("mIoU {average:.2}")), "{}", stdout(&o));
+    // ... and without it, an error that says so.
+    let o = advent(&["score", "--pred", s(&fx.join("pred_labelids")), "--gt", s(&fx)]);
+    assert_clean_failure(&o, "--label-ids");
+}
+
+#[test]
+fn score_names_the_frames_without_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let preds = dir.path().join("preds");
+    std::fs::create_dir_all(&preds).unwrap();
+    let src = fixtures().join("pred_trainids/frankfurt/frankfurt_000000_000294_leftImg8bit_trainids.png");
+    std::fs::copy(src, preds.join("frankfurt_000000_000294_leftImg8bit_trainids.png")).unwrap();
+    let o = advent(&["score", "--pred", s(&preds), "--gt", s(&fixtures())]);
+    assert_clean_failure(&o, "5 of 6 ground-truth frames have no prediction");
+    assert!(stderr(&o).contains("frankfurt_000001_005898, lindau_000000_000019"), "{}", stderr(&o));
+    let o = advent(&["score", "--pred", s(&preds), "--gt", s(&fixtures()), "--dataset", "gta5"]);
+    assert_clean_failure(&o, "unknown dataset `gta5`");
+}
+
+#[test]
+fn eval_and_score_write_the_same_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cityscapes_root(dir.path());
+    let ckpt = dir.path().join("tiny.pth");
+    tiny_checkpoint(&ckpt, 1);
+    let (json, preds) = (dir.path().join("eval.json"), dir.path().join("preds"));
+    let o = advent(&[
+        "eval",
+        "--checkpoint",
+        s(&ckpt),
+        "--dataset",
+        "cityscapes",
+        "--root",
+        s(&root),
+        "--input-size",
+        "64x32",
+        "--output-size",
+        "native",
+        "--json",
+        s(&json),
+        "--save-predictions",
+        s(&preds),
+    ]);
+    assert_success(&o);
+    assert!(stdout(&o).contains("over 19 classes"), "{}", stdout(&o));
+    let evaluated = read_json(&json);
+    assert_eq!(evaluated["iou"].as_object().unwrap().len(), 19);
+    assert_eq!(evaluated["classes"].as_array().unwrap().len(), 19);
+    assert_eq!(evaluated["confusion"].as_array().unwrap().len(), 19);
+    // advent predict's pictures sit beside the train ids; score passes over them.
+    assert!(preds.join("lindau_000000_000019_leftImg8bit_color.png").is_file());
+    let scored = dir.path().join("score.json");
+    let o = advent(&["score", "--pred", s(&preds), "--gt", s(&root), "--json", s(&scored)]);
+    assert_success(&o);
+    assert_eq!(read_json(&scored), evaluated);
+}
+
+#[test]
+fn ensembles_take_one_weight_per_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cityscapes_root(dir.path());
+    let (a, b) = (dir.path().join("a.pth"), dir.path().join("b.pth"));
+    tiny_checkpoint(&a, 1);
+    tiny_checkpoint(&b, 2);
+    let base =
+        ["eval", "--dataset", "cityscapes", "--root", s(&root), "--input-size", "64x32", "--output-size", "64x32"];
+    let run = |extra: &[&str], json: &Path| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--json", s(json)]);
+        advent(&args)
+    };
+    let (j_a, j_a0, j_ab, j_ab2) = (
+        dir.path().join("a.json"),
+        dir.path().join("a0.json"),
+        dir.path().join("ab.json"),
+        dir.path().join("ab2.json"),
+    );
+    assert_success(&run(&["--checkpoint", s(&a)], &j_a));
+    // B at weight 0 changes nothing.
+    assert_success(&run(&["--checkpoint", s(&a), "--checkpoint", s(&b), "--weight", "1", "--weight", "0"], &j_a0));
+    assert_eq!(read_json(&j_a)["confusion"], read_json(&j_a0)["confusion"]);
+    // Equal weights by default: the same as 0.5 / 0.5 (and as 1 / 1: a common scale).
+    let o = run(&["--checkpoint", s(&a), "--checkpoint", s(&b)], &j_ab);
+    assert_success(&o);
+    assert!(stderr(&o).contains("(weight 0.5)"), "{}", stderr(&o));
+    assert_success(&run(&["--checkpoint", s(&a), "--checkpoint", s(&b), "--weight", "1", "--weight", "1"], &j_ab2));
+    assert_eq!(read_json(&j_ab)["confusion"], read_json(&j_ab2)["confusion"]);
+    let o = run(&["--checkpoint", s(&a), "--checkpoint", s(&b), "--weight", "0.5"], &j_ab);
+    assert_clean_failure(&o, "1 --weight for 2 --checkpoint");
+}
+
+#[test]
+fn eval_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cityscapes_root(dir.path());
+    let ckpt = dir.path().join("tiny.pth");
+    tiny_checkpoint(&ckpt, 1);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--root", s(&root), "--input-size", "64x32", "--output-size", "native"];
+        args.extend_from_slice(extra);
+        advent(&args)
+    };
+    let o = eval(&["--checkpoint", s(&ckpt), "--dataset", "mapillary"]);
+    assert_clean_failure(&o, "unknown evaluation dataset `mapillary`");
+    let bad = dir.path().join("bad.pth");
+    std::fs::write(&bad, b"not a checkpoint").unwrap();
+    let o = eval(&["--checkpoint", s(&bad), "--dataset", "cityscapes"]);
+    assert_clean_failure(&o, "bad.pth");
+    let o = eval(&["--checkpoint", s(&ckpt), "--dataset", "cityscapes", "--classes", "13"]);
+    assert_clean_failure(&o, "needs a 16-class network");
+    let o = eval(&["--checkpoint", s(&ckpt), "--dataset", "cityscapes", "--split", "test"]);
+    assert_clean_failure(&o, "leftImg8bit/test");
+}
+
+#[test]
+fn a_sweep_caches_its_results_and_reports_best_and_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cityscapes_root(dir.path());
+    let run = dir.path().join("run");
+    for (i, seed) in [(2u64, 2i64), (4, 4)] {
+        let ckpt = run.join(format!("checkpoints/iter_{i:06}"));
+        std::fs::create_dir_all(&ckpt).unwrap();
+        tiny_checkpoint(&ckpt.join("model.pth"), seed);
+        std::fs::write(ckpt.join("state.json"), "{}").unwrap();
+    }
+    std::fs::write(run.join("config.toml"), "[model]\nnum_classes = 19\n\n[train]\nearly_stop = 4\n").unwrap();
+    let json = dir.path().join("sweep.json");
+    let args = [
+        "eval",
+        "--sweep",
+        s(&run),
+        "--dataset",
+        "cityscapes",
+        "--root",
+        s(&root),
+        "--input-size",
+        "64x32",
+        "--output-size",
+        "native",
+        "--json",
+        s(&json),
+    ];
+    let o = advent(&args);
+    assert_success(&o);
+    let out = stdout(&o);
+    assert!(out.contains("best snapshot: iteration") && out.contains("last snapshot: iteration 4"), "{out}");
+    assert!(out.contains("2 evaluated now, 0 from the cache"), "{out}");
+    let cache = run.join("eval/cityscapes-val-19-in64x32-outnative");
+    assert!(cache.join("iter_000002.json").is_file() && cache.join("scores.csv").is_file());
+    let v = read_json(&json);
+    assert_eq!(v["last"]["iteration"], 4);
+    assert!(v["best"]["scores"]["miou"].is_number());
+
+    let o = advent(&args);
+    assert_success(&o);
+    let out = stdout(&o);
+    assert_eq!(out.matches("[cached]").count(), 2, "{out}");
+    assert!(out.contains("0 evaluated now, 2 from the cache"), "{out}");
+    // --wait on a finished run returns at once; --save-predictions does not go with --sweep.
+    let mut waiting = args.to_vec();
+    waiting.push("--wait");
+    assert_success(&advent(&waiting));
+    let o = advent(&[&args[..], &["--save-predictions", "x"]].concat());
+    assert!(!o.status.success());
+}
+
+#[test]
+fn eval_runs_on_the_real_val_frame() {
+    let Some(root) = cityscapes_mini() else {
+        eprintln!("skipped: ../shared/data/cityscapes-mini is not there");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("tiny.pth");
+    tiny_checkpoint(&ckpt, 3);
+    let json = dir.path().join("scores.json");
+    let o = advent(&[
+        "eval",
+        "--checkpoint",
+        s(&ckpt),
+        "--dataset",
+        "cityscapes",
+        "--root",
+        s(&root),
+        "--input-size",
+        "128x64",
+        "--output-size",
+        "256x128",
+        "--json",
+        s(&json),
+    ]);
+    assert_success(&o);
+    assert!(stderr(&o).contains("on 1 images of cityscapes val"), "{}", stderr(&o));
+    let v = read_json(&json);
+    assert_eq!(v["iou"].as_object().unwrap().len(), 19);
+    let total: u64 = v["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert!(total > 0 && total <= 256 * 128);
+}

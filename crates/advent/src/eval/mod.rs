@@ -1,0 +1,247 @@
+//! Evaluation as the reference does it (SPEC §6): per image, the main head's logits
+//! upsampled bilinearly (`align_corners=True`) to the output size, summed over the models of
+//! an ensemble with their weights, argmax; one confusion matrix over the whole set; IoU per
+//! class, classes without pixels skipped in the mean.
+//!
+//! * [`confusion`]: the confusion matrix and IoU;
+//! * [`scores`]: the JSON result and the paper's table;
+//! * [`evaluate`] (here): networks on a dataset;
+//! * [`sweep`]: every checkpoint of a training run, cached, optionally following the run;
+//! * [`score`]: prediction PNGs of any model against Cityscapes ground truth.
+
+pub mod confusion;
+pub mod score;
+pub mod scores;
+pub mod sweep;
+
+pub use confusion::ConfusionMatrix;
+pub use scores::{class_names, Scores};
+
+use crate::classes::{self, EvalSubset};
+use crate::dataset::loader::sequential;
+use crate::dataset::{self, Dataset, DatasetSpec, LabelSize, OpenOptions};
+use crate::image::{self, colormap};
+use crate::loss;
+use crate::model::SegModel;
+use anyhow::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+/// How [`evaluate`] runs.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// The size (width × height) the dataset's images have after its resize; checked, since
+    /// the dataset does the (PIL-exact) resizing when it is opened (see [`open_dataset`]).
+    /// `None`: any size.
+    pub input_size: Option<(u32, u32)>,
+    /// Size the logits are upsampled to and the labels compared at (labels of another size
+    /// are resized to it with PIL's nearest rule, as the reference's loader resizes them to
+    /// `OUTPUT_SIZE_TARGET`). `None`: each label's own size (the reference's
+    /// `fixed_test_size=False` path).
+    pub output_size: Option<(u32, u32)>,
+    /// Class indices the mIoU averages over; empty: all classes of the network.
+    pub subset: Vec<usize>,
+    /// Folder for each image's `<name>_trainids.png` and `<name>_color.png` (created).
+    pub save_predictions: Option<PathBuf>,
+    /// Threads loading images ahead of the network (0: on the caller's thread).
+    pub workers: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            input_size: None,
+            output_size: None,
+            subset: Vec::new(),
+            save_predictions: None,
+            workers: 2,
+            progress: false,
+        }
+    }
+}
+
+/// The paper's protocol (SPEC §6): 1024×512 network input.
+pub const PAPER_INPUT_SIZE: (u32, u32) = (1024, 512);
+/// The paper's protocol (SPEC §6): logits upsampled to Cityscapes' 2048×1024.
+pub const PAPER_OUTPUT_SIZE: (u32, u32) = (2048, 1024);
+
+/// The datasets with ground truth to evaluate on.
+pub const EVAL_DATASETS: [&str; 2] = ["cityscapes", "foggy-cityscapes"];
+
+/// Where and how to read an evaluation set.
+#[derive(Debug, Clone)]
+pub struct EvalSet {
+    /// One of [`EVAL_DATASETS`].
+    pub kind: String,
+    pub root: PathBuf,
+    pub split: String,
+    /// Optional list file in the reference's format.
+    pub list: Option<PathBuf>,
+    /// Class set the labels are mapped to: 19 or 16.
+    pub num_classes: usize,
+    /// Network input size (width × height); images are resized to it.
+    pub input_size: (u32, u32),
+    /// Foggy Cityscapes' β.
+    pub foggy_beta: f64,
+}
+
+/// Opens an evaluation set: images resized (bicubic, PIL-exact) to the input size, labels
+/// at their native size.
+///
+/// # Errors
+///
+/// An unknown dataset kind; those of opening the dataset (missing folders, images without
+/// label files, ...).
+pub fn open_dataset(set: &EvalSet) -> Result<Arc<dyn Dataset>> {
+    ensure!(
+        EVAL_DATASETS.contains(&set.kind.as_str()),
+        "unknown evaluation dataset `{}` (expected one of: {})",
+        set.kind,
+        EVAL_DATASETS.join(", ")
+    );
+    let spec = DatasetSpec {
+        kind: set.kind.clone(),
+        root: set.root.clone(),
+        split: set.split.clone(),
+        list: set.list.clone(),
+        size: set.input_size,
+        labels: true,
+        num_classes: set.num_classes,
+        foggy_beta: set.foggy_beta,
+        // The generator's settings do not apply to file datasets.
+        ..crate::config::Config::defaults().dataset_spec(false)
+    };
+    dataset::open_with(&spec, &OpenOptions { label_size: LabelSize::Native, ..OpenOptions::default() })
+}
+
+/// `--classes`: 19 or 16 (every class of the network), or 13 (SYNTHIA's mIoU*, a 16-class
+/// network). Returns the class indices averaged.
+///
+/// # Errors
+///
+/// A count that does not fit the network's classes.
+pub fn subset_for(classes: usize, num_classes: usize) -> Result<Vec<usize>> {
+    match classes {
+        13 => classes::eval_classes(num_classes, EvalSubset::MiouStar13).with_context(|| {
+            format!("--classes 13 (SYNTHIA's mIoU*) needs a 16-class network; this one has {num_classes} classes")
+        }),
+        n if n == num_classes => Ok((0..n).collect()),
+        n => bail!("--classes {n} does not fit a network of {num_classes} classes (expected {num_classes} or 13)"),
+    }
+}
+
+/// Evaluates a weighted ensemble (one model = weight 1.0) on every item of a dataset whose
+/// labels are at their native size: main head, bilinear (`align_corners=True`) upsampling of
+/// the logits to the output size, weighted sum of the upsampled logits over the models,
+/// argmax, one confusion matrix for the whole set (SPEC §6; the ensemble is the reference's
+/// `Σ MODEL_WEIGHT[i] · logits`).
+///
+/// # Errors
+///
+/// No model, models of different class counts, a subset class out of range, an item that
+/// fails to load or has no label, an image not of `input_size`; a failed prediction write.
+pub fn evaluate(models: &[(&SegModel, f64)], dataset: Arc<dyn Dataset>, options: &EvalOptions) -> Result<Scores> {
+    let cm = confusion_matrix(models, dataset, options)?;
+    let names = class_names(cm.num_classes());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(Scores::from_confusion(&cm, &names, &options.subset))
+}
+
+/// The confusion matrix of [`evaluate`].
+pub fn confusion_matrix(
+    models: &[(&SegModel, f64)],
+    dataset: Arc<dyn Dataset>,
+    options: &EvalOptions,
+) -> Result<ConfusionMatrix> {
+    ensure!(!models.is_empty(), "no model to evaluate");
+    let num_classes = models[0].0.config.num_classes;
+    if let Some((m, _)) = models.iter().find(|(m, _)| m.config.num_classes != num_classes) {
+        bail!("the models of an ensemble must have the same classes: {num_classes} and {}", m.config.num_classes);
+    }
+    ensure!((1..=255).contains(&num_classes), "{num_classes} classes do not fit 8-bit train ids");
+    let num_classes = num_classes as usize;
+    if let Some(c) = options.subset.iter().find(|&&c| c >= num_classes) {
+        bail!("class {c} of the evaluated subset is not one of the network's {num_classes} classes");
+    }
+    ensure!(!dataset.is_empty(), "the evaluation set is empty");
+    if let Some(dir) = &options.save_predictions {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let bar = if options.progress && dataset.len() > 1 {
+        ProgressBar::new(dataset.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"),
+    );
+    let palette = classes::palette(num_classes);
+    let mut cm = ConfusionMatrix::new(num_classes);
+    let prefetch = 2 * options.workers.max(1);
+    for item in sequential(dataset, options.workers, prefetch) {
+        let (_, sample) = item?;
+        let name = &sample.name;
+        let label = sample.label.as_ref().with_context(|| format!("{name}: the dataset gives no label"))?;
+        let (lh, lw) = match label.size()[..] {
+            [h, w] => (h as u32, w as u32),
+            ref s => bail!("{name}: label of shape {s:?}, expected [H, W]"),
+        };
+        let image_size = sample.image.size();
+        if let (Some((w, h)), [_, ih, iw]) = (options.input_size, &image_size[..]) {
+            ensure!(
+                (i64::from(w), i64::from(h)) == (*iw, *ih),
+                "{name}: the image is {iw}x{ih}, the input size is {w}x{h} (open the dataset at that size)"
+            );
+        }
+        let (w_out, h_out) = options.output_size.unwrap_or((lw, lh));
+        let truth = Vec::<u8>::try_from(label.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?;
+        let truth =
+            if (lw, lh) == (w_out, h_out) { truth } else { image::resize_nearest(&truth, lw, lh, w_out, h_out) };
+        let prediction =
+            predict_ids(models, &sample.image, w_out, h_out).with_context(|| format!("predicting {name}"))?;
+        cm.add(&truth, &prediction).with_context(|| format!("scoring {name}"))?;
+        if let Some(dir) = &options.save_predictions {
+            image::write_png_gray8(&prediction_path(dir, name), w_out, h_out, &prediction)?;
+            let color = colormap::colorize(&prediction, w_out, h_out, &palette);
+            image::write_png_rgb(&dir.join(format!("{name}_color.png")), &color)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(cm)
+}
+
+/// The ensemble's train ids for one preprocessed image (`[3, H, W]`, BGR minus the mean):
+/// `argmax_c Σ_i weight_i · upsample(main_i)`, row-major `width · height` bytes.
+pub fn predict_ids(models: &[(&SegModel, f64)], image: &Tensor, width: u32, height: u32) -> Result<Vec<u8>> {
+    ensure!(width >= 1 && height >= 1, "the output size must be positive");
+    let x = image.f_unsqueeze(0)?;
+    let ids = tch::no_grad(|| -> Result<Tensor> {
+        let mut sum: Option<Tensor> = None;
+        for (model, weight) in models {
+            let heads = model.forward_t(&x.f_to_device(model.device())?, false)?;
+            let logits = loss::upsample(&heads.main.f_to_kind(Kind::Float)?, i64::from(height), i64::from(width))?;
+            let weighted = if *weight == 1.0 { logits } else { logits.f_mul_scalar(*weight)? };
+            sum = Some(match sum {
+                None => weighted,
+                Some(s) => {
+                    let weighted = weighted.f_to_device(s.device())?;
+                    s.f_add(&weighted)?
+                }
+            });
+        }
+        let sum = sum.context("no model to evaluate")?;
+        Ok(sum.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?)
+    })?;
+    Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+}
+
+/// `<dir>/<name>_trainids.png`: the prediction file [`evaluate`] (and `advent predict`)
+/// writes for an image.
+pub fn prediction_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}_trainids.png"))
+}
