@@ -20,6 +20,10 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Change a setting of configs/demo.toml for every run: --set train.lambda_ent_main=0.01
+    /// (repeatable; the methods keep their own method and the control its zero weights).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -33,6 +37,7 @@ pub fn run(a: Args) -> Result<()> {
         device,
         progress: std::io::stderr().is_terminal(),
         schedule: None,
+        overrides: a.overrides.clone(),
     };
     let say = |line: &str| eprintln!("demo: {line}");
     let results = run_demo(&options, &say)?;

@@ -44,6 +44,9 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Replaces the schedule `quick` chooses (tests run a miniature demo).
     pub schedule: Option<Schedule>,
+    /// `key=value` settings applied to every run over `configs/demo.toml` (e.g. other loss
+    /// weights, or `synthetic.shift`).
+    pub overrides: Vec<String>,
 }
 
 /// Iterations and set sizes of a demo.
@@ -184,7 +187,10 @@ fn train_and_evaluate(
     options: &DemoOptions,
     say: &dyn Fn(&str),
 ) -> Result<Trained> {
-    let config = Config::parse(DEMO_CONFIG, overrides).context("configs/demo.toml")?;
+    // The user's settings first: each run's own (method, the control's zero weights,
+    // iterations) take precedence.
+    let all: Vec<String> = options.overrides.iter().chain(overrides).cloned().collect();
+    let config = Config::parse(DEMO_CONFIG, &all).context("configs/demo.toml")?;
     let config =
         Config { name: run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), ..config };
     let t = Instant::now();
@@ -404,12 +410,15 @@ pub fn findings(results: &DemoResults) -> Vec<String> {
     )];
     for key in ["minent", "advent", "advent_minent"] {
         let r = &m[key];
+        let paired: Vec<String> =
+            r.miou_per_seed.iter().zip(&bn.miou_per_seed).map(|(a, b)| format!("{:+.1}", a - b)).collect();
         lines.push(format!(
-            "{}: {:.1} mIoU, {:+.1} over source only and {:+.1} over the control ({}), mean target entropy {:.3} (source only {:.3}).",
+            "{}: {:.1} mIoU, {:+.1} over source only and {:+.1} over the control (per seed: {}; {}), mean target entropy {:.3} (source only {:.3}).",
             r.label,
             r.miou,
             r.miou - so.miou,
             r.miou - bn.miou,
+            paired.join(", "),
             if results.seeds > 1 { format!("largest seed spread ±{spread:.1}") } else { "one seed: no spread".into() },
             r.mean_entropy,
             so.mean_entropy
@@ -489,33 +498,40 @@ fn demo_report(
         "<ul class=\"note\">{}</ul>",
         findings(results).iter().map(|l| format!("<li>{}</li>", escape(l))).collect::<String>()
     ));
-    // Curves (seed 1).
+    // Curves of the adaptation runs (seed 1); the oracle trains on another schedule and
+    // stands in the table.
     let mut miou_series = Vec::new();
     let mut seg_series = Vec::new();
-    let mut target_series = Vec::new();
-    for (label, dir) in runs.iter().chain(std::iter::once(&("Target oracle".to_string(), oracle_run.to_path_buf()))) {
+    let mut ent_series = Vec::new();
+    let mut adv_series = Vec::new();
+    for (label, dir) in runs {
         if let Some((_, points)) = report::run::read_sweeps(dir)?.into_iter().next() {
             miou_series.push(Series { name: label.clone(), points });
         }
         let metrics = read_metrics(dir)?;
         let window = (metrics.values().map(Vec::len).max().unwrap_or(0) / 20).max(1);
-        if let Some(v) = metrics.get("loss_seg_src_main") {
-            seg_series.push(Series { name: label.clone(), points: smooth(v, window) });
-        }
-        for key in ["loss_ent_main", "loss_adv_trg_main"] {
+        for (key, series) in [
+            ("loss_seg_src_main", &mut seg_series),
+            ("loss_ent_main", &mut ent_series),
+            ("loss_adv_trg_main", &mut adv_series),
+        ] {
             if let Some(v) = metrics.get(key) {
-                target_series.push(Series { name: format!("{label}: {key}"), points: smooth(v, window) });
+                series.push(Series { name: label.clone(), points: smooth(v, window) });
             }
         }
     }
-    sections.push("<h2>Training (seed 1)</h2>".into());
     sections.push(format!(
-        r#"<div class="charts">{}{}{}</div>"#,
+        "<h2>Adaptation (seed 1, {} iterations from the source-only network)</h2>",
+        results.schedule.adapt
+    ));
+    sections.push(format!(
+        r#"<div class="charts">{}{}{}{}</div><p class="note">Losses are moving averages. The entropy loss is logged (unweighted) by the methods that minimise it; the control logs it too, with weight 0. The adversarial loss is the discriminator's BCE on the target maps against the "source" label: rising means the discriminator tells the domains apart.</p>"#,
         line_chart("Target mIoU (%) at each checkpoint", "iteration", &miou_series, 560, 320),
         line_chart("Source segmentation loss (main head)", "iteration", &seg_series, 560, 320),
-        line_chart("Target losses (main head)", "iteration", &target_series, 560, 320)
+        line_chart("Target entropy loss (main head)", "iteration", &ent_series, 560, 320),
+        line_chart("Adversarial loss (main head)", "iteration", &adv_series, 560, 320)
     ));
-    // Samples.
+    // Predictions: a row per model, a column per held-out image (prediction | entropy).
     let mut models = Vec::new();
     for (label, dir) in runs.iter().chain(std::iter::once(&("Target oracle".to_string(), oracle_run.to_path_buf()))) {
         let (_, ckpt) = crate::train::checkpoints(dir)?.pop().context("a demo run has no checkpoint")?;
@@ -527,16 +543,23 @@ fn demo_report(
         )?;
         models.push((label.clone(), model));
     }
-    let refs: Vec<(&str, &SegModel)> = models.iter().map(|(l, m)| (l.as_str(), m)).collect();
-    let mut headers = vec!["target image".to_string(), "ground truth".to_string()];
-    for (l, _) in &refs {
-        headers.push(format!("{l}: prediction"));
-        headers.push("entropy".to_string());
+    let shown = 4.min(val.len());
+    let mut headers = vec![String::new()];
+    headers.extend((1..=shown).map(|i| format!("target image {i}")));
+    let samples: Vec<_> = (0..shown).map(|i| val.get(i)).collect::<Result<_>>()?;
+    let mut first = vec!["input | ground truth".to_string()];
+    for s in &samples {
+        let cells = sample_cells(&[], &s.image, s.label.as_ref(), 19, 1)?;
+        first.push(cells.join(""));
     }
-    let mut rows = Vec::new();
-    for i in 0..4.min(val.len()) {
-        let s = val.get(i)?;
-        rows.push(sample_cells(&refs, &s.image, s.label.as_ref(), 19, 1)?);
+    let mut rows = vec![first];
+    for (label, model) in &models {
+        let mut row = vec![format!("{}<br>prediction | entropy", escape(label))];
+        for s in &samples {
+            let cells = sample_cells(&[(label.as_str(), model)], &s.image, None, 19, 1)?;
+            row.push(cells[1..].join(""));
+        }
+        rows.push(row);
     }
     sections.push("<h2>Held-out target images (seed 1)</h2>".into());
     sections.push(grid(&headers, &rows));

@@ -17,6 +17,7 @@ fn miniature_demo_writes_results_and_report() {
         device: Device::Cpu,
         progress: false,
         schedule: Some(Schedule { pretrain: 6, adapt: 4, eval_every: 2, val_images: 3 }),
+        overrides: vec!["synthetic.len=20".into()],
     };
     let lines = std::cell::RefCell::new(Vec::new());
     let results = run_demo(&options, &|l| lines.borrow_mut().push(l.to_string())).unwrap();

@@ -46,7 +46,7 @@ th {{ background: #f3f3f3; }} td.name, th.name {{ text-align: left; }}
 td.best {{ font-weight: bold; background: #eef6ee; }}
 .charts {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 .grid {{ display: grid; gap: 4px; align-items: center; font-size: 0.8em; }}
-.grid img {{ image-rendering: pixelated; display: block; }}
+.grid img {{ image-rendering: pixelated; display: inline-block; vertical-align: top; margin-right: 2px; }}
 .note {{ color: #555; font-size: 0.9em; max-width: 60em; }}
 .legend span {{ display: inline-block; margin-right: 1em; }}
 .swatch {{ display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.3em; vertical-align: -0.1em; }}

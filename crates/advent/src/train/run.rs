@@ -272,6 +272,9 @@ fn short_losses(row: &[(String, f32)]) -> String {
         .join(" ")
 }
 
+/// One logged iteration: its number and (name, value) pairs.
+type MetricsRow = (u64, Vec<(String, f32)>);
+
 /// Per-iteration losses, held on the device and read in one transfer per flush, so that the
 /// training step never waits for the host; checked for NaN and infinity when read.
 struct MetricsLog {
@@ -311,7 +314,7 @@ impl MetricsLog {
 
     /// Writes the pending rows and returns them. A non-finite loss stops training with an
     /// error naming the iteration and the loss (rows before it are written).
-    fn flush(&mut self) -> Result<Vec<(u64, Vec<(String, f32)>)>> {
+    fn flush(&mut self) -> Result<Vec<MetricsRow>> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
