@@ -255,7 +255,7 @@ pub fn run_demo(options: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoResults
             o
         };
         for seed in 0..options.seeds {
-            let seed_dir = tmp.join("runs").join(format!("seed{seed}"));
+            let seed_dir = tmp.join("runs").join(format!("seed{}", seed + 1));
             let train_seed = format!("train.seed={}", 1234 + seed);
             let total = schedule.pretrain + schedule.adapt;
             say(&format!(
@@ -504,6 +504,7 @@ fn demo_report(
     let mut seg_series = Vec::new();
     let mut ent_series = Vec::new();
     let mut adv_series = Vec::new();
+    let mut d_series = Vec::new();
     for (label, dir) in runs {
         if let Some((_, points)) = report::run::read_sweeps(dir)?.into_iter().next() {
             miou_series.push(Series { name: label.clone(), points });
@@ -514,6 +515,7 @@ fn demo_report(
             ("loss_seg_src_main", &mut seg_series),
             ("loss_ent_main", &mut ent_series),
             ("loss_adv_trg_main", &mut adv_series),
+            ("loss_d_main", &mut d_series),
         ] {
             if let Some(v) = metrics.get(key) {
                 series.push(Series { name: label.clone(), points: smooth(v, window) });
@@ -525,11 +527,12 @@ fn demo_report(
         results.schedule.adapt
     ));
     sections.push(format!(
-        r#"<div class="charts">{}{}{}{}</div><p class="note">Losses are moving averages. The entropy loss is logged (unweighted) by the methods that minimise it; the control logs it too, with weight 0. The adversarial loss is the discriminator's BCE on the target maps against the "source" label: rising means the discriminator tells the domains apart.</p>"#,
+        r#"<div class="charts">{}{}{}{}{}</div><p class="note">Losses are moving averages. The entropy loss is logged (unweighted) by the methods that minimise it; the control logs it too, with weight 0. The adversarial loss is the discriminator's BCE on the target maps against the "source" label: rising means the discriminator tells the domains apart. Every loss of every run, aux heads included, is in each run's TensorBoard logs and in <code>advent report</code> of its folder (<code>runs/seed1/&lt;method&gt;</code>).</p>"#,
         line_chart("Target mIoU (%) at each checkpoint", "iteration", &miou_series, 560, 320),
         line_chart("Source segmentation loss (main head)", "iteration", &seg_series, 560, 320),
         line_chart("Target entropy loss (main head)", "iteration", &ent_series, 560, 320),
-        line_chart("Adversarial loss (main head)", "iteration", &adv_series, 560, 320)
+        line_chart("Adversarial loss (main head)", "iteration", &adv_series, 560, 320),
+        line_chart("Discriminator loss, target half (main head)", "iteration", &d_series, 560, 320)
     ));
     // Predictions: a row per model, a column per held-out image (prediction | entropy).
     let mut models = Vec::new();

@@ -40,7 +40,9 @@ fn miniature_demo_writes_results_and_report() {
     assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<svg") && html.contains("data:image/png;base64,"));
     assert!(!html.contains("src=\"http"), "the report must open offline");
     for run in ["pretrain", "source_only", "target_bn", "minent", "advent", "advent_minent", "target_oracle"] {
-        assert!(out.join("runs/seed1").join(run).join("metrics.jsonl").is_file(), "{run}");
+        for seed in ["seed1", "seed2"] {
+            assert!(out.join("runs").join(seed).join(run).join("metrics.jsonl").is_file(), "{seed} {run}");
+        }
     }
     assert!(lines.borrow().iter().any(|l| l.contains("AdvEnt")));
     // No temporary folder is left beside the output.
