@@ -34,8 +34,8 @@ impl Default for PairCounts {
     }
 }
 
-/// The identity map of byte values.
-const IDENTITY: [u8; 256] = {
+/// The identity map of byte values (predictions that are train ids already).
+pub(crate) const IDENTITY: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {

@@ -14,7 +14,7 @@
 //! pixel's class, as cityscapesScripts counts it. Frames are read and counted in parallel
 //! (rayon), into one confusion matrix.
 
-use super::confusion::{ConfusionMatrix, PairCounts};
+use super::confusion::{ConfusionMatrix, PairCounts, IDENTITY};
 use super::{class_names, Scores, EVAL_DATASETS};
 use crate::dataset::cityscapes::LABEL_IDS;
 use crate::dataset::label::{read_label, LabelEncoding, Samples, IGNORE};
@@ -315,17 +315,6 @@ fn known_label_ids(pixels: &[u64]) -> Result<()> {
     }
     Ok(())
 }
-
-/// The identity map: predictions that are train ids already.
-const IDENTITY: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = i as u8;
-        i += 1;
-    }
-    t
-};
 
 fn file_name(path: &Path) -> &str {
     path.file_name().and_then(|n| n.to_str()).unwrap_or("")
