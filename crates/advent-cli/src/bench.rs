@@ -34,7 +34,7 @@ pub struct Args {
     /// Untimed iterations first.
     #[arg(long, default_value_t = 4)]
     warmup: usize,
-    /// CUDA arithmetic: tf32 (PyTorch's default for convolutions) or fp32.
+    /// CUDA arithmetic: tf32 (PyTorch's default for convolutions), fp32 or bf16 (autocast).
     #[arg(long, default_value = "tf32")]
     precision: advent::device::Precision,
     /// CPU threads for libtorch (default: libtorch's choice).
@@ -57,6 +57,7 @@ pub fn run(a: Args) -> Result<()> {
     tch::manual_seed(0);
     let arch: Arch = a.arch.parse()?;
     let hw = |(w, h): (u32, u32)| (h as i64, w as i64);
+    let repeats = bench::Repeats { warmup: a.warmup, iters: a.iters };
     let mut lines = String::new();
     for what in a.what.split(',').map(str::trim) {
         let mut timing = if what == "eval" {
@@ -64,12 +65,12 @@ pub fn run(a: Args) -> Result<()> {
                 ModelConfig { arch, multi_level: arch != Arch::DeepLabV2Vgg16, ..ModelConfig::deeplabv2_r101(19) };
             let model = SegModel::new(config, device)?;
             let (h, w) = hw(a.eval_size);
-            bench::eval_step(&model, h, w, a.warmup, a.iters)?
+            bench::eval_step(&model, h, w, a.precision, repeats)?
         } else {
             let method: Method = serde_json::from_value(serde_json::Value::String(what.into())).map_err(|_| {
                 anyhow::anyhow!("--what: unknown `{what}` (eval, source_only, minent, advent, advent_minent)")
             })?;
-            bench::train_step(arch, method, hw(a.source_size), hw(a.target_size), device, a.warmup, a.iters)?
+            bench::train_step(arch, method, a.precision, hw(a.source_size), hw(a.target_size), device, repeats)?
         };
         if device.is_cuda() {
             timing.precision = Some(format!("{:?}", a.precision).to_lowercase());

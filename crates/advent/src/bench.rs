@@ -2,6 +2,7 @@
 //! measurement script (`../shared/bench/torch_reference.py`), for side-by-side numbers.
 
 use crate::config::{Config, Method};
+use crate::device::Precision;
 use crate::loss;
 use crate::model::{Arch, SegModel};
 use crate::train::Trainer;
@@ -61,13 +62,27 @@ pub fn synchronize(device: Device) {
     }
 }
 
+/// How many untimed (`warmup`) and timed (`iters`) repetitions a measurement makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Repeats {
+    pub warmup: usize,
+    pub iters: usize,
+}
+
 /// Evaluation as the paper does it: an `h x w` input, main head, bilinear upsampling
 /// (align_corners) to `2h x 2w`, argmax. `warmup` untimed runs, then `iters` timed ones.
-pub fn eval_step(model: &SegModel, h: i64, w: i64, warmup: usize, iters: usize) -> Result<Timing> {
+pub fn eval_step(
+    model: &SegModel,
+    h: i64,
+    w: i64,
+    precision: Precision,
+    Repeats { warmup, iters }: Repeats,
+) -> Result<Timing> {
     let device = model.device();
     let x = Tensor::f_randn([1, 3, h, w], (Kind::Float, device))?;
     let step = || -> Result<()> {
         tch::no_grad(|| {
+            let _autocast = crate::device::autocast(device, precision)?;
             let heads = model.forward_t(&x, false)?;
             let _labels = loss::upsample(&heads.main, 2 * h, 2 * w)?.f_argmax(1, false)?;
             Ok(())
@@ -93,15 +108,16 @@ pub fn eval_step(model: &SegModel, h: i64, w: i64, warmup: usize, iters: usize) 
 pub fn train_step(
     arch: Arch,
     method: Method,
+    precision: Precision,
     source: (i64, i64),
     target: (i64, i64),
     device: Device,
-    warmup: usize,
-    iters: usize,
+    Repeats { warmup, iters }: Repeats,
 ) -> Result<Timing> {
     let mut config = Config::defaults();
     config.train.method = method;
     config.model.arch = arch.name().into();
+    config.train.precision = precision;
     config.source.size = [source.1 as u32, source.0 as u32];
     config.target.size = [target.1 as u32, target.0 as u32];
     let mut trainer = Trainer::new(&config, device)?;

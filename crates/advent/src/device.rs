@@ -47,6 +47,10 @@ pub enum Precision {
     /// PyTorch's default for convolutions, and what the reference ran on Ampere and later.
     #[default]
     Tf32,
+    /// bfloat16 autocast (`torch.autocast(dtype=torch.bfloat16)`): convolutions in bf16,
+    /// the operations autocast keeps in float32 (losses, softmax, BatchNorm statistics) and
+    /// the probabilities, entropies and optimiser state in float32.
+    Bf16,
 }
 
 impl std::str::FromStr for Precision {
@@ -55,7 +59,8 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "tf32" => Ok(Precision::Tf32),
-            _ => bail!("unknown precision `{s}` (expected fp32 or tf32)"),
+            "bf16" => Ok(Precision::Bf16),
+            _ => bail!("unknown precision `{s}` (expected fp32, tf32 or bf16)"),
         }
     }
 }
@@ -79,6 +84,49 @@ mod context {
         Ok(p)
     }
 
+    type AutocastEnable = unsafe extern "C" fn(i8, bool);
+    type AutocastDtype = unsafe extern "C" fn(i8, i8);
+    type Nesting = unsafe extern "C" fn() -> i64;
+    type Plain = unsafe extern "C" fn();
+
+    /// c10::DeviceType of CPU and CUDA; c10::ScalarType::BFloat16.
+    pub const CPU: i8 = 0;
+    pub const CUDA: i8 = 1;
+    pub const BFLOAT16: i8 = 15;
+
+    /// Enters an autocast region on this thread (autocast state is thread-local in libtorch).
+    pub fn autocast_enter(device_type: i8) -> Result<()> {
+        // SAFETY: the signatures of libtorch 2.11's at::autocast functions.
+        unsafe {
+            let dtype: AutocastDtype = std::mem::transmute(symbol(
+                c"_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE",
+            )?);
+            let enable: AutocastEnable =
+                std::mem::transmute(symbol(c"_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb")?);
+            let nest: Nesting = std::mem::transmute(symbol(c"_ZN2at8autocast17increment_nestingEv")?);
+            dtype(device_type, BFLOAT16);
+            enable(device_type, true);
+            nest();
+        }
+        Ok(())
+    }
+
+    /// Leaves it, dropping autocast's cached casts of the weights (they change every step).
+    pub fn autocast_exit(device_type: i8) -> Result<()> {
+        // SAFETY: as above.
+        unsafe {
+            let enable: AutocastEnable =
+                std::mem::transmute(symbol(c"_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb")?);
+            let nest: Nesting = std::mem::transmute(symbol(c"_ZN2at8autocast17decrement_nestingEv")?);
+            let clear: Plain = std::mem::transmute(symbol(c"_ZN2at8autocast11clear_cacheEv")?);
+            enable(device_type, false);
+            if nest() as i32 == 0 {
+                clear();
+            }
+        }
+        Ok(())
+    }
+
     /// Calls `at::globalContext().<setter>(on)`.
     pub fn set(setter: &CStr, on: bool) -> Result<()> {
         let get = symbol(c"_ZN2at13globalContextEv")?;
@@ -94,9 +142,10 @@ mod context {
     }
 }
 
-/// Sets the precision of CUDA convolutions and matrix products for the whole process.
+/// Sets the precision of CUDA convolutions and matrix products for the whole process (bf16
+/// also needs [`autocast`] around the work).
 pub fn set_precision(precision: Precision) -> Result<()> {
-    let tf32 = precision == Precision::Tf32;
+    let tf32 = precision != Precision::Fp32;
     context::set(c"_ZN2at7Context17setAllowTF32CuDNNEb", tf32)?;
     context::set(c"_ZN2at7Context18setAllowTF32CuBLASEb", tf32)
 }
@@ -107,6 +156,29 @@ pub fn set_precision(precision: Precision) -> Result<()> {
 /// times slower; values that small (below 1.2e-38) are zero for any purpose here.
 pub fn set_flush_denormal(on: bool) -> Result<()> {
     context::set(c"_ZN2at7Context16setFlushDenormalEb", on)
+}
+
+/// bfloat16 autocast on this thread while the guard lives (nothing for fp32 and tf32).
+pub struct Autocast {
+    device_type: Option<i8>,
+}
+
+/// Starts autocast for `device` when `precision` is bf16.
+pub fn autocast(device: Device, precision: Precision) -> Result<Autocast> {
+    if precision != Precision::Bf16 {
+        return Ok(Autocast { device_type: None });
+    }
+    let device_type = if device.is_cuda() { context::CUDA } else { context::CPU };
+    context::autocast_enter(device_type)?;
+    Ok(Autocast { device_type: Some(device_type) })
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        if let Some(t) = self.device_type {
+            let _ = context::autocast_exit(t);
+        }
+    }
 }
 
 /// cuDNN's autotuner (PyTorch's `cudnn.benchmark`): the fastest algorithm per shape,

@@ -163,3 +163,34 @@ fn gradients_stay_on_their_side() {
         assert!(d.opt.params.iter().all(|p| p.tensor.grad().abs().max().double_value(&[]) > 0.0));
     }
 }
+
+/// bfloat16 autocast (`train.precision = "bf16"`, here on the CPU): the first iteration's
+/// losses stay within 1e-2 of the float32 reference (8-bit mantissas, 4e-3 per rounding, in every convolution;
+/// losses, softmax and entropies in float32), and the step runs the reference's iteration.
+#[test]
+fn bf16_autocast_step_stays_near_the_reference() {
+    let want = read_fixture("train/steps.safetensors");
+    let mut config = fixture_config("advent", false);
+    config.train.precision = advent::device::Precision::Bf16;
+    let mut t = Trainer::new(&config, Device::Cpu).unwrap();
+    fill_deterministic(&t.model.vs);
+    for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
+        fill_deterministic(&d.vs);
+    }
+    let (xs, ys, xt) = data();
+    let losses = t.step(0, &xs, &ys, Some(&xt)).unwrap();
+    assert_eq!(losses.len(), 6);
+    let mut largest: f64 = 0.0;
+    for (name, value) in &losses {
+        assert_eq!(value.kind(), tch::Kind::Float, "{name} is logged in float32");
+        let r = want[&format!("advent.iter0.{name}")].double_value(&[0]);
+        let rel = (value.double_value(&[]) - r).abs() / r.abs();
+        println!("bf16 {name}: {} vs {r} ({rel:.1e})", value.double_value(&[]));
+        assert!(rel < 1e-2, "{name}: relative {rel:e}");
+        largest = largest.max(rel);
+    }
+    // And autocast was on: float32 agrees to 1e-5 (see every_method_matches_the_reference_step).
+    assert!(largest > 1e-4, "no loss moved: was bf16 autocast active?");
+    // The weights stay float32: autocast casts copies.
+    assert_eq!(t.model.vs.variables()["layer1.0.conv1.weight"].kind(), tch::Kind::Float);
+}

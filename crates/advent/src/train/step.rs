@@ -126,9 +126,16 @@ impl Trainer {
     ) -> Result<Losses> {
         let (lr, lr_d) = self.learning_rates(iter);
         self.zero_grad();
-        let (mut losses, detached) = self.segmentation_backward(source_images, source_labels, target_images)?;
-        if let Some(detached) = detached {
-            losses.extend(self.discriminator_backward(&detached)?);
+        let mut losses = {
+            let _autocast = crate::device::autocast(self.device(), self.config.train.precision)?;
+            let (mut losses, detached) = self.segmentation_backward(source_images, source_labels, target_images)?;
+            if let Some(detached) = detached {
+                losses.extend(self.discriminator_backward(&detached)?);
+            }
+            losses
+        };
+        for (_, l) in &mut losses {
+            *l = l.f_to_kind(Kind::Float)?;
         }
         self.sgd.step(lr)?;
         if let Some(d) = &mut self.d_aux {
