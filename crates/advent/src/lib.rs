@@ -12,6 +12,8 @@ pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 pub mod loss;
 pub mod model;

@@ -99,10 +99,17 @@ pub fn read_label(path: &Path, encoding: LabelEncoding) -> Result<RawLabel> {
     decode_label(&bytes, encoding).with_context(|| format!("decoding label {}", path.display()))
 }
 
-fn decode_label(bytes: &[u8], encoding: LabelEncoding) -> Result<RawLabel, LabelError> {
+/// The most memory a decoded label may take, as the `image` crate bounds images (512 MiB):
+/// a header claiming more is refused before anything is allocated. The datasets' largest
+/// labels (SYNTHIA's 1280x760 16-bit RGBA) take 7.8 MB.
+const MAX_DECODED_BYTES: usize = 512 << 20;
+
+/// Decodes a label PNG held in memory (see [`read_label`]).
+pub fn decode_label(bytes: &[u8], encoding: LabelEncoding) -> Result<RawLabel, LabelError> {
     if bytes.is_empty() {
         return Err(LabelError::Unreadable("the file is empty".into()));
     }
+    crate::image::check_png_palette(bytes).map_err(|e| LabelError::Unreadable(e.to_string()))?;
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(|e| LabelError::Unreadable(format!("not a readable PNG: {e}")))?;
@@ -124,10 +131,11 @@ fn decode_label(bytes: &[u8], encoding: LabelEncoding) -> Result<RawLabel, Label
     }
     let size = reader
         .output_buffer_size()
+        .filter(|&n| n <= MAX_DECODED_BYTES)
         .ok_or_else(|| LabelError::Unreadable(format!("image too large ({width}x{height})")))?;
     let mut buf = vec![0u8; size];
-    let frame = reader
-        .next_frame(&mut buf)
+    let frame = crate::image::catch_decoder_panic(|| reader.next_frame(&mut buf))
+        .ok_or_else(|| LabelError::Unreadable("corrupt PNG data (the decoder failed on it)".into()))?
         .map_err(|e| LabelError::Unreadable(format!("corrupt or truncated PNG data: {e}")))?;
     let (w, h) = (width as usize, height as usize);
     let line = frame.line_size;

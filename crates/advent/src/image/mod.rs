@@ -61,15 +61,77 @@ fn png_header(bytes: &[u8]) -> Option<(u8, u8)> {
     (bytes.len() > 25 && bytes.starts_with(SIGNATURE) && &bytes[12..16] == b"IHDR").then(|| (bytes[25], bytes[24]))
 }
 
-fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
+thread_local! {
+    static DECODER_PANICS_ARE_QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a third-party decoder on untrusted bytes, turning a panic inside it into `None`
+/// without a panic message. Fuzzing found such panics in the `png` (0.18.1) and `zune-jpeg`
+/// (0.5.15, an IDCT slice `unwrap` on some malformed JPEGs) decoders the `image` crate
+/// uses; a corrupt file must be an error that names it, like any other. Panics elsewhere,
+/// including other threads', are reported by the panic hook as before.
+pub(crate) fn catch_decoder_panic<T>(decode: impl FnOnce() -> T) -> Option<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !DECODER_PANICS_ARE_QUIET.with(std::cell::Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let was = DECODER_PANICS_ARE_QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode));
+    DECODER_PANICS_ARE_QUIET.with(|q| q.set(was));
+    result.ok()
+}
+
+/// Checks the palette chunks of a PNG before a decoder sees them. The `png` crate (0.18.1)
+/// panics on a `PLTE` chunk whose length is not a multiple of 3 and on a `tRNS` chunk with
+/// more entries than the palette (image-rs/image-png#694, #671; found here by fuzzing):
+/// such files are refused as corrupt instead. Anything else is left to the decoder.
+pub fn check_png_palette(bytes: &[u8]) -> Result<()> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if !bytes.starts_with(SIGNATURE) {
+        return Ok(());
+    }
+    let mut palette_entries = None;
+    let mut at = SIGNATURE.len();
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        match &header[4..8] {
+            b"PLTE" => {
+                if !len.is_multiple_of(3) || len > 768 {
+                    bail!("corrupt PNG: a palette (PLTE) of {len} bytes, not 3 per entry up to 256 entries");
+                }
+                palette_entries = Some(len / 3);
+            }
+            b"tRNS" => {
+                if let Some(entries) = palette_entries.filter(|&n| len > n) {
+                    bail!("corrupt PNG: {len} transparency (tRNS) entries for a palette of {entries}");
+                }
+            }
+            b"IDAT" | b"IEND" => break,
+            _ => {}
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
+}
+
+/// Decodes a PNG or JPEG held in memory, as [`read_rgb`] does.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     if bytes.is_empty() {
         bail!("the file is empty");
     }
+    check_png_palette(bytes)?;
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     let Some(format) = reader.format() else {
         bail!("not an image (neither PNG nor JPEG)");
     };
-    let img = reader.decode().map_err(|e| anyhow!("corrupt or truncated {format:?} data: {e}"))?;
+    let img = catch_decoder_panic(|| reader.decode())
+        .ok_or_else(|| anyhow!("corrupt {format:?} data (the decoder failed on it)"))?
+        .map_err(|e| anyhow!("corrupt or truncated {format:?} data: {e}"))?;
     // 16-bit grey with a tRNS chunk is decoded with an alpha channel; PIL keeps it `I;16`.
     let grey16 = png_header(bytes) == Some((0, 16));
     let saturate = |v: u16| v.min(255) as u8;
