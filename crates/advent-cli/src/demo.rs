@@ -2,7 +2,7 @@
 
 use crate::args::parse_device;
 use advent::demo::{findings, run_demo, table, DemoOptions};
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -11,7 +11,8 @@ pub struct Args {
     /// One seed and shorter training (about 3 minutes on 2 CPU cores instead of 15).
     #[arg(long)]
     quick: bool,
-    /// Output folder: results.json, report.html and every run (replaced when the demo ends).
+    /// Output folder: results.json, report.html and every run (replaced when the demo ends;
+    /// an existing folder must be empty or an earlier demo's).
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
     /// Seeds to average over (default: 3, or 1 with --quick).
@@ -29,7 +30,19 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     let seeds = a.seeds.unwrap_or(if a.quick { 1 } else { 3 });
-    anyhow::ensure!(seeds >= 1, "--seeds must be at least 1");
+    ensure!(seeds >= 1, "--seeds must be at least 1");
+    // The demo replaces --out when it ends: refused now, not after minutes of training, if
+    // that would replace anything but an earlier demo.
+    if a.out.exists() {
+        ensure!(a.out.is_dir(), "--out {} is not a folder", a.out.display());
+        let earlier_demo = a.out.join("results.json").is_file();
+        let empty = std::fs::read_dir(&a.out).with_context(|| format!("reading {}", a.out.display()))?.next().is_none();
+        ensure!(
+            earlier_demo || empty,
+            "--out {} holds files that are not a demo's (no results.json): the demo would replace them",
+            a.out.display()
+        );
+    }
     let options = DemoOptions {
         out: a.out.clone(),
         seeds,

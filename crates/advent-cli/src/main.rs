@@ -59,7 +59,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    // Every failure exits with status 1, a bad argument too (clap's own choice is 2).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
     if std::env::var_os("ADVENT_KEEP_DENORMALS").is_none() {
         let _ = advent::device::set_flush_denormal(true);
     }

@@ -63,6 +63,9 @@ impl std::str::FromStr for ArchArg {
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     let jobs = collect_inputs(&a.input, a.recursive)?;
+    if a.output.exists() && !a.output.is_dir() {
+        bail!("--output {} is not a folder", a.output.display());
+    }
     let overrides = ModelOverrides {
         arch: a.arch.map(|x| x.0),
         num_classes: a.num_classes,
@@ -99,14 +102,26 @@ pub fn run(a: Args) -> Result<()> {
             })
             .and_then(|p| write_prediction(&out_dir, &job.stem, &p, a.save_prob));
         if let Err(e) = result {
-            bar.suspend(|| eprintln!("error: {e:#}"));
-            failures.push(job.path.clone());
+            // One image: its error is the command's. Several: each failure is listed as it
+            // happens, the others are still written, and the error names the failed files.
+            if jobs.len() == 1 {
+                return Err(e);
+            }
+            bar.suspend(|| eprintln!("failed: {e:#}"));
+            failures.push(job.path.display().to_string());
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     if !failures.is_empty() {
-        bail!("{} of {} images failed (listed above)", failures.len(), jobs.len());
+        const SHOWN: usize = 5;
+        bail!(
+            "{} of {} images failed (listed above): {}{}",
+            failures.len(),
+            jobs.len(),
+            failures[..failures.len().min(SHOWN)].join(", "),
+            if failures.len() > SHOWN { ", ..." } else { "" }
+        );
     }
     if jobs.len() > 1 {
         eprintln!("wrote predictions of {} images to {}", jobs.len(), a.output.display());

@@ -2,7 +2,7 @@
 
 use crate::args::parse_device;
 use advent::config::Config;
-use advent::train::{self, RunOptions};
+use advent::train::{self, RunOptions, Start};
 use anyhow::{bail, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let (config, run_dir, resume) = match (&a.resume, &a.config) {
+    let (config, run_dir, start) = match (&a.resume, &a.config) {
         (Some(_), Some(_)) => {
             bail!("--resume continues with the run's own config.toml: drop --config (use --set to change settings)")
         }
@@ -37,22 +37,24 @@ pub fn run(a: Args) -> Result<()> {
             if a.run_dir.is_some() {
                 bail!("--resume writes into the run's own folder: drop --run-dir");
             }
-            let (run_dir, ckpt) = train::resolve_resume(path)?;
+            let (run_dir, start) = train::resolve_resume(path)?;
             let config = Config::load(&run_dir.join("config.toml"), &a.overrides)?;
-            (config, run_dir, Some(ckpt))
+            (config, run_dir, start)
         }
         (None, Some(file)) => {
             let config = Config::load(file, &a.overrides)?;
             let run_dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
-            (config, run_dir, None)
+            (config, run_dir, Start::New)
         }
         (None, None) => bail!("give --config FILE or --resume RUN"),
     };
-    if let Some(ckpt) = &resume {
-        eprintln!("resuming from {}", ckpt.display());
+    match &start {
+        Start::Checkpoint(ckpt) => eprintln!("resuming from {}", ckpt.display()),
+        Start::Over => eprintln!("{}: no complete checkpoint yet, starting again from iteration 0", run_dir.display()),
+        Start::New => {}
     }
     let summary =
-        train::run(&config, RunOptions { run_dir, device, resume, progress: std::io::stderr().is_terminal() })?;
+        train::run(&config, RunOptions { run_dir, device, start, progress: std::io::stderr().is_terminal() })?;
     let losses: Vec<String> = summary.last_losses.iter().map(|(k, v)| format!("{k} = {v:.4}")).collect();
     eprintln!(
         "trained iterations {}..={} in {:.1} s; last: {}",

@@ -1,30 +1,16 @@
 //! End-to-end tests of the `advent` binary: outputs of `predict`, `checkpoint`, and one
 //! clear error line with a non-zero exit (never a panic) for bad inputs.
 
+mod common;
+
+use common::{advent, assert_clean_failure, metrics, stderr, tiny_config, write_image};
+
 use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
 use advent::weights::{self, StateDict};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
 
 const CLASSES: i64 = 5;
-
-fn advent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advent")).args(args).output().expect("runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A failure is exactly what users should see: non-zero status, an `error:` line, no panic.
-fn assert_clean_failure(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.starts_with("error: "), "stderr: {err}");
-    assert!(err.contains(needle), "expected `{needle}` in: {err}");
-}
 
 fn small_model() -> SegModel {
     tch::manual_seed(7);
@@ -35,11 +21,6 @@ fn small_model() -> SegModel {
         aspp_sum: AsppSum::AllFour,
     };
     SegModel::new(config, Device::Cpu).unwrap()
-}
-
-fn write_image(path: &Path, w: u32, h: u32) {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x + y) * 3) as u8]));
-    img.save(path).unwrap();
 }
 
 fn npy_shape(path: &Path) -> Vec<i64> {
@@ -235,37 +216,6 @@ fn checkpoint_convert_round_trips_and_info_detects_the_network() {
     let o = advent(&["checkpoint", "info", back.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("deeplabv2-r50, 5 classes, multi-level"), "{text}");
-}
-
-/// A small training config on the built-in generator.
-fn tiny_config(dir: &Path, method: &str) -> PathBuf {
-    let path = dir.join(format!("{method}.toml"));
-    let text = format!(
-        r#"
-        [model]
-        arch = "deeplabv2-tiny"
-        [source]
-        dataset = "synthetic"
-        size = [64, 32]
-        [target]
-        dataset = "synthetic"
-        size = [64, 32]
-        [synthetic]
-        len = 5
-        [train]
-        method = "{method}"
-        max_iters = 50
-        early_stop = 6
-        save_every = 3
-        workers = 2
-        "#
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn metrics(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(String::from).collect()
 }
 
 #[test]

@@ -2,36 +2,14 @@
 //! sweeps and their cache, agreement with cityscapesScripts, and one clear error line with a
 //! non-zero exit for bad inputs.
 
+mod common;
+
+use common::{advent, assert_clean_failure, assert_success, s, stderr, stdout};
+
 use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
 use advent::weights;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use tch::Device;
-
-fn advent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advent")).args(args).output().expect("runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_success(o: &Output) {
-    assert!(o.status.success(), "failed: {}\n{}", stderr(o), stdout(o));
-}
-
-/// A failure is exactly what users should see: non-zero status, an `error:` line, no panic.
-fn assert_clean_failure(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(err.lines().any(|l| l.starts_with("error: ")), "stderr: {err}");
-    assert!(err.contains(needle), "expected `{needle}` in: {err}");
-}
 
 /// `crates/advent/tests/fixtures/eval`: 6 Cityscapes-named 64x32 ground-truth frames, train-id
 /// and label-id predictions, and cityscapesScripts' scores of them (expected.json).
@@ -44,10 +22,6 @@ fn tiny_checkpoint(path: &Path, seed: i64) {
     let config =
         ModelConfig { arch: Arch::DeepLabV2Tiny, num_classes: 19, multi_level: true, aspp_sum: AsppSum::AllFour };
     weights::save(&SegModel::new(config, Device::Cpu).unwrap().state_dict(), path).unwrap();
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A Cityscapes root of the fixture frames: their ground truth, and an image for each.

@@ -169,6 +169,12 @@ impl Config {
     /// Checks that values make sense together; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
+        self.model.arch.parse::<Arch>().context("model.arch")?;
+        ensure!(
+            (2..=255).contains(&self.model.num_classes),
+            "model.num_classes must be in 2..=255 (255 marks ignored pixels), got {}",
+            self.model.num_classes
+        );
         self.model_config().context("model")?;
         ensure!(t.max_iters >= 1, "train.max_iters must be at least 1");
         ensure!(
@@ -208,7 +214,6 @@ impl Config {
             ensure!(d.batch_size >= 1, "{name}.batch_size must be at least 1");
         }
         ensure!(self.synthetic.len >= 1, "synthetic.len must be at least 1");
-        ensure!(self.model.num_classes <= 255, "model.num_classes must be at most 255 (255 marks ignored pixels)");
         Ok(())
     }
 

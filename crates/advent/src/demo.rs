@@ -196,7 +196,12 @@ fn train_and_evaluate(
     let t = Instant::now();
     let summary = train::run(
         &config,
-        RunOptions { run_dir: run_dir.to_path_buf(), device: options.device, resume: None, progress: options.progress },
+        RunOptions {
+            run_dir: run_dir.to_path_buf(),
+            device: options.device,
+            start: crate::train::Start::New,
+            progress: options.progress,
+        },
     )?;
     let eval_options = EvalOptions { subset: DRAWN_CLASSES.to_vec(), workers: 0, ..Default::default() };
     let sweep_options = sweep::SweepOptions {

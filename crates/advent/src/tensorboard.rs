@@ -3,7 +3,7 @@
 //! An event file is a sequence of TFRecords (length, masked CRC-32C of the length, a
 //! serialized `Event` protobuf, masked CRC-32C of it). The few protobuf fields needed are
 //! encoded here by hand: `Event { wall_time = 1 (double), step = 2 (int64), file_version = 3,
-//! summary = 5 }`, `Summary { value = 1 }`, `Summary.Value { tag = 1, simple_value = 2
+//! summary = 5, session_log = 7 }`, `SessionLog { status = 1 (START = 1) }`, `Summary { value = 1 }`, `Summary.Value { tag = 1, simple_value = 2
 //! (float), image = 4 }`, `Summary.Image { height = 1, width = 2, colorspace = 3,
 //! encoded_image_string = 4 }`.
 
@@ -58,6 +58,13 @@ impl EventWriter {
         self.write_event(&event(now(), step, Payload::Image { tag, width: w, height: h, png: &png }))
     }
 
+    /// Marks a restart at `step` (a resumed run): TensorBoard then drops the events of
+    /// steps `>= step` written before it, by the run that was interrupted, so that the
+    /// curves show each step once.
+    pub fn session_start(&mut self, step: i64) -> Result<()> {
+        self.write_event(&event(now(), step, Payload::SessionStart))
+    }
+
     pub fn flush(&mut self) -> Result<()> {
         self.out.flush().with_context(|| format!("writing {}", self.path.display()))
     }
@@ -75,6 +82,7 @@ impl Drop for EventWriter {
 
 enum Payload<'a> {
     FileVersion(&'a str),
+    SessionStart,
     Scalar(&'a str, f32),
     Image { tag: &'a str, width: u32, height: u32, png: &'a [u8] },
 }
@@ -130,6 +138,10 @@ fn event(wall_time: f64, step: i64, payload: Payload) -> Vec<u8> {
             bytes_field(3, v.as_bytes(), &mut e);
             return e;
         }
+        Payload::SessionStart => {
+            bytes_field(7, &[0x08, 0x01], &mut e); // SessionLog { status: START }
+            return e;
+        }
         Payload::Scalar(tag, v) => {
             let mut value = Vec::new();
             bytes_field(1, tag.as_bytes(), &mut value);
@@ -158,6 +170,19 @@ fn event(wall_time: f64, step: i64, payload: Payload) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_start_is_a_session_log_with_status_start() {
+        // Hand-encoded: field 1 (fixed64) wall time, field 2 (varint) step 300 = ac 02,
+        // field 7 (length-delimited, 2 bytes) holding field 1 (varint) = 1. Checked with
+        // TensorBoard 2.21: its EventAccumulator reads it as `session_log { status: START }`
+        // and drops the earlier file's events from that step on.
+        let e = event(1.5, 300, Payload::SessionStart);
+        let mut want = vec![0x09];
+        want.extend_from_slice(&1.5f64.to_le_bytes());
+        want.extend_from_slice(&[0x10, 0xac, 0x02, 0x3a, 0x02, 0x08, 0x01]);
+        assert_eq!(e, want);
+    }
 
     #[test]
     fn crc32c_check_value() {

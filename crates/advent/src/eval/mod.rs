@@ -43,7 +43,8 @@ pub struct EvalOptions {
     pub output_size: Option<(u32, u32)>,
     /// Class indices the mIoU averages over; empty: all classes of the network.
     pub subset: Vec<usize>,
-    /// Folder for each image's `<name>_trainids.png` and `<name>_color.png` (created).
+    /// Folder for each image's `<name>_trainids.png` and `<name>_color.png` (created); they
+    /// are moved in when every image has been evaluated.
     pub save_predictions: Option<PathBuf>,
     /// Threads loading images ahead of the network (0: on the caller's thread).
     pub workers: usize,
@@ -168,9 +169,7 @@ pub fn confusion_matrix(
         bail!("class {c} of the evaluated subset is not one of the network's {num_classes} classes");
     }
     ensure!(!dataset.is_empty(), "the evaluation set is empty");
-    if let Some(dir) = &options.save_predictions {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let staging = options.save_predictions.as_deref().map(Staging::new).transpose()?;
     let bar = if options.progress && dataset.len() > 1 {
         ProgressBar::new(dataset.len() as u64)
     } else {
@@ -204,7 +203,7 @@ pub fn confusion_matrix(
         let prediction =
             predict_ids(models, &sample.image, w_out, h_out).with_context(|| format!("predicting {name}"))?;
         cm.add(&truth, &prediction).with_context(|| format!("scoring {name}"))?;
-        if let Some(dir) = &options.save_predictions {
+        if let Some(Staging { tmp: dir, .. }) = &staging {
             image::write_png_gray8(&prediction_path(dir, name), w_out, h_out, &prediction)?;
             let color = colormap::colorize(&prediction, w_out, h_out, &palette);
             image::write_png_rgb(&dir.join(format!("{name}_color.png")), &color)?;
@@ -212,7 +211,42 @@ pub fn confusion_matrix(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(staging) = staging {
+        staging.commit()?;
+    }
     Ok(cm)
+}
+
+/// A hidden folder inside the predictions folder that receives the predictions while the
+/// evaluation runs. They are moved into place only once every image has been evaluated, so
+/// that a failed evaluation leaves the folder's earlier predictions as they were.
+struct Staging {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Staging {
+    fn new(dir: &Path) -> Result<Self> {
+        let tmp = dir.join(format!(".partial-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Staging { dir: dir.to_path_buf(), tmp })
+    }
+
+    fn commit(self) -> Result<()> {
+        let entries = std::fs::read_dir(&self.tmp).with_context(|| format!("reading {}", self.tmp.display()))?;
+        for entry in entries {
+            let from = entry.with_context(|| format!("reading {}", self.tmp.display()))?.path();
+            let to = self.dir.join(from.file_name().expect("a folder entry has a name"));
+            std::fs::rename(&from, &to).with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
 }
 
 /// The ensemble's train ids for one preprocessed image (`[3, H, W]`, BGR minus the mean):

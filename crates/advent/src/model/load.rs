@@ -58,22 +58,20 @@ impl LoadReport {
         self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
     }
 
-    /// One line per problem, for errors and for `--allow-partial` notices.
+    /// One item per kind of problem: `missing in file (2): a, b`.
+    fn problems(&self) -> Vec<String> {
+        let mismatched: Vec<String> =
+            self.mismatched.iter().map(|(k, f, n)| format!("{k} (file {f:?}, network {n:?})")).collect();
+        [("missing in file", &self.missing), ("unexpected in file", &self.unexpected), ("wrong shape", &mismatched)]
+            .into_iter()
+            .filter(|(_, keys)| !keys.is_empty())
+            .map(|(what, keys)| format!("{what} ({}): {}", keys.len(), abbreviate(keys)))
+            .collect()
+    }
+
+    /// One indented line per kind of problem, for `--allow-partial` notices.
     pub fn describe_problems(&self) -> String {
-        let mut s = String::new();
-        let list = |s: &mut String, what: &str, keys: &[String]| {
-            if !keys.is_empty() {
-                let _ = write!(s, "\n  {what} ({}): {}", keys.len(), abbreviate(keys));
-            }
-        };
-        list(&mut s, "missing in file", &self.missing);
-        list(&mut s, "unexpected in file", &self.unexpected);
-        if !self.mismatched.is_empty() {
-            let items: Vec<String> =
-                self.mismatched.iter().map(|(k, f, n)| format!("{k} (file {f:?}, network {n:?})")).collect();
-            list(&mut s, "wrong shape", &items);
-        }
-        s
+        self.problems().iter().map(|p| format!("\n  {p}")).collect()
     }
 }
 
@@ -147,17 +145,18 @@ fn keeps_init(kind: WeightsKind, key: &str) -> bool {
 /// initialisation files, converting dtypes to the network's and checking shapes.
 ///
 /// Without `allow_partial`, any missing, unexpected or mis-shaped key is an error that lists
-/// them all and leaves `vs` unchanged.
+/// them all and leaves `vs` unchanged; so is, always, a NaN or infinite value in a tensor
+/// loaded (the error names the first such tensor).
 pub fn load_into(vs: &VarStore, dict: StateDict, options: LoadOptions) -> Result<LoadReport> {
     let (kind, dict, dropped) = translate(&dict);
     let mut report = LoadReport { kind: Some(kind), dropped, ..Default::default() };
     let vars: HashMap<String, Tensor> = vs.variables();
-    let mut plan: Vec<(Tensor, Tensor)> = Vec::new();
+    let mut plan: Vec<(&str, Tensor, Tensor)> = Vec::new();
     for (key, src) in dict.iter() {
         match vars.get(key) {
             None => report.unexpected.push(key.to_string()),
             Some(dst) if dst.size() != src.size() => report.mismatched.push((key.to_string(), src.size(), dst.size())),
-            Some(dst) => plan.push((dst.shallow_clone(), src.shallow_clone())),
+            Some(dst) => plan.push((key, dst.shallow_clone(), src.shallow_clone())),
         }
     }
     let present: BTreeSet<&str> = dict.names().collect();
@@ -174,10 +173,16 @@ pub fn load_into(vs: &VarStore, dict: StateDict, options: LoadOptions) -> Result
         }
     }
     if !report.is_complete() && !options.allow_partial {
-        bail!("the checkpoint does not fit the network:{}", report.describe_problems());
+        bail!("the checkpoint does not fit the network: {}", report.problems().join("; "));
+    }
+    // A NaN or infinity would otherwise only show later, as garbage predictions or a NaN loss.
+    for (key, _, src) in &plan {
+        if src.is_floating_point() && src.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
+            bail!("tensor `{key}` holds NaN or infinite values");
+        }
     }
     tch::no_grad(|| -> Result<()> {
-        for (mut dst, src) in plan {
+        for (_, mut dst, src) in plan {
             let src = src.f_to_kind(dst.kind())?.f_to_device(dst.device())?;
             dst.f_copy_(&src)?;
         }

@@ -181,8 +181,16 @@ pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Resul
     }
     let checkpoints = crate::train::checkpoints(run_dir)?;
     if let Some((iter, ckpt)) = checkpoints.last() {
+        // A checkpoint that does not load is an error; a target dataset that is not on this
+        // machine only leaves the sample images out.
+        let (model, _) = SegModel::from_checkpoint(
+            &ckpt.join("model.pth"),
+            &ModelOverrides::default(),
+            LoadOptions::default(),
+            device,
+        )?;
         sections.push(format!("<h2>Predictions of the checkpoint of iteration {iter}</h2>"));
-        match samples_section(&config, &ckpt.join("model.pth"), device, samples) {
+        match samples_section(&config, &model, samples) {
             Ok(html) => sections.push(html),
             Err(e) => sections.push(format!(r#"<p class="note">No sample images: {}</p>"#, escape(&format!("{e:#}")))),
         }
@@ -193,8 +201,7 @@ pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Resul
     Ok(path)
 }
 
-fn samples_section(config: &Config, checkpoint: &Path, device: Device, count: usize) -> Result<String> {
-    let (model, _) = SegModel::from_checkpoint(checkpoint, &ModelOverrides::default(), LoadOptions::default(), device)?;
+fn samples_section(config: &Config, model: &SegModel, count: usize) -> Result<String> {
     let mut spec = config.dataset_spec(false);
     spec.labels = spec.kind.starts_with("synthetic");
     let set = dataset::open(&spec).context("the run's target dataset")?;
@@ -208,13 +215,7 @@ fn samples_section(config: &Config, checkpoint: &Path, device: Device, count: us
     let mut rows = Vec::new();
     for i in 0..n {
         let s = set.get(i)?;
-        rows.push(sample_cells(
-            &[("model", &model)],
-            &s.image,
-            s.label.as_ref(),
-            model.config.num_classes as usize,
-            2,
-        )?);
+        rows.push(sample_cells(&[("model", model)], &s.image, s.label.as_ref(), model.config.num_classes as usize, 2)?);
     }
     let names: Vec<(usize, String)> = (0..model.config.num_classes as usize)
         .zip(crate::eval::class_names(model.config.num_classes as usize))

@@ -9,7 +9,11 @@
 //!                                    optimizer.safetensors, state.json (iteration, data order)
 //! ```
 //! A checkpoint is written into a hidden temporary folder and renamed when complete, so a
-//! crash never leaves a half-written one where `--resume` looks.
+//! crash never leaves a half-written one where `--resume` looks; old checkpoints are renamed
+//! away before they are deleted, for the same reason. Hidden leftovers of a killed process
+//! are removed when its run is resumed. `metrics.jsonl` is cut back to the checkpoint's
+//! iteration on resumption (a line half-written by a kill goes with it), and the TensorBoard
+//! log gets a restart marker so that the interrupted run's later steps are not shown twice.
 
 use super::step::{Losses, Trainer};
 use crate::config::Config;
@@ -42,12 +46,22 @@ pub struct TrainState {
     pub target_order: Option<OrderState>,
 }
 
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: its folder must not hold one.
+    New,
+    /// Iteration 0 again, in the folder of a run stopped before its first checkpoint.
+    Over,
+    /// After the iteration of this checkpoint folder.
+    Checkpoint(PathBuf),
+}
+
 /// How to run.
 pub struct RunOptions {
     pub run_dir: PathBuf,
     pub device: Device,
-    /// A checkpoint folder to continue from.
-    pub resume: Option<PathBuf>,
+    pub start: Start,
     pub progress: bool,
 }
 
@@ -82,20 +96,22 @@ pub fn checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// `--resume PATH`: a checkpoint folder, or a run folder (its newest complete checkpoint).
-/// Returns (run folder, checkpoint folder).
-pub fn resolve_resume(path: &Path) -> Result<(PathBuf, PathBuf)> {
+/// `--resume PATH`: a checkpoint folder, or a run folder (its newest complete checkpoint,
+/// or iteration 0 again if it was stopped before its first one). Returns the run folder and
+/// where to start.
+pub fn resolve_resume(path: &Path) -> Result<(PathBuf, Start)> {
     if path.join("state.json").is_file() {
         let run = path
             .parent()
             .and_then(Path::parent)
             .with_context(|| format!("{} is not inside a run folder", path.display()))?;
-        return Ok((run.to_path_buf(), path.to_path_buf()));
+        return Ok((run.to_path_buf(), Start::Checkpoint(path.to_path_buf())));
     }
     ensure!(path.is_dir(), "--resume {}: no such run or checkpoint folder", path.display());
     match checkpoints(path)?.pop() {
-        Some((_, ckpt)) => Ok((path.to_path_buf(), ckpt)),
-        None => bail!("--resume {}: the run has no complete checkpoint yet", path.display()),
+        Some((_, ckpt)) => Ok((path.to_path_buf(), Start::Checkpoint(ckpt))),
+        None if path.join("config.toml").is_file() => Ok((path.to_path_buf(), Start::Over)),
+        None => bail!("--resume {}: not a run folder (no config.toml, no checkpoint)", path.display()),
     }
 }
 
@@ -114,10 +130,14 @@ fn read_state(dir: &Path) -> Result<TrainState> {
 /// Trains as configured; returns when `train.early_stop` is reached.
 pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     let run_dir = &options.run_dir;
-    let resume_state = match &options.resume {
-        Some(ckpt) => Some(read_state(ckpt)?),
-        None => {
-            let taken = run_dir.join("metrics.jsonl").exists() || !checkpoints(run_dir)?.is_empty();
+    let resume_state = match &options.start {
+        Start::Checkpoint(ckpt) => Some(read_state(ckpt)?),
+        Start::Over => None,
+        Start::New => {
+            // A run that stopped before logging anything (bad data at its first batch) may be
+            // started again in its folder.
+            let logged = fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
+            let taken = logged || !checkpoints(run_dir)?.is_empty();
             ensure!(
                 !taken,
                 "{} already holds a run: continue it with --resume {0}, or choose another --run-dir",
@@ -133,8 +153,8 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         crate::device::set_cudnn_deterministic(t.deterministic)?;
     }
     let mut trainer = Trainer::new(config, options.device)?;
-    let (start, source_order, target_order) = match (&resume_state, &options.resume) {
-        (Some(state), Some(ckpt)) => {
+    let (start, source_order, target_order) = match (&resume_state, &options.start) {
+        (Some(state), Start::Checkpoint(ckpt)) => {
             ensure!(
                 state.method == trainer.method.name(),
                 "{}: the checkpoint was trained with `{}`, the config says `{}`",
@@ -166,9 +186,13 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
 
     // Everything that can fail on a bad config or bad data has been tried: now the folder.
     fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
+    remove_leftovers(run_dir)?;
     crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
     let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
     let mut board = if t.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
+    if let Some(board) = board.as_mut().filter(|_| options.start != Start::New) {
+        board.session_start(start as i64)?;
+    }
 
     let total = t.early_stop + 1;
     let bar = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
@@ -371,7 +395,7 @@ fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Res
     let name = checkpoint_name(state.iteration);
     let parent = run_dir.join("checkpoints");
     let final_dir = parent.join(&name);
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = parent.join(format!(".{name}{TEMPORARY}{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     let result = (|| -> Result<()> {
         fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -388,7 +412,7 @@ fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Res
         weights::save(&optim, &tmp.join("optimizer.safetensors"))?;
         crate::fs::write_bytes_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
         if final_dir.exists() {
-            fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
+            discard(&final_dir)?;
         }
         fs::rename(&tmp, &final_dir)
             .with_context(|| format!("renaming {} to {}", tmp.display(), final_dir.display()))?;
@@ -405,17 +429,18 @@ fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Res
 }
 
 fn load_checkpoint(trainer: &mut Trainer, dir: &Path) -> Result<()> {
-    let context = || format!("resuming from {}", dir.display());
+    let context = |file: &str| format!("resuming from {}", dir.join(file).display());
     let opts = crate::model::LoadOptions::default();
-    crate::model::load_into(&trainer.model.vs, weights::load(&dir.join("model.pth"))?, opts).with_context(context)?;
-    let optim = weights::load(&dir.join("optimizer.safetensors")).with_context(context)?;
-    trainer.sgd.load_state_dict(&optim, "seg.").with_context(context)?;
+    let model = weights::load(&dir.join("model.pth"))?;
+    crate::model::load_into(&trainer.model.vs, model, opts).with_context(|| context("model.pth"))?;
+    let optim = weights::load(&dir.join("optimizer.safetensors"))?;
+    trainer.sgd.load_state_dict(&optim, "seg.").with_context(|| context("optimizer.safetensors"))?;
     for (d, file, prefix) in
         [(&mut trainer.d_main, "d_main.pth", "d_main."), (&mut trainer.d_aux, "d_aux.pth", "d_aux.")]
     {
         if let Some(d) = d {
-            crate::model::load_into(&d.vs, weights::load(&dir.join(file))?, opts).with_context(context)?;
-            d.opt.load_state_dict(&optim, prefix).with_context(context)?;
+            crate::model::load_into(&d.vs, weights::load(&dir.join(file))?, opts).with_context(|| context(file))?;
+            d.opt.load_state_dict(&optim, prefix).with_context(|| context("optimizer.safetensors"))?;
         }
     }
     Ok(())
@@ -427,9 +452,51 @@ fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
     }
     let all = checkpoints(run_dir)?;
     for (_, dir) in all.iter().take(all.len().saturating_sub(keep)) {
-        fs::remove_dir_all(dir).with_context(|| format!("removing old checkpoint {}", dir.display()))?;
+        discard(dir)?;
     }
     Ok(())
+}
+
+/// Hidden name parts of a checkpoint being written (`.iter_000010.tmp-PID`) and of one being
+/// deleted (`.iter_000010.old-PID`).
+const TEMPORARY: &str = ".tmp-";
+const DISCARDED: &str = ".old-";
+
+/// Deletes a checkpoint folder so that no half-deleted one is ever visible under its name:
+/// it is renamed to a hidden name first.
+fn discard(dir: &Path) -> Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let hidden = dir.with_file_name(format!(".{name}{DISCARDED}{}", std::process::id()));
+    let _ = fs::remove_dir_all(&hidden);
+    fs::rename(dir, &hidden).with_context(|| format!("removing old checkpoint {}", dir.display()))?;
+    fs::remove_dir_all(&hidden).with_context(|| format!("removing old checkpoint {}", hidden.display()))
+}
+
+/// Removes the hidden checkpoint folders that processes which no longer run left behind
+/// (killed while writing or deleting one). A live process's folders are left alone.
+fn remove_leftovers(run_dir: &Path) -> Result<()> {
+    let dir = run_dir.join("checkpoints");
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let pid = [TEMPORARY, DISCARDED]
+            .iter()
+            .find_map(|marker| name.strip_prefix('.').and_then(|n| n.rsplit_once(marker)))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok());
+        if pid.is_some_and(|p| !process_alive(p)) {
+            fs::remove_dir_all(&path).with_context(|| format!("removing the leftover {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn process_alive(pid: i32) -> bool {
+    if pid == std::process::id() as i32 {
+        return false; // our own leftovers are from before: this process writes none yet
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]

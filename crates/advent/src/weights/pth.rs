@@ -845,7 +845,7 @@ pub fn write<W: Write + Seek>(dict: &StateDict, out: W) -> Result<()> {
         bail!("writing PyTorch checkpoints needs a little-endian machine");
     }
     let entries = entries(dict)?;
-    let mut zip = ZipWriter::new(out);
+    let mut zip = ZipWriter::new(StopAtFirstError::new(out));
     let small = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", small)?;
     zip.write_all(&state_dict_pickle(&entries))?;
@@ -861,6 +861,59 @@ pub fn write<W: Write + Seek>(dict: &StateDict, out: W) -> Result<()> {
     zip.write_all(b"3\n")?;
     zip.finish()?;
     Ok(())
+}
+
+/// Passes everything to `inner` until an operation fails, then only keeps count of the
+/// position, as a writer to nowhere. The error has been returned to `write`'s caller by then;
+/// this keeps `ZipWriter`'s `Drop`, which tries to finish the archive and prints any failure
+/// to stderr, from writing again to a writer that failed (a full disk, say) and from adding a
+/// second, unasked-for message (it needs positions that add up to finish quietly).
+struct StopAtFirstError<W> {
+    inner: W,
+    failed: bool,
+    /// The position, and the furthest byte written, as the archive sees them.
+    pos: u64,
+    end: u64,
+}
+
+impl<W> StopAtFirstError<W> {
+    fn new(inner: W) -> Self {
+        StopAtFirstError { inner, failed: false, pos: 0, end: 0 }
+    }
+}
+
+impl<W: Write> Write for StopAtFirstError<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = if self.failed { buf.len() } else { self.inner.write(buf).inspect_err(|_| self.failed = true)? };
+        self.pos += n as u64;
+        self.end = self.end.max(self.pos);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        self.inner.flush().inspect_err(|_| self.failed = true)
+    }
+}
+
+impl<W: Seek> Seek for StopAtFirstError<W> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        use std::io::SeekFrom;
+        self.pos = if self.failed {
+            let base = |b: u64, d: i64| b.checked_add_signed(d).ok_or(std::io::ErrorKind::InvalidInput);
+            match to {
+                SeekFrom::Start(p) => p,
+                SeekFrom::Current(d) => base(self.pos, d)?,
+                SeekFrom::End(d) => base(self.end, d)?,
+            }
+        } else {
+            self.inner.seek(to).inspect_err(|_| self.failed = true)?
+        };
+        self.end = self.end.max(self.pos);
+        Ok(self.pos)
+    }
 }
 
 #[cfg(test)]
@@ -879,6 +932,54 @@ mod tests {
         let mut tar = vec![0u8; 600];
         tar[257..262].copy_from_slice(b"ustar");
         assert_eq!(detect(&tar), Format::Tar);
+    }
+
+    /// A writer with room for `room` bytes, like a nearly full disk.
+    struct Full {
+        room: usize,
+        at: u64,
+        end: u64,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if buf.len() > self.room {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left"));
+            }
+            self.room -= buf.len();
+            self.at += buf.len() as u64;
+            self.end = self.end.max(self.at);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Seek for Full {
+        fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+            self.at = match pos {
+                std::io::SeekFrom::Start(p) => p,
+                std::io::SeekFrom::Current(d) => self.at.saturating_add_signed(d),
+                std::io::SeekFrom::End(d) => self.end.saturating_add_signed(d),
+            };
+            Ok(self.at)
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_one_error_and_the_writer_is_left_alone_after_it() {
+        let mut dict = StateDict::new();
+        dict.insert("w", Tensor::zeros([1000], (Kind::Float, tch::Device::Cpu)));
+        for room in [10, 300, 3000] {
+            let mut w = StopAtFirstError::new(Full { room, at: 0, end: 0 });
+            assert!(w.write_all(&vec![0; room + 1]).is_err());
+            assert!(w.failed);
+            assert!(w.write_all(b"more").is_ok() && w.inner.room == room, "written to after failing");
+            let err = write(&dict, Full { room, at: 0, end: 0 }).unwrap_err();
+            assert!(format!("{err:#}").contains("no space left"), "{err:#}");
+        }
     }
 
     #[test]

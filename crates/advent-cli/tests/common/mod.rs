@@ -1,0 +1,95 @@
+//! Helpers shared by the end-to-end tests of the `advent` binary.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `advent ARGS` to completion.
+pub fn advent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_advent")).args(args).output().expect("runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+pub fn assert_success(o: &Output) {
+    assert!(o.status.success(), "failed: {}\n{}", stderr(o), stdout(o));
+}
+
+/// A failure is exactly what users should see: exit status 1, one `error:` line that
+/// contains `needle`, no panic.
+pub fn assert_clean_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "expected exit status 1, stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, stderr: {err}");
+    assert!(errors[0].contains(needle), "expected `{needle}` in the error line: {err}");
+}
+
+pub fn write_image(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x + y) * 3) as u8]));
+    img.save(path).unwrap();
+}
+
+/// A small training config on the built-in generator: the tiny network, 64x32 images,
+/// `early_stop` 6, a checkpoint every 3 iterations.
+pub fn tiny_config(dir: &Path, method: &str) -> PathBuf {
+    let path = dir.join(format!("{method}.toml"));
+    let text = format!(
+        r#"
+        [model]
+        arch = "deeplabv2-tiny"
+        [source]
+        dataset = "synthetic"
+        size = [64, 32]
+        [target]
+        dataset = "synthetic"
+        size = [64, 32]
+        [synthetic]
+        len = 5
+        [train]
+        method = "{method}"
+        max_iters = 50
+        early_stop = 6
+        save_every = 3
+        workers = 2
+        "#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The lines of a run's `metrics.jsonl`.
+pub fn metrics(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(String::from).collect()
+}
+
+/// Every file under `dir` with its bytes, sorted by path: to show that a failed command
+/// left existing outputs alone.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
