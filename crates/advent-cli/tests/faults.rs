@@ -17,31 +17,14 @@ use std::time::{Duration, Instant};
 const EARLY_STOP: u64 = 40;
 
 fn config(dir: &Path) -> PathBuf {
-    let path = dir.join("faults.toml");
-    let text = format!(
-        r#"
-        [model]
-        arch = "deeplabv2-tiny"
-        [source]
-        dataset = "synthetic"
-        size = [64, 32]
-        [target]
-        dataset = "synthetic"
-        size = [64, 32]
-        [synthetic]
-        len = 5
-        [train]
-        method = "advent"
-        max_iters = 50
-        early_stop = {EARLY_STOP}
-        discriminator_width = 8
-        save_every = 4
-        keep_checkpoints = 2
-        workers = 2
-        "#
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    let early_stop = EARLY_STOP.to_string();
+    let train = [
+        ("early_stop", early_stop.as_str()),
+        ("discriminator_width", "8"),
+        ("save_every", "4"),
+        ("keep_checkpoints", "2"),
+    ];
+    common::tiny_config_with(dir, "advent", &train)
 }
 
 /// An uninterrupted run: its metrics and final network.

@@ -44,27 +44,31 @@ pub fn write_image(path: &Path, w: u32, h: u32) {
 /// A small training config on the built-in generator: the tiny network, 64x32 images,
 /// `early_stop` 6, a checkpoint every 3 iterations.
 pub fn tiny_config(dir: &Path, method: &str) -> PathBuf {
-    let path = dir.join(format!("{method}.toml"));
+    tiny_config_with(dir, method, &[])
+}
+
+/// [`tiny_config`] with `[train]` settings added or replaced (`("early_stop", "40")`).
+pub fn tiny_config_with(dir: &Path, method: &str, train: &[(&str, &str)]) -> PathBuf {
+    let method = format!("\"{method}\"");
+    let mut settings = vec![
+        ("method", method.as_str()),
+        ("max_iters", "50"),
+        ("early_stop", "6"),
+        ("save_every", "3"),
+        ("workers", "2"),
+    ];
+    for &(key, value) in train {
+        match settings.iter_mut().find(|(k, _)| *k == key) {
+            Some(setting) => setting.1 = value,
+            None => settings.push((key, value)),
+        }
+    }
+    let train: String = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
     let text = format!(
-        r#"
-        [model]
-        arch = "deeplabv2-tiny"
-        [source]
-        dataset = "synthetic"
-        size = [64, 32]
-        [target]
-        dataset = "synthetic"
-        size = [64, 32]
-        [synthetic]
-        len = 5
-        [train]
-        method = "{method}"
-        max_iters = 50
-        early_stop = 6
-        save_every = 3
-        workers = 2
-        "#
+        "[model]\narch = \"deeplabv2-tiny\"\n[source]\ndataset = \"synthetic\"\nsize = [64, 32]\n\
+         [target]\ndataset = \"synthetic\"\nsize = [64, 32]\n[synthetic]\nlen = 5\n[train]\n{train}"
     );
+    let path = dir.join(format!("{}.toml", method.trim_matches('"')));
     std::fs::write(&path, text).unwrap();
     path
 }
