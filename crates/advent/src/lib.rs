@@ -9,6 +9,7 @@ pub mod classes;
 pub mod config;
 pub mod dataset;
 pub mod demo;
+pub mod detect;
 pub mod device;
 pub mod eval;
 pub mod fs;

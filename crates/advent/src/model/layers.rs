@@ -48,6 +48,8 @@ pub enum ConvInit {
     TorchDefault,
     /// torchvision's VGG: weights N(0, √(2/fan_out)), bias 0.
     KaimingFanOut,
+    /// ssd.pytorch's new layers: weights U(±√(6/(fan_in + fan_out))) (Xavier), bias 0.
+    XavierUniform,
 }
 
 /// `nn.Conv2d` with square kernels and one group.
@@ -71,6 +73,11 @@ impl Conv2d {
                 let fan_out = spec.out_channels * spec.kernel * spec.kernel;
                 let std = (2.0 / fan_out as f64).sqrt();
                 (Init::Randn { mean: 0.0, stdev: std }, Some(Init::Const(0.0)))
+            }
+            ConvInit::XavierUniform => {
+                let fan_out = spec.out_channels * spec.kernel * spec.kernel;
+                let bound = (6.0 / (spec.fan_in() + fan_out) as f64).sqrt();
+                (Init::Uniform { lo: -bound, up: bound }, Some(Init::Const(0.0)))
             }
         };
         let weight = p.var("weight", &shape, w_init);

@@ -6,7 +6,7 @@
 
 mod classifier;
 mod discriminator;
-mod layers;
+pub(crate) mod layers;
 mod load;
 mod resnet;
 mod vgg;

@@ -1,0 +1,15 @@
+//! Object detection with entropy-based adaptation: SSD-300 on VGG-16 (the paper's detection
+//! extension, SPEC §8.4, whose code was never released).
+//!
+//! Boxes are `[xmin, ymin, xmax, ymax]` in coordinates relative to the image (0..1) unless
+//! said otherwise; class 0 is the background, the object classes are 1..=C.
+
+pub mod adapt;
+pub mod boxes;
+pub mod cityscapes;
+pub mod loss;
+pub mod map;
+pub mod matching;
+pub mod nms;
+pub mod priors;
+pub mod ssd;
