@@ -7,6 +7,7 @@
 pub mod adapt;
 pub mod boxes;
 pub mod cityscapes;
+pub mod data;
 pub mod loss;
 pub mod map;
 pub mod matching;

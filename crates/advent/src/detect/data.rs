@@ -1,0 +1,159 @@
+//! Cityscapes and Foggy Cityscapes as detection sets: each frame's image prepared as
+//! ssd.pytorch's `BaseTransform` prepares it, and its boxes from the instance map
+//! ([`super::cityscapes`]).
+//!
+//! Images are found as the segmentation datasets find them (walking
+//! `leftImg8bit[_foggy]/<split>/`, or a list file); the boxes of a foggy frame are those of its
+//! clear frame. Preparation: resized to `size x size`, the mean (104, 117, 123) subtracted in
+//! BGR order, then the channels put in RGB order, as ssd.pytorch's `VOCDetection.pull_item`
+//! does (`img[:, :, (2, 1, 0)]` after `BaseTransform`). One deviation: the resize is our
+//! PIL-exact bicubic one where ssd.pytorch calls `cv2.resize` (bilinear). No augmentation yet
+//! (ssd.pytorch trains with `SSDAugmentation`: photometric distortion, expansion, random crops,
+//! mirroring).
+
+use super::cityscapes::{instance_ids_path, read_instance_boxes, BoxOptions, FrameBoxes};
+use crate::dataset::cityscapes::{Cityscapes, IMAGE_SUFFIX};
+use crate::dataset::foggy::FoggyCityscapes;
+use crate::dataset::layout::{find_names, Layout};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// ssd.pytorch's `MEANS`, in BGR order.
+pub const SSD_MEAN_BGR: [f64; 3] = [104.0, 117.0, 123.0];
+
+/// One prepared frame.
+#[derive(Debug)]
+pub struct DetSample {
+    /// `[3, size, size]` float32, RGB, mean subtracted.
+    pub image: Tensor,
+    /// The training targets: relative corner boxes and their classes (1..=8).
+    pub boxes: Vec<[f32; 4]>,
+    pub labels: Vec<i64>,
+    /// Everything read from the instance map (pixel boxes, ignored regions), for evaluation.
+    pub frame: FrameBoxes,
+    /// The image's name under the image folder (`<city>/<x>_leftImg8bit.png`).
+    pub name: String,
+}
+
+/// Which frames, and how they are prepared.
+pub struct DetectionSet {
+    layout: Box<dyn Layout>,
+    root: PathBuf,
+    split: String,
+    suffix: String,
+    names: Vec<String>,
+    size: u32,
+    options: BoxOptions,
+}
+
+impl DetectionSet {
+    /// `dataset` is `cityscapes` or `foggy-cityscapes` (with `beta`, e.g. 0.02).
+    pub fn open(
+        dataset: &str,
+        root: &Path,
+        split: &str,
+        beta: f64,
+        list: Option<&Path>,
+        size: u32,
+        options: BoxOptions,
+    ) -> Result<Self> {
+        let (root_buf, split_buf) = (root.to_path_buf(), split.to_string());
+        let (layout, suffix): (Box<dyn Layout>, String) = match dataset {
+            "cityscapes" => (Box::new(Cityscapes { root: root_buf, split: split_buf }), IMAGE_SUFFIX.into()),
+            "foggy-cityscapes" => (
+                Box::new(FoggyCityscapes { root: root_buf, split: split_buf, beta }),
+                format!("_leftImg8bit_foggy_beta_{beta}.png"),
+            ),
+            other => bail!("detection dataset `{other}`: expected cityscapes or foggy-cityscapes"),
+        };
+        let names = find_names(layout.as_ref(), list)?;
+        Ok(DetectionSet { layout, root: root.to_path_buf(), split: split.into(), suffix, names, size, options })
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The instance map of item `index`.
+    pub fn instance_path(&self, index: usize) -> PathBuf {
+        instance_ids_path(&self.root, &self.split, &self.names[index], &self.suffix)
+    }
+
+    /// Loads and prepares item `index` (< `len()`); errors name the file.
+    pub fn get(&self, index: usize) -> Result<DetSample> {
+        let name = self.names[index].clone();
+        let path = self.layout.image_dir().join(&name);
+        let img = crate::image::read_rgb(&path)?;
+        let frame = read_instance_boxes(&self.instance_path(index), &self.options)?;
+        let (w, h) = img.dimensions();
+        if (w, h) != (frame.width, frame.height) {
+            bail!(
+                "{}: {w}x{h} image, but its instance map {} is {}x{}",
+                path.display(),
+                self.instance_path(index).display(),
+                frame.width,
+                frame.height
+            );
+        }
+        let resized = crate::image::resize::resize_bicubic(&img, self.size, self.size);
+        let image = crate::image::to_input_tensor(&resized, SSD_MEAN_BGR)
+            .f_squeeze_dim(0)?
+            .f_flip([0])
+            .with_context(|| format!("preparing {}", path.display()))?;
+        let (boxes, labels) = frame.targets();
+        Ok(DetSample { image, boxes, labels, frame, name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    fn mini() -> Option<PathBuf> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cityscapes-mini");
+        p.join("gtFine/val").is_dir().then_some(p)
+    }
+
+    #[test]
+    fn the_real_val_frame_as_a_detection_sample() {
+        let Some(root) = mini() else { return };
+        let set = DetectionSet::open("cityscapes", &root, "val", 0.02, None, 300, BoxOptions::default()).unwrap();
+        assert_eq!(set.len(), 1);
+        let s = set.get(0).unwrap();
+        assert_eq!(s.image.size(), [3, 300, 300]);
+        // 7 instances of the 8 classes in this frame (cityscapes.rs derives them with PIL).
+        assert_eq!((s.boxes.len(), s.labels.len()), (7, 7));
+        assert!(s.boxes.iter().flatten().all(|v| (0.0..=1.0).contains(v)));
+        // RGB order, BGR mean: channel 0 is red minus 123. The top-left pixel, by hand from
+        // the resized image's first pixel.
+        let img = crate::image::read_rgb(
+            &root.join("leftImg8bit/val/frankfurt").join("frankfurt_000000_000294_leftImg8bit.png"),
+        )
+        .unwrap();
+        let px = crate::image::resize::resize_bicubic(&img, 300, 300).get_pixel(0, 0).0;
+        let got = |c: i64| s.image.double_value(&[c, 0, 0]);
+        assert_eq!(got(0), px[0] as f64 - 123.0);
+        assert_eq!(got(1), px[1] as f64 - 117.0);
+        assert_eq!(got(2), px[2] as f64 - 104.0);
+        assert_eq!(s.image.kind(), Kind::Float);
+    }
+
+    #[test]
+    fn a_missing_instance_map_is_named() {
+        let Some(root) = mini() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let frame = "frankfurt/frankfurt_000000_000294_leftImg8bit.png";
+        std::fs::create_dir_all(dir.path().join("leftImg8bit/val/frankfurt")).unwrap();
+        std::fs::copy(root.join("leftImg8bit/val").join(frame), dir.path().join("leftImg8bit/val").join(frame))
+            .unwrap();
+        let set = DetectionSet::open("cityscapes", dir.path(), "val", 0.02, None, 300, BoxOptions::default()).unwrap();
+        let err = format!("{:#}", set.get(0).unwrap_err());
+        assert!(err.contains("frankfurt_000000_000294_gtFine_instanceIds.png"), "{err}");
+    }
+}
