@@ -122,12 +122,17 @@ impl Rng {
     }
 }
 
-/// Label map and per-pixel colour canvas.
+/// Label map, instance map and per-pixel colour canvas.
 struct Canvas {
     w: i64,
     h: i64,
     label: Vec<u8>,
     color: Vec<[f32; 3]>,
+    /// Cityscapes-style instance ids (`label_id · 1000 + index`) of cars and people, 0
+    /// elsewhere; shapes drawn later cover earlier ones, as in the label map.
+    instance: Vec<u16>,
+    /// The instance id the next shapes are drawn with.
+    pen: u16,
 }
 
 impl Canvas {
@@ -137,6 +142,7 @@ impl Canvas {
                 let i = (y * self.w + x) as usize;
                 self.label[i] = class;
                 self.color[i] = color;
+                self.instance[i] = self.pen;
             }
         }
     }
@@ -151,6 +157,7 @@ impl Canvas {
                     let i = (y * self.w + x) as usize;
                     self.label[i] = class;
                     self.color[i] = color;
+                    self.instance[i] = self.pen;
                 }
             }
         }
@@ -165,12 +172,28 @@ fn jitter(rng: &mut Rng, c: [f32; 3], amount: f32) -> [f32; 3] {
 /// Draws scene `index`: returns the RGB image and the train-id label map (`w·h` bytes).
 /// `shift` scales the target's camera effects (1 = the default domain shift).
 pub fn generate(seed: u64, index: u64, domain: Domain, shift: f32, w: u32, h: u32) -> (RgbImage, Vec<u8>) {
+    let (img, label, _) = generate_with_instances(seed, index, domain, shift, w, h);
+    (img, label)
+}
+
+/// [`generate`], with the instance map of the cars and people in Cityscapes' encoding
+/// (`26000 + k` for the k-th car drawn, `24000 + k` for the k-th person, 0 elsewhere), from
+/// which `detect::cityscapes::boxes_from_instance_ids` takes their boxes.
+pub fn generate_with_instances(
+    seed: u64,
+    index: u64,
+    domain: Domain,
+    shift: f32,
+    w: u32,
+    h: u32,
+) -> (RgbImage, Vec<u8>, Vec<u16>) {
     let layout_seed = seed ^ index.wrapping_mul(0xD1B54A32D192ED03) ^ (domain as u64).wrapping_mul(0xA24BAED4963EE407);
     let mut rng = Rng::new(layout_seed);
     let (wi, hi) = (w as i64, h as i64);
     let (wf, hf) = (w as f32, h as f32);
+    let n = (w * h) as usize;
     let mut c =
-        Canvas { w: wi, h: hi, label: vec![id::SKY; (w * h) as usize], color: vec![[0.0; 3]; (w * h) as usize] };
+        Canvas { w: wi, h: hi, label: vec![id::SKY; n], color: vec![[0.0; 3]; n], instance: vec![0; n], pen: 0 };
     let color = |rng: &mut Rng, class: u8| jitter(rng, base_color(class), 12.0);
 
     let sky = color(&mut rng, id::SKY);
@@ -221,7 +244,8 @@ pub fn generate(seed: u64, index: u64, domain: Domain, shift: f32, w: u32, h: u3
         );
     }
     // Cars on the road, larger when nearer.
-    for _ in 0..rng.int(1, 4) {
+    for k in 0..rng.int(1, 4) {
+        c.pen = CAR_LABEL_ID * 1000 + k as u16;
         let t = rng.range(0.15, 0.9);
         let y = horizon + (t * (hi - horizon) as f32) as i64;
         let cw = (wf * (0.06 + 0.2 * t)) as i64;
@@ -231,7 +255,8 @@ pub fn generate(seed: u64, index: u64, domain: Domain, shift: f32, w: u32, h: u3
         c.fill_rect(cx - cw / 2, y - ch, cx + cw / 2, y, id::CAR, col);
     }
     // People on the sidewalks.
-    for _ in 0..rng.int(0, 4) {
+    for k in 0..rng.int(0, 4) {
+        c.pen = PERSON_LABEL_ID * 1000 + k as u16;
         let t = rng.range(0.2, 0.9);
         let y = horizon + (t * (hi - horizon) as f32) as i64;
         let ph = (hf * (0.08 + 0.25 * t)) as i64;
@@ -241,6 +266,8 @@ pub fn generate(seed: u64, index: u64, domain: Domain, shift: f32, w: u32, h: u3
         let col = color(&mut rng, id::PERSON);
         c.fill_rect(px - pw / 2, y - ph, px + pw / 2, y, id::PERSON, col);
     }
+
+    c.pen = 0;
 
     let mut img = RgbImage::new(w, h);
     let mut noise = Rng::new(layout_seed ^ 0x5851F42D4C957F2D);
@@ -258,8 +285,12 @@ pub fn generate(seed: u64, index: u64, domain: Domain, shift: f32, w: u32, h: u3
     if camera.is_some() && shift > 0.0 {
         img = box_blur(&img);
     }
-    (img, c.label)
+    (img, c.label, c.instance)
 }
+
+/// Cityscapes label ids of the two object classes the scenes hold.
+const CAR_LABEL_ID: u16 = 26;
+const PERSON_LABEL_ID: u16 = 24;
 
 /// 3x3 box blur (camera softness).
 fn box_blur(img: &RgbImage) -> RgbImage {
@@ -334,6 +365,31 @@ impl super::Dataset for SyntheticScenes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instances_cover_exactly_the_cars_and_people_of_the_label_map() {
+        let mut cars = 0;
+        for i in 0..20 {
+            for domain in [Domain::Source, Domain::Target] {
+                let (img, label, inst) = generate_with_instances(4, i, domain, 1.0, 128, 64);
+                let (img2, label2) = generate(4, i, domain, 1.0, 128, 64);
+                assert!(img == img2 && label == label2, "the instances change the scene");
+                for (&l, &v) in label.iter().zip(&inst) {
+                    match l {
+                        id::CAR => assert_eq!(v / 1000, 26, "car pixel with instance {v}"),
+                        id::PERSON => assert_eq!(v / 1000, 24, "person pixel with instance {v}"),
+                        _ => assert_eq!(v, 0, "class {l} pixel with instance {v}"),
+                    }
+                }
+                let mut ids: Vec<u16> = inst.iter().copied().filter(|&v| v / 1000 == 26).collect();
+                ids.sort();
+                ids.dedup();
+                assert!(ids.len() <= 3, "at most 3 cars are drawn: {ids:?}");
+                cars += ids.len();
+            }
+        }
+        assert!(cars >= 40, "every scene draws at least one car, rarely hidden: {cars}");
+    }
 
     #[test]
     fn deterministic_and_domain_dependent() {
