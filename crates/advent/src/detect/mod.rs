@@ -14,3 +14,4 @@ pub mod matching;
 pub mod nms;
 pub mod priors;
 pub mod ssd;
+pub mod train;
