@@ -58,11 +58,9 @@ fn resnet101_forward_on_cuda_matches_reference() {
     }
 }
 
-#[test]
-#[ignore = "needs a CUDA device"]
-fn training_steps_on_cuda_match_reference() {
-    let Some(device) = cuda() else { return };
-    let want = read_fixture("train/steps.safetensors");
+/// The training fixtures' inputs (tools/fixtures/make_train_fixtures.py): a 64x96 source
+/// image, its labels (ids 19-20 ignored) and a 48x80 target image, on the CPU.
+fn training_inputs() -> (Tensor, Tensor, Tensor) {
     let (h, w) = (64i64, 96i64);
     let xs = Tensor::from_slice(&uniform("train-source-image", (3 * h * w) as usize, -120.0, 120.0)).view([1, 3, h, w]);
     let raw = Tensor::from_slice(&uniform("train-source-label", (h * w) as usize, 0.0, 21.0)).view([1, h, w]);
@@ -70,6 +68,15 @@ fn training_steps_on_cuda_match_reference() {
     let ys = ys.where_self(&ys.lt(19), &Tensor::from(255i64));
     let xt =
         Tensor::from_slice(&uniform("train-target-image", (3 * 48 * 80) as usize, -120.0, 120.0)).view([1, 3, 48, 80]);
+    (xs, ys, xt)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn training_steps_on_cuda_match_reference() {
+    let Some(device) = cuda() else { return };
+    let want = read_fixture("train/steps.safetensors");
+    let (xs, ys, xt) = training_inputs();
     for (precision, tol) in modes() {
         advent::device::set_precision(precision).unwrap();
         for method in ["source_only", "minent", "advent", "advent_minent"] {
@@ -117,13 +124,7 @@ fn training_steps_on_cuda_match_reference() {
 fn bf16_training_step_on_cuda_stays_near_reference() {
     let Some(device) = cuda() else { return };
     let want = read_fixture("train/steps.safetensors");
-    let (h, w) = (64i64, 96i64);
-    let xs = Tensor::from_slice(&uniform("train-source-image", (3 * h * w) as usize, -120.0, 120.0)).view([1, 3, h, w]);
-    let raw = Tensor::from_slice(&uniform("train-source-label", (h * w) as usize, 0.0, 21.0)).view([1, h, w]);
-    let ys = raw.floor().to_kind(Kind::Int64);
-    let ys = ys.where_self(&ys.lt(19), &Tensor::from(255i64));
-    let xt =
-        Tensor::from_slice(&uniform("train-target-image", (3 * 48 * 80) as usize, -120.0, 120.0)).view([1, 3, 48, 80]);
+    let (xs, ys, xt) = training_inputs();
     let text = "[train]\nmethod = \"advent\"\nprecision = \"bf16\"\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n\
                 lambda_adv_main = 0.1\nlambda_adv_aux = 0.02\n";
     let mut t = Trainer::new(&Config::parse(text, &[]).unwrap(), device).unwrap();
