@@ -8,6 +8,7 @@ pub mod adapt;
 pub mod boxes;
 pub mod cityscapes;
 pub mod data;
+pub mod eval;
 pub mod loss;
 pub mod map;
 pub mod matching;

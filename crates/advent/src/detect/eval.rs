@@ -1,0 +1,124 @@
+//! Detection evaluation: the network's outputs turned into boxes (softmax, decoding, per-class
+//! NMS, as ssd.pytorch's `Detect`) in the pixel frame of the original image, and VOC mAP at
+//! IoU 0.5 over a set ([`super::map`]).
+
+use super::data::DetectionSet;
+use super::map::{evaluate, MapConfig, MapResult};
+use super::nms::{detect, DetectConfig, Detection};
+use super::ssd::Ssd;
+use anyhow::{ensure, Context, Result};
+use indicatif::ProgressBar;
+use tch::{Device, Kind, Tensor};
+
+/// One image's detections from its outputs `loc` `[P, 4]` and class logits `conf` `[P, C]`,
+/// boxes in pixels (inclusive maxima) of a `width x height` image.
+pub fn detections(
+    loc: &Tensor,
+    conf: &Tensor,
+    priors: &[[f32; 4]],
+    cfg: &DetectConfig,
+    width: u32,
+    height: u32,
+) -> Result<Vec<Detection>> {
+    let p = priors.len() as i64;
+    ensure!(loc.size() == [p, 4], "box offsets must be [{p}, 4], got {:?}", loc.size());
+    ensure!(conf.dim() == 2 && conf.size()[0] == p, "class scores must be [{p}, C], got {:?}", conf.size());
+    let loc = Vec::<f32>::try_from(loc.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
+    let loc: Vec<[f32; 4]> = loc.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    let probs = conf.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?;
+    let mut dets = detect(&loc, &Vec::<f32>::try_from(probs)?, priors, cfg);
+    for d in &mut dets {
+        d.bbox = super::boxes::to_pixels(d.bbox, width, height);
+    }
+    Ok(dets)
+}
+
+/// VOC mAP of `ssd` on every frame of `set`, one image at a time.
+pub fn evaluate_set(
+    ssd: &Ssd,
+    set: &DetectionSet,
+    priors: &[[f32; 4]],
+    cfg: &DetectConfig,
+    map: &MapConfig,
+    progress: bool,
+) -> Result<MapResult> {
+    let bar = if progress { ProgressBar::new(set.len() as u64) } else { ProgressBar::hidden() };
+    let (mut all_dets, mut all_truth) = (Vec::new(), Vec::new());
+    for i in 0..set.len() {
+        let s = set.get(i)?;
+        let out = tch::no_grad(|| ssd.forward(&s.image.f_unsqueeze(0)?.f_to_device(ssd.vs.device())?))
+            .with_context(|| format!("detecting in {}", s.name))?;
+        let (w, h) = (s.frame.width, s.frame.height);
+        all_dets.push(detections(&out.loc.f_squeeze_dim(0)?, &out.conf.f_squeeze_dim(0)?, priors, cfg, w, h)?);
+        all_truth.push(s.frame.ground_truth());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(evaluate(&all_dets, &all_truth, (ssd.num_classes - 1) as usize, map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::boxes::{encode, to_relative};
+    use crate::detect::map::GroundTruth;
+    use crate::detect::matching::{match_priors, MATCH_THRESHOLD};
+    use crate::detect::priors::PriorConfig;
+
+    #[test]
+    fn outputs_that_encode_the_truth_exactly_score_ap_1() {
+        // Two objects in a 600x300 image, pixel boxes with inclusive maxima.
+        let (w, h) = (600u32, 300u32);
+        let truth = [(2usize, [60.0f32, 90.0, 209.0, 179.0]), (1, [400.0, 30.0, 439.0, 149.0])];
+        let config = PriorConfig::default();
+        let priors = config.priors();
+        let rel: Vec<[f32; 4]> = truth.iter().map(|(_, b)| to_relative(*b, w, h)).collect();
+        let labels: Vec<i64> = truth.iter().map(|(c, _)| *c as i64).collect();
+        let (_, matched) = match_priors(&rel, &labels, &priors, MATCH_THRESHOLD, config.variance);
+        // Every matched prior predicts its object's exact box with a confident class; every
+        // other prior is confidently background.
+        let mut loc = vec![[0.0f32; 4]; priors.len()];
+        let mut conf = vec![0.0f32; priors.len() * 3];
+        for (i, &label) in matched.iter().enumerate() {
+            conf[i * 3 + label as usize] = 10.0;
+            if label > 0 {
+                let (_, b) = truth.iter().find(|(c, _)| *c as i64 == label).unwrap();
+                loc[i] = encode(to_relative(*b, w, h), priors[i], config.variance);
+            }
+        }
+        let loc = Tensor::from_slice(loc.as_flattened()).reshape([-1, 4]);
+        let conf = Tensor::from_slice(&conf).reshape([-1, 3]);
+        let dets = detections(&loc, &conf, &priors, &DetectConfig::default(), w, h).unwrap();
+        // NMS leaves one box per object (the matched priors' boxes are identical), in pixels.
+        let confident: Vec<&Detection> = dets.iter().filter(|d| d.score > 0.5).collect();
+        assert_eq!(confident.len(), 2, "{confident:?}");
+        for d in &confident {
+            let (_, b) = truth.iter().find(|(c, _)| *c == d.class).unwrap();
+            for k in 0..4 {
+                assert!((d.bbox[k] - b[k]).abs() < 0.05, "{:?} vs {b:?}", d.bbox);
+            }
+        }
+        let gt: Vec<GroundTruth> =
+            truth.iter().map(|&(class, bbox)| GroundTruth { class, bbox, difficult: false }).collect();
+        let result = evaluate(&[dets], &[gt], 2, &MapConfig::default());
+        assert_eq!(result.map, Some(1.0));
+        assert_eq!(result.map_11, Some(1.0));
+    }
+
+    #[test]
+    fn an_untrained_network_on_the_real_frame() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cityscapes-mini");
+        if !root.join("gtFine/val").is_dir() {
+            return;
+        }
+        let set = DetectionSet::open("cityscapes", &root, "val", 0.02, None, 300, Default::default()).unwrap();
+        tch::manual_seed(0);
+        let ssd = Ssd::new(9, Device::Cpu).unwrap();
+        let priors = PriorConfig::default().priors();
+        let r = evaluate_set(&ssd, &set, &priors, &DetectConfig::default(), &MapConfig::default(), false).unwrap();
+        // The frame's 7 objects are counted as positives; an untrained network finds few.
+        assert_eq!(r.per_class.iter().map(|c| c.num_positives).sum::<usize>(), 7);
+        let map = r.map.unwrap();
+        assert!((0.0..=1.0).contains(&map) && map < 0.5, "{map}");
+    }
+}
