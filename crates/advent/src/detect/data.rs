@@ -1,6 +1,7 @@
-//! Cityscapes and Foggy Cityscapes as detection sets: each frame's image prepared as
-//! ssd.pytorch's `BaseTransform` prepares it, and its boxes from the instance map
-//! ([`super::cityscapes`]).
+//! Detection sets: Cityscapes and Foggy Cityscapes ([`DetectionSet`]) and the built-in
+//! scenes ([`SyntheticDetection`]), each frame's image prepared as ssd.pytorch's
+//! `BaseTransform` prepares it and its boxes taken from an instance map
+//! ([`super::cityscapes`]), behind one trait, [`DetDataset`].
 //!
 //! Images are found as the segmentation datasets find them (walking
 //! `leftImg8bit[_foggy]/<split>/`, or a list file); the boxes of a foggy frame are those of its
@@ -11,10 +12,11 @@
 //! (ssd.pytorch trains with `SSDAugmentation`: photometric distortion, expansion, random crops,
 //! mirroring).
 
-use super::cityscapes::{instance_ids_path, read_instance_boxes, BoxOptions, FrameBoxes};
+use super::cityscapes::{boxes_from_instance_ids, instance_ids_path, read_instance_boxes, BoxOptions, FrameBoxes};
 use crate::dataset::cityscapes::{Cityscapes, IMAGE_SUFFIX};
 use crate::dataset::foggy::FoggyCityscapes;
 use crate::dataset::layout::{find_names, Layout};
+use crate::dataset::synthetic::{generate_with_instances, Domain};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -34,6 +36,22 @@ pub struct DetSample {
     pub frame: FrameBoxes,
     /// The image's name under the image folder (`<city>/<x>_leftImg8bit.png`).
     pub name: String,
+}
+
+/// A finite, indexable detection set.
+pub trait DetDataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Loads and prepares item `index` (< `len()`); errors name the file.
+    fn get(&self, index: usize) -> Result<DetSample>;
+}
+
+/// `[3, size, size]`: resized, the BGR mean subtracted, channels in RGB order.
+fn prepare(img: &crate::image::RgbImage, size: u32) -> Result<Tensor> {
+    let resized = crate::image::resize::resize_bicubic(img, size, size);
+    Ok(crate::image::to_input_tensor(&resized, SSD_MEAN_BGR).f_squeeze_dim(0)?.f_flip([0])?)
 }
 
 /// Which frames, and how they are prepared.
@@ -71,21 +89,18 @@ impl DetectionSet {
         Ok(DetectionSet { layout, root: root.to_path_buf(), split: split.into(), suffix, names, size, options })
     }
 
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The instance map of item `index`.
     pub fn instance_path(&self, index: usize) -> PathBuf {
         instance_ids_path(&self.root, &self.split, &self.names[index], &self.suffix)
     }
+}
 
-    /// Loads and prepares item `index` (< `len()`); errors name the file.
-    pub fn get(&self, index: usize) -> Result<DetSample> {
+impl DetDataset for DetectionSet {
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn get(&self, index: usize) -> Result<DetSample> {
         let name = self.names[index].clone();
         let path = self.layout.image_dir().join(&name);
         let img = crate::image::read_rgb(&path)?;
@@ -100,13 +115,37 @@ impl DetectionSet {
                 frame.height
             );
         }
-        let resized = crate::image::resize::resize_bicubic(&img, self.size, self.size);
-        let image = crate::image::to_input_tensor(&resized, SSD_MEAN_BGR)
-            .f_squeeze_dim(0)?
-            .f_flip([0])
-            .with_context(|| format!("preparing {}", path.display()))?;
+        let image = prepare(&img, self.size).with_context(|| format!("preparing {}", path.display()))?;
         let (boxes, labels) = frame.targets();
         Ok(DetSample { image, boxes, labels, frame, name })
+    }
+}
+
+/// The built-in scenes ([`crate::dataset::synthetic`]) as a detection set: their cars and
+/// people, boxed from the generator's instance map exactly as Cityscapes frames are.
+pub struct SyntheticDetection {
+    pub seed: u64,
+    pub domain: Domain,
+    /// The target's camera effects (1 = the default shift).
+    pub shift: f32,
+    pub len: usize,
+    /// The scenes' size in pixels, before the resize to `size x size`.
+    pub scene: (u32, u32),
+    pub size: u32,
+    pub options: BoxOptions,
+}
+
+impl DetDataset for SyntheticDetection {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, index: usize) -> Result<DetSample> {
+        let (w, h) = self.scene;
+        let (img, _, instances) = generate_with_instances(self.seed, index as u64, self.domain, self.shift, w, h);
+        let frame = boxes_from_instance_ids(&instances, w, h, &self.options);
+        let (boxes, labels) = frame.targets();
+        Ok(DetSample { image: prepare(&img, self.size)?, boxes, labels, frame, name: format!("synthetic-{index}") })
     }
 }
 
@@ -142,6 +181,29 @@ mod tests {
         assert_eq!(got(1), px[1] as f64 - 117.0);
         assert_eq!(got(2), px[2] as f64 - 104.0);
         assert_eq!(s.image.kind(), Kind::Float);
+    }
+
+    #[test]
+    fn synthetic_scenes_give_car_and_person_boxes() {
+        let set = SyntheticDetection {
+            seed: 2,
+            domain: Domain::Target,
+            shift: 1.0,
+            len: 10,
+            scene: (256, 128),
+            size: 300,
+            options: BoxOptions::default(),
+        };
+        let mut classes = std::collections::BTreeSet::new();
+        for i in 0..set.len() {
+            let s = set.get(i).unwrap();
+            assert_eq!(s.image.size(), [3, 300, 300]);
+            assert!(!s.boxes.is_empty(), "every scene holds a car");
+            // Detection classes: person 1, car 3 (Cityscapes ids 24 and 26).
+            classes.extend(s.labels.iter().copied());
+            assert!(s.boxes.iter().all(|b| b[0] < b[2] && b[1] < b[3] && b.iter().all(|v| (0.0..=1.0).contains(v))));
+        }
+        assert_eq!(classes.into_iter().collect::<Vec<_>>(), [1, 3]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! NMS, as ssd.pytorch's `Detect`) in the pixel frame of the original image, and VOC mAP at
 //! IoU 0.5 over a set ([`super::map`]).
 
-use super::data::DetectionSet;
+use super::data::DetDataset;
 use super::map::{evaluate, MapConfig, MapResult};
 use super::nms::{detect, DetectConfig, Detection};
 use super::ssd::Ssd;
@@ -36,7 +36,7 @@ pub fn detections(
 /// VOC mAP of `ssd` on every frame of `set`, one image at a time.
 pub fn evaluate_set(
     ssd: &Ssd,
-    set: &DetectionSet,
+    set: &dyn DetDataset,
     priors: &[[f32; 4]],
     cfg: &DetectConfig,
     map: &MapConfig,
@@ -111,7 +111,9 @@ mod tests {
         if !root.join("gtFine/val").is_dir() {
             return;
         }
-        let set = DetectionSet::open("cityscapes", &root, "val", 0.02, None, 300, Default::default()).unwrap();
+        let set =
+            crate::detect::data::DetectionSet::open("cityscapes", &root, "val", 0.02, None, 300, Default::default())
+                .unwrap();
         tch::manual_seed(0);
         let ssd = Ssd::new(9, Device::Cpu).unwrap();
         let priors = PriorConfig::default().priors();
