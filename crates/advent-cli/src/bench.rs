@@ -43,6 +43,13 @@ pub struct Args {
     /// Also write the results as JSON lines here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// segmentation (DeepLab-V2, the sizes above) or detection (SSD-300 at 300x300; --what
+    /// takes eval, source_only, minent, advent).
+    #[arg(long, default_value = "segmentation")]
+    task: String,
+    /// Detection: images per batch and domain (ssd.pytorch trains with 32).
+    #[arg(long, default_value_t = 32)]
+    batch: i64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -59,8 +66,23 @@ pub fn run(a: Args) -> Result<()> {
     let hw = |(w, h): (u32, u32)| (h as i64, w as i64);
     let repeats = bench::Repeats { warmup: a.warmup, iters: a.iters };
     let mut lines = String::new();
+    let detection = match a.task.as_str() {
+        "segmentation" => false,
+        "detection" => true,
+        other => anyhow::bail!("--task: unknown `{other}` (segmentation, detection)"),
+    };
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     for what in a.what.split(',').map(str::trim) {
-        let mut timing = if what == "eval" {
+        let mut timing = if detection {
+            use advent::detect::train::DetMethod;
+            match what {
+                "eval" => bench::detection_eval(a.batch, device, repeats)?,
+                "source_only" => bench::detection_train_step(DetMethod::SourceOnly, a.batch, device, repeats)?,
+                "minent" => bench::detection_train_step(DetMethod::MinEnt, a.batch, device, repeats)?,
+                "advent" => bench::detection_train_step(DetMethod::AdvEnt, a.batch, device, repeats)?,
+                other => anyhow::bail!("--what: unknown `{other}` for detection (eval, source_only, minent, advent)"),
+            }
+        } else if what == "eval" {
             let config =
                 ModelConfig { arch, multi_level: arch != Arch::DeepLabV2Vgg16, ..ModelConfig::deeplabv2_r101(19) };
             let model = SegModel::new(config, device)?;

@@ -319,3 +319,13 @@ fn config_errors_name_the_key() {
     assert_clean_failure(&o, "missing.toml");
     assert!(!dir.path().join("r").exists());
 }
+
+#[test]
+fn bench_detection_arguments_are_checked() {
+    let o = advent(&["bench", "--task", "detection", "--what", "bogus", "--iters", "1", "--warmup", "0"]);
+    assert_clean_failure(&o, "`bogus` for detection");
+    let o = advent(&["bench", "--task", "tracking"]);
+    assert_clean_failure(&o, "--task: unknown `tracking`");
+    let o = advent(&["bench", "--task", "detection", "--batch", "0"]);
+    assert_clean_failure(&o, "--batch");
+}

@@ -137,3 +137,54 @@ pub fn train_step(
         format!("train-{}-{}-src{}x{}-trg{}x{}", arch.name(), method.name(), source.0, source.1, target.0, target.1);
     Ok(Timing::from_samples(what, device, samples))
 }
+
+/// Detection: one SSD-300 iteration of `method` on a batch of `batch` random 300x300
+/// images per domain (images/s counts the source images), with random matched targets (about 2% positive default boxes, as a
+/// street scene's few objects give), 8 classes and the background.
+pub fn detection_train_step(
+    method: crate::detect::train::DetMethod,
+    batch: i64,
+    device: Device,
+    Repeats { warmup, iters }: Repeats,
+) -> Result<Timing> {
+    use crate::detect::train::{DetTrainConfig, DetTrainer};
+    let mut trainer = DetTrainer::new(DetTrainConfig { method, ..Default::default() }, 9, device)?;
+    let p = 8732;
+    let xs = Tensor::f_randn([batch, 3, 300, 300], (Kind::Float, device))?.f_mul_scalar(50.0)?;
+    let xt = Tensor::f_randn([batch, 3, 300, 300], (Kind::Float, device))?.f_mul_scalar(50.0)?;
+    let loc = Tensor::f_randn([batch, p, 4], (Kind::Float, device))?;
+    let positive = Tensor::f_rand([batch, p], (Kind::Float, device))?.f_lt(0.02)?;
+    let classes = Tensor::f_randint_low(1, 9, [batch, p], (Kind::Int64, device))?;
+    let labels = classes.f_mul(&positive.f_to_kind(Kind::Int64)?)?;
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..warmup + iters.max(1) {
+        let t = Instant::now();
+        trainer.step(i as u64, &xs, &loc, &labels, Some(&xt))?;
+        synchronize(device);
+        if i >= warmup {
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut timing =
+        Timing::from_samples(format!("detect-train-ssd300-{}-batch{batch}", method.name()), device, samples);
+    timing.images_per_s = round1(timing.images_per_s * batch as f64);
+    Ok(timing)
+}
+
+/// Detection inference: SSD-300 forward on a batch of `batch` 300x300 images.
+pub fn detection_eval(batch: i64, device: Device, Repeats { warmup, iters }: Repeats) -> Result<Timing> {
+    let ssd = crate::detect::ssd::Ssd::new(9, device)?;
+    let x = Tensor::f_randn([batch, 3, 300, 300], (Kind::Float, device))?;
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..warmup + iters.max(1) {
+        let t = Instant::now();
+        tch::no_grad(|| ssd.forward(&x))?;
+        synchronize(device);
+        if i >= warmup {
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut timing = Timing::from_samples(format!("detect-eval-ssd300-batch{batch}"), device, samples);
+    timing.images_per_s = round1(timing.images_per_s * batch as f64);
+    Ok(timing)
+}

@@ -35,6 +35,17 @@ pub enum DetMethod {
     AdvEnt,
 }
 
+impl DetMethod {
+    /// As configs and logs spell it: `source_only`, `minent`, `advent`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetMethod::SourceOnly => "source_only",
+            DetMethod::MinEnt => "minent",
+            DetMethod::AdvEnt => "advent",
+        }
+    }
+}
+
 /// Settings of the detection step, defaults from ssd.pytorch (SGD 1e-3, momentum 0.9,
 /// weight decay 5e-4, 3:1 mining) and from the segmentation method (discriminators, λs,
 /// poly decay).
