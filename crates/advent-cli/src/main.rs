@@ -8,6 +8,7 @@ mod bench;
 mod checkpoint;
 mod data;
 mod demo;
+mod detect;
 mod eval;
 mod predict;
 mod score;
@@ -50,6 +51,9 @@ enum Command {
     Demo(demo::Args),
     /// The HTML report of a training run (curves, evaluations, predictions).
     Report(demo::ReportArgs),
+    /// Object detection with SSD-300 (the paper's detection extension; in progress).
+    #[command(subcommand)]
+    Detect(detect::Command),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Data(c) => data::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Report(a) => demo::report(a),
+        Command::Detect(c) => detect::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

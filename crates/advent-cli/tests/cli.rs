@@ -329,3 +329,35 @@ fn bench_detection_arguments_are_checked() {
     let o = advent(&["bench", "--task", "detection", "--batch", "0"]);
     assert_clean_failure(&o, "--batch");
 }
+
+#[test]
+fn detect_eval_scores_an_ssd_checkpoint_on_the_real_frame() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cityscapes-mini");
+    if !root.join("gtFine/val").is_dir() {
+        return;
+    }
+    let s = setup();
+    let ssd = s.root.join("ssd.pth");
+    tch::manual_seed(2);
+    weights::save(&advent::detect::ssd::Ssd::new(9, Device::Cpu).unwrap().state_dict(), &ssd).unwrap();
+    let json = s.root.join("det.json");
+    let args = |checkpoint: &Path| {
+        let (c, r, j) = (checkpoint.to_str().unwrap(), root.to_str().unwrap(), json.to_str().unwrap());
+        advent(&["detect", "eval", "--checkpoint", c, "--dataset", "cityscapes", "--root", r, "--json", j])
+    };
+    let o = args(&ssd);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("motorcycle") && out.contains("mAP"), "{out}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["ap"].as_object().unwrap().len(), 8);
+    assert_eq!(v["frames"], 1);
+    let map = v["map"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&map), "{map}");
+    // A segmentation checkpoint is refused, naming the file; the JSON stays as it was.
+    let before = std::fs::read(&json).unwrap();
+    let o = args(&s.checkpoint);
+    assert_clean_failure(&o, "not an SSD checkpoint");
+    assert!(stderr(&o).contains("model.pth"));
+    assert_eq!(std::fs::read(&json).unwrap(), before);
+}

@@ -19,7 +19,7 @@
 
 use crate::model::layers::{Conv2d, ConvInit, ConvSpec};
 use crate::weights::StateDict;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use tch::nn::{Init, Path, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -178,6 +178,22 @@ impl Ssd {
         Ok(scaled.f_mul(&self.l2norm.f_reshape([1, -1, 1, 1])?)?)
     }
 
+    /// Builds the network a checkpoint (ours or ssd.pytorch's `state_dict()`) describes — the
+    /// class count from `conf.0.weight` — and loads it: every key must be there with its
+    /// shape, and no value NaN or infinite (the errors name the file and the keys).
+    pub fn from_checkpoint(path: &std::path::Path, device: Device) -> Result<Self> {
+        let dict = crate::weights::load(path)?;
+        let context = || format!("loading {}", path.display());
+        let conf0 = dict
+            .get("conf.0.weight")
+            .map(|t| t.size())
+            .with_context(|| format!("{}: not an SSD checkpoint (no `conf.0.weight`)", path.display()))?;
+        let num_classes = conf0[0] / BOXES_PER_CELL[0];
+        let ssd = Ssd::new(num_classes, device).with_context(context)?;
+        crate::model::load_into(&ssd.vs, dict, crate::model::LoadOptions::default()).with_context(context)?;
+        Ok(ssd)
+    }
+
     /// The parameters, keyed as ssd.pytorch's `state_dict()`.
     pub fn state_dict(&self) -> StateDict {
         StateDict::from_var_store(&self.vs)
@@ -234,6 +250,28 @@ mod tests {
         assert!((y.double_value(&[0, 0, 1, 1]) - 12.0).abs() < 1e-5);
         assert!((y.double_value(&[0, 1, 0, 0]) - 16.0).abs() < 1e-5);
         assert_eq!(y.double_value(&[0, 2, 0, 0]), 0.0);
+    }
+
+    #[test]
+    fn a_saved_network_loads_back_and_a_segmentation_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssd.pth");
+        tch::manual_seed(4);
+        let net = Ssd::new(3, Device::Cpu).unwrap();
+        crate::weights::save(&net.state_dict(), &path).unwrap();
+        let back = Ssd::from_checkpoint(&path, Device::Cpu).unwrap();
+        assert_eq!(back.num_classes, 3);
+        for (k, v) in net.state_dict().iter() {
+            assert!(back.state_dict().get(k).unwrap().equal(v), "{k}");
+        }
+        let seg = dir.path().join("seg.pth");
+        let config = crate::model::ModelConfig {
+            arch: crate::model::Arch::DeepLabV2Tiny,
+            ..crate::model::ModelConfig::deeplabv2_r101(19)
+        };
+        crate::weights::save(&crate::model::SegModel::new(config, Device::Cpu).unwrap().state_dict(), &seg).unwrap();
+        let err = format!("{:#}", Ssd::from_checkpoint(&seg, Device::Cpu).unwrap_err());
+        assert!(err.contains("not an SSD checkpoint") && err.contains("seg.pth"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,90 @@
+//! `advent detect`: the detection extension (SSD-300). So far: `eval`.
+
+use crate::args::parse_device;
+use advent::detect::cityscapes::{class_name, BoxOptions};
+use advent::detect::data::{DetDataset, DetectionSet};
+use advent::detect::eval::evaluate_set;
+use advent::detect::map::MapConfig;
+use advent::detect::nms::DetectConfig;
+use advent::detect::priors::PriorConfig;
+use advent::detect::ssd::Ssd;
+use anyhow::{Context, Result};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// VOC mAP at IoU 0.5 (all-point and 11-point) of an SSD-300 checkpoint on Cityscapes or
+    /// Foggy Cityscapes, boxes from the gtFine instance maps.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// An SSD-300 state dict (ours, or ssd.pytorch's keys).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// cityscapes or foggy-cityscapes.
+    #[arg(long, default_value = "foggy-cityscapes")]
+    dataset: String,
+    /// The dataset root (holding leftImg8bit[_foggy]/ and gtFine/).
+    #[arg(long)]
+    root: PathBuf,
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// Foggy Cityscapes' attenuation β.
+    #[arg(long, default_value_t = 0.02)]
+    beta: f64,
+    /// A list file restricting and ordering the frames.
+    #[arg(long)]
+    list: Option<PathBuf>,
+    /// Objects narrower or lower than this many pixels are ignored regions (neither found nor
+    /// missed).
+    #[arg(long, default_value_t = 0)]
+    min_size: u32,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Also write the scores as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+pub fn run(c: Command) -> Result<()> {
+    match c {
+        Command::Eval(a) => eval(a),
+    }
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let ssd = Ssd::from_checkpoint(&a.checkpoint, device)?;
+    let options = BoxOptions { min_size: a.min_size };
+    let set = DetectionSet::open(&a.dataset, &a.root, &a.split, a.beta, a.list.as_deref(), 300, options)?;
+    let priors = PriorConfig::default().priors();
+    let progress = std::io::stderr().is_terminal();
+    let r = evaluate_set(&ssd, &set, &priors, &DetectConfig::default(), &MapConfig::default(), progress)?;
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+    println!("{:<12} {:>7} {:>7} {:>9}", "class", "AP", "AP(11)", "objects");
+    let mut ap = serde_json::Map::new();
+    let mut ap_11 = serde_json::Map::new();
+    for c in &r.per_class {
+        let name = class_name(c.class).unwrap_or("?");
+        println!("{name:<12} {:>7} {:>7} {:>9}", pct(c.ap), pct(c.ap_11), c.num_positives);
+        ap.insert(name.into(), c.ap.map(|v| 100.0 * v).into());
+        ap_11.insert(name.into(), c.ap_11.map(|v| 100.0 * v).into());
+    }
+    println!("{:<12} {:>7} {:>7}   ({} frames)", "mAP", pct(r.map), pct(r.map_11), set.len());
+    if let Some(path) = &a.json {
+        let json = serde_json::json!({
+            "map": r.map.map(|v| 100.0 * v),
+            "map_11": r.map_11.map(|v| 100.0 * v),
+            "ap": ap,
+            "ap_11": ap_11,
+            "frames": set.len(),
+        });
+        advent::fs::write_bytes_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
