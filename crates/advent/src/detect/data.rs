@@ -135,6 +135,22 @@ pub struct SyntheticDetection {
     pub options: BoxOptions,
 }
 
+impl SyntheticDetection {
+    /// `len` scenes of `domain` at the demo's size (256x128, the default shift), prepared at
+    /// 300x300, every object kept.
+    pub fn scenes(seed: u64, domain: Domain, len: usize) -> Self {
+        SyntheticDetection {
+            seed,
+            domain,
+            shift: 1.0,
+            len,
+            scene: (256, 128),
+            size: 300,
+            options: BoxOptions::default(),
+        }
+    }
+}
+
 impl DetDataset for SyntheticDetection {
     fn len(&self) -> usize {
         self.len
@@ -185,15 +201,7 @@ mod tests {
 
     #[test]
     fn synthetic_scenes_give_car_and_person_boxes() {
-        let set = SyntheticDetection {
-            seed: 2,
-            domain: Domain::Target,
-            shift: 1.0,
-            len: 10,
-            scene: (256, 128),
-            size: 300,
-            options: BoxOptions::default(),
-        };
+        let set = SyntheticDetection::scenes(2, Domain::Target, 10);
         let mut classes = std::collections::BTreeSet::new();
         for i in 0..set.len() {
             let s = set.get(i).unwrap();

@@ -347,15 +347,7 @@ mod tests {
     #[ignore = "slow on the CPU (SSD-300 at 300x300)"]
     fn detector_learns_the_built_in_scenes() {
         use crate::detect::data::{DetDataset, SyntheticDetection};
-        let set = SyntheticDetection {
-            seed: 1,
-            domain: Domain::Source,
-            shift: 1.0,
-            len: 2,
-            scene: (256, 128),
-            size: 300,
-            options: Default::default(),
-        };
+        let set = SyntheticDetection::scenes(1, Domain::Source, 2);
         let samples: Vec<_> = (0..2).map(|i| set.get(i).unwrap()).collect();
         let config = PriorConfig::default();
         let (images, loc, labels) = collate(&samples, &config.priors(), config.variance, Device::Cpu).unwrap();
