@@ -12,7 +12,7 @@ use crate::classes;
 use crate::config::{Config, Method};
 use crate::dataset::{self, synthetic::Domain, Dataset, DatasetSpec};
 use crate::eval::{sweep, EvalOptions, Scores};
-use crate::model::{LoadOptions, ModelOverrides, SegModel};
+use crate::model::{ModelOverrides, SegModel};
 use crate::predict::{predict, PredictOptions};
 use crate::report::{
     self, escape, line_chart,
@@ -216,12 +216,7 @@ fn train_and_evaluate(
     let result = sweep::sweep(run_dir, val.clone(), &sweep_options, &mut |_, _| {})?;
     let last = result.last().context("no checkpoint was evaluated")?;
     let ckpt = summary.last_checkpoint.context("the run saved no checkpoint")?;
-    let (model, _) = SegModel::from_checkpoint(
-        &ckpt.join("model.pth"),
-        &ModelOverrides::default(),
-        LoadOptions::default(),
-        options.device,
-    )?;
+    let model = crate::train::checkpoint_model(&ckpt, options.device)?;
     let entropy = mean_entropy(&model, val.as_ref())?;
     say(&format!(
         "target mIoU {:.1}, mean entropy {:.3} ({:.0} s)",
@@ -543,12 +538,7 @@ fn demo_report(
     let mut models = Vec::new();
     for (label, dir) in runs.iter().chain(std::iter::once(&("Target oracle".to_string(), oracle_run.to_path_buf()))) {
         let (_, ckpt) = crate::train::checkpoints(dir)?.pop().context("a demo run has no checkpoint")?;
-        let (model, _) = SegModel::from_checkpoint(
-            &ckpt.join("model.pth"),
-            &ModelOverrides::default(),
-            LoadOptions::default(),
-            device,
-        )?;
+        let model = crate::train::checkpoint_model(&ckpt, device)?;
         models.push((label.clone(), model));
     }
     let shown = 4.min(val.len());

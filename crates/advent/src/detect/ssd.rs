@@ -194,6 +194,37 @@ impl Ssd {
         Ok(ssd)
     }
 
+    /// Loads an ImageNet initialisation into the VGG part (see [`imagenet_key`]):
+    /// ssd.pytorch's `vgg16_reducedfc.pth` (conv1_1–conv5_3, fc6, fc7) or a torchvision VGG-16
+    /// (conv1_1–conv5_3; its fully connected layers are skipped). The rest keeps its
+    /// initialisation. Every convolution of conv1_1–conv5_3 must be in the file with its shape.
+    /// Returns the number of tensors loaded.
+    pub fn load_imagenet(&self, path: &std::path::Path) -> Result<usize> {
+        let context = || format!("loading {}", path.display());
+        let mut vgg = StateDict::new();
+        for (k, t) in crate::weights::load(path)?.iter() {
+            let key = imagenet_key(k);
+            if key.starts_with("vgg.") {
+                vgg.insert(key, t.shallow_clone());
+            }
+        }
+        let options = crate::model::LoadOptions { allow_partial: true };
+        let report = crate::model::load_into(&self.vs, vgg, options).with_context(context)?;
+        let missing: Vec<&String> = report
+            .missing
+            .iter()
+            .filter(|k| VGG_CONVS.iter().any(|(i, _, _)| k.starts_with(&format!("vgg.{i}."))))
+            .collect();
+        ensure!(
+            report.mismatched.is_empty() && report.unexpected.is_empty() && missing.is_empty(),
+            "{}: not a VGG-16 ImageNet initialisation for SSD (missing {missing:?}, unexpected {:?}, wrong shape {:?})",
+            path.display(),
+            report.unexpected,
+            report.mismatched.iter().map(|(k, _, _)| k).collect::<Vec<_>>()
+        );
+        Ok(report.loaded)
+    }
+
     /// The parameters, keyed as ssd.pytorch's `state_dict()`.
     pub fn state_dict(&self) -> StateDict {
         StateDict::from_var_store(&self.vs)
@@ -272,6 +303,45 @@ mod tests {
         crate::weights::save(&crate::model::SegModel::new(config, Device::Cpu).unwrap().state_dict(), &seg).unwrap();
         let err = format!("{:#}", Ssd::from_checkpoint(&seg, Device::Cpu).unwrap_err());
         assert!(err.contains("not an SSD checkpoint") && err.contains("seg.pth"), "{err}");
+    }
+
+    #[test]
+    fn imagenet_initialisations_load_into_the_vgg_part() {
+        let dir = tempfile::tempdir().unwrap();
+        tch::manual_seed(8);
+        let donor = Ssd::new(9, Device::Cpu).unwrap();
+        let donor_vgg: Vec<(String, Tensor)> = donor
+            .state_dict()
+            .iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix("vgg.")?.to_string(), t.shallow_clone())))
+            .collect();
+        // ssd.pytorch's vgg16_reducedfc.pth: the `vgg` list alone, bare indices, fc6/fc7 too.
+        let mut reduced = StateDict::new();
+        for (k, t) in &donor_vgg {
+            reduced.insert(k.clone(), t.shallow_clone());
+        }
+        crate::weights::save(&reduced, &dir.path().join("reduced.pth")).unwrap();
+        let net = Ssd::new(9, Device::Cpu).unwrap();
+        assert_eq!(net.load_imagenet(&dir.path().join("reduced.pth")).unwrap(), 30);
+        let (a, b) = (net.state_dict(), donor.state_dict());
+        for key in ["vgg.0.weight", "vgg.28.bias", "vgg.31.weight", "vgg.33.bias"] {
+            assert!(a.get(key).unwrap().equal(b.get(key).unwrap()), "{key}");
+        }
+        assert!(!a.get("conf.0.weight").unwrap().equal(b.get("conf.0.weight").unwrap()), "heads keep their init");
+        // torchvision's layout: features.N for the convolutions, a classifier of another shape.
+        let mut tv = StateDict::new();
+        for (k, t) in donor_vgg.iter().filter(|(k, _)| !k.starts_with("31.") && !k.starts_with("33.")) {
+            tv.insert(format!("features.{k}"), t.shallow_clone());
+        }
+        tv.insert("classifier.0.weight", Tensor::zeros([8, 4], (Kind::Float, Device::Cpu)));
+        crate::weights::save(&tv, &dir.path().join("tv.pth")).unwrap();
+        let net = Ssd::new(9, Device::Cpu).unwrap();
+        assert_eq!(net.load_imagenet(&dir.path().join("tv.pth")).unwrap(), 26);
+        // Without conv5_3 it is not an initialisation.
+        tv.remove("features.28.weight");
+        crate::weights::save(&tv, &dir.path().join("short.pth")).unwrap();
+        let err = format!("{:#}", net.load_imagenet(&dir.path().join("short.pth")).unwrap_err());
+        assert!(err.contains("vgg.28.weight") && err.contains("short.pth"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::classes;
 use crate::config::Config;
 use crate::dataset;
 use crate::image::{colormap, from_input_tensor, IMG_MEAN_BGR};
-use crate::model::{LoadOptions, ModelOverrides, SegModel};
+use crate::model::SegModel;
 use crate::predict::{predict, PredictOptions};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -183,12 +183,7 @@ pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Resul
     if let Some((iter, ckpt)) = checkpoints.last() {
         // A checkpoint that does not load is an error; a target dataset that is not on this
         // machine only leaves the sample images out.
-        let (model, _) = SegModel::from_checkpoint(
-            &ckpt.join("model.pth"),
-            &ModelOverrides::default(),
-            LoadOptions::default(),
-            device,
-        )?;
+        let model = crate::train::checkpoint_model(ckpt, device)?;
         sections.push(format!("<h2>Predictions of the checkpoint of iteration {iter}</h2>"));
         match samples_section(&config, &model, samples) {
             Ok(html) => sections.push(html),

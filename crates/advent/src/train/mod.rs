@@ -6,4 +6,4 @@ mod step;
 pub use step::{Detached, DomainDiscriminator, Losses, Trainer, SOURCE_LABEL, TARGET_LABEL};
 mod run;
 
-pub use run::{checkpoints, resolve_resume, run, RunOptions, RunSummary, Start, TrainState};
+pub use run::{checkpoint_model, checkpoints, resolve_resume, run, RunOptions, RunSummary, Start, TrainState};

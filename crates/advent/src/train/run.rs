@@ -115,6 +115,13 @@ pub fn resolve_resume(path: &Path) -> Result<(PathBuf, Start)> {
     }
 }
 
+/// The segmentation network of a checkpoint folder (`<dir>/model.pth`), as saved.
+pub fn checkpoint_model(dir: &Path, device: Device) -> Result<crate::model::SegModel> {
+    let path = dir.join("model.pth");
+    let overrides = crate::model::ModelOverrides::default();
+    Ok(crate::model::SegModel::from_checkpoint(&path, &overrides, Default::default(), device)?.0)
+}
+
 fn checkpoint_name(iteration: u64) -> String {
     format!("{CHECKPOINT_PREFIX}{iteration:06}")
 }
