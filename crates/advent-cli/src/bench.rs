@@ -47,6 +47,17 @@ pub struct Args {
     /// takes eval, source_only, minent, advent).
     #[arg(long, default_value = "segmentation")]
     task: String,
+    /// Convolution weights and inputs channels-last (`train.channels_last`).
+    #[arg(long)]
+    channels_last: bool,
+    /// Per-parameter optimiser updates instead of the fused multi-tensor kernels (for
+    /// comparison).
+    #[arg(long)]
+    unfused_optimizer: bool,
+    /// Evaluation timing: replay a CUDA graph of the forward pass, upsampling and argmax
+    /// (as `advent eval --cuda-graph`).
+    #[arg(long)]
+    cuda_graph: bool,
     /// Detection: images per batch and domain (ssd.pytorch trains with 32).
     #[arg(long, default_value_t = 32)]
     batch: i64,
@@ -65,6 +76,11 @@ pub fn run(a: Args) -> Result<()> {
     let arch: Arch = a.arch.parse()?;
     let hw = |(w, h): (u32, u32)| (h as i64, w as i64);
     let repeats = bench::Repeats { warmup: a.warmup, iters: a.iters };
+    let tuning = bench::Tuning {
+        channels_last: a.channels_last,
+        fused_optimizer: !a.unfused_optimizer,
+        cuda_graph: a.cuda_graph,
+    };
     let mut lines = String::new();
     let detection = match a.task.as_str() {
         "segmentation" => false,
@@ -85,14 +101,17 @@ pub fn run(a: Args) -> Result<()> {
         } else if what == "eval" {
             let config =
                 ModelConfig { arch, multi_level: arch != Arch::DeepLabV2Vgg16, ..ModelConfig::deeplabv2_r101(19) };
-            let model = SegModel::new(config, device)?;
+            let mut model = SegModel::new(config, device)?;
+            if tuning.channels_last {
+                model.use_channels_last()?;
+            }
             let (h, w) = hw(a.eval_size);
-            bench::eval_step(&model, h, w, a.precision, repeats)?
+            bench::eval_step(&model, h, w, a.precision, tuning, repeats)?
         } else {
             let method: Method = serde_json::from_value(serde_json::Value::String(what.into())).map_err(|_| {
                 anyhow::anyhow!("--what: unknown `{what}` (eval, source_only, minent, advent, advent_minent)")
             })?;
-            bench::train_step(arch, method, a.precision, hw(a.source_size), hw(a.target_size), device, repeats)?
+            bench::train_step(arch, method, a.precision, hw(a.source_size), hw(a.target_size), device, tuning, repeats)?
         };
         if device.is_cuda() {
             timing.precision = Some(format!("{:?}", a.precision).to_lowercase());

@@ -68,9 +68,17 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// CUDA convolutions and matrix products: tf32 (PyTorch's default, the reference's) or fp32.
+    /// CUDA arithmetic: tf32 (PyTorch's default, the reference's), fp32, or bf16 (autocast
+    /// forward pass; upsampling and argmax of float32 logits).
     #[arg(long, default_value = "tf32")]
     precision: String,
+    /// Convolution weights and inputs channels-last (faster with bf16 on recent GPUs).
+    #[arg(long)]
+    channels_last: bool,
+    /// CUDA: capture the prediction of an image as a CUDA graph and replay it for every
+    /// image of the same size (BENCHMARKS.md).
+    #[arg(long)]
+    cuda_graph: bool,
     /// Write the scores as JSON: {"miou", "iou": {class: IoU}, "classes", "confusion"}
     /// (with --sweep: {"best", "last"}, each {"iteration", "scores"}).
     #[arg(long, value_name = "FILE")]
@@ -109,11 +117,12 @@ pub fn run(a: Args) -> Result<()> {
         EVAL_DATASETS.join(", ")
     );
     let device = parse_device(&a.device)?;
+    let precision = a.precision.parse::<Precision>()?;
     if device.is_cuda() {
-        advent::device::set_precision(a.precision.parse::<Precision>()?)?;
-    } else {
-        a.precision.parse::<Precision>()?;
+        advent::device::set_precision(precision)?;
+        advent::device::set_cudnn_benchmark(true)?;
     }
+    ensure!(!a.cuda_graph || device.is_cuda(), "--cuda-graph needs --device cuda");
     match &a.sweep {
         Some(run_dir) => run_sweep(&a, run_dir, device),
         None => run_checkpoints(&a, device),
@@ -163,7 +172,10 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
     };
     let mut models = Vec::with_capacity(n);
     for path in &a.checkpoint {
-        let (model, report) = SegModel::from_checkpoint(path, &overrides(a), LoadOptions::default(), device)?;
+        let (mut model, report) = SegModel::from_checkpoint(path, &overrides(a), LoadOptions::default(), device)?;
+        if a.channels_last {
+            model.use_channels_last()?;
+        }
         if report.kind != Some(WeightsKind::Model) {
             eprintln!(
                 "warning: {} is an initialisation file; its classifier is untrained ({} tensors keep their initialisation)",
@@ -198,6 +210,9 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         save_predictions: a.save_predictions.clone(),
         workers: a.workers,
         progress: true,
+        precision: a.precision.parse()?,
+        channels_last: a.channels_last,
+        cuda_graph: a.cuda_graph,
     };
     let pairs: Vec<(&SegModel, f64)> = models.iter().zip(weights).collect();
     let scores = evaluate(&pairs, dataset, &options)?;
@@ -247,6 +262,9 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
             save_predictions: None,
             workers: a.workers,
             progress: true,
+            precision: a.precision.parse()?,
+            channels_last: a.channels_last,
+            cuda_graph: a.cuda_graph,
         },
         device,
         overrides: overrides(a),

@@ -23,6 +23,47 @@ pub struct Timing {
     pub images_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
+    /// CUDA: the caching allocator's peak over the timed iterations, GiB (PyTorch's
+    /// `max_memory_allocated`, as the reference script reports it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gib: Option<f64>,
+    /// The speed options in force (see [`Tuning`]).
+    pub channels_last: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused_optimizer: Option<bool>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cuda_graph: bool,
+}
+
+/// Speed options of a measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Weights and inputs channels-last (`train.channels_last`).
+    pub channels_last: bool,
+    /// The optimisers' fused multi-tensor kernels (the default) instead of per-parameter
+    /// updates.
+    pub fused_optimizer: bool,
+    /// Evaluation: replay a CUDA graph of the forward pass, upsampling and argmax.
+    pub cuda_graph: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { channels_last: false, fused_optimizer: true, cuda_graph: false }
+    }
+}
+
+/// Starts a peak-memory measurement (CUDA only).
+fn start_memory(device: Device) -> Result<()> {
+    synchronize(device);
+    crate::native::reset_peak_memory(device)
+}
+
+/// The peak since [`start_memory`], in GiB with two decimals (CUDA only).
+fn peak_memory(device: Device) -> Result<Option<f64>> {
+    synchronize(device);
+    Ok(crate::native::cuda_memory(device)?
+        .map(|m| (m.peak_allocated as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0))
 }
 
 impl Timing {
@@ -39,6 +80,10 @@ impl Timing {
             mean_ms: round1(mean),
             images_per_s: round1(1000.0 / median),
             precision: None,
+            peak_gib: None,
+            channels_last: false,
+            fused_optimizer: None,
+            cuda_graph: false,
         }
     }
 }
@@ -76,30 +121,52 @@ pub fn eval_step(
     h: i64,
     w: i64,
     precision: Precision,
+    tuning: Tuning,
     Repeats { warmup, iters }: Repeats,
 ) -> Result<Timing> {
     let device = model.device();
     let x = Tensor::f_randn([1, 3, h, w], (Kind::Float, device))?;
-    let step = || -> Result<()> {
+    let step = || -> Result<Tensor> {
         tch::no_grad(|| {
-            let _autocast = crate::device::autocast(device, precision)?;
-            let heads = model.forward_t(&x, false)?;
-            let _labels = loss::upsample(&heads.main, 2 * h, 2 * w)?.f_argmax(1, false)?;
-            Ok(())
+            let heads = {
+                let _autocast = crate::device::autocast(device, precision)?;
+                model.forward_t(&x, false)?
+            };
+            Ok(loss::upsample(&heads.main.f_to_kind(Kind::Float)?, 2 * h, 2 * w)?.f_argmax(1, false)?)
         })
     };
-    for _ in 0..warmup {
-        step()?;
+    for _ in 0..warmup.max(2) {
+        let _ = step()?;
     }
-    synchronize(device);
+    let graph = if tuning.cuda_graph {
+        let (graph, out) = crate::native::CudaGraph::capture(device, step)?;
+        graph.replay()?;
+        let eager = step()?;
+        let agree = out.f_eq_tensor(&eager)?.f_to_kind(Kind::Float)?.f_mean(Kind::Float)?.double_value(&[]);
+        eprintln!("eval: the CUDA graph's labels agree with the eager pass's on {:.4}% of the pixels", 100.0 * agree);
+        anyhow::ensure!(agree > 0.999, "the CUDA graph's output differs from the eager pass ({agree})");
+        Some(graph)
+    } else {
+        None
+    };
+    start_memory(device)?;
     let mut samples = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let t = Instant::now();
-        step()?;
+        match &graph {
+            Some(g) => g.replay()?,
+            None => {
+                let _ = step()?;
+            }
+        }
         synchronize(device);
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Timing::from_samples(format!("eval-{h}x{w}-upsampled-x2"), device, samples))
+    let mut timing = Timing::from_samples(format!("eval-{h}x{w}-upsampled-x2"), device, samples);
+    timing.peak_gib = peak_memory(device)?;
+    timing.channels_last = model.is_channels_last();
+    timing.cuda_graph = tuning.cuda_graph;
+    Ok(timing)
 }
 
 /// One training iteration of `method` with the reference's settings (multi-level, both
@@ -112,20 +179,29 @@ pub fn train_step(
     source: (i64, i64),
     target: (i64, i64),
     device: Device,
+    tuning: Tuning,
     Repeats { warmup, iters }: Repeats,
 ) -> Result<Timing> {
     let mut config = Config::defaults();
     config.train.method = method;
     config.model.arch = arch.name().into();
     config.train.precision = precision;
+    config.train.channels_last = tuning.channels_last;
     config.source.size = [source.1 as u32, source.0 as u32];
     config.target.size = [target.1 as u32, target.0 as u32];
     let mut trainer = Trainer::new(&config, device)?;
+    trainer.sgd.fused = tuning.fused_optimizer;
+    for d in [&mut trainer.d_main, &mut trainer.d_aux].into_iter().flatten() {
+        d.opt.fused = tuning.fused_optimizer;
+    }
     let xs = Tensor::f_randn([1, 3, source.0, source.1], (Kind::Float, device))?;
     let ys = Tensor::f_randint(19, [1, source.0, source.1], (Kind::Int64, device))?;
     let xt = Tensor::f_randn([1, 3, target.0, target.1], (Kind::Float, device))?;
     let mut samples = Vec::with_capacity(iters);
     for i in 0..warmup + iters.max(1) {
+        if i == warmup {
+            start_memory(device)?;
+        }
         let t = Instant::now();
         trainer.step(i as u64, &xs, &ys, Some(&xt))?;
         synchronize(device);
@@ -135,7 +211,11 @@ pub fn train_step(
     }
     let what =
         format!("train-{}-{}-src{}x{}-trg{}x{}", arch.name(), method.name(), source.0, source.1, target.0, target.1);
-    Ok(Timing::from_samples(what, device, samples))
+    let mut timing = Timing::from_samples(what, device, samples);
+    timing.peak_gib = peak_memory(device)?;
+    timing.channels_last = tuning.channels_last;
+    timing.fused_optimizer = Some(tuning.fused_optimizer);
+    Ok(timing)
 }
 
 /// Detection: one SSD-300 iteration of `method` on a batch of `batch` random 300x300
@@ -158,6 +238,9 @@ pub fn detection_train_step(
     let labels = classes.f_mul(&positive.f_to_kind(Kind::Int64)?)?;
     let mut samples = Vec::with_capacity(iters);
     for i in 0..warmup + iters.max(1) {
+        if i == warmup {
+            start_memory(device)?;
+        }
         let t = Instant::now();
         trainer.step(i as u64, &xs, &loc, &labels, Some(&xt))?;
         synchronize(device);
@@ -168,6 +251,7 @@ pub fn detection_train_step(
     let mut timing =
         Timing::from_samples(format!("detect-train-ssd300-{}-batch{batch}", method.name()), device, samples);
     timing.images_per_s = round1(timing.images_per_s * batch as f64);
+    timing.peak_gib = peak_memory(device)?;
     Ok(timing)
 }
 
@@ -177,6 +261,9 @@ pub fn detection_eval(batch: i64, device: Device, Repeats { warmup, iters }: Rep
     let x = Tensor::f_randn([batch, 3, 300, 300], (Kind::Float, device))?;
     let mut samples = Vec::with_capacity(iters);
     for i in 0..warmup + iters.max(1) {
+        if i == warmup {
+            start_memory(device)?;
+        }
         let t = Instant::now();
         tch::no_grad(|| ssd.forward(&x))?;
         synchronize(device);
@@ -186,5 +273,6 @@ pub fn detection_eval(batch: i64, device: Device, Repeats { warmup, iters }: Rep
     }
     let mut timing = Timing::from_samples(format!("detect-eval-ssd300-batch{batch}"), device, samples);
     timing.images_per_s = round1(timing.images_per_s * batch as f64);
+    timing.peak_gib = peak_memory(device)?;
     Ok(timing)
 }

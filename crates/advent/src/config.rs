@@ -122,6 +122,7 @@ pub struct TrainSection {
     pub precision: crate::device::Precision,
     pub cudnn_benchmark: bool,
     pub deterministic: bool,
+    pub channels_last: bool,
     pub tensorboard: bool,
     pub viz_every: u64,
     pub log_every: u64,

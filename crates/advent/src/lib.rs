@@ -18,6 +18,7 @@ pub mod fuzz;
 pub mod image;
 pub mod loss;
 pub mod model;
+pub mod native;
 pub mod predict;
 pub mod report;
 pub mod tensorboard;

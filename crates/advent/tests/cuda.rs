@@ -139,3 +139,82 @@ fn bf16_training_step_on_cuda_stays_near_reference() {
         assert!(rel < 3e-2, "{name}: {rel:e}");
     }
 }
+
+/// The speed options on the GPU (channels-last weights and inputs, the fused optimisers,
+/// both on here): AdvEnt's first iteration against the reference in fp32 (tolerance as
+/// above, 1e-3) and, printed only, TF32 and bf16 (bound 3e-2, as the bf16 test).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn speed_options_on_cuda_match_reference() {
+    let Some(device) = cuda() else { return };
+    let want = read_fixture("train/steps.safetensors");
+    let (xs, ys, xt) = training_inputs();
+    for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+        advent::device::set_precision(precision).unwrap();
+        let p = format!("{precision:?}").to_lowercase();
+        let text = format!(
+            "[train]\nmethod = \"advent\"\nprecision = \"{p}\"\nchannels_last = true\nlearning_rate = 1e-3\n\
+             learning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\nlambda_adv_main = 0.1\nlambda_adv_aux = 0.02\n"
+        );
+        let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
+        fill_deterministic(&t.model.vs);
+        for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
+            fill_deterministic(&d.vs);
+        }
+        let mut worst: f64 = 0.0;
+        for (name, v) in t.step(0, &xs, &ys, Some(&xt)).unwrap() {
+            let r = want[&format!("advent.iter0.{name}")].double_value(&[0]);
+            let rel = (v.double_value(&[]) - r).abs() / r.abs().max(1e-3);
+            worst = worst.max(rel);
+            let tol = match precision {
+                Precision::Fp32 => FP32_TOL,
+                _ => 3e-2,
+            };
+            assert!(rel < tol, "channels-last {precision:?} {name}: {rel:e}");
+        }
+        let w = &t.model.vs.variables()["layer3.0.conv2.weight"];
+        assert!(advent::model::is_channels_last(w));
+        println!("cuda {precision:?} channels-last + fused: worst relative loss error {worst:.2e}");
+    }
+    advent::device::set_precision(Precision::Tf32).unwrap();
+}
+
+/// Evaluation through a CUDA graph (`advent eval --cuda-graph`) gives the eager pass's
+/// predictions, for images of one size and after a change of size (recapture); also with
+/// channels-last bf16, the fastest setting.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_graph_evaluation_matches_eager() {
+    use advent::eval::{confusion_matrix, EvalOptions};
+    let Some(device) = cuda() else { return };
+    advent::device::set_cudnn_benchmark(true).unwrap();
+    advent::device::set_precision(Precision::Tf32).unwrap();
+    let mut spec = Config::defaults().dataset_spec(false);
+    spec.kind = "synthetic".into();
+    spec.labels = true;
+    spec.num_classes = 19;
+    spec.synthetic_len = 4;
+    for (precision, channels_last) in [(Precision::Tf32, false), (Precision::Bf16, true)] {
+        tch::manual_seed(5);
+        let mut model = SegModel::new(ModelConfig::deeplabv2_r101(19), device).unwrap();
+        if channels_last {
+            model.use_channels_last().unwrap();
+        }
+        for size in [(256u32, 128u32), (320, 160)] {
+            spec.size = size;
+            let data = advent::dataset::open(&spec).unwrap();
+            let options = EvalOptions { workers: 0, precision, channels_last, ..Default::default() };
+            let eager = confusion_matrix(&[(&model, 1.0)], data.clone(), &options).unwrap().rows().concat();
+            let graphed = confusion_matrix(&[(&model, 1.0)], data, &EvalOptions { cuda_graph: true, ..options })
+                .unwrap()
+                .rows()
+                .concat();
+            let total: u64 = eager.iter().sum();
+            let moved: u64 = eager.iter().zip(&graphed).map(|(a, b)| a.abs_diff(*b)).sum::<u64>() / 2;
+            println!(
+                "cuda graph {precision:?} channels_last {channels_last} {size:?}: {moved} of {total} pixels differ"
+            );
+            assert!(moved * 1000 <= total, "{moved} of {total}");
+        }
+    }
+}

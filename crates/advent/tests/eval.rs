@@ -567,3 +567,35 @@ fn an_empty_run_is_an_error() {
     let err = run_sweep(&run.path().join("nope"), &sweep_options(false)).unwrap_err().to_string();
     assert!(err.contains("no run folder"), "{err}");
 }
+
+/// Channels-last weights and inputs give the same predictions (here on the CPU, through
+/// oneDNN's NHWC convolutions: the same confusion matrix up to a few pixels that sit on a
+/// near-tie), and a model whose layout disagrees with the option is refused.
+#[test]
+fn channels_last_evaluation_agrees() {
+    let data = synthetic(6);
+    let plain = tiny(19, 7);
+    let mut nhwc = tiny(19, 7);
+    // The same weights (tests in parallel share libtorch's generator, so the seed alone does
+    // not make them equal).
+    let source = plain.vs.variables();
+    tch::no_grad(|| {
+        for (k, mut v) in nhwc.vs.variables() {
+            v.copy_(&source[&k]);
+        }
+    });
+    nhwc.use_channels_last().unwrap();
+    let options = EvalOptions { workers: 0, ..Default::default() };
+    let a = eval::confusion_matrix(&[(&plain, 1.0)], data.clone(), &options).unwrap();
+    let b =
+        eval::confusion_matrix(&[(&nhwc, 1.0)], data.clone(), &EvalOptions { channels_last: true, ..options.clone() })
+            .unwrap();
+    let (a, b): (Vec<u64>, Vec<u64>) = (a.rows().concat(), b.rows().concat());
+    let total: u64 = a.iter().sum();
+    let moved: u64 = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).sum::<u64>() / 2;
+    assert!(moved * 10_000 <= total, "{moved} of {total} pixels changed class");
+    let err = eval::confusion_matrix(&[(&plain, 1.0)], data, &EvalOptions { channels_last: true, ..options })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not channels-last"), "{err}");
+}

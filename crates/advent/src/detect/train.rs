@@ -180,7 +180,7 @@ impl DetTrainer {
     ) -> Result<Vec<(&'static str, Tensor)>> {
         let c = &self.config;
         let mut losses = Vec::new();
-        self.sgd.zero_grad();
+        self.sgd.zero_grad()?;
         let src = self.ssd.forward(source)?;
         let l = multibox_loss(&src.loc, &src.conf, loc_targets, labels, c.negpos_ratio)?;
         l.loc.f_add(&l.conf)?.backward();
@@ -211,7 +211,7 @@ impl DetTrainer {
                     losses.push(("loss_adv_trg", adv.detach()));
                     // 4. Train the discriminators on the detached maps of both domains.
                     set_trainable(&d.opt, true);
-                    d.opt.zero_grad();
+                    d.opt.zero_grad()?;
                     let mut loss_d = Tensor::f_zeros([], (tch::Kind::Float, self.ssd.vs.device()))?;
                     for (k, net) in d.nets.iter().enumerate() {
                         let s = self_information_map(&source_maps[k].detach(), classes)?;

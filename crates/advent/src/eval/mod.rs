@@ -50,6 +50,15 @@ pub struct EvalOptions {
     pub workers: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// CUDA arithmetic of the forward pass (bf16: autocast, the upsampling and argmax of
+    /// float32 logits). The caller sets the TF32 switches ([`crate::device::set_precision`]).
+    pub precision: crate::device::Precision,
+    /// Convolution weights and inputs channels-last (the models are converted by
+    /// [`confusion_matrix`]'s caller: [`SegModel::use_channels_last`]).
+    pub channels_last: bool,
+    /// CUDA: the forward pass, upsampling and argmax captured once as a CUDA graph and
+    /// replayed for every image of the same size (recaptured when the size changes).
+    pub cuda_graph: bool,
 }
 
 impl Default for EvalOptions {
@@ -61,6 +70,9 @@ impl Default for EvalOptions {
             save_predictions: None,
             workers: 2,
             progress: false,
+            precision: crate::device::Precision::default(),
+            channels_last: false,
+            cuda_graph: false,
         }
     }
 }
@@ -180,6 +192,14 @@ pub fn confusion_matrix(
     );
     let palette = classes::palette(num_classes);
     let mut cm = ConfusionMatrix::new(num_classes);
+    if let Some((m, _)) = models.iter().find(|(m, _)| m.is_channels_last() != options.channels_last) {
+        bail!(
+            "channels_last is {} but a model is {}channels-last",
+            options.channels_last,
+            if m.is_channels_last() { "" } else { "not " }
+        );
+    }
+    let mut graphed = if options.cuda_graph { Some(Graphed::new(models)?) } else { None };
     let prefetch = 2 * options.workers.max(1);
     for item in sequential(dataset, options.workers, prefetch) {
         let (_, sample) = item?;
@@ -200,8 +220,11 @@ pub fn confusion_matrix(
         let truth = Vec::<u8>::try_from(label.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?;
         let truth =
             if (lw, lh) == (w_out, h_out) { truth } else { image::resize_nearest(&truth, lw, lh, w_out, h_out) };
-        let prediction =
-            predict_ids(models, &sample.image, w_out, h_out).with_context(|| format!("predicting {name}"))?;
+        let prediction = match &mut graphed {
+            Some(g) => g.predict(models, &sample.image, w_out, h_out, options.precision),
+            None => predict_ids_with(models, &sample.image, w_out, h_out, options.precision),
+        }
+        .with_context(|| format!("predicting {name}"))?;
         cm.add(&truth, &prediction).with_context(|| format!("scoring {name}"))?;
         if let Some(Staging { tmp: dir, .. }) = &staging {
             image::write_png_gray8(&prediction_path(dir, name), w_out, h_out, &prediction)?;
@@ -252,12 +275,38 @@ impl Drop for Staging {
 /// The ensemble's train ids for one preprocessed image (`[3, H, W]`, BGR minus the mean):
 /// `argmax_c Σ_i weight_i · upsample(main_i)`, row-major `width · height` bytes.
 pub fn predict_ids(models: &[(&SegModel, f64)], image: &Tensor, width: u32, height: u32) -> Result<Vec<u8>> {
+    predict_ids_with(models, image, width, height, crate::device::Precision::default())
+}
+
+/// [`predict_ids`] at a given precision.
+pub fn predict_ids_with(
+    models: &[(&SegModel, f64)],
+    image: &Tensor,
+    width: u32,
+    height: u32,
+    precision: crate::device::Precision,
+) -> Result<Vec<u8>> {
     ensure!(width >= 1 && height >= 1, "the output size must be positive");
-    let x = image.f_unsqueeze(0)?;
-    let ids = tch::no_grad(|| -> Result<Tensor> {
+    let ids = ids_on_device(models, &image.f_unsqueeze(0)?, width, height, precision)?;
+    Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+}
+
+/// The train ids of `[1, 3, H, W]` as a `[1, height, width]` uint8 tensor on the first
+/// model's device; no host round-trip.
+fn ids_on_device(
+    models: &[(&SegModel, f64)],
+    x: &Tensor,
+    width: u32,
+    height: u32,
+    precision: crate::device::Precision,
+) -> Result<Tensor> {
+    tch::no_grad(|| -> Result<Tensor> {
         let mut sum: Option<Tensor> = None;
         for (model, weight) in models {
-            let heads = model.forward_t(&x.f_to_device(model.device())?, false)?;
+            let heads = {
+                let _autocast = crate::device::autocast(model.device(), precision)?;
+                model.forward_t(&x.f_to_device(model.device())?, false)?
+            };
             let logits = loss::upsample(&heads.main.f_to_kind(Kind::Float)?, i64::from(height), i64::from(width))?;
             let weighted = if *weight == 1.0 { logits } else { logits.f_mul_scalar(*weight)? };
             sum = Some(match sum {
@@ -270,8 +319,64 @@ pub fn predict_ids(models: &[(&SegModel, f64)], image: &Tensor, width: u32, heig
         }
         let sum = sum.context("no model to evaluate")?;
         Ok(sum.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?)
-    })?;
-    Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+    })
+}
+
+/// [`predict_ids`] through a CUDA graph: the whole prediction of an image (forward pass of
+/// every model, upsampling, argmax) is captured once and then replayed with the next image
+/// copied into the same input tensor, which saves the per-kernel launch cost (most of the
+/// time of a bf16 forward pass at batch 1). Captured again when the sizes change.
+struct Graphed {
+    device: tch::Device,
+    current: Option<Capture>,
+}
+
+struct Capture {
+    key: (Vec<i64>, u32, u32),
+    input: Tensor,
+    output: Tensor,
+    graph: crate::native::CudaGraph,
+}
+
+impl Graphed {
+    fn new(models: &[(&SegModel, f64)]) -> Result<Self> {
+        let device = models[0].0.device();
+        ensure!(device.is_cuda(), "CUDA graphs need a CUDA device");
+        ensure!(models.iter().all(|(m, _)| m.device() == device), "CUDA graphs need every model on one device");
+        ensure!(
+            crate::native::cuda_graphs_supported(),
+            "this build of advent has no CUDA graph support (the CUDA headers were not found when it was built)"
+        );
+        Ok(Graphed { device, current: None })
+    }
+
+    fn predict(
+        &mut self,
+        models: &[(&SegModel, f64)],
+        image: &Tensor,
+        width: u32,
+        height: u32,
+        precision: crate::device::Precision,
+    ) -> Result<Vec<u8>> {
+        ensure!(width >= 1 && height >= 1, "the output size must be positive");
+        let key = (image.size(), width, height);
+        if self.current.as_ref().map(|c| c.key != key).unwrap_or(true) {
+            self.current = None;
+            let input = image.f_unsqueeze(0)?.f_to_device(self.device)?;
+            // Warm-up outside the graph: cuDNN's autotuner and the allocator settle first.
+            for _ in 0..2 {
+                let _ = ids_on_device(models, &input, width, height, precision)?;
+            }
+            let (graph, output) = crate::native::CudaGraph::capture(self.device, || {
+                ids_on_device(models, &input, width, height, precision)
+            })?;
+            self.current = Some(Capture { key, input, output, graph });
+        }
+        let c = self.current.as_mut().expect("captured above");
+        c.input.f_copy_(&image.f_unsqueeze(0)?)?;
+        c.graph.replay()?;
+        Ok(Vec::<u8>::try_from(c.output.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+    }
 }
 
 /// `<dir>/<name>_trainids.png`: the prediction file [`evaluate`] (and `advent predict`)

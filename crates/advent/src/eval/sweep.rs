@@ -305,8 +305,12 @@ fn evaluate_checkpoint(
     if let Some(c) = read_cache(&path).filter(|c| c.checkpoint == stamp && c.iteration == iteration) {
         return Ok(SweepEntry { iteration, scores: c.scores, cached: true });
     }
-    let (model, _) = SegModel::from_checkpoint(&model_path, &options.overrides, LoadOptions::default(), options.device)
-        .with_context(|| format!("checkpoint {}", model_path.display()))?;
+    let (mut model, _) =
+        SegModel::from_checkpoint(&model_path, &options.overrides, LoadOptions::default(), options.device)
+            .with_context(|| format!("checkpoint {}", model_path.display()))?;
+    if options.eval.channels_last {
+        model.use_channels_last()?;
+    }
     let cm = confusion_matrix(&[(&model, 1.0)], dataset, &options.eval)
         .with_context(|| format!("evaluating {}", model_path.display()))?;
     let names = super::class_names(cm.num_classes());

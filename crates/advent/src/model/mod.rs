@@ -131,6 +131,8 @@ pub struct SegModel {
     pub vs: VarStore,
     pub config: ModelConfig,
     net: Network,
+    /// Weights and inputs in the channels-last (NHWC) memory layout; see [`channels_last`].
+    channels_last: bool,
 }
 
 impl SegModel {
@@ -157,7 +159,20 @@ impl SegModel {
         if device != Device::Cpu {
             vs.set_device(device);
         }
-        Ok(SegModel { vs, config, net })
+        Ok(SegModel { vs, config, net, channels_last: false })
+    }
+
+    /// Stores the convolution weights channels-last and feeds the network its inputs so
+    /// (the same values in another memory order; see [`channels_last`]). Irreversible for
+    /// this model; checkpoints are written in the usual layout all the same.
+    pub fn use_channels_last(&mut self) -> Result<()> {
+        to_channels_last(&self.vs)?;
+        self.channels_last = true;
+        Ok(())
+    }
+
+    pub fn is_channels_last(&self) -> bool {
+        self.channels_last
     }
 
     /// `[N, 3, H, W]` (BGR, mean subtracted) → logits of both heads at output stride 8.
@@ -168,6 +183,13 @@ impl SegModel {
         let size = x.size();
         ensure!(size.len() == 4 && size[1] == 3, "network input must be [N, 3, H, W], got {size:?}");
         ensure!(size[2] >= 1 && size[3] >= 1, "network input is empty: {size:?}");
+        let nhwc;
+        let x = if self.channels_last {
+            nhwc = channels_last(x)?;
+            &nhwc
+        } else {
+            x
+        };
         match &self.net {
             Network::ResNet(net) => net.forward_t(x, train),
             Network::Vgg(net) => net.forward(x),
@@ -212,4 +234,35 @@ pub fn output_size(arch: Arch, h: i64, w: i64) -> (i64, i64) {
         }
     };
     (side(h), side(w))
+}
+
+/// The same 4-D tensor with channels-last strides (PyTorch's `memory_format=channels_last`:
+/// logically `[N, C, H, W]`, stored `[N, H, W, C]`). cuDNN's tensor-core convolutions work
+/// in this layout; given NCHW tensors they transpose on the way in and out. Other tensors
+/// are returned as they are.
+pub fn channels_last(x: &Tensor) -> Result<Tensor> {
+    if x.dim() != 4 {
+        return Ok(x.shallow_clone());
+    }
+    Ok(x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+}
+
+/// Whether a 4-D tensor is stored channels-last.
+pub fn is_channels_last(x: &Tensor) -> bool {
+    let (size, stride) = (x.size(), x.stride());
+    size.len() == 4 && stride[1] == 1 && stride[3] == size[1] && stride[2] == size[1] * size[3]
+}
+
+/// Converts every 4-D variable of `vs` (the convolution weights) to channels-last, in place:
+/// modules holding them see the new layout.
+pub fn to_channels_last(vs: &VarStore) -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
+        for (_, mut var) in vs.variables() {
+            if var.dim() == 4 {
+                let nhwc = channels_last(&var)?;
+                var.f_set_data(&nhwc)?;
+            }
+        }
+        Ok(())
+    })
 }

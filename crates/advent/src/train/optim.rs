@@ -33,6 +33,10 @@ pub struct Group {
 /// `wd·w` to the gradient in place at every visit (SPEC §1.3).
 pub struct Sgd {
     pub groups: Vec<Group>,
+    /// One multi-tensor kernel per group (libtorch's `_fused_sgd_`, the arithmetic of
+    /// PyTorch's SGD) instead of six small kernels per parameter; parameters visited more
+    /// than once take the per-parameter path. On by default.
+    pub fused: bool,
     momentum: f64,
     weight_decay: f64,
     /// Momentum buffers, by group then parameter; `None` before the first step.
@@ -42,15 +46,14 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(groups: Vec<Group>, momentum: f64, weight_decay: f64) -> Self {
         let buffers = groups.iter().map(|g| g.params.iter().map(|_| None).collect()).collect();
-        Sgd { groups, momentum, weight_decay, buffers }
+        Sgd { groups, fused: true, momentum, weight_decay, buffers }
     }
 
-    pub fn zero_grad(&mut self) {
-        for g in &mut self.groups {
-            for p in &mut g.params {
-                p.tensor.zero_grad();
-            }
-        }
+    /// Gradients back to none (PyTorch's default `set_to_none=True`, the reference's):
+    /// their memory is free until the next backward pass, which matters at the peak.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        let all: Vec<&Tensor> = self.groups.iter().flat_map(|g| g.params.iter().map(|p| &p.tensor)).collect();
+        crate::native::clear_grads(&all)
     }
 
     /// One step at base learning rate `lr` (each group at `lr · lr_factor`).
@@ -59,6 +62,12 @@ impl Sgd {
         tch::no_grad(|| -> Result<()> {
             for (g, bufs) in self.groups.iter_mut().zip(&mut self.buffers) {
                 let lr = lr * g.lr_factor;
+                // (The fused kernel wants no buffers without momentum: that case takes the
+                // per-parameter path.)
+                if self.fused && m != 0.0 && g.params.iter().all(|p| p.visits == 1) {
+                    fused_sgd_group(&g.params, bufs, m, wd, lr)?;
+                    continue;
+                }
                 for (p, buf) in g.params.iter_mut().zip(bufs.iter_mut()) {
                     let mut grad = p.tensor.grad();
                     if !grad.defined() {
@@ -120,9 +129,43 @@ impl Sgd {
     }
 }
 
+/// One group's SGD step with the fused kernel: one call for the parameters whose buffers
+/// start at this step, one for the others; parameters without a gradient are skipped.
+fn fused_sgd_group(params: &[Param], bufs: &mut [Option<Tensor>], momentum: f64, wd: f64, lr: f64) -> Result<()> {
+    let mut first: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) = Default::default();
+    let mut later: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) = Default::default();
+    for (p, buf) in params.iter().zip(bufs.iter_mut()) {
+        let grad = p.tensor.grad();
+        if !grad.defined() {
+            continue;
+        }
+        let list = if buf.is_some() { &mut later } else { &mut first };
+        let b = match buf {
+            Some(b) => b.shallow_clone(),
+            None => {
+                let b = p.tensor.f_zeros_like()?;
+                *buf = Some(b.shallow_clone());
+                b
+            }
+        };
+        list.0.push(p.tensor.shallow_clone());
+        list.1.push(grad);
+        list.2.push(b);
+    }
+    for ((ps, gs, bs), is_first) in [(first, true), (later, false)] {
+        fn refs(v: &[Tensor]) -> Vec<&Tensor> {
+            v.iter().collect()
+        }
+        crate::native::fused_sgd(&refs(&ps), &refs(&gs), &refs(&bs), wd, momentum, lr, is_first)?;
+    }
+    Ok(())
+}
+
 /// `torch.optim.Adam(betas, eps=1e-8)`, no weight decay (current PyTorch's arithmetic).
 pub struct Adam {
     pub params: Vec<Param>,
+    /// All parameters in one kernel (libtorch's `_fused_adam_`); on by default.
+    pub fused: bool,
     betas: (f64, f64),
     eps: f64,
     steps: i64,
@@ -135,13 +178,12 @@ impl Adam {
         let zeros = |p: &Param| p.tensor.f_zeros_like();
         let exp_avg = params.iter().map(zeros).collect::<Result<_, _>>()?;
         let exp_avg_sq = params.iter().map(zeros).collect::<Result<_, _>>()?;
-        Ok(Adam { params, betas, eps: 1e-8, steps: 0, exp_avg, exp_avg_sq })
+        Ok(Adam { params, fused: true, betas, eps: 1e-8, steps: 0, exp_avg, exp_avg_sq })
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.tensor.zero_grad();
-        }
+    /// As [`Sgd::zero_grad`].
+    pub fn zero_grad(&mut self) -> Result<()> {
+        crate::native::clear_grads(&self.params.iter().map(|p| &p.tensor).collect::<Vec<_>>())
     }
 
     pub fn step(&mut self, lr: f64) -> Result<()> {
@@ -149,6 +191,9 @@ impl Adam {
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.steps as i32);
         let bc2 = 1.0 - b2.powi(self.steps as i32);
+        if self.fused {
+            return self.fused_step(lr);
+        }
         tch::no_grad(|| -> Result<()> {
             for ((p, m), v) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
                 let g = p.tensor.grad();
@@ -162,6 +207,31 @@ impl Adam {
             }
             Ok(())
         })
+    }
+
+    /// [`Adam::step`] in one kernel; `self.steps` already counts this step.
+    fn fused_step(&mut self, lr: f64) -> Result<()> {
+        let mut lists: (Vec<&Tensor>, Vec<Tensor>, Vec<&Tensor>, Vec<&Tensor>) = Default::default();
+        for ((p, m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
+            let g = p.tensor.grad();
+            if g.defined() {
+                lists.0.push(&p.tensor);
+                lists.1.push(g);
+                lists.2.push(m);
+                lists.3.push(v);
+            }
+        }
+        let Some(first) = lists.0.first() else { return Ok(()) };
+        // The kernel reads a float step count per parameter: views of one filled tensor.
+        let counts = Tensor::f_full([lists.0.len() as i64], self.steps as f64, (tch::Kind::Float, first.device()))?;
+        let steps = (0..lists.0.len() as i64).map(|i| counts.f_select(0, i)).collect::<Result<Vec<_>, _>>()?;
+        let grads = lists.1.iter().collect::<Vec<_>>();
+        let state = crate::native::AdamState {
+            exp_avg: &lists.2,
+            exp_avg_sq: &lists.3,
+            steps: &steps.iter().collect::<Vec<_>>(),
+        };
+        crate::native::fused_adam(&lists.0, &grads, state, lr, self.betas, self.eps)
     }
 
     /// `<param>.exp_avg`, `<param>.exp_avg_sq` and `step`, under `prefix`.
@@ -189,10 +259,15 @@ impl Adam {
     }
 }
 
-/// A saved state tensor, checked against its parameter and moved to its device.
+/// A saved state tensor, checked against its parameter and moved to its device and memory
+/// layout (the fused kernels want a parameter's state laid out as the parameter).
 fn restore(saved: &Tensor, like: &Tensor, key: &str) -> Result<Tensor> {
     ensure!(saved.size() == like.size(), "`{key}` has shape {:?}, its parameter {:?}", saved.size(), like.size());
-    Ok(saved.f_to_kind(like.kind())?.f_to_device(like.device())?.f_contiguous()?)
+    let t = saved.f_to_kind(like.kind())?.f_to_device(like.device())?.f_contiguous()?;
+    if crate::model::is_channels_last(like) {
+        return crate::model::channels_last(&t);
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -217,18 +292,99 @@ mod tests {
 
     #[test]
     fn sgd_two_steps_by_hand() {
-        // w = 1, g = 2, wd = 0.5, m = 0.9, lr = 0.1.
-        // step 1: d = 2 + 0.5 = 2.5; buf = 2.5; w = 1 − 0.25 = 0.75.
-        let p = param(&[1.0], &[2.0], 1);
-        let mut sgd = Sgd::new(vec![Group { lr_factor: 1.0, params: vec![p] }], 0.9, 0.5);
-        sgd.step(0.1).unwrap();
-        let w = &sgd.groups[0].params[0].tensor;
-        assert!((w.double_value(&[0]) - 0.75).abs() < 1e-7);
-        // step 2 with the same gradient 2: d = 2 + 0.375 = 2.375; buf = 2.25 + 2.375 = 4.625;
-        // w = 0.75 − 0.4625 = 0.2875.
-        sgd.step(0.1).unwrap();
-        let w = &sgd.groups[0].params[0].tensor;
-        assert!((w.double_value(&[0]) - 0.2875).abs() < 1e-6, "{}", w.double_value(&[0]));
+        for fused in [true, false] {
+            // w = 1, g = 2, wd = 0.5, m = 0.9, lr = 0.1.
+            // step 1: d = 2 + 0.5 = 2.5; buf = 2.5; w = 1 − 0.25 = 0.75.
+            let p = param(&[1.0], &[2.0], 1);
+            let mut sgd = Sgd::new(vec![Group { lr_factor: 1.0, params: vec![p] }], 0.9, 0.5);
+            sgd.fused = fused;
+            sgd.step(0.1).unwrap();
+            let w = &sgd.groups[0].params[0].tensor;
+            assert!((w.double_value(&[0]) - 0.75).abs() < 1e-7);
+            // step 2 with the same gradient 2: d = 2 + 0.375 = 2.375; buf = 2.25 + 2.375 = 4.625;
+            // w = 0.75 − 0.4625 = 0.2875.
+            sgd.step(0.1).unwrap();
+            let w = &sgd.groups[0].params[0].tensor;
+            assert!((w.double_value(&[0]) - 0.2875).abs() < 1e-6, "fused {fused}: {}", w.double_value(&[0]));
+        }
+    }
+
+    /// Random parameters (one without a gradient), three steps with new gradients, a save
+    /// and restore in the middle: the fused kernels give the per-parameter arithmetic.
+    #[test]
+    fn fused_steps_equal_the_per_parameter_steps() {
+        tch::manual_seed(3);
+        let shapes: [&[i64]; 4] = [&[8, 3, 3, 3], &[8], &[5, 8, 1, 1], &[7]];
+        let init: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect();
+        let grads: Vec<Vec<Tensor>> =
+            (0..3).map(|_| shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu))).collect()).collect();
+        let params = || -> Vec<Param> {
+            init.iter()
+                .enumerate()
+                .map(|(i, t)| Param { name: format!("p{i}"), tensor: t.copy().set_requires_grad(true), visits: 1 })
+                .collect()
+        };
+        let set_grads = |ps: &[Param], offset: usize, step: usize| {
+            for (i, p) in ps.iter().enumerate().map(|(i, p)| (i + offset, p)) {
+                let mut g = p.tensor.grad();
+                if i == 3 {
+                    continue; // never receives a gradient
+                }
+                if g.defined() {
+                    g.copy_(&grads[step][i]);
+                } else {
+                    (&p.tensor * &grads[step][i]).sum(Kind::Float).backward();
+                }
+            }
+        };
+        let mut results = Vec::new();
+        for fused in [true, false] {
+            let mut ps = params();
+            let heads = ps.split_off(2);
+            let mut sgd = Sgd::new(
+                vec![Group { lr_factor: 1.0, params: ps }, Group { lr_factor: 10.0, params: heads }],
+                0.9,
+                5e-4,
+            );
+            let mut adam = Adam::new(params(), (0.9, 0.99)).unwrap();
+            sgd.fused = fused;
+            adam.fused = fused;
+            for step in 0..3 {
+                if step == 2 {
+                    // Resume from saved state into fresh optimisers over the same tensors.
+                    let (sd, ad) = (sgd.state_dict("s."), adam.state_dict("a."));
+                    let groups = std::mem::take(&mut sgd.groups);
+                    sgd = Sgd::new(groups, 0.9, 5e-4);
+                    sgd.fused = fused;
+                    sgd.load_state_dict(&sd, "s.").unwrap();
+                    let ps = std::mem::take(&mut adam.params);
+                    adam = Adam::new(ps, (0.9, 0.99)).unwrap();
+                    adam.fused = fused;
+                    adam.load_state_dict(&ad, "a.").unwrap();
+                }
+                set_grads(&sgd.groups[0].params, 0, step);
+                set_grads(&sgd.groups[1].params, 2, step);
+                set_grads(&adam.params, 0, step);
+                sgd.step(0.01).unwrap();
+                adam.step(1e-3).unwrap();
+            }
+            let weights: Vec<Tensor> = sgd
+                .groups
+                .iter()
+                .flat_map(|g| g.params.iter())
+                .chain(&adam.params)
+                .map(|p| p.tensor.detach().copy())
+                .collect();
+            results.push(weights);
+        }
+        for (i, (f, u)) in results[0].iter().zip(&results[1]).enumerate() {
+            let diff = (f - u).abs().max().double_value(&[]);
+            // float32 arithmetic in another order: a few ulps of values of order 1.
+            assert!(diff < 1e-6, "parameter {i}: fused and per-parameter differ by {diff}");
+        }
+        // The parameter without a gradient did not move; the others did.
+        assert!(results[0][3].equal(&init[3]) && results[0][7].equal(&init[3]));
+        assert!(!results[0][0].equal(&init[0]) && !results[0][4].equal(&init[0]));
     }
 
     #[test]
@@ -253,16 +409,19 @@ mod tests {
 
     #[test]
     fn adam_first_step_by_hand() {
-        // First Adam step moves each weight by lr·sign(g) (up to eps): m̂ = g, v̂ = g².
-        let p = param(&[1.0, -1.0], &[3.0, -0.5], 1);
-        let mut adam = Adam::new(vec![p], (0.9, 0.99)).unwrap();
-        adam.step(0.01).unwrap();
-        let w = &adam.params[0].tensor;
-        assert!((w.double_value(&[0]) - 0.99).abs() < 1e-6);
-        assert!((w.double_value(&[1]) + 0.99).abs() < 1e-6);
-        // Second step with the same gradient: still lr·sign(g).
-        adam.step(0.01).unwrap();
-        assert!((adam.params[0].tensor.double_value(&[0]) - 0.98).abs() < 1e-6);
+        for fused in [true, false] {
+            // First Adam step moves each weight by lr·sign(g) (up to eps): m̂ = g, v̂ = g².
+            let p = param(&[1.0, -1.0], &[3.0, -0.5], 1);
+            let mut adam = Adam::new(vec![p], (0.9, 0.99)).unwrap();
+            adam.fused = fused;
+            adam.step(0.01).unwrap();
+            let w = &adam.params[0].tensor;
+            assert!((w.double_value(&[0]) - 0.99).abs() < 1e-6);
+            assert!((w.double_value(&[1]) + 0.99).abs() < 1e-6);
+            // Second step with the same gradient: still lr·sign(g).
+            adam.step(0.01).unwrap();
+            assert!((adam.params[0].tensor.double_value(&[0]) - 0.98).abs() < 1e-6, "fused {fused}");
+        }
     }
 
     #[test]

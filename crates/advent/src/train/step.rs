@@ -26,13 +26,16 @@ pub struct DomainDiscriminator {
 }
 
 impl DomainDiscriminator {
-    fn new(num_classes: i64, width: i64, betas: (f64, f64), device: Device) -> Result<Self> {
+    fn new(num_classes: i64, width: i64, betas: (f64, f64), device: Device, channels_last: bool) -> Result<Self> {
         // Drawn on the CPU, then moved: a seed gives the same discriminator on every device.
         let mut vs = VarStore::new(Device::Cpu);
         let mut net = Discriminator::new(&vs.root(), num_classes, width);
         if device != Device::Cpu {
             vs.set_device(device);
             net.set_device(device);
+        }
+        if channels_last {
+            crate::model::to_channels_last(&vs)?;
         }
         let params =
             named_trainables(&vs).into_iter().map(|(name, tensor)| Param { name, tensor, visits: 1 }).collect();
@@ -84,21 +87,40 @@ impl Trainer {
         let t = &config.train;
         tch::manual_seed(t.seed as i64);
         let model_config = config.model_config()?;
-        let model = SegModel::new(model_config, device)?;
+        let mut model = SegModel::new(model_config, device)?;
         if !config.model.init.is_empty() {
             let path = std::path::Path::new(&config.model.init);
             let dict = crate::weights::load(path).context("model.init")?;
             crate::model::load_into(&model.vs, dict, LoadOptions::default())
                 .with_context(|| format!("model.init: loading {}", path.display()))?;
         }
+        if t.channels_last {
+            model.use_channels_last()?;
+        }
         let sgd = Sgd::new(seg_groups(&model, config), t.momentum, t.weight_decay);
         let betas = (t.adam_betas[0], t.adam_betas[1]);
         let adversarial = config.train.method.adversarial();
         let d_main = adversarial
-            .then(|| DomainDiscriminator::new(model_config.num_classes, t.discriminator_width, betas, device))
+            .then(|| {
+                DomainDiscriminator::new(
+                    model_config.num_classes,
+                    t.discriminator_width,
+                    betas,
+                    device,
+                    t.channels_last,
+                )
+            })
             .transpose()?;
         let d_aux = (adversarial && model_config.multi_level)
-            .then(|| DomainDiscriminator::new(model_config.num_classes, t.discriminator_width, betas, device))
+            .then(|| {
+                DomainDiscriminator::new(
+                    model_config.num_classes,
+                    t.discriminator_width,
+                    betas,
+                    device,
+                    t.channels_last,
+                )
+            })
             .transpose()?;
         Ok(Trainer { config: config.clone(), method: t.method, model, sgd, d_main, d_aux })
     }
@@ -125,7 +147,7 @@ impl Trainer {
         target_images: Option<&Tensor>,
     ) -> Result<Losses> {
         let (lr, lr_d) = self.learning_rates(iter);
-        self.zero_grad();
+        self.zero_grad()?;
         let mut losses = {
             let _autocast = crate::device::autocast(self.device(), self.config.train.precision)?;
             let (mut losses, detached) = self.segmentation_backward(source_images, source_labels, target_images)?;
@@ -147,11 +169,12 @@ impl Trainer {
         Ok(losses)
     }
 
-    pub fn zero_grad(&mut self) {
-        self.sgd.zero_grad();
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.sgd.zero_grad()?;
         for d in [&mut self.d_main, &mut self.d_aux].into_iter().flatten() {
-            d.opt.zero_grad();
+            d.opt.zero_grad()?;
         }
+        Ok(())
     }
 
     /// Steps 2–4 of SPEC §4.2: the discriminators frozen, the supervised source loss and the

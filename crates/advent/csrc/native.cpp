@@ -1,0 +1,201 @@
+// The few libtorch entry points that tch does not bind: the fused multi-tensor optimiser
+// kernels, gradients reset to none, the CUDA caching allocator's statistics (device-generic
+// headers: the CUDA allocator is found at run time once libtorch_cuda is loaded) and, when
+// the CUDA runtime's headers were found at build time (ADVENT_CUDA_GRAPHS), CUDA graphs. Every function catches
+// C++ exceptions and returns them as a message (NULL on success), freed by the caller with
+// advent_free_message; Rust wraps them in crates/advent/src/native.rs.
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+#include <c10/core/CachingDeviceAllocator.h>
+
+#ifdef ADVENT_CUDA_GRAPHS
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+// tch's C_tensor: a heap-allocated at::Tensor.
+typedef at::Tensor* tensor;
+
+namespace {
+
+char* message(const char* text) {
+  size_t n = std::strlen(text);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out != nullptr) {
+    std::memcpy(out, text, n + 1);
+  }
+  return out;
+}
+
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return message(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception");
+  }
+}
+
+std::vector<at::Tensor> list(const tensor* ts, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    out.push_back(*ts[i]);
+  }
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+void advent_free_message(char* m) { std::free(m); }
+
+// torch.optim.SGD(momentum, weight_decay, dampening=0, nesterov=False) over all `n`
+// parameters in one multi-tensor kernel. `first_step`: the buffers are initialised to the
+// (decayed) gradient, as PyTorch's first step does.
+char* advent_fused_sgd(const tensor* params, const tensor* grads, const tensor* bufs, size_t n, double weight_decay,
+                       double momentum, double lr, int first_step) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, n), weight_decay, momentum, lr, 0.0, false, false,
+                    first_step != 0);
+  });
+}
+
+// torch.optim.Adam(betas, eps, weight_decay) over all `n` parameters in one kernel;
+// `steps` holds each parameter's step count, already incremented for this step.
+char* advent_fused_adam(const tensor* params, const tensor* grads, const tensor* exp_avg, const tensor* exp_avg_sq,
+                        const tensor* steps, size_t n, double lr, double beta1, double beta2, double weight_decay,
+                        double eps) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    at::_fused_adam_(list(params, n), list(grads, n), list(exp_avg, n), list(exp_avg_sq, n), {}, list(steps, n), lr,
+                     beta1, beta2, weight_decay, eps, false, false);
+  });
+}
+
+// `param.grad = None` for each (PyTorch's zero_grad(set_to_none=True)): the memory goes
+// back to the allocator until the next backward pass needs it.
+char* advent_clear_grads(const tensor* ts, size_t n) {
+  return guarded([&] {
+    for (size_t i = 0; i < n; ++i) {
+      ts[i]->mutable_grad().reset();
+    }
+  });
+}
+
+// Bytes held by the CUDA caching allocator on `device`: out[0] allocated now, out[1] peak
+// allocated (torch.cuda.max_memory_allocated), out[2] reserved now, out[3] peak reserved.
+char* advent_cuda_memory(int device, int64_t* out) {
+  return guarded([&] {
+    auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    out[0] = stats.allocated_bytes[all].current;
+    out[1] = stats.allocated_bytes[all].peak;
+    out[2] = stats.reserved_bytes[all].current;
+    out[3] = stats.reserved_bytes[all].peak;
+  });
+}
+
+char* advent_cuda_reset_peak(int device) {
+  return guarded([&] {
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  });
+}
+
+// CUDA graphs. A graph records the kernels that the calling thread queues between
+// capture_begin and capture_end (on a side stream, made current meanwhile, with autocast's
+// weight cache off so that no captured buffer is freed behind the graph's back); replay
+// queues them again on the current stream. Tensors created during capture live in the
+// graph's private memory pool until the graph is freed.
+struct AdventGraph {
+#ifdef ADVENT_CUDA_GRAPHS
+  at::cuda::CUDAGraph graph;
+  std::optional<c10::cuda::CUDAStream> previous;
+  bool cache_was_enabled = true;
+#endif
+};
+
+int advent_graphs_supported() {
+#ifdef ADVENT_CUDA_GRAPHS
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+char* advent_graph_new(AdventGraph** out) {
+  return guarded([&] { *out = new AdventGraph(); });
+}
+
+void advent_graph_free(AdventGraph* g) { delete g; }
+
+char* advent_graph_capture_begin(AdventGraph* g, int device) {
+  return guarded([&] {
+#ifdef ADVENT_CUDA_GRAPHS
+    auto index = static_cast<c10::DeviceIndex>(device);
+    g->previous = c10::cuda::getCurrentCUDAStream(index);
+    auto side = c10::cuda::getStreamFromPool(false, index);
+    // The side stream starts after everything queued so far (inputs, warm-up runs).
+    g->previous->synchronize();
+    c10::cuda::setCurrentCUDAStream(side);
+    g->cache_was_enabled = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    try {
+      g->graph.capture_begin();
+    } catch (...) {
+      at::autocast::set_autocast_cache_enabled(g->cache_was_enabled);
+      c10::cuda::setCurrentCUDAStream(*g->previous);
+      throw;
+    }
+#else
+    (void)g;
+    (void)device;
+    TORCH_CHECK(false, "this build of advent has no CUDA graph support (no CUDA headers at build time)");
+#endif
+  });
+}
+
+char* advent_graph_capture_end(AdventGraph* g) {
+  return guarded([&] {
+#ifdef ADVENT_CUDA_GRAPHS
+    struct Restore {
+      AdventGraph* g;
+      ~Restore() {
+        at::autocast::set_autocast_cache_enabled(g->cache_was_enabled);
+        if (g->previous) {
+          c10::cuda::setCurrentCUDAStream(*g->previous);
+        }
+      }
+    } restore{g};
+    g->graph.capture_end();
+#else
+    (void)g;
+#endif
+  });
+}
+
+char* advent_graph_replay(AdventGraph* g) {
+  return guarded([&] {
+#ifdef ADVENT_CUDA_GRAPHS
+    g->graph.replay();
+#else
+    (void)g;
+    TORCH_CHECK(false, "no CUDA graph support");
+#endif
+  });
+}
+
+}  // extern "C"

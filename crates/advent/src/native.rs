@@ -1,0 +1,288 @@
+//! Safe wrappers of `csrc/native.cpp`: libtorch's fused optimiser kernels and the CUDA
+//! caching allocator's statistics, which tch does not bind.
+
+use anyhow::{bail, ensure, Result};
+use std::ffi::{c_char, c_int, CStr};
+use tch::{Device, Tensor};
+use torch_sys::C_tensor;
+
+/// Opaque `AdventGraph` of native.cpp.
+#[repr(C)]
+struct RawGraph {
+    _private: [u8; 0],
+}
+
+extern "C" {
+    fn advent_free_message(m: *mut c_char);
+    fn advent_fused_sgd(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        bufs: *const *const C_tensor,
+        n: usize,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        first_step: c_int,
+    ) -> *mut c_char;
+    fn advent_fused_adam(
+        params: *const *const C_tensor,
+        grads: *const *const C_tensor,
+        exp_avg: *const *const C_tensor,
+        exp_avg_sq: *const *const C_tensor,
+        steps: *const *const C_tensor,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> *mut c_char;
+    fn advent_clear_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+    fn advent_graphs_supported() -> c_int;
+    fn advent_graph_new(out: *mut *mut RawGraph) -> *mut c_char;
+    fn advent_graph_free(g: *mut RawGraph);
+    fn advent_graph_capture_begin(g: *mut RawGraph, device: c_int) -> *mut c_char;
+    fn advent_graph_capture_end(g: *mut RawGraph) -> *mut c_char;
+    fn advent_graph_replay(g: *mut RawGraph) -> *mut c_char;
+    fn advent_cuda_memory(device: c_int, out: *mut i64) -> *mut c_char;
+    fn advent_cuda_reset_peak(device: c_int) -> *mut c_char;
+}
+
+/// Turns native.cpp's message (NULL: success) into a result.
+fn check(m: *mut c_char) -> Result<()> {
+    if m.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null message is a NUL-terminated malloc'd string that we own.
+    let text = unsafe { CStr::from_ptr(m) }.to_string_lossy().into_owned();
+    unsafe { advent_free_message(m) };
+    bail!("libtorch: {}", text.trim())
+}
+
+fn ptrs(ts: &[&Tensor]) -> Vec<*const C_tensor> {
+    ts.iter().map(|t| t.as_ptr()).collect()
+}
+
+/// The fused kernels trust that every list matches the parameters element by element (the
+/// CPU kernels do not check): make sure.
+fn ensure_like(what: &str, params: &[&Tensor], others: &[&Tensor]) -> Result<()> {
+    ensure!(others.len() == params.len(), "{what}: {} tensors for {} parameters", others.len(), params.len());
+    for (i, (p, o)) in params.iter().zip(others).enumerate() {
+        ensure!(
+            p.size() == o.size() && p.kind() == o.kind() && p.device() == o.device(),
+            "{what} {i}: {:?} {:?} on {:?} for a parameter {:?} {:?} on {:?}",
+            o.size(),
+            o.kind(),
+            o.device(),
+            p.size(),
+            p.kind(),
+            p.device()
+        );
+    }
+    Ok(())
+}
+
+/// `torch.optim.SGD(momentum, weight_decay)` (no dampening, no Nesterov) on every
+/// parameter at once: libtorch's `_fused_sgd_`, one multi-tensor kernel. With `first_step`
+/// each buffer becomes the decayed gradient, as in PyTorch's first step.
+pub fn fused_sgd(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    buffers: &[&Tensor],
+    weight_decay: f64,
+    momentum: f64,
+    lr: f64,
+    first_step: bool,
+) -> Result<()> {
+    let n = params.len();
+    ensure_like("fused_sgd: gradient", params, grads)?;
+    ensure_like("fused_sgd: momentum buffer", params, buffers)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (p, g, b) = (ptrs(params), ptrs(grads), ptrs(buffers));
+    // SAFETY: n valid tensor pointers in each list, alive for the call.
+    check(unsafe {
+        advent_fused_sgd(p.as_ptr(), g.as_ptr(), b.as_ptr(), n, weight_decay, momentum, lr, first_step as c_int)
+    })
+}
+
+/// The moments and step counts of [`fused_adam`], one per parameter.
+pub struct AdamState<'a> {
+    pub exp_avg: &'a [&'a Tensor],
+    pub exp_avg_sq: &'a [&'a Tensor],
+    /// float32 scalars: the step number of this update (1 for the first).
+    pub steps: &'a [&'a Tensor],
+}
+
+/// `torch.optim.Adam(betas, eps)` without weight decay on every parameter at once:
+/// libtorch's `_fused_adam_`.
+pub fn fused_adam(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    state: AdamState<'_>,
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+) -> Result<()> {
+    let n = params.len();
+    ensure_like("fused_adam: gradient", params, grads)?;
+    ensure_like("fused_adam: exp_avg", params, state.exp_avg)?;
+    ensure_like("fused_adam: exp_avg_sq", params, state.exp_avg_sq)?;
+    ensure!(state.steps.len() == n, "fused_adam: {} step counts for {n} parameters", state.steps.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let (p, g) = (ptrs(params), ptrs(grads));
+    let (m, v, s) = (ptrs(state.exp_avg), ptrs(state.exp_avg_sq), ptrs(state.steps));
+    // SAFETY: n valid tensor pointers in each list, alive for the call.
+    check(unsafe {
+        advent_fused_adam(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n, lr, betas.0, betas.1, 0.0, eps)
+    })
+}
+
+/// `grad = None` for each tensor (PyTorch's `zero_grad(set_to_none=True)`, its default):
+/// unlike zeroing, the gradients' memory is free until the next backward pass.
+pub fn clear_grads(tensors: &[&Tensor]) -> Result<()> {
+    let p = ptrs(tensors);
+    // SAFETY: valid tensor pointers, alive for the call.
+    check(unsafe { advent_clear_grads(p.as_ptr(), p.len()) })
+}
+
+/// Whether this build can capture CUDA graphs (it found the CUDA headers when built).
+pub fn cuda_graphs_supported() -> bool {
+    // SAFETY: no arguments.
+    unsafe { advent_graphs_supported() != 0 }
+}
+
+/// A captured sequence of CUDA kernels, replayed with one launch.
+///
+/// Everything the captured work reads must stay where it was at capture (copy new inputs
+/// into the same tensors); what it creates stays in the graph's memory and is overwritten
+/// by each replay.
+pub struct CudaGraph {
+    raw: *mut RawGraph,
+}
+
+impl CudaGraph {
+    /// Captures the work that `f` queues on `device` (on a side stream; run the work
+    /// uncaptured a few times first, so that cuDNN's autotuner and the allocator have
+    /// settled). Nothing runs during capture: the tensors `f` returns are filled by
+    /// [`CudaGraph::replay`].
+    pub fn capture<T>(device: Device, f: impl FnOnce() -> Result<T>) -> Result<(Self, T)> {
+        let Device::Cuda(i) = device else { bail!("CUDA graphs need a CUDA device") };
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: writes a new graph into raw.
+        check(unsafe { advent_graph_new(&mut raw) })?;
+        let graph = CudaGraph { raw };
+        // SAFETY: raw is a live graph.
+        check(unsafe { advent_graph_capture_begin(graph.raw, i as c_int) })?;
+        let result = f();
+        // SAFETY: ends the capture begun above whatever f did, restoring the stream.
+        let end = check(unsafe { advent_graph_capture_end(graph.raw) });
+        let value = result?;
+        end?;
+        Ok((graph, value))
+    }
+
+    /// Queues the captured kernels again.
+    pub fn replay(&self) -> Result<()> {
+        // SAFETY: raw is a live graph.
+        check(unsafe { advent_graph_replay(self.raw) })
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        // SAFETY: raw came from advent_graph_new and is freed once.
+        unsafe { advent_graph_free(self.raw) }
+    }
+}
+
+/// What the CUDA caching allocator holds on one device, in bytes (PyTorch's
+/// `memory_allocated`, `max_memory_allocated`, `memory_reserved`, `max_memory_reserved`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CudaMemory {
+    pub allocated: i64,
+    pub peak_allocated: i64,
+    pub reserved: i64,
+    pub peak_reserved: i64,
+}
+
+/// The allocator's statistics for `device` (`None` on the CPU).
+pub fn cuda_memory(device: Device) -> Result<Option<CudaMemory>> {
+    let Device::Cuda(i) = device else { return Ok(None) };
+    let mut out = [0i64; 4];
+    // SAFETY: out has the four slots native.cpp writes.
+    check(unsafe { advent_cuda_memory(i as c_int, out.as_mut_ptr()) })?;
+    Ok(Some(CudaMemory { allocated: out[0], peak_allocated: out[1], reserved: out[2], peak_reserved: out[3] }))
+}
+
+/// Starts a new peak (`torch.cuda.reset_peak_memory_stats`); nothing on the CPU.
+pub fn reset_peak_memory(device: Device) -> Result<()> {
+    match device {
+        // SAFETY: a device index; libtorch checks it.
+        Device::Cuda(i) => check(unsafe { advent_cuda_reset_peak(i as c_int) }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn fused_sgd_two_steps_by_hand() {
+        // w = 1, g = 2, wd = 0.5, m = 0.9, lr = 0.1: step 1 d = 2.5, buf = 2.5, w = 0.75;
+        // step 2 (g = 2) d = 2.375, buf = 4.625, w = 0.2875.
+        let w = Tensor::from_slice(&[1.0f32]);
+        let g = Tensor::from_slice(&[2.0f32]);
+        let b = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        fused_sgd(&[&w], &[&g], &[&b], 0.5, 0.9, 0.1, true).unwrap();
+        assert!((w.double_value(&[0]) - 0.75).abs() < 1e-7);
+        assert!((b.double_value(&[0]) - 2.5).abs() < 1e-7);
+        fused_sgd(&[&w], &[&g], &[&b], 0.5, 0.9, 0.1, false).unwrap();
+        assert!((w.double_value(&[0]) - 0.2875).abs() < 1e-6, "{}", w.double_value(&[0]));
+    }
+
+    #[test]
+    fn fused_adam_first_step_moves_by_the_rate() {
+        // The first Adam step moves each weight by lr·sign(g) (up to eps).
+        let w = Tensor::from_slice(&[1.0f32, -1.0]);
+        let g = Tensor::from_slice(&[3.0f32, -0.5]);
+        let (m, v) = (w.zeros_like(), w.zeros_like());
+        let step = Tensor::from(1.0f32);
+        let state = AdamState { exp_avg: &[&m], exp_avg_sq: &[&v], steps: &[&step] };
+        fused_adam(&[&w], &[&g], state, 0.01, (0.9, 0.99), 1e-8).unwrap();
+        assert!((w.double_value(&[0]) - 0.99).abs() < 1e-6);
+        assert!((w.double_value(&[1]) + 0.99).abs() < 1e-6);
+    }
+
+    #[test]
+    fn errors_become_messages() {
+        let w = Tensor::from_slice(&[1.0f32, 2.0]);
+        let g = Tensor::from_slice(&[1.0f32]);
+        let err = fused_sgd(&[&w], &[&g], &[&w.zeros_like()], 0.0, 0.9, 0.1, true).unwrap_err();
+        assert!(err.to_string().contains("gradient 0: [1]"), "{err}");
+        if tch::Cuda::device_count() == 0 {
+            // A C++ exception, caught and returned as a message.
+            let err = cuda_memory(Device::Cuda(0)).unwrap_err().to_string();
+            assert!(err.starts_with("libtorch:"), "{err}");
+        }
+        assert!(cuda_memory(Device::Cpu).unwrap().is_none());
+        assert!(CudaGraph::capture(Device::Cpu, || Ok(())).is_err());
+    }
+
+    #[test]
+    fn cleared_gradients_are_none() {
+        let w = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        (&w * 3.0).sum(Kind::Float).backward();
+        assert!(w.grad().defined());
+        clear_grads(&[&w]).unwrap();
+        assert!(!w.grad().defined());
+        // And the next backward pass starts from nothing, not from the old gradient.
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert_eq!(w.grad().double_value(&[0]), 2.0);
+    }
+}
