@@ -1,19 +1,25 @@
-//! `advent detect`: the detection extension (SSD-300). So far: `eval`.
+//! `advent detect`: the detection extension (SSD-300): `train`, `eval`, `predict`.
 
 use crate::args::parse_device;
 use advent::detect::cityscapes::{class_name, BoxOptions};
+use advent::detect::config::DetConfig;
 use advent::detect::data::{DetDataset, DetectionSet};
 use advent::detect::eval::evaluate_set;
 use advent::detect::map::MapConfig;
 use advent::detect::nms::DetectConfig;
 use advent::detect::priors::PriorConfig;
 use advent::detect::ssd::Ssd;
+use advent::train::RunOptions;
 use anyhow::{Context, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Train SSD-300 (source-only, MinEnt or AdvEnt) as a TOML configuration says
+    /// (configs/detection/), into a run folder with checkpoints, metrics.jsonl and TensorBoard
+    /// logs; --resume continues a run.
+    Train(crate::train::Args),
     /// VOC mAP at IoU 0.5 (all-point and 11-point) of an SSD-300 checkpoint on Cityscapes or
     /// Foggy Cityscapes, boxes from the gtFine instance maps.
     Eval(EvalArgs),
@@ -52,8 +58,18 @@ pub struct EvalArgs {
 
 pub fn run(c: Command) -> Result<()> {
     match c {
+        Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
     }
+}
+
+fn train(a: crate::train::Args) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let (config, run_dir, start) = crate::train::resolve(&a, DetConfig::load, |c| c.name.clone())?;
+    let options = RunOptions { run_dir, device, start, progress: std::io::stderr().is_terminal() };
+    let summary = advent::detect::run::run(&config, options)?;
+    crate::train::report(&summary);
+    Ok(())
 }
 
 fn eval(a: EvalArgs) -> Result<()> {

@@ -2,14 +2,15 @@
 
 use crate::args::parse_device;
 use advent::config::Config;
-use advent::train::{self, RunOptions, Start};
+use advent::train::{self, RunOptions, RunSummary, Start};
 use anyhow::{bail, Result};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// TOML configuration (see configs/defaults.toml for every key and its default).
+    /// TOML configuration (see configs/defaults.toml, or configs/detection/defaults.toml for
+    /// `detect train`, for every key and its default).
     #[arg(long, required_unless_present = "resume")]
     config: Option<PathBuf>,
     /// Override a setting: --set train.max_iters=2000 (repeatable).
@@ -21,7 +22,7 @@ pub struct Args {
     resume: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    pub device: String,
     /// Run folder (default: runs/<name>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -29,6 +30,21 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
+    let (config, run_dir, start) = resolve(&a, Config::load, |c| c.name.clone())?;
+    let summary =
+        train::run(&config, RunOptions { run_dir, device, start, progress: std::io::stderr().is_terminal() })?;
+    report(&summary);
+    Ok(())
+}
+
+/// The configuration, run folder and start of `advent train` or `advent detect train`:
+/// `--config` (a new run in `--run-dir`, default `runs/<name>`) or `--resume` (the run's own
+/// config.toml, with `--set` applied). `load` reads a configuration file with overrides.
+pub fn resolve<C>(
+    a: &Args,
+    load: impl Fn(&Path, &[String]) -> Result<C>,
+    name: impl Fn(&C) -> String,
+) -> Result<(C, PathBuf, Start)> {
     let (config, run_dir, start) = match (&a.resume, &a.config) {
         (Some(_), Some(_)) => {
             bail!("--resume continues with the run's own config.toml: drop --config (use --set to change settings)")
@@ -38,12 +54,12 @@ pub fn run(a: Args) -> Result<()> {
                 bail!("--resume writes into the run's own folder: drop --run-dir");
             }
             let (run_dir, start) = train::resolve_resume(path)?;
-            let config = Config::load(&run_dir.join("config.toml"), &a.overrides)?;
+            let config = load(&run_dir.join("config.toml"), &a.overrides)?;
             (config, run_dir, start)
         }
         (None, Some(file)) => {
-            let config = Config::load(file, &a.overrides)?;
-            let run_dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+            let config = load(file, &a.overrides)?;
+            let run_dir = a.run_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(name(&config)));
             (config, run_dir, Start::New)
         }
         (None, None) => bail!("give --config FILE or --resume RUN"),
@@ -53,8 +69,11 @@ pub fn run(a: Args) -> Result<()> {
         Start::Over => eprintln!("{}: no complete checkpoint yet, starting again from iteration 0", run_dir.display()),
         Start::New => {}
     }
-    let summary =
-        train::run(&config, RunOptions { run_dir, device, start, progress: std::io::stderr().is_terminal() })?;
+    Ok((config, run_dir, start))
+}
+
+/// The closing lines of a training command.
+pub fn report(summary: &RunSummary) {
     let losses: Vec<String> = summary.last_losses.iter().map(|(k, v)| format!("{k} = {v:.4}")).collect();
     eprintln!(
         "trained iterations {}..={} in {:.1} s; last: {}",
@@ -63,8 +82,7 @@ pub fn run(a: Args) -> Result<()> {
         summary.seconds,
         losses.join(", ")
     );
-    if let Some(c) = summary.last_checkpoint {
+    if let Some(c) = &summary.last_checkpoint {
         eprintln!("checkpoint: {}", c.display());
     }
-    Ok(())
 }

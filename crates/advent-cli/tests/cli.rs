@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{advent, assert_clean_failure, metrics, stderr, tiny_config, write_image};
+use common::{advent, assert_clean_failure, assert_success, metrics, s, stderr, tiny_config, write_image};
 
 use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
 use advent::weights::{self, StateDict};
@@ -360,4 +360,72 @@ fn detect_eval_scores_an_ssd_checkpoint_on_the_real_frame() {
     assert_clean_failure(&o, "not an SSD checkpoint");
     assert!(stderr(&o).contains("model.pth"));
     assert_eq!(std::fs::read(&json).unwrap(), before);
+}
+
+/// `advent detect train` on the built-in scenes: the run folder of a segmentation run
+/// (config.toml, metrics.jsonl, checkpoints with ssd.pytorch-keyed model.pth, d.pth,
+/// optimizer.safetensors, state.json); a run resumed from its first checkpoint logs and saves
+/// exactly what the uninterrupted run did; a bad config key and an unknown method are
+/// refused, naming the key.
+#[test]
+fn detect_train_runs_and_resumes_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("det.toml");
+    std::fs::write(
+        &config,
+        "[source]\ndataset = \"synthetic\"\nbatch_size = 1\n[target]\ndataset = \"synthetic\"\nbatch_size = 1\n\
+         [synthetic]\nlen = 4\n[train]\nmethod = \"advent\"\nmax_iters = 100\nearly_stop = 2\nsave_every = 1\n\
+         keep_checkpoints = 0\nworkers = 1\ndiscriminator_width = 4\n",
+    )
+    .unwrap();
+    let (full, resumed) = (dir.path().join("full"), dir.path().join("resumed"));
+    let o = advent(&["detect", "train", "--config", s(&config), "--run-dir", s(&full)]);
+    assert_success(&o);
+    let ckpt = full.join("checkpoints/iter_000002");
+    for f in ["model.pth", "d.pth", "optimizer.safetensors", "state.json"] {
+        assert!(ckpt.join(f).is_file(), "{f} missing");
+    }
+    let model = advent::weights::load(&ckpt.join("model.pth")).unwrap();
+    assert!(model.get("vgg.0.weight").is_some() && model.get("conf.5.bias").is_some());
+    // The interrupted run: the same folder as it stood after iteration 1's checkpoint.
+    copy_tree(&full, &resumed);
+    std::fs::remove_dir_all(resumed.join("checkpoints/iter_000002")).unwrap();
+    let metrics = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
+    std::fs::write(
+        resumed.join("metrics.jsonl"),
+        metrics.lines().take(2).map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let o = advent(&["detect", "train", "--resume", s(&resumed)]);
+    assert_success(&o);
+    assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(full.join("metrics.jsonl")).unwrap(),
+        std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap()
+    );
+    for f in ["model.pth", "d.pth"] {
+        assert_eq!(
+            std::fs::read(ckpt.join(f)).unwrap(),
+            std::fs::read(resumed.join("checkpoints/iter_000002").join(f)).unwrap(),
+            "{f} differs after resuming"
+        );
+    }
+    let o =
+        advent(&["detect", "train", "--config", s(&config), "--set", "train.lerning_rate=1", "--run-dir", s(&full)]);
+    assert_clean_failure(&o, "lerning_rate");
+    let o = advent(&["detect", "train", "--config", s(&config), "--set", "train.method=minnet"]);
+    assert_clean_failure(&o, "train.method");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
 }

@@ -147,22 +147,13 @@ impl Config {
 
     /// Parses TOML text over the defaults, then applies overrides.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
-        let user: Table = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}", e.message().trim()).context(describe_toml_error(&e, text)))?;
-        let mut merged = defaults_table();
-        merge(&mut merged, user, "")?;
-        for o in overrides {
-            apply_override(&mut merged, o)?;
-        }
-        Self::from_table(merged, "config")
+        let config: Config = parse_over(DEFAULTS, text, overrides)?;
+        config.validate()?;
+        Ok(config)
     }
 
     fn from_table(table: Table, what: &str) -> Result<Self> {
-        let config: Config = serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
-            let inner = e.inner().to_string();
-            let inner = inner.lines().next().unwrap_or_default().to_string();
-            anyhow::anyhow!("{what}: `{}`: {inner}", e.path())
-        })?;
+        let config: Config = from_table(table, what)?;
         config.validate()?;
         Ok(config)
     }
@@ -256,6 +247,28 @@ impl Config {
 
 fn defaults_table() -> Table {
     toml::from_str(DEFAULTS).expect("configs/defaults.toml parses")
+}
+
+/// A configuration of type `T`: TOML `text` over the `defaults` tree (a key the defaults do
+/// not have, or a value of another type, is an error naming the key), then the `--set
+/// key=value` overrides. The configurations of other commands (detection) use it too.
+pub fn parse_over<T: serde::de::DeserializeOwned>(defaults: &str, text: &str, overrides: &[String]) -> Result<T> {
+    let user: Table = toml::from_str(text)
+        .map_err(|e| anyhow::anyhow!("{}", e.message().trim()).context(describe_toml_error(&e, text)))?;
+    let mut merged: Table = toml::from_str(defaults).context("the built-in defaults do not parse")?;
+    merge(&mut merged, user, "")?;
+    for o in overrides {
+        apply_override(&mut merged, o)?;
+    }
+    from_table(merged, "config")
+}
+
+fn from_table<T: serde::de::DeserializeOwned>(table: Table, what: &str) -> Result<T> {
+    serde_path_to_error::deserialize(Value::Table(table)).map_err(|e| {
+        let inner = e.inner().to_string();
+        let inner = inner.lines().next().unwrap_or_default().to_string();
+        anyhow::anyhow!("{what}: `{}`: {inner}", e.path())
+    })
 }
 
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
@@ -429,5 +442,34 @@ mod tests {
         let c = Config::defaults();
         let again = Config::parse(&c.to_toml().unwrap(), &[]).unwrap();
         assert_eq!(c, again);
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::Config;
+    use crate::detect::config::DetConfig;
+    use std::path::Path;
+
+    /// Every configuration under configs/ parses with its command's rules.
+    #[test]
+    fn shipped_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for (dir, detection) in [(root.clone(), false), (root.join("detection"), true)] {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|e| e != "toml") {
+                    continue;
+                }
+                if detection {
+                    DetConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                } else {
+                    Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 13, "{seen} configs");
     }
 }

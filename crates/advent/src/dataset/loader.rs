@@ -104,26 +104,29 @@ impl Iterator for Order {
 
 type Indices = Box<dyn Iterator<Item = usize> + Send>;
 
-/// Loads `dataset.get(i)` for each `i` of `indices`, in order, on worker threads or inline.
-struct Prefetcher {
-    dataset: Arc<dyn Dataset>,
-    mode: Mode,
+/// Loads one item by index (a dataset's `get`, or any other preparation).
+pub type LoadFn<T> = Arc<dyn Fn(usize) -> Result<T> + Send + Sync>;
+
+/// Loads `get(i)` for each `i` of `indices`, in order, on worker threads or inline.
+struct Prefetcher<T: Send + 'static> {
+    get: LoadFn<T>,
+    mode: Mode<T>,
 }
 
-enum Mode {
+enum Mode<T: Send + 'static> {
     Inline(Indices),
-    Threads { shared: Arc<Shared>, threads: Vec<JoinHandle<()>> },
+    Threads { shared: Arc<Shared<T>>, threads: Vec<JoinHandle<()>> },
 }
 
-struct Shared {
-    state: Mutex<Queue>,
+struct Shared<T> {
+    state: Mutex<Queue<T>>,
     /// Workers wait here for room ahead of the consumer.
     room: Condvar,
     /// The consumer waits here for its next result.
     ready: Condvar,
 }
 
-struct Queue {
+struct Queue<T> {
     indices: Indices,
     exhausted: bool,
     /// Next ticket (position in the sequence) a worker takes.
@@ -132,19 +135,19 @@ struct Queue {
     consumed: u64,
     /// Tickets at most this far ahead of `consumed` may be taken.
     ahead: u64,
-    results: BTreeMap<u64, (usize, Result<Sample>)>,
+    results: BTreeMap<u64, (usize, Result<T>)>,
     stop: bool,
 }
 
-fn lock(shared: &Shared) -> MutexGuard<'_, Queue> {
+fn lock<T>(shared: &Shared<T>) -> MutexGuard<'_, Queue<T>> {
     // A worker never panics while holding the lock (loading runs outside it and panics
     // there are caught), so a poisoned lock still holds consistent data.
     shared.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `dataset.get(index)`, with a panic turned into an error.
-fn load(dataset: &dyn Dataset, index: usize) -> Result<Sample> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| dataset.get(index))) {
+/// `get(index)`, with a panic turned into an error.
+fn load<T>(get: &(dyn Fn(usize) -> Result<T> + Send + Sync), index: usize) -> Result<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| get(index))) {
         Ok(result) => result,
         Err(panic) => {
             let what = panic
@@ -157,7 +160,7 @@ fn load(dataset: &dyn Dataset, index: usize) -> Result<Sample> {
     }
 }
 
-fn worker(dataset: Arc<dyn Dataset>, shared: Arc<Shared>) {
+fn worker<T>(get: LoadFn<T>, shared: Arc<Shared<T>>) {
     loop {
         let (ticket, index) = {
             let mut q = lock(&shared);
@@ -184,7 +187,7 @@ fn worker(dataset: Arc<dyn Dataset>, shared: Arc<Shared>) {
                 }
             }
         };
-        let result = load(dataset.as_ref(), index);
+        let result = load(get.as_ref(), index);
         let mut q = lock(&shared);
         if q.stop {
             return;
@@ -194,10 +197,10 @@ fn worker(dataset: Arc<dyn Dataset>, shared: Arc<Shared>) {
     }
 }
 
-impl Prefetcher {
-    fn new(dataset: Arc<dyn Dataset>, indices: Indices, workers: usize, prefetch: usize) -> Self {
+impl<T: Send + 'static> Prefetcher<T> {
+    fn new(get: LoadFn<T>, indices: Indices, workers: usize, prefetch: usize) -> Self {
         if workers == 0 {
-            return Prefetcher { dataset, mode: Mode::Inline(indices) };
+            return Prefetcher { get, mode: Mode::Inline(indices) };
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(Queue {
@@ -214,22 +217,22 @@ impl Prefetcher {
         });
         let threads = (0..workers)
             .map(|i| {
-                let (dataset, shared) = (dataset.clone(), shared.clone());
+                let (get, shared) = (get.clone(), shared.clone());
                 std::thread::Builder::new()
                     .name(format!("advent-loader-{i}"))
-                    .spawn(move || worker(dataset, shared))
+                    .spawn(move || worker(get, shared))
                     .expect("spawning a loader thread")
             })
             .collect();
-        Prefetcher { dataset, mode: Mode::Threads { shared, threads } }
+        Prefetcher { get, mode: Mode::Threads { shared, threads } }
     }
 
-    /// The next `(index, sample)` in sequence order; `None` once the indices are exhausted.
-    fn next(&mut self) -> Option<(usize, Result<Sample>)> {
+    /// The next `(index, item)` in sequence order; `None` once the indices are exhausted.
+    fn next(&mut self) -> Option<(usize, Result<T>)> {
         match &mut self.mode {
             Mode::Inline(indices) => {
                 let index = indices.next()?;
-                Some((index, load(self.dataset.as_ref(), index)))
+                Some((index, load(self.get.as_ref(), index)))
             }
             Mode::Threads { shared, .. } => {
                 let mut q = lock(shared);
@@ -250,7 +253,7 @@ impl Prefetcher {
     }
 }
 
-impl Drop for Prefetcher {
+impl<T: Send + 'static> Drop for Prefetcher<T> {
     fn drop(&mut self) {
         if let Mode::Threads { shared, threads } = &mut self.mode {
             {
@@ -267,13 +270,59 @@ impl Drop for Prefetcher {
     }
 }
 
+/// Endless items of a finite, indexable source in a seeded, resumable order, loaded ahead by
+/// worker threads: the machinery of [`Loader`], for any kind of item.
+pub struct Endless<T: Send + 'static> {
+    len: usize,
+    /// Where the consumer is: the next item [`Endless::next_items`] hands out.
+    state: OrderState,
+    prefetcher: Prefetcher<T>,
+}
+
+impl<T: Send + 'static> Endless<T> {
+    /// Items `get(0..len)` in the order of `config` (its batch size unused), starting at
+    /// `start`. Errors as [`Loader::new`].
+    pub fn new(len: usize, get: LoadFn<T>, config: &LoaderConfig, start: OrderState) -> Result<Self> {
+        ensure!(len > 0, "cannot load batches from an empty dataset");
+        if start.position > len as u64 {
+            bail!(
+                "the saved data order (epoch {}, position {}) does not fit a dataset of {len} \
+                 items: was it saved for another dataset?",
+                start.epoch,
+                start.position
+            );
+        }
+        let state = normalize(start, len);
+        let order = Order::new(len, config.shuffle, config.seed, state);
+        Ok(Endless { prefetcher: Prefetcher::new(get, Box::new(order), config.workers, config.prefetch), len, state })
+    }
+
+    /// The next `n` items, each with its index and its place in the order (epoch, position).
+    /// A failed item is an error at its turn and counts as delivered.
+    pub fn next_items(&mut self, n: usize) -> Result<Vec<(usize, OrderState, T)>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (index, item) = self.prefetcher.next().expect("the order of a loader is endless");
+            let position = self.state;
+            self.state = normalize(OrderState { epoch: self.state.epoch, position: self.state.position + 1 }, self.len);
+            let item = item.with_context(|| {
+                format!("loading item {index} (epoch {}, position {})", position.epoch, position.position)
+            })?;
+            out.push((index, position, item));
+        }
+        Ok(out)
+    }
+
+    /// State after the last delivered item.
+    pub fn state(&self) -> OrderState {
+        self.state
+    }
+}
+
 /// Endless batches of a dataset in a seeded order, loaded ahead by worker threads.
 pub struct Loader {
     config: LoaderConfig,
-    len: usize,
-    /// Where the consumer is: the next sample [`Loader::next_batch`] hands out.
-    state: OrderState,
-    prefetcher: Prefetcher,
+    items: Endless<Sample>,
 }
 
 impl Loader {
@@ -285,25 +334,10 @@ impl Loader {
     /// An empty dataset, a batch size of 0, or a `start` that does not fit the dataset
     /// (a position beyond its length: a state saved for another dataset).
     pub fn new(dataset: Arc<dyn Dataset>, config: LoaderConfig, start: OrderState) -> Result<Loader> {
-        let len = dataset.len();
-        ensure!(len > 0, "cannot load batches from an empty dataset");
         ensure!(config.batch_size > 0, "batch size must be at least 1");
-        if start.position > len as u64 {
-            bail!(
-                "the saved data order (epoch {}, position {}) does not fit a dataset of {len} \
-                 items: was it saved for another dataset?",
-                start.epoch,
-                start.position
-            );
-        }
-        let state = normalize(start, len);
-        let order = Order::new(len, config.shuffle, config.seed, state);
-        Ok(Loader {
-            prefetcher: Prefetcher::new(dataset, Box::new(order), config.workers, config.prefetch),
-            config,
-            len,
-            state,
-        })
+        let len = dataset.len();
+        let get: LoadFn<Sample> = Arc::new(move |i| dataset.get(i));
+        Ok(Loader { items: Endless::new(len, get, &config, start)?, config })
     }
 
     /// The next `batch_size` samples of the endless order. When an epoch's order is
@@ -316,23 +350,14 @@ impl Loader {
     /// different sizes, or with and without labels. A failed sample counts as delivered
     /// (the rest of its batch is dropped): a further call continues with the sample after it.
     pub fn next_batch(&mut self) -> Result<Batch> {
-        let n = self.config.batch_size;
-        let mut samples = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (index, sample) = self.prefetcher.next().expect("the order of a loader is endless");
-            let position = self.state;
-            self.state = normalize(OrderState { epoch: self.state.epoch, position: self.state.position + 1 }, self.len);
-            samples.push(sample.with_context(|| {
-                format!("loading item {index} (epoch {}, position {})", position.epoch, position.position)
-            })?);
-        }
-        collate(samples)
+        let samples = self.items.next_items(self.config.batch_size)?;
+        collate(samples.into_iter().map(|(_, _, s)| s).collect())
     }
 
     /// State after the last delivered batch: a loader created with it delivers exactly the
     /// batches that would have come next.
     pub fn state(&self) -> OrderState {
-        self.state
+        self.items.state()
     }
 }
 
@@ -384,7 +409,8 @@ pub fn sequential(
     prefetch: usize,
 ) -> impl Iterator<Item = Result<(usize, Sample)>> {
     let len = dataset.len();
-    let mut prefetcher = Prefetcher::new(dataset, Box::new(0..len), workers, prefetch);
+    let get: LoadFn<Sample> = Arc::new(move |i| dataset.get(i));
+    let mut prefetcher = Prefetcher::new(get, Box::new(0..len), workers, prefetch);
     std::iter::from_fn(move || {
         prefetcher
             .next()

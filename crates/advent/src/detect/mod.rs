@@ -7,12 +7,15 @@
 pub mod adapt;
 pub mod boxes;
 pub mod cityscapes;
+pub mod config;
 pub mod data;
 pub mod eval;
+pub mod loader;
 pub mod loss;
 pub mod map;
 pub mod matching;
 pub mod nms;
 pub mod priors;
+pub mod run;
 pub mod ssd;
 pub mod train;

@@ -4,6 +4,6 @@ pub mod optim;
 mod step;
 
 pub use step::{Detached, DomainDiscriminator, Losses, Trainer, SOURCE_LABEL, TARGET_LABEL};
-mod run;
+pub(crate) mod run;
 
 pub use run::{checkpoint_model, checkpoints, resolve_resume, run, RunOptions, RunSummary, Start, TrainState};

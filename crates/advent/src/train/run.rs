@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-const STATE_FORMAT: &str = "advent-train-state/1";
+pub(crate) const STATE_FORMAT: &str = "advent-train-state/1";
 const CHECKPOINT_PREFIX: &str = "iter_";
 
 /// Where a run stands at a checkpoint (`state.json`).
@@ -122,11 +122,11 @@ pub fn checkpoint_model(dir: &Path, device: Device) -> Result<crate::model::SegM
     Ok(crate::model::SegModel::from_checkpoint(&path, &overrides, Default::default(), device)?.0)
 }
 
-fn checkpoint_name(iteration: u64) -> String {
+pub(crate) fn checkpoint_name(iteration: u64) -> String {
     format!("{CHECKPOINT_PREFIX}{iteration:06}")
 }
 
-fn read_state(dir: &Path) -> Result<TrainState> {
+pub(crate) fn read_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join("state.json");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let state: TrainState = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
@@ -134,10 +134,10 @@ fn read_state(dir: &Path) -> Result<TrainState> {
     Ok(state)
 }
 
-/// Trains as configured; returns when `train.early_stop` is reached.
-pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
-    let run_dir = &options.run_dir;
-    let resume_state = match &options.start {
+/// The saved state a run starts from (`None`: iteration 0); a new run's folder must not
+/// hold a run already.
+pub(crate) fn start_state(run_dir: &Path, start: &Start) -> Result<Option<TrainState>> {
+    Ok(match start {
         Start::Checkpoint(ckpt) => Some(read_state(ckpt)?),
         Start::Over => None,
         Start::New => {
@@ -152,7 +152,13 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
             );
             None
         }
-    };
+    })
+}
+
+/// Trains as configured; returns when `train.early_stop` is reached.
+pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
+    let run_dir = &options.run_dir;
+    let resume_state = start_state(run_dir, &options.start)?;
     let t = &config.train;
     if options.device.is_cuda() {
         crate::device::set_precision(t.precision)?;
@@ -304,11 +310,11 @@ fn short_losses(row: &[(String, f32)]) -> String {
 }
 
 /// One logged iteration: its number and (name, value) pairs.
-type MetricsRow = (u64, Vec<(String, f32)>);
+pub(crate) type MetricsRow = (u64, Vec<(String, f32)>);
 
 /// Per-iteration losses, held on the device and read in one transfer per flush, so that the
 /// training step never waits for the host; checked for NaN and infinity when read.
-struct MetricsLog {
+pub(crate) struct MetricsLog {
     path: PathBuf,
     file: File,
     pending: Vec<(u64, f64, f64, Losses)>,
@@ -317,7 +323,7 @@ struct MetricsLog {
 impl MetricsLog {
     /// Opens the log for appending from iteration `start`, dropping lines of later
     /// iterations (those after the checkpoint a run resumes from).
-    fn open(path: &Path, start: u64) -> Result<Self> {
+    pub(crate) fn open(path: &Path, start: u64) -> Result<Self> {
         if path.exists() {
             let reader = BufReader::new(File::open(path).with_context(|| format!("reading {}", path.display()))?);
             let mut kept = String::new();
@@ -339,13 +345,13 @@ impl MetricsLog {
         Ok(MetricsLog { path: path.to_path_buf(), file, pending: Vec::new() })
     }
 
-    fn push(&mut self, iter: u64, lr: f64, lr_d: f64, losses: Losses) {
+    pub(crate) fn push(&mut self, iter: u64, lr: f64, lr_d: f64, losses: Losses) {
         self.pending.push((iter, lr, lr_d, losses));
     }
 
     /// Writes the pending rows and returns them. A non-finite loss stops training with an
     /// error naming the iteration and the loss (rows before it are written).
-    fn flush(&mut self) -> Result<Vec<MetricsRow>> {
+    pub(crate) fn flush(&mut self) -> Result<Vec<MetricsRow>> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -393,12 +399,30 @@ impl MetricsLog {
         Ok(rows)
     }
 
-    fn sync(&mut self) -> Result<()> {
+    pub(crate) fn sync(&mut self) -> Result<()> {
         self.file.sync_data().with_context(|| format!("writing {}", self.path.display()))
     }
 }
 
 fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Result<PathBuf> {
+    let mut files = vec![("model.pth", trainer.model.state_dict())];
+    let mut optim = trainer.sgd.state_dict("seg.");
+    for (d, file, prefix) in [(&trainer.d_main, "d_main.pth", "d_main."), (&trainer.d_aux, "d_aux.pth", "d_aux.")] {
+        if let Some(d) = d {
+            files.push((file, StateDict::from_var_store(&d.vs)));
+            for (k, v) in d.opt.state_dict(prefix).iter() {
+                optim.insert(k, v.shallow_clone());
+            }
+        }
+    }
+    files.push(("optimizer.safetensors", optim));
+    write_checkpoint(run_dir, state, &files)
+}
+
+/// Writes `<run>/checkpoints/iter_NNNNNN/` with `files` (each state dict in the format of
+/// its extension) and `state.json`: into a hidden folder first, renamed into place when
+/// complete (an existing checkpoint of the same iteration is discarded first).
+pub(crate) fn write_checkpoint(run_dir: &Path, state: &TrainState, files: &[(&str, StateDict)]) -> Result<PathBuf> {
     let name = checkpoint_name(state.iteration);
     let parent = run_dir.join("checkpoints");
     let final_dir = parent.join(&name);
@@ -406,17 +430,9 @@ fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Res
     let _ = fs::remove_dir_all(&tmp);
     let result = (|| -> Result<()> {
         fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        weights::save(&trainer.model.state_dict(), &tmp.join("model.pth"))?;
-        let mut optim = trainer.sgd.state_dict("seg.");
-        for (d, file, prefix) in [(&trainer.d_main, "d_main.pth", "d_main."), (&trainer.d_aux, "d_aux.pth", "d_aux.")] {
-            if let Some(d) = d {
-                weights::save(&StateDict::from_var_store(&d.vs), &tmp.join(file))?;
-                for (k, v) in d.opt.state_dict(prefix).iter() {
-                    optim.insert(k, v.shallow_clone());
-                }
-            }
+        for (file, dict) in files {
+            weights::save(dict, &tmp.join(file))?;
         }
-        weights::save(&optim, &tmp.join("optimizer.safetensors"))?;
         crate::fs::write_bytes_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
         if final_dir.exists() {
             discard(&final_dir)?;
@@ -453,7 +469,7 @@ fn load_checkpoint(trainer: &mut Trainer, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
+pub(crate) fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
     if keep == 0 {
         return Ok(());
     }
@@ -481,7 +497,7 @@ fn discard(dir: &Path) -> Result<()> {
 
 /// Removes the hidden checkpoint folders that processes which no longer run left behind
 /// (killed while writing or deleting one). A live process's folders are left alone.
-fn remove_leftovers(run_dir: &Path) -> Result<()> {
+pub(crate) fn remove_leftovers(run_dir: &Path) -> Result<()> {
     let dir = run_dir.join("checkpoints");
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();

@@ -1,0 +1,216 @@
+//! `advent detect train`: a detection training run, in the folder layout of a segmentation
+//! run (see [`crate::train::run`]), with the same guarantees (checkpoints written aside and
+//! renamed, resumption with the same data order and flips, metrics cut back on resume,
+//! TensorBoard restart markers):
+//!
+//! ```text
+//! <run>/config.toml                 the resolved detection configuration
+//! <run>/metrics.jsonl               one line per iteration: losses and learning rates
+//! <run>/checkpoints/iter_002000/    model.pth (SSD-300, ssd.pytorch's keys: advent detect
+//!                                   eval/predict and ssd.pytorch load it), d.pth (AdvEnt's
+//!                                   discriminators), optimizer.safetensors, state.json
+//! ```
+
+use super::config::DetConfig;
+use super::data::{DetDataset, DetectionSet, SyntheticDetection};
+use super::loader::DetLoader;
+use super::train::{DetMethod, DetTrainer};
+use crate::dataset::loader::{LoaderConfig, OrderState};
+use crate::dataset::synthetic::Domain;
+use crate::tensorboard::EventWriter;
+use crate::train::optim::poly_lr;
+use crate::train::run::{
+    prune_checkpoints, remove_leftovers, start_state, write_checkpoint, MetricsLog, RunOptions, RunSummary, Start,
+    TrainState, STATE_FORMAT,
+};
+use crate::weights::{self, StateDict};
+use anyhow::{ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The detection set of one domain of `config` (images prepared at 300x300).
+pub fn open_set(config: &DetConfig, source: bool) -> Result<Arc<dyn DetDataset>> {
+    let d = if source { &config.source } else { &config.target };
+    let what = if source { "source" } else { "target" };
+    Ok(match d.dataset.as_str() {
+        "synthetic" => {
+            let domain = if source { Domain::Source } else { Domain::Target };
+            Arc::new(SyntheticDetection::scenes(config.synthetic.seed, domain, config.synthetic.len))
+        }
+        other => {
+            let list = (!d.list.is_empty()).then(|| PathBuf::from(&d.list));
+            let set = DetectionSet::open(
+                other,
+                Path::new(&d.root),
+                &d.split,
+                d.beta,
+                list.as_deref(),
+                300,
+                Default::default(),
+            )
+            .with_context(|| format!("{what} dataset"))?;
+            ensure!(!set.is_empty(), "{what} dataset: no image under {} ({} {})", d.root, other, d.split);
+            Arc::new(set)
+        }
+    })
+}
+
+/// Trains as configured until `train.early_stop`.
+pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
+    let run_dir = &options.run_dir;
+    let resume_state = start_state(run_dir, &options.start)?;
+    let t = &config.train;
+    let device = options.device;
+    if device.is_cuda() {
+        crate::device::set_precision(t.precision)?;
+        crate::device::set_cudnn_benchmark(true)?;
+    }
+    tch::manual_seed(t.seed as i64);
+    let mut trainer = DetTrainer::new(config.step_config()?, config.model.num_classes, device)?;
+    let method = trainer.config.method;
+    if !config.model.init.is_empty() {
+        trainer.ssd.load_imagenet(Path::new(&config.model.init)).context("model.init")?;
+    }
+    let (start, source_order, target_order) = match (&resume_state, &options.start) {
+        (Some(state), Start::Checkpoint(ckpt)) => {
+            ensure!(
+                state.method == method.name(),
+                "{}: the checkpoint was trained with `{}`, the config says `{}`",
+                ckpt.display(),
+                state.method,
+                method.name()
+            );
+            load_checkpoint(&mut trainer, ckpt)?;
+            (state.iteration + 1, state.source_order, state.target_order.unwrap_or_default())
+        }
+        _ => (0, OrderState::default(), OrderState::default()),
+    };
+    let loader_config = |batch_size: usize, seed: u64| LoaderConfig {
+        batch_size,
+        shuffle: true,
+        seed,
+        workers: t.workers,
+        prefetch: t.prefetch,
+    };
+    let mut source =
+        DetLoader::new(open_set(config, true)?, loader_config(config.source.batch_size, t.seed), source_order, t.flip)?;
+    let mut target = if method != DetMethod::SourceOnly {
+        let seed = t.seed.wrapping_add(1);
+        Some(DetLoader::new(
+            open_set(config, false)?,
+            loader_config(config.target.batch_size, seed),
+            target_order,
+            t.flip,
+        )?)
+    } else {
+        None
+    };
+
+    std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
+    remove_leftovers(run_dir)?;
+    crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
+    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
+    let mut board = if t.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
+    if let Some(board) = board.as_mut().filter(|_| options.start != Start::New) {
+        board.session_start(start as i64)?;
+    }
+
+    let bar = if options.progress { ProgressBar::new(t.early_stop + 1) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} it, {per_sec}, eta {eta} {msg}")
+            .expect("static template"),
+    );
+    bar.set_prefix(format!("{} {}", config.name, method.name()));
+    bar.set_position(start);
+    bar.reset_eta();
+    let began = Instant::now();
+    let (mut last_checkpoint, mut last_losses) = (None, Vec::new());
+    for i in start..=t.early_stop {
+        let src = source.next_batch().with_context(|| format!("iteration {i}: loading a source batch"))?;
+        let trg = match &mut target {
+            Some(l) => Some(l.next_batch().with_context(|| format!("iteration {i}: loading a target batch"))?),
+            None => None,
+        };
+        let trg_images = trg.as_ref().map(|b| b.images.f_to_device(device)).transpose()?;
+        let losses = trainer
+            .step(
+                i,
+                &src.images.f_to_device(device)?,
+                &src.loc.f_to_device(device)?,
+                &src.labels.f_to_device(device)?,
+                trg_images.as_ref(),
+            )
+            .with_context(|| format!("iteration {i}"))?;
+        let lr = poly_lr(t.learning_rate, i, t.max_iters, t.power);
+        let lr_d = poly_lr(t.learning_rate_d, i, t.max_iters, t.power);
+        metrics.push(i, lr, lr_d, losses);
+        let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
+        if save || (i + 1) % t.log_every == 0 {
+            let rows = metrics.flush()?;
+            if let Some(board) = &mut board {
+                for (iter, row) in &rows {
+                    for (name, v) in row {
+                        board.add_scalar(name, *v, *iter as i64)?;
+                    }
+                }
+                board.flush()?;
+            }
+            if let Some((_, row)) = rows.into_iter().next_back() {
+                let short: Vec<String> = row
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("loss_"))
+                    .map(|(k, v)| format!("{}={v:.3}", k.trim_start_matches("loss_")))
+                    .collect();
+                bar.set_message(short.join(" "));
+                last_losses = row;
+            }
+        }
+        if save {
+            let state = TrainState {
+                format: STATE_FORMAT.into(),
+                iteration: i,
+                method: method.name().into(),
+                source_order: source.state(),
+                target_order: target.as_ref().map(DetLoader::state),
+            };
+            metrics.sync()?;
+            let mut files = vec![("model.pth", trainer.ssd.state_dict())];
+            let mut optim = trainer.sgd.state_dict("det.");
+            if let Some(d) = &trainer.discriminators {
+                files.push(("d.pth", StateDict::from_var_store(&d.vs)));
+                for (k, v) in d.opt.state_dict("d.").iter() {
+                    optim.insert(k, v.shallow_clone());
+                }
+            }
+            files.push(("optimizer.safetensors", optim));
+            last_checkpoint = Some(write_checkpoint(run_dir, &state, &files)?);
+            prune_checkpoints(run_dir, t.keep_checkpoints)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(RunSummary {
+        run_dir: run_dir.clone(),
+        first_iteration: start,
+        last_iteration: t.early_stop,
+        seconds: began.elapsed().as_secs_f64(),
+        last_losses,
+        last_checkpoint,
+    })
+}
+
+fn load_checkpoint(trainer: &mut DetTrainer, dir: &Path) -> Result<()> {
+    let context = |file: &str| format!("resuming from {}", dir.join(file).display());
+    let opts = crate::model::LoadOptions::default();
+    crate::model::load_into(&trainer.ssd.vs, weights::load(&dir.join("model.pth"))?, opts)
+        .with_context(|| context("model.pth"))?;
+    let optim = weights::load(&dir.join("optimizer.safetensors"))?;
+    trainer.sgd.load_state_dict(&optim, "det.").with_context(|| context("optimizer.safetensors"))?;
+    if let Some(d) = &mut trainer.discriminators {
+        crate::model::load_into(&d.vs, weights::load(&dir.join("d.pth"))?, opts).with_context(|| context("d.pth"))?;
+        d.opt.load_state_dict(&optim, "d.").with_context(|| context("optimizer.safetensors"))?;
+    }
+    Ok(())
+}
