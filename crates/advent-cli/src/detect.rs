@@ -20,6 +20,10 @@ pub enum Command {
     /// (configs/detection/), into a run folder with checkpoints, metrics.jsonl and TensorBoard
     /// logs; --resume continues a run.
     Train(crate::train::Args),
+    /// Detect objects in an image or a folder of images with an SSD-300 checkpoint: for each,
+    /// <stem>_boxes.png (the image with the boxes drawn in the Cityscapes colours of their
+    /// classes) and <stem>_boxes.json (class, score, pixel box of each detection).
+    Predict(PredictArgs),
     /// VOC mAP at IoU 0.5 (all-point and 11-point) of an SSD-300 checkpoint on Cityscapes or
     /// Foggy Cityscapes, boxes from the gtFine instance maps.
     Eval(EvalArgs),
@@ -56,9 +60,32 @@ pub struct EvalArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+pub struct PredictArgs {
+    /// An SSD-300 state dict (ours, or ssd.pytorch's keys).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// An image (.png, .jpg) or a folder of them.
+    #[arg(long)]
+    input: PathBuf,
+    /// Also the images in sub-folders of a folder input.
+    #[arg(long)]
+    recursive: bool,
+    /// Output folder (created).
+    #[arg(long)]
+    output: PathBuf,
+    /// Detections drawn and listed: class score at least this.
+    #[arg(long, default_value_t = 0.5)]
+    min_score: f32,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
 pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Train(a) => train(a),
+        Command::Predict(a) => predict(a),
         Command::Eval(a) => eval(a),
     }
 }
@@ -70,6 +97,40 @@ fn train(a: crate::train::Args) -> Result<()> {
     let summary = advent::detect::run::run(&config, options)?;
     crate::train::report(&summary);
     Ok(())
+}
+
+fn predict(a: PredictArgs) -> Result<()> {
+    anyhow::ensure!((0.0..=1.0).contains(&a.min_score), "--min-score must be in [0, 1], got {}", a.min_score);
+    let device = parse_device(&a.device)?;
+    let jobs = crate::predict::collect_inputs(&a.input, a.recursive)?;
+    anyhow::ensure!(!a.output.exists() || a.output.is_dir(), "--output {} is not a folder", a.output.display());
+    let ssd = Ssd::from_checkpoint(&a.checkpoint, device)?;
+    let priors = PriorConfig::default().priors();
+    let cfg = DetectConfig::default();
+    crate::predict::process(&jobs, &a.output, |job, out_dir| {
+        let mut img = advent::image::read_rgb(&job.path)?;
+        let dets: Vec<_> = advent::detect::predict::detect_image(&ssd, &img, &priors, &cfg)
+            .with_context(|| format!("detecting in {}", job.path.display()))?
+            .into_iter()
+            .filter(|d| d.score >= a.min_score)
+            .map(|mut d| {
+                // Clipped to the image (the evaluation, as ssd.pytorch's, keeps them whole).
+                let (w, h) = ((img.width() - 1) as f32, (img.height() - 1) as f32);
+                d.bbox = [
+                    d.bbox[0].clamp(0.0, w),
+                    d.bbox[1].clamp(0.0, h),
+                    d.bbox[2].clamp(0.0, w),
+                    d.bbox[3].clamp(0.0, h),
+                ];
+                d
+            })
+            .collect();
+        let thickness = (img.width().max(img.height()) / 400).max(2);
+        advent::detect::predict::draw_boxes(&mut img, &dets, thickness);
+        advent::image::write_png_rgb(&out_dir.join(format!("{}_boxes.png", job.stem)), &img)?;
+        let json = serde_json::to_vec_pretty(&advent::detect::predict::to_json(&dets))?;
+        advent::fs::write_bytes_atomic(&out_dir.join(format!("{}_boxes.json", job.stem)), &json)
+    })
 }
 
 fn eval(a: EvalArgs) -> Result<()> {

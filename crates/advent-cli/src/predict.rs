@@ -86,24 +86,29 @@ pub fn run(a: Args) -> Result<()> {
     }
     let options = PredictOptions { input_size: a.input_size, output_size: a.output_size };
 
+    process(&jobs, &a.output, |job, out_dir| {
+        let img = advent::image::read_rgb(&job.path)?;
+        let p = predict(&model, &img, &options).with_context(|| format!("predicting {}", job.path.display()))?;
+        write_prediction(out_dir, &job.stem, &p, a.save_prob)
+    })
+}
+
+/// Runs `f` on every job with its output folder (created) and a progress bar. One image:
+/// its error is the command's. Several: each failure is printed as it happens, the other
+/// images are still processed, and the error at the end names the failed files.
+pub fn process(jobs: &[Job], output: &Path, mut f: impl FnMut(&Job, &Path) -> Result<()>) -> Result<()> {
     let bar = if jobs.len() > 1 { ProgressBar::new(jobs.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
             .expect("static template"),
     );
     let mut failures = Vec::new();
-    for job in &jobs {
-        let out_dir = a.output.join(&job.rel_dir);
+    for job in jobs {
+        let out_dir = output.join(&job.rel_dir);
         let result = std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))
-            .and_then(|()| advent::image::read_rgb(&job.path))
-            .and_then(|img| {
-                predict(&model, &img, &options).with_context(|| format!("predicting {}", job.path.display()))
-            })
-            .and_then(|p| write_prediction(&out_dir, &job.stem, &p, a.save_prob));
+            .and_then(|()| f(job, &out_dir));
         if let Err(e) = result {
-            // One image: its error is the command's. Several: each failure is listed as it
-            // happens, the others are still written, and the error names the failed files.
             if jobs.len() == 1 {
                 return Err(e);
             }
@@ -124,15 +129,16 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if jobs.len() > 1 {
-        eprintln!("wrote predictions of {} images to {}", jobs.len(), a.output.display());
+        eprintln!("wrote predictions of {} images to {}", jobs.len(), output.display());
     }
     Ok(())
 }
 
-struct Job {
-    path: PathBuf,
-    rel_dir: PathBuf,
-    stem: String,
+/// One input image and where its outputs go (`<output>/<rel_dir>/<stem>_*`).
+pub struct Job {
+    pub path: PathBuf,
+    pub rel_dir: PathBuf,
+    pub stem: String,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -143,7 +149,7 @@ fn is_image(p: &Path) -> bool {
 
 /// The images to process, sorted, with the output names checked for collisions before any
 /// work starts.
-fn collect_inputs(input: &Path, recursive: bool) -> Result<Vec<Job>> {
+pub fn collect_inputs(input: &Path, recursive: bool) -> Result<Vec<Job>> {
     let meta = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?;
     let mut paths = Vec::new();
     if meta.is_dir() {

@@ -429,3 +429,76 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `advent detect predict` on the Cityscapes frames of ../shared/data: per image a PNG of the
+/// image's size with the boxes drawn and a JSON list of detections at or above --min-score,
+/// clipped to the image; a bad threshold is refused.
+#[test]
+fn detect_predict_writes_boxes() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    if !data.is_dir() {
+        eprintln!("skipped: no ../shared/data");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ssd = dir.path().join("ssd.pth");
+    tch::manual_seed(4);
+    weights::save(&advent::detect::ssd::Ssd::new(9, Device::Cpu).unwrap().state_dict(), &ssd).unwrap();
+    let input = data.join("cityscapes-mini/leftImg8bit/val");
+    let out = dir.path().join("out");
+    let o = advent(&[
+        "detect",
+        "predict",
+        "--checkpoint",
+        s(&ssd),
+        "--input",
+        s(&input),
+        "--recursive",
+        "--output",
+        s(&out),
+        "--min-score",
+        "0.05",
+    ]);
+    assert_success(&o);
+    let pngs: Vec<PathBuf> =
+        walk_files(&out).into_iter().filter(|p| p.to_string_lossy().ends_with("_boxes.png")).collect();
+    assert_eq!(pngs.len(), 1);
+    let img = advent::image::read_rgb(&pngs[0]).unwrap();
+    let original = walk_files(&input).into_iter().find(|p| p.to_string_lossy().ends_with(".png")).unwrap();
+    let original = advent::image::read_rgb(&original).unwrap();
+    let (w, h) = (original.width() as f64, original.height() as f64);
+    assert_eq!((img.width(), img.height()), (original.width(), original.height()));
+    let json = pngs[0].to_string_lossy().replace(".png", ".json");
+    let dets: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    for d in dets.as_array().unwrap() {
+        assert!(d["score"].as_f64().unwrap() >= 0.05);
+        let b: Vec<f64> = d["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(b[0] >= 0.0 && b[2] <= w - 1.0 && b[1] >= 0.0 && b[3] <= h - 1.0 && b[0] <= b[2], "{b:?}");
+    }
+    let o = advent(&[
+        "detect",
+        "predict",
+        "--checkpoint",
+        s(&ssd),
+        "--input",
+        s(&input),
+        "--output",
+        s(&out),
+        "--min-score",
+        "2",
+    ]);
+    assert_clean_failure(&o, "--min-score");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -49,7 +49,7 @@ pub trait DetDataset: Send + Sync {
 }
 
 /// `[3, size, size]`: resized, the BGR mean subtracted, channels in RGB order.
-fn prepare(img: &crate::image::RgbImage, size: u32) -> Result<Tensor> {
+pub fn prepare(img: &crate::image::RgbImage, size: u32) -> Result<Tensor> {
     let resized = crate::image::resize::resize_bicubic(img, size, size);
     Ok(crate::image::to_input_tensor(&resized, SSD_MEAN_BGR).f_squeeze_dim(0)?.f_flip([0])?)
 }

@@ -15,6 +15,7 @@ pub mod loss;
 pub mod map;
 pub mod matching;
 pub mod nms;
+pub mod predict;
 pub mod priors;
 pub mod run;
 pub mod ssd;
