@@ -168,35 +168,26 @@ impl Config {
             self.model.num_classes
         );
         self.model_config().context("model")?;
-        ensure!(t.max_iters >= 1, "train.max_iters must be at least 1");
-        ensure!(
-            t.early_stop >= 1 && t.early_stop <= t.max_iters,
-            "train.early_stop must be in 1..=train.max_iters ({})",
-            t.max_iters
-        );
-        ensure!(t.save_every >= 1, "train.save_every must be at least 1");
-        ensure!(t.log_every >= 1, "train.log_every must be at least 1");
+        check_schedule(t.max_iters, t.early_stop, t.save_every, t.log_every)?;
         ensure!(t.viz_every >= 1, "train.viz_every must be at least 1");
-        ensure!(t.discriminator_width >= 1, "train.discriminator_width must be at least 1");
-        for (key, v) in [
-            ("learning_rate", t.learning_rate),
-            ("learning_rate_d", t.learning_rate_d),
-            ("weight_decay", t.weight_decay),
-            ("power", t.power),
-            ("head_lr_factor", t.head_lr_factor),
-            ("lambda_seg_main", t.lambda_seg_main),
-            ("lambda_seg_aux", t.lambda_seg_aux),
-            ("lambda_adv_main", t.lambda_adv_main),
-            ("lambda_adv_aux", t.lambda_adv_aux),
-            ("lambda_ent_main", t.lambda_ent_main),
-            ("lambda_ent_aux", t.lambda_ent_aux),
-        ] {
-            ensure!(v.is_finite() && v >= 0.0, "train.{key} must be a finite non-negative number, got {v}");
-        }
-        ensure!((0.0..1.0).contains(&t.momentum), "train.momentum must be in [0, 1), got {}", t.momentum);
-        for (i, b) in t.adam_betas.iter().enumerate() {
-            ensure!((0.0..1.0).contains(b), "train.adam_betas[{i}] must be in [0, 1), got {b}");
-        }
+        check_optimisers(
+            t.discriminator_width,
+            t.momentum,
+            t.adam_betas,
+            &[
+                ("learning_rate", t.learning_rate),
+                ("learning_rate_d", t.learning_rate_d),
+                ("weight_decay", t.weight_decay),
+                ("power", t.power),
+                ("head_lr_factor", t.head_lr_factor),
+                ("lambda_seg_main", t.lambda_seg_main),
+                ("lambda_seg_aux", t.lambda_seg_aux),
+                ("lambda_adv_main", t.lambda_adv_main),
+                ("lambda_adv_aux", t.lambda_adv_aux),
+                ("lambda_ent_main", t.lambda_ent_main),
+                ("lambda_ent_aux", t.lambda_ent_aux),
+            ],
+        )?;
         for (name, d) in [("source", &self.source), ("target", &self.target)] {
             ensure!(
                 d.size[0] >= 32 && d.size[1] >= 32,
@@ -243,6 +234,32 @@ impl Config {
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+}
+
+/// The `[train]` iteration counts of a training configuration (segmentation or detection).
+pub(crate) fn check_schedule(max_iters: u64, early_stop: u64, save_every: u64, log_every: u64) -> Result<()> {
+    ensure!(max_iters >= 1, "train.max_iters must be at least 1");
+    ensure!(
+        early_stop >= 1 && early_stop <= max_iters,
+        "train.early_stop must be in 1..=train.max_iters ({max_iters})"
+    );
+    ensure!(save_every >= 1, "train.save_every must be at least 1");
+    ensure!(log_every >= 1, "train.log_every must be at least 1");
+    Ok(())
+}
+
+/// The `[train]` optimiser settings: rates and weights finite and non-negative, momentum and
+/// Adam's betas in [0, 1), a discriminator at least one channel wide.
+pub(crate) fn check_optimisers(width: i64, momentum: f64, betas: [f64; 2], rates: &[(&str, f64)]) -> Result<()> {
+    ensure!(width >= 1, "train.discriminator_width must be at least 1");
+    for (key, v) in rates {
+        ensure!(v.is_finite() && *v >= 0.0, "train.{key} must be a finite non-negative number, got {v}");
+    }
+    ensure!((0.0..1.0).contains(&momentum), "train.momentum must be in [0, 1), got {momentum}");
+    for (i, b) in betas.iter().enumerate() {
+        ensure!((0.0..1.0).contains(b), "train.adam_betas[{i}] must be in [0, 1), got {b}");
+    }
+    Ok(())
 }
 
 fn defaults_table() -> Table {

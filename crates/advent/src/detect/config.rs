@@ -110,30 +110,21 @@ impl DetConfig {
         let t = &self.train;
         self.method()?;
         ensure!(self.model.num_classes >= 2, "model.num_classes must be at least 2 (background included)");
-        ensure!(t.max_iters >= 1, "train.max_iters must be at least 1");
-        ensure!(
-            t.early_stop >= 1 && t.early_stop <= t.max_iters,
-            "train.early_stop must be in 1..=train.max_iters ({})",
-            t.max_iters
-        );
-        ensure!(t.save_every >= 1, "train.save_every must be at least 1");
-        ensure!(t.log_every >= 1, "train.log_every must be at least 1");
+        crate::config::check_schedule(t.max_iters, t.early_stop, t.save_every, t.log_every)?;
         ensure!(t.negpos_ratio >= 1, "train.negpos_ratio must be at least 1");
-        ensure!(t.discriminator_width >= 1, "train.discriminator_width must be at least 1");
-        for (key, v) in [
-            ("learning_rate", t.learning_rate),
-            ("learning_rate_d", t.learning_rate_d),
-            ("weight_decay", t.weight_decay),
-            ("power", t.power),
-            ("lambda_ent", t.lambda_ent),
-            ("lambda_adv", t.lambda_adv),
-        ] {
-            ensure!(v.is_finite() && v >= 0.0, "train.{key} must be a finite non-negative number, got {v}");
-        }
-        ensure!((0.0..1.0).contains(&t.momentum), "train.momentum must be in [0, 1), got {}", t.momentum);
-        for (i, b) in t.adam_betas.iter().enumerate() {
-            ensure!((0.0..1.0).contains(b), "train.adam_betas[{i}] must be in [0, 1), got {b}");
-        }
+        crate::config::check_optimisers(
+            t.discriminator_width,
+            t.momentum,
+            t.adam_betas,
+            &[
+                ("learning_rate", t.learning_rate),
+                ("learning_rate_d", t.learning_rate_d),
+                ("weight_decay", t.weight_decay),
+                ("power", t.power),
+                ("lambda_ent", t.lambda_ent),
+                ("lambda_adv", t.lambda_adv),
+            ],
+        )?;
         ensure!(
             t.precision != Precision::Bf16,
             "train.precision: bf16 is not supported for detection yet (tf32, fp32)"

@@ -20,12 +20,11 @@ use crate::dataset::synthetic::Domain;
 use crate::tensorboard::EventWriter;
 use crate::train::optim::poly_lr;
 use crate::train::run::{
-    prune_checkpoints, remove_leftovers, start_state, write_checkpoint, MetricsLog, RunOptions, RunSummary, Start,
-    TrainState, STATE_FORMAT,
+    progress_bar, prune_checkpoints, remove_leftovers, start_state, write_checkpoint, MetricsLog, RunOptions,
+    RunSummary, Start, TrainState, STATE_FORMAT,
 };
 use crate::weights::{self, StateDict};
 use anyhow::{ensure, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,14 +116,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         board.session_start(start as i64)?;
     }
 
-    let bar = if options.progress { ProgressBar::new(t.early_stop + 1) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} it, {per_sec}, eta {eta} {msg}")
-            .expect("static template"),
-    );
-    bar.set_prefix(format!("{} {}", config.name, method.name()));
-    bar.set_position(start);
-    bar.reset_eta();
+    let bar = progress_bar(options.progress, start, t.early_stop, format!("{} {}", config.name, method.name()));
     let began = Instant::now();
     let (mut last_checkpoint, mut last_losses) = (None, Vec::new());
     for i in start..=t.early_stop {

@@ -207,15 +207,7 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         board.session_start(start as i64)?;
     }
 
-    let total = t.early_stop + 1;
-    let bar = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} it, {per_sec}, eta {eta} {msg}")
-            .expect("static template"),
-    );
-    bar.set_prefix(format!("{} {}", config.name, trainer.method.name()));
-    bar.set_position(start);
-    bar.reset_eta();
+    let bar = progress_bar(options.progress, start, t.early_stop, format!("{} {}", config.name, trainer.method.name()));
     let began = Instant::now();
     let mut last_checkpoint = None;
     let mut last_losses = Vec::new();
@@ -280,6 +272,19 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         last_losses,
         last_checkpoint,
     })
+}
+
+/// The progress bar of a training run: iterations `start..=last`, the losses as message.
+pub(crate) fn progress_bar(shown: bool, start: u64, last: u64, prefix: String) -> ProgressBar {
+    let bar = if shown { ProgressBar::new(last + 1) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} it, {per_sec}, eta {eta} {msg}")
+            .expect("static template"),
+    );
+    bar.set_prefix(prefix);
+    bar.set_position(start);
+    bar.reset_eta();
+    bar
 }
 
 /// The first image of a batch, the network's prediction of it and its entropy map, as
