@@ -8,6 +8,7 @@
 use super::data::{DetDataset, DetSample};
 use super::priors::PriorConfig;
 use crate::dataset::loader::{Endless, LoadFn, LoaderConfig, OrderState};
+use crate::dataset::synthetic::Rng;
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 use tch::{Device, Tensor};
@@ -69,16 +70,11 @@ impl DetLoader {
     }
 }
 
-/// The seeded coin of the frame at `at` in the order: splitmix64 of the seed, epoch and
-/// position, lowest bit.
+/// The seeded coin of the frame at `at` in the order: the first splitmix64 output of a seed
+/// mixed from the seed, the epoch and the position (as the loader's epoch orders are seeded).
 fn coin(seed: u64, at: OrderState) -> bool {
-    let mix = |mut z: u64| {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    mix(mix(mix(seed) ^ at.epoch) ^ at.position) & 1 == 1
+    let first = |x: u64| Rng::new(x).next_u64();
+    first(first(first(seed) ^ at.epoch) ^ at.position) & 1 == 1
 }
 
 /// The frame mirrored left-right: the image's columns reversed, each box `[x0, y0, x1, y1]`
