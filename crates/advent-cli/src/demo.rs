@@ -12,39 +12,69 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Output folder: results.json, report.html and every run (replaced when the demo ends;
-    /// an existing folder must be empty or an earlier demo's).
-    #[arg(long, default_value = "runs/demo")]
-    out: PathBuf,
+    /// an existing folder must be empty or an earlier demo's). Default: runs/demo, or
+    /// runs/demo-detection with --task detection.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// segmentation (DeepLab-V2, the paper's main task) or detection (SSD, cars and persons).
+    #[arg(long, default_value = "segmentation")]
+    task: String,
     /// Seeds to average over (default: 3, or 1 with --quick).
     #[arg(long)]
     seeds: Option<usize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Change a setting of configs/demo.toml for every run: --set train.lambda_ent_main=0.01
-    /// (repeatable; the methods keep their own method and the control its zero weights).
+    /// Change a setting of configs/demo.toml (configs/detection/demo.toml with --task
+    /// detection) for every run: --set train.lambda_ent_main=0.01 (repeatable; the methods
+    /// keep their own method and the control its zero weights).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
+    let detection = match a.task.as_str() {
+        "segmentation" => false,
+        "detection" => true,
+        other => anyhow::bail!("--task: unknown `{other}` (segmentation, detection)"),
+    };
+    let out =
+        a.out.clone().unwrap_or_else(|| PathBuf::from(if detection { "runs/demo-detection" } else { "runs/demo" }));
     let seeds = a.seeds.unwrap_or(if a.quick { 1 } else { 3 });
     ensure!(seeds >= 1, "--seeds must be at least 1");
+    ensure!(!detection || a.seeds.is_none(), "--seeds: the detection demo runs one seed");
     // The demo replaces --out when it ends: refused now, not after minutes of training, if
     // that would replace anything but an earlier demo.
-    if a.out.exists() {
-        ensure!(a.out.is_dir(), "--out {} is not a folder", a.out.display());
-        let earlier_demo = a.out.join("results.json").is_file();
-        let empty = std::fs::read_dir(&a.out).with_context(|| format!("reading {}", a.out.display()))?.next().is_none();
+    if out.exists() {
+        ensure!(out.is_dir(), "--out {} is not a folder", out.display());
+        let earlier_demo = out.join("results.json").is_file();
+        let empty = std::fs::read_dir(&out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
         ensure!(
             earlier_demo || empty,
             "--out {} holds files that are not a demo's (no results.json): the demo would replace them",
-            a.out.display()
+            out.display()
         );
     }
+    let say = |line: &str| eprintln!("demo: {line}");
+    if detection {
+        use advent::detect::demo;
+        let options = demo::DetDemoOptions {
+            out: out.clone(),
+            quick: a.quick,
+            device,
+            progress: std::io::stderr().is_terminal(),
+            schedule: None,
+            overrides: a.overrides.clone(),
+        };
+        let results = demo::run(&options, &say)?;
+        println!("{}", demo::table(&results));
+        println!();
+        println!("{:.0} s; results: {}", results.seconds, out.join("results.json").display());
+        return Ok(());
+    }
     let options = DemoOptions {
-        out: a.out.clone(),
+        out: out.clone(),
         seeds,
         quick: a.quick,
         device,
@@ -52,7 +82,6 @@ pub fn run(a: Args) -> Result<()> {
         schedule: None,
         overrides: a.overrides.clone(),
     };
-    let say = |line: &str| eprintln!("demo: {line}");
     let results = run_demo(&options, &say)?;
     println!("{}", table(&results));
     println!();
@@ -63,8 +92,8 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "{:.0} s; results: {}, report: {}",
         results.seconds,
-        a.out.join("results.json").display(),
-        a.out.join("report.html").display()
+        out.join("results.json").display(),
+        out.join("report.html").display()
     );
     Ok(())
 }

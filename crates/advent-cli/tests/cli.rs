@@ -502,3 +502,11 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn demo_task_arguments_are_checked() {
+    let o = advent(&["demo", "--task", "tracking"]);
+    assert_clean_failure(&o, "--task");
+    let o = advent(&["demo", "--task", "detection", "--seeds", "3"]);
+    assert_clean_failure(&o, "--seeds");
+}

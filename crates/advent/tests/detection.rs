@@ -48,3 +48,58 @@ fn one_ssd_training_step_on_matched_boxes() {
     assert_eq!(maps[0], [1, 36, 38, 38]);
     assert_eq!(maps[5], [1, 36, 1, 1]);
 }
+
+/// A miniature `advent demo --task detection` (a few iterations, four held-out scenes):
+/// results.json with the detector every method starts from and the three methods, each with
+/// mAP values in [0, 100] and the APs of the classes the scenes hold; the runs' checkpoints
+/// in the output folder, nothing left beside it.
+#[test]
+fn detection_demo_in_miniature() {
+    use advent::detect::demo::{run, DetDemoOptions, DetSchedule};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let options = DetDemoOptions {
+        out: out.clone(),
+        quick: true,
+        device: Device::Cpu,
+        progress: false,
+        schedule: Some(DetSchedule { pretrain_iters: 2, method_iters: 2, val_scenes: 4 }),
+        overrides: vec!["source.batch_size=1".into(), "target.batch_size=1".into(), "train.workers=0".into()],
+    };
+    let results = run(&options, &|_| {}).unwrap();
+    assert_eq!(results.methods.keys().collect::<Vec<_>>(), ["advent", "minent", "pretrain", "source_only"]);
+    for (name, s) in &results.methods {
+        for v in [s.map, s.map_11].into_iter().flatten() {
+            assert!((0.0..=100.0).contains(&v), "{name}: {v}");
+        }
+        assert!(!s.ap.is_empty() && s.ap.keys().all(|k| k == "car" || k == "person"), "{name}: {:?}", s.ap);
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["task"], "detection");
+    assert!(out.join("runs/advent/checkpoints/iter_000001/d.pth").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+/// The demo's narrow SSD: the same outputs (8732 default boxes, six maps), 1/64 of the
+/// parameters of the convolutions' products; its checkpoint loads back at its width.
+#[test]
+fn narrow_ssd_has_the_same_outputs_and_round_trips() {
+    tch::manual_seed(2);
+    let net = Ssd::with_width(9, 8, Device::Cpu).unwrap();
+    let out = tch::no_grad(|| net.forward(&Tensor::randn([1, 3, 300, 300], (Kind::Float, Device::Cpu)))).unwrap();
+    assert_eq!(out.loc.size(), [1, 8732, 4]);
+    assert_eq!(out.conf.size(), [1, 8732, 9]);
+    let sizes: Vec<i64> = out.conf_maps.iter().map(|m| m.size()[2]).collect();
+    assert_eq!(sizes, [38, 19, 10, 5, 3, 1]);
+    // conv1_1: 8 filters of 3x3x3; fc7: 128 -> 128 (1024 / 8).
+    let vars = net.vs.variables();
+    assert_eq!(vars["vgg.0.weight"].size(), [8, 3, 3, 3]);
+    assert_eq!(vars["vgg.33.weight"].size(), [128, 128, 1, 1]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ssd.pth");
+    advent::weights::save(&net.state_dict(), &path).unwrap();
+    let back = Ssd::from_checkpoint(&path, Device::Cpu).unwrap();
+    assert!(back.vs.variables()["conf.0.weight"].equal(&vars["conf.0.weight"]));
+    assert!(Ssd::with_width(9, 0, Device::Cpu).is_err() && Ssd::with_width(9, 65, Device::Cpu).is_err());
+}

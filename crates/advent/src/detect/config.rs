@@ -26,6 +26,7 @@ pub struct DetConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub num_classes: i64,
+    pub width: i64,
     pub init: String,
 }
 
@@ -110,6 +111,7 @@ impl DetConfig {
         let t = &self.train;
         self.method()?;
         ensure!(self.model.num_classes >= 2, "model.num_classes must be at least 2 (background included)");
+        ensure!((1..=64).contains(&self.model.width), "model.width must be in 1..=64, got {}", self.model.width);
         crate::config::check_schedule(t.max_iters, t.early_stop, t.save_every, t.log_every)?;
         ensure!(t.negpos_ratio >= 1, "train.negpos_ratio must be at least 1");
         crate::config::check_optimisers(
@@ -157,6 +159,7 @@ impl DetConfig {
             discriminator_width: t.discriminator_width,
             max_iters: t.max_iters,
             power: t.power,
+            width: self.model.width,
         })
     }
 

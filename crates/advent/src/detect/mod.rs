@@ -9,6 +9,7 @@ pub mod boxes;
 pub mod cityscapes;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod loader;
 pub mod loss;

@@ -70,7 +70,15 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     let mut trainer = DetTrainer::new(config.step_config()?, config.model.num_classes, device)?;
     let method = trainer.config.method;
     if !config.model.init.is_empty() {
-        trainer.ssd.load_imagenet(Path::new(&config.model.init)).context("model.init")?;
+        let path = Path::new(&config.model.init);
+        let dict = weights::load(path).context("model.init")?;
+        if dict.get("conf.0.weight").is_some() {
+            // A whole detector (a run's model.pth): every layer, shapes checked.
+            crate::model::load_into(&trainer.ssd.vs, dict, Default::default())
+                .with_context(|| format!("model.init: loading {}", path.display()))?;
+        } else {
+            trainer.ssd.load_imagenet(path).context("model.init")?;
+        }
     }
     let (start, source_order, target_order) = match (&resume_state, &options.start) {
         (Some(state), Start::Checkpoint(ckpt)) => {

@@ -62,6 +62,9 @@ const EXTRAS: [(i64, i64, i64, i64, i64); 8] = [
 /// Channels of the six sources: conv4_3, fc7, and every second extra layer.
 const SOURCE_CHANNELS: [i64; 6] = [512, 1024, 512, 256, 256, 256];
 
+/// Width of the paper's SSD-300: channels of VGG-16's first convolution.
+pub const FULL_WIDTH: i64 = 64;
+
 /// The network's outputs for a batch.
 #[derive(Debug)]
 pub struct SsdOutput {
@@ -92,7 +95,16 @@ impl Ssd {
     /// SSD-300 for `num_classes` (background included, ssd.pytorch's convention), drawn on
     /// the CPU from libtorch's generator (seed it with `tch::manual_seed`) and then moved.
     pub fn new(num_classes: i64, device: Device) -> Result<Self> {
+        Self::with_width(num_classes, FULL_WIDTH, device)
+    }
+
+    /// SSD-300 with every channel count scaled by `width / 64` (`width` = 64 is the paper's
+    /// network; the demo's 8 has 1/64 of its arithmetic), the same layers, names, default
+    /// boxes and outputs otherwise.
+    pub fn with_width(num_classes: i64, width: i64, device: Device) -> Result<Self> {
         ensure!(num_classes >= 2, "SSD needs the background and at least one class, got {num_classes} classes");
+        ensure!((1..=FULL_WIDTH).contains(&width), "SSD width must be in 1..=64, got {width}");
+        let w = |c: i64| if c == 3 { 3 } else { (c * width / FULL_WIDTH).max(1) };
         let mut vs = VarStore::new(Device::Cpu);
         let root = vs.root();
         let v = root.sub("vgg");
@@ -100,18 +112,18 @@ impl Ssd {
         let vgg = VGG_CONVS
             .iter()
             .map(|&(i, c_in, c_out)| {
-                (i, conv(v.sub(i), ConvSpec::new(c_in, c_out, 3).padding(1), ConvInit::KaimingFanOut))
+                (i, conv(v.sub(i), ConvSpec::new(w(c_in), w(c_out), 3).padding(1), ConvInit::KaimingFanOut))
             })
             .collect();
-        let fc6 = conv(v.sub(31), ConvSpec::new(512, 1024, 3).dilated(6), ConvInit::XavierUniform);
-        let fc7 = conv(v.sub(33), ConvSpec::new(1024, 1024, 1), ConvInit::XavierUniform);
-        let l2norm = root.sub("L2Norm").var("weight", &[512], Init::Const(20.0));
+        let fc6 = conv(v.sub(31), ConvSpec::new(w(512), w(1024), 3).dilated(6), ConvInit::XavierUniform);
+        let fc7 = conv(v.sub(33), ConvSpec::new(w(1024), w(1024), 1), ConvInit::XavierUniform);
+        let l2norm = root.sub("L2Norm").var("weight", &[w(512)], Init::Const(20.0));
         let e = root.sub("extras");
         let extras = EXTRAS
             .iter()
             .enumerate()
             .map(|(i, &(c_in, c_out, k, s, p))| {
-                conv(e.sub(i), ConvSpec::new(c_in, c_out, k).stride(s).padding(p), ConvInit::XavierUniform)
+                conv(e.sub(i), ConvSpec::new(w(c_in), w(c_out), k).stride(s).padding(p), ConvInit::XavierUniform)
             })
             .collect();
         let head = |name: &str, per_box: i64| -> Vec<Conv2d> {
@@ -121,7 +133,7 @@ impl Ssd {
                 .zip(BOXES_PER_CELL)
                 .enumerate()
                 .map(|(k, (&c, n))| {
-                    conv(h.sub(k), ConvSpec::new(c, n * per_box, 3).padding(1), ConvInit::XavierUniform)
+                    conv(h.sub(k), ConvSpec::new(w(c), n * per_box, 3).padding(1), ConvInit::XavierUniform)
                 })
                 .collect()
         };
@@ -189,7 +201,8 @@ impl Ssd {
             .map(|t| t.size())
             .with_context(|| format!("{}: not an SSD checkpoint (no `conf.0.weight`)", path.display()))?;
         let num_classes = conf0[0] / BOXES_PER_CELL[0];
-        let ssd = Ssd::new(num_classes, device).with_context(context)?;
+        let width = dict.get("vgg.0.weight").map_or(FULL_WIDTH, |t| t.size()[0]);
+        let ssd = Ssd::with_width(num_classes, width, device).with_context(context)?;
         crate::model::load_into(&ssd.vs, dict, crate::model::LoadOptions::default()).with_context(context)?;
         Ok(ssd)
     }

@@ -63,6 +63,8 @@ pub struct DetTrainConfig {
     pub discriminator_width: i64,
     pub max_iters: u64,
     pub power: f64,
+    /// The detector's width ([`Ssd::with_width`]): 64 for SSD-300.
+    pub width: i64,
 }
 
 impl Default for DetTrainConfig {
@@ -80,6 +82,7 @@ impl Default for DetTrainConfig {
             discriminator_width: 64,
             max_iters: 120_000,
             power: 0.9,
+            width: super::ssd::FULL_WIDTH,
         }
     }
 }
@@ -137,7 +140,7 @@ fn params(vs: &VarStore) -> Vec<Param> {
 impl DetTrainer {
     /// A freshly initialised SSD-300 for `num_classes` (background included), on `device`.
     pub fn new(config: DetTrainConfig, num_classes: i64, device: Device) -> Result<Self> {
-        let ssd = Ssd::new(num_classes, device)?;
+        let ssd = Ssd::with_width(num_classes, config.width, device)?;
         let sgd =
             Sgd::new(vec![Group { lr_factor: 1.0, params: params(&ssd.vs) }], config.momentum, config.weight_decay);
         let discriminators = match config.method {

@@ -1,0 +1,180 @@
+//! `advent demo --task detection`: source-only, MinEnt and AdvEnt detectors on the built-in
+//! synthetic-to-real shift, scored by VOC mAP on held-out target scenes.
+//!
+//! A source-only detector is trained first; from it each method trains the same number of
+//! iterations with `advent detect train`'s code (settings in `configs/detection/demo.toml`),
+//! and each is evaluated on scenes of the target domain drawn with another seed. Everything
+//! is written into a hidden folder that replaces `out` at the end.
+
+use super::config::DetConfig;
+use super::data::SyntheticDetection;
+use super::eval::evaluate_set;
+use super::map::{MapConfig, MapResult};
+use super::nms::DetectConfig;
+use super::priors::PriorConfig;
+use super::ssd::Ssd;
+use crate::dataset::synthetic::Domain;
+use crate::train::{RunOptions, Start};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The demo's settings over `configs/detection/defaults.toml`.
+pub const DEMO_CONFIG: &str = include_str!("../../../../configs/detection/demo.toml");
+
+/// Seed of the held-out target scenes (the training scenes use `synthetic.seed`).
+const VAL_SEED: u64 = 7_000_001;
+
+/// How long a demo trains and how much it evaluates.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DetSchedule {
+    pub pretrain_iters: u64,
+    pub method_iters: u64,
+    pub val_scenes: usize,
+}
+
+impl DetSchedule {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            DetSchedule { pretrain_iters: 200, method_iters: 60, val_scenes: 50 }
+        } else {
+            DetSchedule { pretrain_iters: 600, method_iters: 200, val_scenes: 150 }
+        }
+    }
+}
+
+pub struct DetDemoOptions {
+    pub out: PathBuf,
+    pub quick: bool,
+    pub device: tch::Device,
+    pub progress: bool,
+    /// Replaces the schedule `quick` chooses (tests run a miniature demo).
+    pub schedule: Option<DetSchedule>,
+    /// `key=value` settings over `configs/detection/demo.toml` for every run.
+    pub overrides: Vec<String>,
+}
+
+/// One detector's scores on the held-out target scenes (percent).
+#[derive(Debug, Clone, Serialize)]
+pub struct DetScores {
+    /// Mean all-point AP over the classes present.
+    pub map: Option<f64>,
+    /// Mean VOC2007 11-point AP.
+    pub map_11: Option<f64>,
+    /// All-point AP per class present (car, person).
+    pub ap: BTreeMap<String, Option<f64>>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DetDemoResults {
+    pub task: &'static str,
+    pub schedule: DetSchedule,
+    /// source_only (the pretrained detector trained on), minent, advent; and `pretrain`, the
+    /// detector every method starts from.
+    pub methods: BTreeMap<String, DetScores>,
+    pub seconds: f64,
+}
+
+/// Runs the demo into `options.out` (replaced at the end); `say` reports progress.
+pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResults> {
+    let began = Instant::now();
+    let schedule = options.schedule.unwrap_or_else(|| DetSchedule::new(options.quick));
+    let out = &options.out;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "demo".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| -> Result<DetDemoResults> {
+        let base = DetConfig::parse(DEMO_CONFIG, &options.overrides).context("configs/detection/demo.toml")?;
+        let val = SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes);
+        let mut methods = BTreeMap::new();
+        let train = |method: &str, iters: u64, init: &str, dir: &Path| -> Result<(PathBuf, f64)> {
+            let mut config = base.clone();
+            config.name = method.into();
+            config.train.method = method.into();
+            config.train.max_iters = iters;
+            config.train.early_stop = iters - 1;
+            config.model.init = init.into();
+            let t = Instant::now();
+            let summary = super::run::run(
+                &config,
+                RunOptions {
+                    run_dir: dir.to_path_buf(),
+                    device: options.device,
+                    start: Start::New,
+                    progress: options.progress,
+                },
+            )?;
+            let ckpt = summary.last_checkpoint.context("the run saved no checkpoint")?;
+            Ok((ckpt.join("model.pth"), t.elapsed().as_secs_f64()))
+        };
+        say(&format!("training the source-only detector ({} iterations)", schedule.pretrain_iters));
+        let (pretrained, secs) = train("source_only", schedule.pretrain_iters, "", &tmp.join("runs/pretrain"))?;
+        methods.insert("pretrain".to_string(), score(&pretrained, &val, options.device, secs)?);
+        let init = pretrained.to_string_lossy().into_owned();
+        for method in ["source_only", "minent", "advent"] {
+            say(&format!("{method}: {} iterations from the source-only detector", schedule.method_iters));
+            let (model, secs) = train(method, schedule.method_iters, &init, &tmp.join("runs").join(method))?;
+            let s = score(&model, &val, options.device, secs)?;
+            say(&format!("{method}: target mAP {}", s.map.map_or("-".into(), |m| format!("{m:.1}"))));
+            methods.insert(method.to_string(), s);
+        }
+        let results = DetDemoResults { task: "detection", schedule, methods, seconds: began.elapsed().as_secs_f64() };
+        let json = serde_json::to_vec_pretty(&results)?;
+        crate::fs::write_bytes_atomic(&tmp.join("results.json"), &json)?;
+        Ok(results)
+    })();
+    match result {
+        Ok(results) => {
+            if out.exists() {
+                std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
+            }
+            std::fs::rename(&tmp, out).with_context(|| format!("moving the demo into {}", out.display()))?;
+            // The runs' checkpoints name the temporary folder in nothing but their paths.
+            Ok(results)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// VOC mAP of a checkpoint on the held-out scenes.
+fn score(model: &Path, val: &SyntheticDetection, device: tch::Device, seconds: f64) -> Result<DetScores> {
+    let ssd = Ssd::from_checkpoint(model, device)?;
+    let priors = PriorConfig::default().priors();
+    let r: MapResult = evaluate_set(&ssd, val, &priors, &DetectConfig::default(), &MapConfig::default(), false)?;
+    let pct = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 10.0);
+    let ap = r
+        .per_class
+        .iter()
+        .filter(|c| c.num_positives > 0)
+        .map(|c| (super::cityscapes::class_name(c.class).unwrap_or("?").to_string(), pct(c.ap)))
+        .collect();
+    Ok(DetScores { map: pct(r.map), map_11: pct(r.map_11), ap, seconds: (seconds * 10.0).round() / 10.0 })
+}
+
+/// The results as a table: method, target mAP (all-point and 11-point), AP per class.
+pub fn table(results: &DetDemoResults) -> String {
+    let classes: Vec<String> =
+        results.methods.values().next().map(|s| s.ap.keys().cloned().collect()).unwrap_or_default();
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
+    let mut out = format!("{:<22} {:>9} {:>9}", "detector", "mAP", "mAP(11)");
+    for c in &classes {
+        out.push_str(&format!(" {c:>8}"));
+    }
+    for key in ["pretrain", "source_only", "minent", "advent"] {
+        let Some(s) = results.methods.get(key) else { continue };
+        let label = if key == "pretrain" { "start (source-only)" } else { key };
+        out.push_str(&format!("\n{label:<22} {:>9} {:>9}", f(s.map), f(s.map_11)));
+        for c in &classes {
+            out.push_str(&format!(" {:>8}", f(s.ap.get(c).copied().flatten())));
+        }
+    }
+    out
+}
