@@ -25,7 +25,7 @@ use std::time::Instant;
 pub const DEMO_CONFIG: &str = include_str!("../../../../configs/detection/demo.toml");
 
 /// Seed of the held-out target scenes (the training scenes use `synthetic.seed`).
-const VAL_SEED: u64 = 7_000_001;
+pub const VAL_SEED: u64 = 7_000_001;
 
 /// How long a demo trains and how much it evaluates.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -145,7 +145,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
 }
 
 /// VOC mAP of a checkpoint on the held-out scenes.
-fn score(model: &Path, val: &SyntheticDetection, device: tch::Device, seconds: f64) -> Result<DetScores> {
+pub fn score(model: &Path, val: &SyntheticDetection, device: tch::Device, seconds: f64) -> Result<DetScores> {
     let ssd = Ssd::from_checkpoint(model, device)?;
     let priors = PriorConfig::default().priors();
     let r: MapResult = evaluate_set(&ssd, val, &priors, &DetectConfig::default(), &MapConfig::default(), false)?;
