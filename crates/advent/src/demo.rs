@@ -231,13 +231,7 @@ fn train_and_evaluate(
 pub fn run_demo(options: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoResults> {
     let began = Instant::now();
     let schedule = options.schedule.unwrap_or_else(|| Schedule::new(options.quick));
-    let out = &options.out;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "demo".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<DemoResults> {
+    staged_output(&options.out, |tmp: &Path| -> Result<DemoResults> {
         let mut val_spec = val_spec();
         val_spec.synthetic_len = schedule.val_images;
         let val = dataset::open(&val_spec)?;
@@ -343,22 +337,32 @@ pub fn run_demo(options: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoResults
         let html = demo_report(&results, &runs, &oracle.2[0], &val, options.device)?;
         crate::fs::write_bytes_atomic(&tmp.join("report.html"), html.as_bytes())?;
         Ok(results)
-    })();
-    let results = match result {
-        Ok(r) => r,
+    })
+}
+
+/// Builds a demo's output in a hidden sibling folder of `out` (`build` gets its path) and,
+/// once complete, puts it in place of `out` (an earlier demo is moved aside first, then
+/// deleted); a failed demo leaves `out` as it was and no hidden folder behind.
+pub fn staged_output<T>(out: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "demo".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let value = match build(&tmp) {
+        Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
     };
-    // The new demo replaces the old one only now that it is complete.
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if out.exists() {
         std::fs::rename(out, &old).with_context(|| format!("moving the previous {} aside", out.display()))?;
     }
     std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     let _ = std::fs::remove_dir_all(&old);
-    Ok(results)
+    Ok(value)
 }
 
 /// The demo's per-class table as text, in the paper's style (IoU with one decimal).

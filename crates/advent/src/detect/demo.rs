@@ -82,13 +82,7 @@ pub struct DetDemoResults {
 pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResults> {
     let began = Instant::now();
     let schedule = options.schedule.unwrap_or_else(|| DetSchedule::new(options.quick));
-    let out = &options.out;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "demo".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| -> Result<DetDemoResults> {
+    crate::demo::staged_output(&options.out, |tmp: &Path| -> Result<DetDemoResults> {
         let base = DetConfig::parse(DEMO_CONFIG, &options.overrides).context("configs/detection/demo.toml")?;
         let val = SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes);
         let mut methods = BTreeMap::new();
@@ -127,21 +121,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
         let json = serde_json::to_vec_pretty(&results)?;
         crate::fs::write_bytes_atomic(&tmp.join("results.json"), &json)?;
         Ok(results)
-    })();
-    match result {
-        Ok(results) => {
-            if out.exists() {
-                std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
-            }
-            std::fs::rename(&tmp, out).with_context(|| format!("moving the demo into {}", out.display()))?;
-            // The runs' checkpoints name the temporary folder in nothing but their paths.
-            Ok(results)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    })
 }
 
 /// VOC mAP of a checkpoint on the held-out scenes.
