@@ -60,6 +60,7 @@ pub struct TrainSection {
     pub power: f64,
     pub negpos_ratio: i64,
     pub lambda_ent: f64,
+    pub entropy: String,
     pub lambda_adv: f64,
     pub learning_rate_d: f64,
     pub adam_betas: [f64; 2],
@@ -113,6 +114,7 @@ impl DetConfig {
         ensure!(self.model.num_classes >= 2, "model.num_classes must be at least 2 (background included)");
         ensure!((1..=64).contains(&self.model.width), "model.width must be in 1..=64, got {}", self.model.width);
         crate::config::check_schedule(t.max_iters, t.early_stop, t.save_every, t.log_every)?;
+        ensure!(t.entropy == "all" || t.entropy == "objects", "train.entropy: unknown `{}` (all, objects)", t.entropy);
         ensure!(t.negpos_ratio >= 1, "train.negpos_ratio must be at least 1");
         crate::config::check_optimisers(
             t.discriminator_width,
@@ -153,6 +155,7 @@ impl DetConfig {
             weight_decay: t.weight_decay,
             negpos_ratio: t.negpos_ratio,
             lambda_ent: t.lambda_ent,
+            entropy_objects: t.entropy == "objects",
             lambda_adv: t.lambda_adv,
             learning_rate_d: t.learning_rate_d,
             betas_d: (t.adam_betas[0], t.adam_betas[1]),

@@ -15,7 +15,7 @@
 //! padding 1, so that the 3x3 and 1x1 maps fit: `C_in → w` (stride 2 on the maps of side
 //! 10 or more), LeakyReLU(0.2), `w → 2w`, LeakyReLU(0.2), `2w → 1` patch logits.
 
-use super::adapt::{entropy_loss, self_information_map};
+use super::adapt::{entropy_loss, object_entropy_loss, self_information_map};
 use super::loss::multibox_loss;
 use super::ssd::{Ssd, BOXES_PER_CELL};
 use crate::loss::bce_loss;
@@ -57,6 +57,8 @@ pub struct DetTrainConfig {
     pub weight_decay: f64,
     pub negpos_ratio: i64,
     pub lambda_ent: f64,
+    /// MinEnt over the object classes only ([`object_entropy_loss`]) instead of every class.
+    pub entropy_objects: bool,
     pub lambda_adv: f64,
     pub learning_rate_d: f64,
     pub betas_d: (f64, f64),
@@ -76,6 +78,7 @@ impl Default for DetTrainConfig {
             weight_decay: 5e-4,
             negpos_ratio: 3,
             lambda_ent: 0.001,
+            entropy_objects: false,
             lambda_adv: 0.001,
             learning_rate_d: 1e-4,
             betas_d: (0.9, 0.99),
@@ -197,7 +200,8 @@ impl DetTrainer {
             let classes = self.ssd.num_classes;
             match &mut self.discriminators {
                 None => {
-                    let ent = entropy_loss(&trg.conf)?;
+                    let ent =
+                        if c.entropy_objects { object_entropy_loss(&trg.conf)? } else { entropy_loss(&trg.conf)? };
                     ent.f_mul_scalar(c.lambda_ent)?.backward();
                     losses.push(("loss_ent_trg", ent.detach()));
                 }
