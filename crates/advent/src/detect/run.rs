@@ -15,13 +15,12 @@ use super::config::DetConfig;
 use super::data::{DetDataset, DetectionSet, SyntheticDetection};
 use super::loader::DetLoader;
 use super::train::{DetMethod, DetTrainer};
-use crate::dataset::loader::{LoaderConfig, OrderState};
 use crate::dataset::synthetic::Domain;
 use crate::tensorboard::EventWriter;
 use crate::train::optim::poly_lr;
 use crate::train::run::{
-    progress_bar, prune_checkpoints, remove_leftovers, start_state, write_checkpoint, MetricsLog, RunOptions,
-    RunSummary, Start, TrainState, STATE_FORMAT,
+    loader_config, progress_bar, prune_checkpoints, remove_leftovers, resume_point, start_state, write_checkpoint,
+    MetricsLog, RunOptions, RunSummary, Start, TrainState, STATE_FORMAT,
 };
 use crate::weights::{self, StateDict};
 use anyhow::{ensure, Context, Result};
@@ -77,40 +76,17 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
             crate::model::load_into(&trainer.ssd.vs, dict, Default::default())
                 .with_context(|| format!("model.init: loading {}", path.display()))?;
         } else {
-            trainer.ssd.load_imagenet(path).context("model.init")?;
+            trainer.ssd.load_imagenet_dict(&dict, path).context("model.init")?;
         }
     }
-    let (start, source_order, target_order) = match (&resume_state, &options.start) {
-        (Some(state), Start::Checkpoint(ckpt)) => {
-            ensure!(
-                state.method == method.name(),
-                "{}: the checkpoint was trained with `{}`, the config says `{}`",
-                ckpt.display(),
-                state.method,
-                method.name()
-            );
-            load_checkpoint(&mut trainer, ckpt)?;
-            (state.iteration + 1, state.source_order, state.target_order.unwrap_or_default())
-        }
-        _ => (0, OrderState::default(), OrderState::default()),
-    };
-    let loader_config = |batch_size: usize, seed: u64| LoaderConfig {
-        batch_size,
-        shuffle: true,
-        seed,
-        workers: t.workers,
-        prefetch: t.prefetch,
-    };
+    let (start, source_order, target_order) =
+        resume_point(resume_state.as_ref(), &options.start, method.name(), |ckpt| load_checkpoint(&mut trainer, ckpt))?;
+    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed);
     let mut source =
-        DetLoader::new(open_set(config, true)?, loader_config(config.source.batch_size, t.seed), source_order, t.flip)?;
+        DetLoader::new(open_set(config, true)?, settings(config.source.batch_size, t.seed), source_order, t.flip)?;
     let mut target = if method != DetMethod::SourceOnly {
         let seed = t.seed.wrapping_add(1);
-        Some(DetLoader::new(
-            open_set(config, false)?,
-            loader_config(config.target.batch_size, seed),
-            target_order,
-            t.flip,
-        )?)
+        Some(DetLoader::new(open_set(config, false)?, settings(config.target.batch_size, seed), target_order, t.flip)?)
     } else {
         None
     };

@@ -213,9 +213,14 @@ impl Ssd {
     /// initialisation. Every convolution of conv1_1–conv5_3 must be in the file with its shape.
     /// Returns the number of tensors loaded.
     pub fn load_imagenet(&self, path: &std::path::Path) -> Result<usize> {
+        self.load_imagenet_dict(&crate::weights::load(path)?, path)
+    }
+
+    /// [`Ssd::load_imagenet`] of a state dict already read from `path` (named in errors).
+    pub fn load_imagenet_dict(&self, dict: &StateDict, path: &std::path::Path) -> Result<usize> {
         let context = || format!("loading {}", path.display());
         let mut vgg = StateDict::new();
-        for (k, t) in crate::weights::load(path)?.iter() {
+        for (k, t) in dict.iter() {
             let key = imagenet_key(k);
             if key.starts_with("vgg.") {
                 vgg.insert(key, t.shallow_clone());

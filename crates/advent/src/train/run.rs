@@ -155,6 +155,34 @@ pub(crate) fn start_state(run_dir: &Path, start: &Start) -> Result<Option<TrainS
     })
 }
 
+/// Where a run starts: after a checkpoint's iteration with its data orders (the state's method
+/// must be `method`; `load` restores the checkpoint's tensors), or at iteration 0.
+pub(crate) fn resume_point(
+    state: Option<&TrainState>,
+    start: &Start,
+    method: &str,
+    load: impl FnOnce(&Path) -> Result<()>,
+) -> Result<(u64, OrderState, OrderState)> {
+    match (state, start) {
+        (Some(state), Start::Checkpoint(ckpt)) => {
+            ensure!(
+                state.method == method,
+                "{}: the checkpoint was trained with `{}`, the config says `{method}`",
+                ckpt.display(),
+                state.method
+            );
+            load(ckpt)?;
+            Ok((state.iteration + 1, state.source_order, state.target_order.unwrap_or_default()))
+        }
+        _ => Ok((0, OrderState::default(), OrderState::default())),
+    }
+}
+
+/// A training loader's settings: shuffled, seeded, `workers` threads `prefetch` ahead.
+pub(crate) fn loader_config(workers: usize, prefetch: usize, batch_size: usize, seed: u64) -> LoaderConfig {
+    LoaderConfig { batch_size, shuffle: true, seed, workers, prefetch }
+}
+
 /// Trains as configured; returns when `train.early_stop` is reached.
 pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     let run_dir = &options.run_dir;
@@ -166,33 +194,15 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         crate::device::set_cudnn_deterministic(t.deterministic)?;
     }
     let mut trainer = Trainer::new(config, options.device)?;
-    let (start, source_order, target_order) = match (&resume_state, &options.start) {
-        (Some(state), Start::Checkpoint(ckpt)) => {
-            ensure!(
-                state.method == trainer.method.name(),
-                "{}: the checkpoint was trained with `{}`, the config says `{}`",
-                ckpt.display(),
-                state.method,
-                trainer.method.name()
-            );
-            load_checkpoint(&mut trainer, ckpt)?;
-            (state.iteration + 1, state.source_order, state.target_order.unwrap_or_default())
-        }
-        _ => (0, OrderState::default(), OrderState::default()),
-    };
-
-    let loader_config = |batch_size: usize, seed: u64| LoaderConfig {
-        batch_size,
-        shuffle: true,
-        seed,
-        workers: t.workers,
-        prefetch: t.prefetch,
-    };
+    let method = trainer.method.name();
+    let (start, source_order, target_order) =
+        resume_point(resume_state.as_ref(), &options.start, method, |ckpt| load_checkpoint(&mut trainer, ckpt))?;
+    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed);
     let source_set: Arc<dyn Dataset> = dataset::open(&config.dataset_spec(true)).context("source dataset")?;
-    let mut source = Loader::new(source_set, loader_config(config.source.batch_size, t.seed), source_order)?;
+    let mut source = Loader::new(source_set, settings(config.source.batch_size, t.seed), source_order)?;
     let mut target = if trainer.method.uses_target() {
         let set = dataset::open(&config.dataset_spec(false)).context("target dataset")?;
-        Some(Loader::new(set, loader_config(config.target.batch_size, t.seed.wrapping_add(1)), target_order)?)
+        Some(Loader::new(set, settings(config.target.batch_size, t.seed.wrapping_add(1)), target_order)?)
     } else {
         None
     };

@@ -100,28 +100,11 @@ impl Trainer {
         let sgd = Sgd::new(seg_groups(&model, config), t.momentum, t.weight_decay);
         let betas = (t.adam_betas[0], t.adam_betas[1]);
         let adversarial = config.train.method.adversarial();
-        let d_main = adversarial
-            .then(|| {
-                DomainDiscriminator::new(
-                    model_config.num_classes,
-                    t.discriminator_width,
-                    betas,
-                    device,
-                    t.channels_last,
-                )
-            })
-            .transpose()?;
-        let d_aux = (adversarial && model_config.multi_level)
-            .then(|| {
-                DomainDiscriminator::new(
-                    model_config.num_classes,
-                    t.discriminator_width,
-                    betas,
-                    device,
-                    t.channels_last,
-                )
-            })
-            .transpose()?;
+        let discriminator = || {
+            DomainDiscriminator::new(model_config.num_classes, t.discriminator_width, betas, device, t.channels_last)
+        };
+        let d_main = adversarial.then(discriminator).transpose()?;
+        let d_aux = (adversarial && model_config.multi_level).then(discriminator).transpose()?;
         Ok(Trainer { config: config.clone(), method: t.method, model, sgd, d_main, d_aux })
     }
 
