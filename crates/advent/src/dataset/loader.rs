@@ -90,44 +90,72 @@ impl Order {
 }
 
 impl Iterator for Order {
-    type Item = usize;
-    fn next(&mut self) -> Option<usize> {
+    type Item = Placed;
+    fn next(&mut self) -> Option<Placed> {
         if self.state.position as usize >= self.len {
             self.state = OrderState { epoch: self.state.epoch + 1, position: 0 };
             self.current = epoch_order(self.len, self.shuffle, self.seed, self.state.epoch);
         }
-        let item = self.current[self.state.position as usize];
+        let item = Placed { index: self.current[self.state.position as usize], at: self.state };
         self.state.position += 1;
         Some(item)
     }
 }
 
-type Indices = Box<dyn Iterator<Item = usize> + Send>;
+/// An item of an endless order: its index and its place in the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub index: usize,
+    pub at: OrderState,
+}
+
+/// What the workers are handed for each item: an index, or a [`Placed`] index.
+trait Key: Copy + Send + 'static {
+    fn index(self) -> usize;
+}
+
+impl Key for usize {
+    fn index(self) -> usize {
+        self
+    }
+}
+
+impl Key for Placed {
+    fn index(self) -> usize {
+        self.index
+    }
+}
+
+type Keys<K> = Box<dyn Iterator<Item = K> + Send>;
 
 /// Loads one item by index (a dataset's `get`, or any other preparation).
 pub type LoadFn<T> = Arc<dyn Fn(usize) -> Result<T> + Send + Sync>;
 
-/// Loads `get(i)` for each `i` of `indices`, in order, on worker threads or inline.
-struct Prefetcher<T: Send + 'static> {
-    get: LoadFn<T>,
-    mode: Mode<T>,
+/// Loads one item of an endless order by index and place: a preparation that depends on
+/// where the item falls (seeded augmentation, the same after a resume).
+pub type PlacedLoadFn<T> = Arc<dyn Fn(Placed) -> Result<T> + Send + Sync>;
+
+/// Loads `get(k)` for each `k` of `keys`, in order, on worker threads or inline.
+struct Prefetcher<K: Key, T: Send + 'static> {
+    get: Arc<dyn Fn(K) -> Result<T> + Send + Sync>,
+    mode: Mode<K, T>,
 }
 
-enum Mode<T: Send + 'static> {
-    Inline(Indices),
-    Threads { shared: Arc<Shared<T>>, threads: Vec<JoinHandle<()>> },
+enum Mode<K: Key, T: Send + 'static> {
+    Inline(Keys<K>),
+    Threads { shared: Arc<Shared<K, T>>, threads: Vec<JoinHandle<()>> },
 }
 
-struct Shared<T> {
-    state: Mutex<Queue<T>>,
+struct Shared<K, T> {
+    state: Mutex<Queue<K, T>>,
     /// Workers wait here for room ahead of the consumer.
     room: Condvar,
     /// The consumer waits here for its next result.
     ready: Condvar,
 }
 
-struct Queue<T> {
-    indices: Indices,
+struct Queue<K, T> {
+    indices: Keys<K>,
     exhausted: bool,
     /// Next ticket (position in the sequence) a worker takes.
     next_ticket: u64,
@@ -135,19 +163,20 @@ struct Queue<T> {
     consumed: u64,
     /// Tickets at most this far ahead of `consumed` may be taken.
     ahead: u64,
-    results: BTreeMap<u64, (usize, Result<T>)>,
+    results: BTreeMap<u64, (K, Result<T>)>,
     stop: bool,
 }
 
-fn lock<T>(shared: &Shared<T>) -> MutexGuard<'_, Queue<T>> {
+fn lock<K, T>(shared: &Shared<K, T>) -> MutexGuard<'_, Queue<K, T>> {
     // A worker never panics while holding the lock (loading runs outside it and panics
     // there are caught), so a poisoned lock still holds consistent data.
     shared.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `get(index)`, with a panic turned into an error.
-fn load<T>(get: &(dyn Fn(usize) -> Result<T> + Send + Sync), index: usize) -> Result<T> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| get(index))) {
+/// `get(key)`, with a panic turned into an error.
+fn load<K: Key, T>(get: &(dyn Fn(K) -> Result<T> + Send + Sync), key: K) -> Result<T> {
+    let index = key.index();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| get(key))) {
         Ok(result) => result,
         Err(panic) => {
             let what = panic
@@ -160,7 +189,7 @@ fn load<T>(get: &(dyn Fn(usize) -> Result<T> + Send + Sync), index: usize) -> Re
     }
 }
 
-fn worker<T>(get: LoadFn<T>, shared: Arc<Shared<T>>) {
+fn worker<K: Key, T>(get: Arc<dyn Fn(K) -> Result<T> + Send + Sync>, shared: Arc<Shared<K, T>>) {
     loop {
         let (ticket, index) = {
             let mut q = lock(&shared);
@@ -197,8 +226,8 @@ fn worker<T>(get: LoadFn<T>, shared: Arc<Shared<T>>) {
     }
 }
 
-impl<T: Send + 'static> Prefetcher<T> {
-    fn new(get: LoadFn<T>, indices: Indices, workers: usize, prefetch: usize) -> Self {
+impl<K: Key, T: Send + 'static> Prefetcher<K, T> {
+    fn new(get: Arc<dyn Fn(K) -> Result<T> + Send + Sync>, indices: Keys<K>, workers: usize, prefetch: usize) -> Self {
         if workers == 0 {
             return Prefetcher { get, mode: Mode::Inline(indices) };
         }
@@ -227,8 +256,8 @@ impl<T: Send + 'static> Prefetcher<T> {
         Prefetcher { get, mode: Mode::Threads { shared, threads } }
     }
 
-    /// The next `(index, item)` in sequence order; `None` once the indices are exhausted.
-    fn next(&mut self) -> Option<(usize, Result<T>)> {
+    /// The next `(key, item)` in sequence order; `None` once the keys are exhausted.
+    fn next(&mut self) -> Option<(K, Result<T>)> {
         match &mut self.mode {
             Mode::Inline(indices) => {
                 let index = indices.next()?;
@@ -253,7 +282,7 @@ impl<T: Send + 'static> Prefetcher<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for Prefetcher<T> {
+impl<K: Key, T: Send + 'static> Drop for Prefetcher<K, T> {
     fn drop(&mut self) {
         if let Mode::Threads { shared, threads } = &mut self.mode {
             {
@@ -276,13 +305,18 @@ pub struct Endless<T: Send + 'static> {
     len: usize,
     /// Where the consumer is: the next item [`Endless::next_items`] hands out.
     state: OrderState,
-    prefetcher: Prefetcher<T>,
+    prefetcher: Prefetcher<Placed, T>,
 }
 
 impl<T: Send + 'static> Endless<T> {
     /// Items `get(0..len)` in the order of `config` (its batch size unused), starting at
     /// `start`. Errors as [`Loader::new`].
     pub fn new(len: usize, get: LoadFn<T>, config: &LoaderConfig, start: OrderState) -> Result<Self> {
+        Self::placed(len, Arc::new(move |p: Placed| get(p.index)), config, start)
+    }
+
+    /// As [`Endless::new`], each item loaded knowing its place in the order.
+    pub fn placed(len: usize, get: PlacedLoadFn<T>, config: &LoaderConfig, start: OrderState) -> Result<Self> {
         ensure!(len > 0, "cannot load batches from an empty dataset");
         if start.position > len as u64 {
             bail!(
@@ -302,8 +336,9 @@ impl<T: Send + 'static> Endless<T> {
     pub fn next_items(&mut self, n: usize) -> Result<Vec<(usize, OrderState, T)>> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let (index, item) = self.prefetcher.next().expect("the order of a loader is endless");
-            let position = self.state;
+            let (key, item) = self.prefetcher.next().expect("the order of a loader is endless");
+            let (index, position) = (key.index, self.state);
+            debug_assert_eq!(key.at, position);
             self.state = normalize(OrderState { epoch: self.state.epoch, position: self.state.position + 1 }, self.len);
             let item = item.with_context(|| {
                 format!("loading item {index} (epoch {}, position {})", position.epoch, position.position)

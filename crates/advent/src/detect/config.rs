@@ -2,6 +2,7 @@
 //! the strict rules of the segmentation configuration (unknown keys and wrong types are
 //! errors naming the key).
 
+use super::augment::Augment;
 use super::train::{DetMethod, DetTrainConfig};
 use crate::device::Precision;
 use anyhow::{bail, ensure, Context, Result};
@@ -39,6 +40,7 @@ pub struct DomainSection {
     pub list: String,
     pub beta: f64,
     pub batch_size: usize,
+    pub augment: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,7 +67,6 @@ pub struct TrainSection {
     pub learning_rate_d: f64,
     pub adam_betas: [f64; 2],
     pub discriminator_width: i64,
-    pub flip: bool,
     pub save_every: u64,
     pub keep_checkpoints: usize,
     pub seed: u64,
@@ -96,6 +97,12 @@ impl DetConfig {
         let config: DetConfig = crate::config::parse_over(DEFAULTS, text, overrides)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The augmentation of the source (`true`) or target training set.
+    pub fn augment(&self, source: bool) -> Result<Augment> {
+        let (name, d) = if source { ("source", &self.source) } else { ("target", &self.target) };
+        Augment::parse(&format!("{name}.augment"), &d.augment)
     }
 
     pub fn method(&self) -> Result<DetMethod> {
@@ -135,6 +142,7 @@ impl DetConfig {
         );
         for (name, d) in [("source", &self.source), ("target", &self.target)] {
             ensure!(d.batch_size >= 1, "{name}.batch_size must be at least 1");
+            Augment::parse(&format!("{name}.augment"), &d.augment)?;
             ensure!(
                 ["cityscapes", "foggy-cityscapes", "synthetic"].contains(&d.dataset.as_str()),
                 "{name}.dataset: unknown `{}` (cityscapes, foggy-cityscapes, synthetic)",
@@ -188,5 +196,8 @@ mod tests {
         assert!(e.contains("train.method"), "{e}");
         let e = format!("{:#}", DetConfig::parse("[source]\ndataset = \"gta5\"\n", &[]).unwrap_err());
         assert!(e.contains("source.dataset"), "{e}");
+        let e = format!("{:#}", DetConfig::parse("", &["target.augment=crop".into()]).unwrap_err());
+        assert!(e.contains("target.augment") && e.contains("ssd, flip, none"), "{e}");
+        assert_eq!((d.augment(true).unwrap(), d.augment(false).unwrap()), (Augment::Ssd, Augment::Flip));
     }
 }

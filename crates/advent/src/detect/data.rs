@@ -38,14 +38,37 @@ pub struct DetSample {
     pub name: String,
 }
 
+/// One frame as read: its image at full size and its boxes.
+#[derive(Debug)]
+pub struct RawFrame {
+    pub image: crate::image::RgbImage,
+    pub frame: FrameBoxes,
+    pub name: String,
+}
+
+impl RawFrame {
+    /// The frame as evaluation (and training without augmentation) sees it.
+    pub fn prepare(self, size: u32) -> Result<DetSample> {
+        let image = prepare(&self.image, size).with_context(|| format!("preparing {}", self.name))?;
+        let (boxes, labels) = self.frame.targets();
+        Ok(DetSample { image, boxes, labels, frame: self.frame, name: self.name })
+    }
+}
+
 /// A finite, indexable detection set.
 pub trait DetDataset: Send + Sync {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Loads and prepares item `index` (< `len()`); errors name the file.
-    fn get(&self, index: usize) -> Result<DetSample>;
+    /// The network's input side (300 for SSD-300).
+    fn size(&self) -> u32;
+    /// Reads item `index` (< `len()`); errors name the file.
+    fn raw(&self, index: usize) -> Result<RawFrame>;
+    /// Loads and prepares item `index`.
+    fn get(&self, index: usize) -> Result<DetSample> {
+        self.raw(index)?.prepare(self.size())
+    }
 }
 
 /// `[3, size, size]`: resized, the BGR mean subtracted, channels in RGB order.
@@ -100,7 +123,11 @@ impl DetDataset for DetectionSet {
         self.names.len()
     }
 
-    fn get(&self, index: usize) -> Result<DetSample> {
+    fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn raw(&self, index: usize) -> Result<RawFrame> {
         let name = self.names[index].clone();
         let path = self.layout.image_dir().join(&name);
         let img = crate::image::read_rgb(&path)?;
@@ -115,9 +142,7 @@ impl DetDataset for DetectionSet {
                 frame.height
             );
         }
-        let image = prepare(&img, self.size).with_context(|| format!("preparing {}", path.display()))?;
-        let (boxes, labels) = frame.targets();
-        Ok(DetSample { image, boxes, labels, frame, name })
+        Ok(RawFrame { image: img, frame, name })
     }
 }
 
@@ -156,12 +181,15 @@ impl DetDataset for SyntheticDetection {
         self.len
     }
 
-    fn get(&self, index: usize) -> Result<DetSample> {
+    fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn raw(&self, index: usize) -> Result<RawFrame> {
         let (w, h) = self.scene;
-        let (img, _, instances) = generate_with_instances(self.seed, index as u64, self.domain, self.shift, w, h);
+        let (image, _, instances) = generate_with_instances(self.seed, index as u64, self.domain, self.shift, w, h);
         let frame = boxes_from_instance_ids(&instances, w, h, &self.options);
-        let (boxes, labels) = frame.targets();
-        Ok(DetSample { image: prepare(&img, self.size)?, boxes, labels, frame, name: format!("synthetic-{index}") })
+        Ok(RawFrame { image, frame, name: format!("synthetic-{index}") })
     }
 }
 

@@ -1,13 +1,13 @@
 //! Training batches of a detection set: the endless, seeded, resumable order of the
-//! segmentation loader ([`crate::dataset::loader::Endless`]), each frame flipped
-//! horizontally or not by a seeded coin, and its boxes matched to the default boxes.
-//!
-//! Augmentation is this flip only; ssd.pytorch's `SSDAugmentation` also distorts colours,
-//! zooms out and crops at random, which is not implemented yet.
+//! segmentation loader ([`crate::dataset::loader::Endless`]), each frame augmented on the
+//! loader's worker threads ([`Augment`]: ssd.pytorch's `SSDAugmentation`, a mirror, or
+//! nothing) with random numbers seeded by its place in the order, so that a resumed run sees
+//! the same frames; then its boxes matched to the default boxes.
 
+use super::augment::{ssd_augment, Augment};
 use super::data::{DetDataset, DetSample};
 use super::priors::PriorConfig;
-use crate::dataset::loader::{Endless, LoadFn, LoaderConfig, OrderState};
+use crate::dataset::loader::{Endless, LoaderConfig, OrderState, Placed, PlacedLoadFn};
 use crate::dataset::synthetic::Rng;
 use anyhow::{ensure, Result};
 use std::sync::Arc;
@@ -28,38 +28,49 @@ pub struct DetBatch {
 pub struct DetLoader {
     items: Endless<DetSample>,
     batch_size: usize,
-    flip: bool,
-    seed: u64,
     priors: Vec<[f32; 4]>,
     variance: [f32; 2],
 }
 
 impl DetLoader {
-    /// Batches of `config.batch_size` from `start`; with `flip`, each frame is mirrored with
-    /// probability 1/2, decided by `(config.seed, epoch, position)` so that a resumed run
-    /// sees the same frames.
-    pub fn new(dataset: Arc<dyn DetDataset>, config: LoaderConfig, start: OrderState, flip: bool) -> Result<Self> {
+    /// Batches of `config.batch_size` from `start`, each frame augmented by `augment` with
+    /// random numbers drawn from `(config.seed, epoch, position)`.
+    pub fn new(
+        dataset: Arc<dyn DetDataset>,
+        config: LoaderConfig,
+        start: OrderState,
+        augment: Augment,
+    ) -> Result<Self> {
         ensure!(config.batch_size > 0, "batch size must be at least 1");
         let len = dataset.len();
-        let get: LoadFn<DetSample> = Arc::new(move |i| dataset.get(i));
+        let seed = config.seed;
+        let get: PlacedLoadFn<DetSample> = Arc::new(move |p: Placed| match augment {
+            Augment::None => dataset.get(p.index),
+            Augment::Flip => {
+                let sample = dataset.get(p.index)?;
+                if coin(seed, p.at) {
+                    flipped(sample)
+                } else {
+                    Ok(sample)
+                }
+            }
+            Augment::Ssd => {
+                let raw = dataset.raw(p.index)?;
+                ssd_augment(&raw.image, raw.frame, raw.name, dataset.size(), frame_seed(seed, p.at))
+            }
+        });
         let priors = PriorConfig::ssd300();
         Ok(DetLoader {
-            items: Endless::new(len, get, &config, start)?,
+            items: Endless::placed(len, get, &config, start)?,
             batch_size: config.batch_size,
-            flip,
-            seed: config.seed,
             priors: priors.priors(),
             variance: priors.variance,
         })
     }
 
     pub fn next_batch(&mut self) -> Result<DetBatch> {
-        let items = self.items.next_items(self.batch_size)?;
-        let mut samples = Vec::with_capacity(items.len());
-        for (_, at, sample) in items {
-            let mirror = self.flip && coin(self.seed, at);
-            samples.push(if mirror { flipped(sample)? } else { sample });
-        }
+        let samples: Vec<DetSample> =
+            self.items.next_items(self.batch_size)?.into_iter().map(|(_, _, sample)| sample).collect();
         let names = samples.iter().map(|s| s.name.clone()).collect();
         let (images, loc, labels) = super::train::collate(&samples, &self.priors, self.variance, Device::Cpu)?;
         Ok(DetBatch { images, loc, labels, names })
@@ -70,11 +81,16 @@ impl DetLoader {
     }
 }
 
-/// The seeded coin of the frame at `at` in the order: the first splitmix64 output of a seed
-/// mixed from the seed, the epoch and the position (as the loader's epoch orders are seeded).
-fn coin(seed: u64, at: OrderState) -> bool {
+/// The seed of the frame at `at` in the order's random numbers: a splitmix64 mix of the
+/// seed, the epoch and the position (as the loader's epoch orders are seeded).
+fn frame_seed(seed: u64, at: OrderState) -> u64 {
     let first = |x: u64| Rng::new(x).next_u64();
-    first(first(first(seed) ^ at.epoch) ^ at.position) & 1 == 1
+    first(first(seed) ^ at.epoch) ^ at.position
+}
+
+/// The mirror's coin: the lowest bit of the frame's first random number.
+fn coin(seed: u64, at: OrderState) -> bool {
+    Rng::new(frame_seed(seed, at)).next_u64() & 1 == 1
 }
 
 /// The frame mirrored left-right: the image's columns reversed, each box `[x0, y0, x1, y1]`
@@ -113,20 +129,40 @@ mod tests {
     fn batches_resume_where_they_stopped() {
         let set: Arc<dyn DetDataset> = Arc::new(SyntheticDetection::scenes(4, Domain::Source, 3));
         let config = LoaderConfig { batch_size: 2, shuffle: true, seed: 9, workers: 1, prefetch: 2 };
-        let mut a = DetLoader::new(set.clone(), config, OrderState::default(), true).unwrap();
-        let first = a.next_batch().unwrap();
-        assert_eq!(first.images.size(), [2, 3, 300, 300]);
-        assert_eq!(first.loc.size(), [2, 8732, 4]);
-        assert_eq!(first.labels.size(), [2, 8732]);
-        assert!(first.labels.gt(0).any().int64_value(&[]) == 1, "some default box matched an object");
-        let state = a.state();
-        let second = a.next_batch().unwrap();
-        let mut b = DetLoader::new(set, config, state, true).unwrap();
-        let resumed = b.next_batch().unwrap();
-        assert_eq!(second.names, resumed.names);
-        assert!(second.images.equal(&resumed.images) && second.loc.equal(&resumed.loc));
+        for augment in [Augment::Flip, Augment::Ssd] {
+            let mut a = DetLoader::new(set.clone(), config, OrderState::default(), augment).unwrap();
+            let first = a.next_batch().unwrap();
+            assert_eq!(first.images.size(), [2, 3, 300, 300]);
+            assert_eq!(first.loc.size(), [2, 8732, 4]);
+            assert_eq!(first.labels.size(), [2, 8732]);
+            let state = a.state();
+            let second = a.next_batch().unwrap();
+            let mut b = DetLoader::new(set.clone(), config, state, augment).unwrap();
+            let resumed = b.next_batch().unwrap();
+            assert_eq!(second.names, resumed.names);
+            assert!(second.images.equal(&resumed.images) && second.loc.equal(&resumed.loc), "{augment:?}");
+            assert!(second.labels.equal(&resumed.labels));
+        }
         // Over many frames the coin comes up both ways.
         let heads = (0..64).filter(|&p| coin(9, OrderState { epoch: 0, position: p })).count();
         assert!((16..=48).contains(&heads), "{heads} of 64");
+    }
+
+    #[test]
+    fn ssd_augmentation_changes_frames_and_none_leaves_them() {
+        let set: Arc<dyn DetDataset> = Arc::new(SyntheticDetection::scenes(4, Domain::Source, 4));
+        let config = LoaderConfig { batch_size: 4, shuffle: false, seed: 2, workers: 0, prefetch: 1 };
+        let batch = |augment| {
+            DetLoader::new(set.clone(), config, OrderState::default(), augment).unwrap().next_batch().unwrap()
+        };
+        let plain = batch(Augment::None);
+        for i in 0..4 {
+            assert!(plain.images.get(i).equal(&set.get(i as usize).unwrap().image));
+        }
+        let ssd = batch(Augment::Ssd);
+        let changed = (0..4).filter(|&i| !ssd.images.get(i).equal(&plain.images.get(i))).count();
+        // A frame comes out as evaluation prepares it only when none of its seven coins
+        // draws a step and the crop keeps the whole frame (about 1 in 6 x 2^6).
+        assert!(changed >= 3, "{changed} of 4 frames changed");
     }
 }

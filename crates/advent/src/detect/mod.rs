@@ -5,6 +5,7 @@
 //! said otherwise; class 0 is the background, the object classes are 1..=C.
 
 pub mod adapt;
+pub mod augment;
 pub mod boxes;
 pub mod cityscapes;
 pub mod config;

@@ -82,11 +82,20 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     let (start, source_order, target_order) =
         resume_point(resume_state.as_ref(), &options.start, method.name(), |ckpt| load_checkpoint(&mut trainer, ckpt))?;
     let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed);
-    let mut source =
-        DetLoader::new(open_set(config, true)?, settings(config.source.batch_size, t.seed), source_order, t.flip)?;
+    let mut source = DetLoader::new(
+        open_set(config, true)?,
+        settings(config.source.batch_size, t.seed),
+        source_order,
+        config.augment(true)?,
+    )?;
     let mut target = if method != DetMethod::SourceOnly {
         let seed = t.seed.wrapping_add(1);
-        Some(DetLoader::new(open_set(config, false)?, settings(config.target.batch_size, seed), target_order, t.flip)?)
+        Some(DetLoader::new(
+            open_set(config, false)?,
+            settings(config.target.batch_size, seed),
+            target_order,
+            config.augment(false)?,
+        )?)
     } else {
         None
     };
