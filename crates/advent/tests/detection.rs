@@ -60,6 +60,7 @@ fn detection_demo_in_miniature() {
     let out = dir.path().join("demo");
     let options = DetDemoOptions {
         out: out.clone(),
+        seeds: 2,
         quick: true,
         device: Device::Cpu,
         progress: false,
@@ -73,10 +74,14 @@ fn detection_demo_in_miniature() {
             assert!((0.0..=100.0).contains(&v), "{name}: {v}");
         }
         assert!(!s.ap.is_empty() && s.ap.keys().all(|k| k == "car" || k == "person"), "{name}: {:?}", s.ap);
+        // The summary is the mean of the two seeds' scores, with their sample deviation.
+        let seeds: Vec<f64> = results.per_seed.iter().map(|r| r[name].map.unwrap()).collect();
+        let (mean, sd) = ((seeds[0] + seeds[1]) / 2.0, (seeds[0] - seeds[1]).abs() / 2f64.sqrt());
+        assert!((s.map.unwrap() - mean).abs() < 0.006 && (s.map_std.unwrap() - sd).abs() < 0.006, "{name}: {s:?}");
     }
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["task"], "detection");
-    assert!(out.join("runs/advent/checkpoints/iter_000001/d.pth").is_file());
+    assert!(out.join("runs/seed2/advent/checkpoints/iter_000001/d.pth").is_file());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }

@@ -1,10 +1,12 @@
 //! `advent demo --task detection`: source-only, MinEnt and AdvEnt detectors on the built-in
 //! synthetic-to-real shift, scored by VOC mAP on held-out target scenes.
 //!
-//! A source-only detector is trained first; from it each method trains the same number of
+//! Per seed (`train.seed` = 1234, 1235, ...: initialisation, data order, augmentation): a
+//! source-only detector is trained first; from it each method trains the same number of
 //! iterations with `advent detect train`'s code (settings in `configs/detection/demo.toml`),
-//! and each is evaluated on scenes of the target domain drawn with another seed. Everything
-//! is written into a hidden folder that replaces `out` at the end.
+//! and each is evaluated on scenes of the target domain drawn with another seed. Scores are
+//! averaged over seeds with their spread. Everything is written into a hidden folder that
+//! replaces `out` at the end.
 
 use super::config::DetConfig;
 use super::data::SyntheticDetection;
@@ -47,6 +49,8 @@ impl DetSchedule {
 
 pub struct DetDemoOptions {
     pub out: PathBuf,
+    /// Training seeds (at least 1).
+    pub seeds: usize,
     pub quick: bool,
     pub device: tch::Device,
     pub progress: bool,
@@ -68,14 +72,61 @@ pub struct DetScores {
     pub seconds: f64,
 }
 
+/// One detector's scores averaged over seeds (percent).
+#[derive(Debug, Clone, Serialize)]
+pub struct DetSummary {
+    /// Mean over seeds of the all-point mAP (`None` if a seed had none).
+    pub map: Option<f64>,
+    /// Sample standard deviation over seeds (0 for one seed).
+    pub map_std: Option<f64>,
+    pub map_per_seed: Vec<Option<f64>>,
+    /// Mean over seeds of the 11-point mAP.
+    pub map_11: Option<f64>,
+    /// Mean over seeds of each class's AP.
+    pub ap: BTreeMap<String, Option<f64>>,
+    /// Training time, all seeds.
+    pub seconds: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DetDemoResults {
     pub task: &'static str,
+    pub seeds: usize,
     pub schedule: DetSchedule,
     /// source_only (the pretrained detector trained on), minent, advent; and `pretrain`, the
-    /// detector every method starts from.
-    pub methods: BTreeMap<String, DetScores>,
+    /// detector every method starts from; over seeds.
+    pub methods: BTreeMap<String, DetSummary>,
+    /// Each seed's scores.
+    pub per_seed: Vec<BTreeMap<String, DetScores>>,
     pub seconds: f64,
+}
+
+/// Mean (and sample standard deviation) of values that all exist.
+fn mean_all(v: &[Option<f64>]) -> Option<(f64, f64)> {
+    let v: Vec<f64> = v.iter().copied().collect::<Option<_>>()?;
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let (mean, std) = crate::demo::mean_std(&v);
+    Some((round(mean), round(std)))
+}
+
+fn summarise(scores: &[&DetScores]) -> DetSummary {
+    let maps: Vec<Option<f64>> = scores.iter().map(|s| s.map).collect();
+    let classes: Vec<&String> = scores[0].ap.keys().collect();
+    let ap = classes
+        .into_iter()
+        .map(|c| {
+            let v: Vec<Option<f64>> = scores.iter().map(|s| s.ap.get(c).copied().flatten()).collect();
+            (c.clone(), mean_all(&v).map(|m| m.0))
+        })
+        .collect();
+    DetSummary {
+        map: mean_all(&maps).map(|m| m.0),
+        map_std: mean_all(&maps).map(|m| m.1),
+        map_11: mean_all(&scores.iter().map(|s| s.map_11).collect::<Vec<_>>()).map(|m| m.0),
+        map_per_seed: maps,
+        ap,
+        seconds: (scores.iter().map(|s| s.seconds).sum::<f64>() * 10.0).round() / 10.0,
+    }
 }
 
 /// Runs the demo into `options.out` (replaced at the end); `say` reports progress.
@@ -85,13 +136,15 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
     crate::demo::staged_output(&options.out, |tmp: &Path| -> Result<DetDemoResults> {
         let base = DetConfig::parse(DEMO_CONFIG, &options.overrides).context("configs/detection/demo.toml")?;
         let val = SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes);
-        let mut methods = BTreeMap::new();
-        let train = |method: &str, iters: u64, init: &str, dir: &Path| -> Result<(PathBuf, f64)> {
+        anyhow::ensure!(options.seeds >= 1, "the demo needs at least one seed");
+        let mut per_seed = Vec::new();
+        let train = |method: &str, iters: u64, init: &str, seed: u64, dir: &Path| -> Result<(PathBuf, f64)> {
             let mut config = base.clone();
             config.name = method.into();
             config.train.method = method.into();
             config.train.max_iters = iters;
             config.train.early_stop = iters - 1;
+            config.train.seed = seed;
             config.model.init = init.into();
             let t = Instant::now();
             let summary = super::run::run(
@@ -106,18 +159,35 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
             let ckpt = summary.last_checkpoint.context("the run saved no checkpoint")?;
             Ok((ckpt.join("model.pth"), t.elapsed().as_secs_f64()))
         };
-        say(&format!("training the source-only detector ({} iterations)", schedule.pretrain_iters));
-        let (pretrained, secs) = train("source_only", schedule.pretrain_iters, "", &tmp.join("runs/pretrain"))?;
-        methods.insert("pretrain".to_string(), score(&pretrained, &val, options.device, secs)?);
-        let init = pretrained.to_string_lossy().into_owned();
-        for method in ["source_only", "minent", "advent"] {
-            say(&format!("{method}: {} iterations from the source-only detector", schedule.method_iters));
-            let (model, secs) = train(method, schedule.method_iters, &init, &tmp.join("runs").join(method))?;
-            let s = score(&model, &val, options.device, secs)?;
-            say(&format!("{method}: target mAP {}", s.map.map_or("-".into(), |m| format!("{m:.1}"))));
-            methods.insert(method.to_string(), s);
+        for k in 0..options.seeds {
+            let (seed, dir) = (base.train.seed + k as u64, tmp.join("runs").join(format!("seed{}", k + 1)));
+            let tag = format!("seed {}/{}", k + 1, options.seeds);
+            let mut methods = BTreeMap::new();
+            say(&format!("{tag}: training the source-only detector ({} iterations)", schedule.pretrain_iters));
+            let (pretrained, secs) = train("source_only", schedule.pretrain_iters, "", seed, &dir.join("pretrain"))?;
+            methods.insert("pretrain".to_string(), score(&pretrained, &val, options.device, secs)?);
+            let init = pretrained.to_string_lossy().into_owned();
+            for method in ["source_only", "minent", "advent"] {
+                say(&format!("{tag}: {method}, {} iterations from the source-only detector", schedule.method_iters));
+                let (model, secs) = train(method, schedule.method_iters, &init, seed, &dir.join(method))?;
+                let s = score(&model, &val, options.device, secs)?;
+                say(&format!("{tag}: {method}: target mAP {}", s.map.map_or("-".into(), |m| format!("{m:.1}"))));
+                methods.insert(method.to_string(), s);
+            }
+            per_seed.push(methods);
         }
-        let results = DetDemoResults { task: "detection", schedule, methods, seconds: began.elapsed().as_secs_f64() };
+        let methods = per_seed[0]
+            .keys()
+            .map(|m| (m.clone(), summarise(&per_seed.iter().map(|s| &s[m]).collect::<Vec<_>>())))
+            .collect();
+        let results = DetDemoResults {
+            task: "detection",
+            seeds: options.seeds,
+            schedule,
+            methods,
+            per_seed,
+            seconds: began.elapsed().as_secs_f64(),
+        };
         let json = serde_json::to_vec_pretty(&results)?;
         crate::fs::write_bytes_atomic(&tmp.join("results.json"), &json)?;
         Ok(results)
@@ -144,14 +214,19 @@ pub fn table(results: &DetDemoResults) -> String {
     let classes: Vec<String> =
         results.methods.values().next().map(|s| s.ap.keys().cloned().collect()).unwrap_or_default();
     let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
-    let mut out = format!("{:<22} {:>9} {:>9}", "detector", "mAP", "mAP(11)");
+    let spread = results.seeds > 1;
+    let mut out = format!("{:<22} {:>12} {:>9}", "detector", if spread { "mAP (± sd)" } else { "mAP" }, "mAP(11)");
     for c in &classes {
         out.push_str(&format!(" {c:>8}"));
     }
     for key in ["pretrain", "source_only", "minent", "advent"] {
         let Some(s) = results.methods.get(key) else { continue };
         let label = if key == "pretrain" { "start (source-only)" } else { key };
-        out.push_str(&format!("\n{label:<22} {:>9} {:>9}", f(s.map), f(s.map_11)));
+        let map = match (s.map, s.map_std) {
+            (Some(m), Some(sd)) if spread => format!("{m:.1} ± {sd:.1}"),
+            _ => f(s.map),
+        };
+        out.push_str(&format!("\n{label:<22} {map:>12} {:>9}", f(s.map_11)));
         for c in &classes {
             out.push_str(&format!(" {:>8}", f(s.ap.get(c).copied().flatten())));
         }
