@@ -17,9 +17,10 @@
 //! The alternative, behind `train.entropy = "objects"` (MinEnt only): the entropy of the
 //! distribution over the object classes alone (background left out, renormalised), each
 //! anchor weighted by its probability of being an object, that weight held constant. It
-//! cannot be lowered by calling an anchor background; we did not make it the default because
-//! it departs from the paper's words ("the per-anchor class distribution"), but the
-//! detection demo shows the default's collapse towards background (README).
+//! cannot be lowered by calling an anchor background. It is not the default because it
+//! departs from the paper's words ("the per-anchor class distribution"), and the detection
+//! demo gives no evidence for it: from the start where MinEnt fell furthest it ended inside
+//! the spread of source-only runs with other data orders (README, "The detection demo").
 
 use anyhow::Result;
 use tch::{Kind, Tensor};

@@ -90,8 +90,9 @@ impl Distortion {
             d.brightness = Some(range(rng, -32.0, 32.0) as f32);
         }
         d.contrast_first = coin(rng);
-        let mut contrast = || coin(rng).then(|| range(rng, 0.5, 1.5) as f32);
-        d.contrast = contrast();
+        if coin(rng) {
+            d.contrast = Some(range(rng, 0.5, 1.5) as f32);
+        }
         if coin(rng) {
             d.saturation = Some(range(rng, 0.5, 1.5) as f32);
         }
