@@ -2,8 +2,9 @@
 //! (150 scenes of `detect::demo::VAL_SEED`): over the default boxes matched to an object
 //! (IoU >= 0.5, ssd.pytorch's matching) and over the rest, the mean background probability,
 //! the mean probability of the true class and the mean entropy (nats); and the default boxes
-//! per scene whose best object class has probability > 0.5. The README's detection demo
-//! section reads MinEnt's effect from it.
+//! per scene whose best object class has probability > 0.5; and the VOC mAP the demo reports
+//! (`detect::demo::score`). The README's detection demo section takes its controls' scores
+//! and probabilities from it.
 //!
 //! `cargo run --release -p advent --example detection_anchor_mass -- A/model.pth B/model.pth ...`
 use advent::dataset::synthetic::Domain;
@@ -14,12 +15,13 @@ fn main() {
     let val = SyntheticDetection::scenes(advent::detect::demo::VAL_SEED, Domain::Target, 150);
     let pc = PriorConfig::ssd300();
     let priors = pc.priors();
-    let header = ["matched: P(bg)", "P(class)", "H", "others: P(bg)", "H", "boxes > 0.5"];
+    let header = ["matched: P(bg)", "P(class)", "H", "others: P(bg)", "H", "boxes > 0.5", "mAP"];
     println!(
-        "{:<40} {:>15} {:>9} {:>7} {:>14} {:>7} {:>12}",
-        "model", header[0], header[1], header[2], header[3], header[4], header[5]
+        "{:<40} {:>15} {:>9} {:>7} {:>14} {:>7} {:>12} {:>6}",
+        "model", header[0], header[1], header[2], header[3], header[4], header[5], header[6]
     );
     for p in std::env::args().skip(1) {
+        let map = advent::detect::demo::score(std::path::Path::new(&p), &val, Device::Cpu, 0.0).unwrap().map;
         let ssd = Ssd::from_checkpoint(std::path::Path::new(&p), Device::Cpu).unwrap();
         let (mut pos_bg, mut pos_cls, mut pos_h, mut npos) = (0.0, 0.0, 0.0, 0.0);
         let (mut neg_bg, mut neg_h, mut nneg, mut confident) = (0.0, 0.0, 0.0, 0.0);
@@ -47,13 +49,14 @@ fn main() {
         }
         let tail: String = p.chars().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
         println!(
-            "{tail:<40} {:>15.3} {:>9.3} {:>7.3} {:>14.4} {:>7.4} {:>12.2}",
+            "{tail:<40} {:>15.3} {:>9.3} {:>7.3} {:>14.4} {:>7.4} {:>12.2} {:>6}",
             pos_bg / npos,
             pos_cls / npos,
             pos_h / npos,
             neg_bg / nneg,
             neg_h / nneg,
-            confident / val.len() as f64
+            confident / val.len() as f64,
+            map.map_or("-".to_string(), |m| format!("{m:.1}"))
         );
     }
 }
