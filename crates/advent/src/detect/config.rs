@@ -60,6 +60,7 @@ pub struct TrainSection {
     pub momentum: f64,
     pub weight_decay: f64,
     pub power: f64,
+    pub warmup_iters: u64,
     pub negpos_ratio: i64,
     pub lambda_ent: f64,
     pub entropy: String,
@@ -170,6 +171,7 @@ impl DetConfig {
             discriminator_width: t.discriminator_width,
             max_iters: t.max_iters,
             power: t.power,
+            warmup_iters: t.warmup_iters,
             width: self.model.width,
         })
     }

@@ -128,7 +128,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
                 trg_images.as_ref(),
             )
             .with_context(|| format!("iteration {i}"))?;
-        let lr = poly_lr(t.learning_rate, i, t.max_iters, t.power);
+        let lr = super::train::detector_lr(&trainer.config, i);
         let lr_d = poly_lr(t.learning_rate_d, i, t.max_iters, t.power);
         metrics.push(i, lr, lr_d, losses);
         let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
