@@ -336,10 +336,9 @@ impl<T: Send + 'static> Endless<T> {
     pub fn next_items(&mut self, n: usize) -> Result<Vec<(usize, OrderState, T)>> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let (key, item) = self.prefetcher.next().expect("the order of a loader is endless");
-            let (index, position) = (key.index, self.state);
-            debug_assert_eq!(key.at, position);
-            self.state = normalize(OrderState { epoch: self.state.epoch, position: self.state.position + 1 }, self.len);
+            let (Placed { index, at: position }, item) =
+                self.prefetcher.next().expect("the order of a loader is endless");
+            self.state = normalize(OrderState { epoch: position.epoch, position: position.position + 1 }, self.len);
             let item = item.with_context(|| {
                 format!("loading item {index} (epoch {}, position {})", position.epoch, position.position)
             })?;
