@@ -54,8 +54,9 @@ pub struct Args {
     /// comparison).
     #[arg(long)]
     unfused_optimizer: bool,
-    /// Evaluation timing: replay a CUDA graph of the forward pass, upsampling and argmax
-    /// (as `advent eval --cuda-graph`).
+    /// Replay CUDA graphs: of the forward pass, upsampling and argmax in the evaluation
+    /// timing (as `advent eval --cuda-graph`), of the whole step in the training timings
+    /// (as `train.cuda_graph`).
     #[arg(long)]
     cuda_graph: bool,
     /// Detection: images per batch and domain (ssd.pytorch trains with 32).

@@ -1,5 +1,5 @@
 // The few libtorch entry points that tch does not bind: the fused multi-tensor optimiser
-// kernels, gradients reset to none, the CUDA caching allocator's statistics (device-generic
+// kernels (with a fixed or a device-held learning rate), gradients reset to none or zeroed, the CUDA caching allocator's statistics (device-generic
 // headers: the CUDA allocator is found at run time once libtorch_cuda is loaded) and, when
 // the CUDA runtime's headers were found at build time (ADVENT_CUDA_GRAPHS), CUDA graphs. Every function catches
 // C++ exceptions and returns them as a message (NULL on success), freed by the caller with
@@ -64,25 +64,38 @@ void advent_free_message(char* m) { std::free(m); }
 
 // torch.optim.SGD(momentum, weight_decay, dampening=0, nesterov=False) over all `n`
 // parameters in one multi-tensor kernel. `first_step`: the buffers are initialised to the
-// (decayed) gradient, as PyTorch's first step does.
+// (decayed) gradient, as PyTorch's first step does. With `lr_tensor` (not NULL) the rate is
+// read from that 0-dimensional tensor on the device when the kernel runs (`lr` is unused), so
+// that a CUDA graph of the step follows a changing rate.
 char* advent_fused_sgd(const tensor* params, const tensor* grads, const tensor* bufs, size_t n, double weight_decay,
-                       double momentum, double lr, int first_step) {
+                       double momentum, double lr, const tensor lr_tensor, int first_step) {
   return guarded([&] {
     at::NoGradGuard no_grad;
-    at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, n), weight_decay, momentum, lr, 0.0, false, false,
-                    first_step != 0);
+    if (lr_tensor != nullptr) {
+      at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, n), weight_decay, momentum, *lr_tensor, 0.0, false,
+                      false, first_step != 0);
+    } else {
+      at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, n), weight_decay, momentum, lr, 0.0, false, false,
+                      first_step != 0);
+    }
   });
 }
 
 // torch.optim.Adam(betas, eps, weight_decay) over all `n` parameters in one kernel;
-// `steps` holds each parameter's step count, already incremented for this step.
+// `steps` holds each parameter's step count, already incremented for this step. `lr_tensor`
+// as for advent_fused_sgd.
 char* advent_fused_adam(const tensor* params, const tensor* grads, const tensor* exp_avg, const tensor* exp_avg_sq,
-                        const tensor* steps, size_t n, double lr, double beta1, double beta2, double weight_decay,
-                        double eps) {
+                        const tensor* steps, size_t n, double lr, const tensor lr_tensor, double beta1, double beta2,
+                        double weight_decay, double eps) {
   return guarded([&] {
     at::NoGradGuard no_grad;
-    at::_fused_adam_(list(params, n), list(grads, n), list(exp_avg, n), list(exp_avg_sq, n), {}, list(steps, n), lr,
-                     beta1, beta2, weight_decay, eps, false, false);
+    if (lr_tensor != nullptr) {
+      at::_fused_adam_(list(params, n), list(grads, n), list(exp_avg, n), list(exp_avg_sq, n), {}, list(steps, n),
+                       *lr_tensor, beta1, beta2, weight_decay, eps, false, false);
+    } else {
+      at::_fused_adam_(list(params, n), list(grads, n), list(exp_avg, n), list(exp_avg_sq, n), {}, list(steps, n), lr,
+                       beta1, beta2, weight_decay, eps, false, false);
+    }
   });
 }
 
@@ -92,6 +105,23 @@ char* advent_clear_grads(const tensor* ts, size_t n) {
   return guarded([&] {
     for (size_t i = 0; i < n; ++i) {
       ts[i]->mutable_grad().reset();
+    }
+  });
+}
+
+// The defined gradients of the `n` tensors set to zero in place, in one multi-tensor kernel
+// (the gradient tensors stay where they are, as a CUDA graph of the step needs).
+char* advent_zero_grads(const tensor* ts, size_t n) {
+  return guarded([&] {
+    std::vector<at::Tensor> grads;
+    for (size_t i = 0; i < n; ++i) {
+      const auto& g = ts[i]->grad();
+      if (g.defined()) {
+        grads.push_back(g);
+      }
+    }
+    if (!grads.empty()) {
+      at::_foreach_zero_(grads);
     }
   });
 }

@@ -43,7 +43,8 @@ pub struct Tuning {
     /// The optimisers' fused multi-tensor kernels (the default) instead of per-parameter
     /// updates.
     pub fused_optimizer: bool,
-    /// Evaluation: replay a CUDA graph of the forward pass, upsampling and argmax.
+    /// Replay a CUDA graph: of the forward pass, upsampling and argmax (evaluation), of the
+    /// whole step (training, `train.cuda_graph`).
     pub cuda_graph: bool,
 }
 
@@ -187,6 +188,7 @@ pub fn train_step(
     config.model.arch = arch.name().into();
     config.train.precision = precision;
     config.train.channels_last = tuning.channels_last;
+    config.train.cuda_graph = tuning.cuda_graph;
     config.source.size = [source.1 as u32, source.0 as u32];
     config.target.size = [target.1 as u32, target.0 as u32];
     let mut trainer = Trainer::new(&config, device)?;
@@ -198,15 +200,28 @@ pub fn train_step(
     let ys = Tensor::f_randint(19, [1, source.0, source.1], (Kind::Int64, device))?;
     let xt = Tensor::f_randn([1, 3, target.0, target.1], (Kind::Float, device))?;
     let mut samples = Vec::with_capacity(iters);
+    // A graph is captured after GRAPH_WARMUP eager steps and replayed from then on; its
+    // replays allocate nothing, so its peak is measured from the capture on.
+    let (warmup, memory_from) = match tuning.cuda_graph {
+        true => (warmup.max(crate::train::GRAPH_WARMUP + 1), crate::train::GRAPH_WARMUP),
+        false => (warmup, warmup),
+    };
     for i in 0..warmup + iters.max(1) {
-        if i == warmup {
+        if i == memory_from {
             start_memory(device)?;
         }
         let t = Instant::now();
-        trainer.step(i as u64, &xs, &ys, Some(&xt))?;
+        let losses = trainer.step(i as u64, &xs, &ys, Some(&xt))?;
         synchronize(device);
         if i >= warmup {
             samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        if i + 1 == warmup + iters.max(1) {
+            // The last step's losses are finite (a broken graph or precision shows here).
+            for (name, l) in losses {
+                let v = l.f_double_value(&[])?;
+                anyhow::ensure!(v.is_finite(), "{name} = {v} at the last timed step");
+            }
         }
     }
     let what =
@@ -215,6 +230,7 @@ pub fn train_step(
     timing.peak_gib = peak_memory(device)?;
     timing.channels_last = tuning.channels_last;
     timing.fused_optimizer = Some(tuning.fused_optimizer);
+    timing.cuda_graph = tuning.cuda_graph;
     Ok(timing)
 }
 

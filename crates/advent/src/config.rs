@@ -123,6 +123,7 @@ pub struct TrainSection {
     pub cudnn_benchmark: bool,
     pub deterministic: bool,
     pub channels_last: bool,
+    pub cuda_graph: bool,
     pub tensorboard: bool,
     pub viz_every: u64,
     pub log_every: u64,
@@ -188,6 +189,14 @@ impl Config {
                 ("lambda_ent_aux", t.lambda_ent_aux),
             ],
         )?;
+        if t.cuda_graph {
+            ensure!(
+                !t.reference_duplicate_params,
+                "train.cuda_graph needs train.reference_duplicate_params = false (the duplicated \
+                 visits take the per-parameter optimiser path, which a graph cannot follow)"
+            );
+            ensure!(t.momentum > 0.0, "train.cuda_graph needs train.momentum > 0 (the fused SGD kernel)");
+        }
         for (name, d) in [("source", &self.source), ("target", &self.target)] {
             ensure!(
                 d.size[0] >= 32 && d.size[1] >= 32,
@@ -427,6 +436,18 @@ mod tests {
         assert!(e.contains("train.learning_rate"), "{e}");
         let e = err("[model]\narch = \"resnet\"\n");
         assert!(e.contains("unknown architecture `resnet`"), "{e}");
+    }
+
+    #[test]
+    fn a_cuda_graph_refuses_what_it_cannot_follow() {
+        assert!(!Config::defaults().train.cuda_graph, "off by default");
+        let e = err("[train]\ncuda_graph = true\nreference_duplicate_params = true\n");
+        assert!(e.contains("train.cuda_graph needs train.reference_duplicate_params = false"), "{e}");
+        let e = err("[train]\ncuda_graph = true\nmomentum = 0.0\n");
+        assert!(e.contains("train.cuda_graph needs train.momentum > 0"), "{e}");
+        let c = Config::parse("[train]\ncuda_graph = true\n", &[]).unwrap();
+        let e = crate::train::Trainer::new(&c, tch::Device::Cpu).err().unwrap().to_string();
+        assert!(e.contains("train.cuda_graph needs --device cuda"), "{e}");
     }
 
     #[test]

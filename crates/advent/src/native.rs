@@ -22,6 +22,7 @@ extern "C" {
         weight_decay: f64,
         momentum: f64,
         lr: f64,
+        lr_tensor: *const C_tensor,
         first_step: c_int,
     ) -> *mut c_char;
     fn advent_fused_adam(
@@ -32,12 +33,14 @@ extern "C" {
         steps: *const *const C_tensor,
         n: usize,
         lr: f64,
+        lr_tensor: *const C_tensor,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
         eps: f64,
     ) -> *mut c_char;
     fn advent_clear_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+    fn advent_zero_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
     fn advent_graphs_supported() -> c_int;
     fn advent_graph_new(out: *mut *mut RawGraph) -> *mut c_char;
     fn advent_graph_free(g: *mut RawGraph);
@@ -57,6 +60,38 @@ fn check(m: *mut c_char) -> Result<()> {
     let text = unsafe { CStr::from_ptr(m) }.to_string_lossy().into_owned();
     unsafe { advent_free_message(m) };
     bail!("libtorch: {}", text.trim())
+}
+
+/// A learning rate: a number fixed when the kernel is queued, or a 0-dimensional float
+/// tensor on the parameters' device read when the kernel runs (what a CUDA graph of the
+/// step needs, since the rate changes every iteration).
+#[derive(Clone, Copy)]
+pub enum Rate<'a> {
+    Value(f64),
+    Tensor(&'a Tensor),
+}
+
+impl Rate<'_> {
+    fn parts(self) -> (f64, *const C_tensor) {
+        match self {
+            Rate::Value(v) => (v, std::ptr::null()),
+            Rate::Tensor(t) => (0.0, t.as_ptr()),
+        }
+    }
+
+    fn check(self, params: &[&Tensor]) -> Result<()> {
+        if let (Rate::Tensor(t), Some(p)) = (self, params.first()) {
+            ensure!(
+                t.dim() == 0 && t.kind() == tch::Kind::Float && t.device() == p.device(),
+                "a learning-rate tensor must be a float32 scalar on {:?}, got {:?} {:?} on {:?}",
+                p.device(),
+                t.size(),
+                t.kind(),
+                t.device()
+            );
+        }
+        Ok(())
+    }
 }
 
 fn ptrs(ts: &[&Tensor]) -> Vec<*const C_tensor> {
@@ -91,19 +126,32 @@ pub fn fused_sgd(
     buffers: &[&Tensor],
     weight_decay: f64,
     momentum: f64,
-    lr: f64,
+    lr: Rate<'_>,
     first_step: bool,
 ) -> Result<()> {
     let n = params.len();
     ensure_like("fused_sgd: gradient", params, grads)?;
     ensure_like("fused_sgd: momentum buffer", params, buffers)?;
+    lr.check(params)?;
     if n == 0 {
         return Ok(());
     }
     let (p, g, b) = (ptrs(params), ptrs(grads), ptrs(buffers));
-    // SAFETY: n valid tensor pointers in each list, alive for the call.
+    let (lr, lr_tensor) = lr.parts();
+    // SAFETY: n valid tensor pointers in each list and a valid or null rate tensor, alive for
+    // the call.
     check(unsafe {
-        advent_fused_sgd(p.as_ptr(), g.as_ptr(), b.as_ptr(), n, weight_decay, momentum, lr, first_step as c_int)
+        advent_fused_sgd(
+            p.as_ptr(),
+            g.as_ptr(),
+            b.as_ptr(),
+            n,
+            weight_decay,
+            momentum,
+            lr,
+            lr_tensor,
+            first_step as c_int,
+        )
     })
 }
 
@@ -121,7 +169,7 @@ pub fn fused_adam(
     params: &[&Tensor],
     grads: &[&Tensor],
     state: AdamState<'_>,
-    lr: f64,
+    lr: Rate<'_>,
     betas: (f64, f64),
     eps: f64,
 ) -> Result<()> {
@@ -130,14 +178,18 @@ pub fn fused_adam(
     ensure_like("fused_adam: exp_avg", params, state.exp_avg)?;
     ensure_like("fused_adam: exp_avg_sq", params, state.exp_avg_sq)?;
     ensure!(state.steps.len() == n, "fused_adam: {} step counts for {n} parameters", state.steps.len());
+    lr.check(params)?;
     if n == 0 {
         return Ok(());
     }
     let (p, g) = (ptrs(params), ptrs(grads));
     let (m, v, s) = (ptrs(state.exp_avg), ptrs(state.exp_avg_sq), ptrs(state.steps));
-    // SAFETY: n valid tensor pointers in each list, alive for the call.
+    let (lr, lr_tensor) = lr.parts();
+    // SAFETY: n valid tensor pointers in each list and a valid or null rate tensor, alive for
+    // the call.
     check(unsafe {
-        advent_fused_adam(p.as_ptr(), g.as_ptr(), m.as_ptr(), v.as_ptr(), s.as_ptr(), n, lr, betas.0, betas.1, 0.0, eps)
+        let (mp, vp, sp) = (m.as_ptr(), v.as_ptr(), s.as_ptr());
+        advent_fused_adam(p.as_ptr(), g.as_ptr(), mp, vp, sp, n, lr, lr_tensor, betas.0, betas.1, 0.0, eps)
     })
 }
 
@@ -147,6 +199,15 @@ pub fn clear_grads(tensors: &[&Tensor]) -> Result<()> {
     let p = ptrs(tensors);
     // SAFETY: valid tensor pointers, alive for the call.
     check(unsafe { advent_clear_grads(p.as_ptr(), p.len()) })
+}
+
+/// The defined gradients of `tensors` set to zero in place (one multi-tensor kernel): unlike
+/// [`clear_grads`], each gradient keeps its memory, which the next backward pass adds into,
+/// so that a CUDA graph of the step finds its gradients where it captured them.
+pub fn zero_grads(tensors: &[&Tensor]) -> Result<()> {
+    let p = ptrs(tensors);
+    // SAFETY: valid tensor pointers, alive for the call.
+    check(unsafe { advent_zero_grads(p.as_ptr(), p.len()) })
 }
 
 /// Whether this build can capture CUDA graphs (it found the CUDA headers when built).
@@ -239,11 +300,17 @@ mod tests {
         let w = Tensor::from_slice(&[1.0f32]);
         let g = Tensor::from_slice(&[2.0f32]);
         let b = Tensor::zeros([1], (Kind::Float, Device::Cpu));
-        fused_sgd(&[&w], &[&g], &[&b], 0.5, 0.9, 0.1, true).unwrap();
+        fused_sgd(&[&w], &[&g], &[&b], 0.5, 0.9, Rate::Value(0.1), true).unwrap();
         assert!((w.double_value(&[0]) - 0.75).abs() < 1e-7);
         assert!((b.double_value(&[0]) - 2.5).abs() < 1e-7);
-        fused_sgd(&[&w], &[&g], &[&b], 0.5, 0.9, 0.1, false).unwrap();
+        // The second step with the rate in a tensor.
+        let lr = Tensor::from(0.1f32);
+        fused_sgd(&[&w], &[&g], &[&b], 0.5, 0.9, Rate::Tensor(&lr), false).unwrap();
         assert!((w.double_value(&[0]) - 0.2875).abs() < 1e-6, "{}", w.double_value(&[0]));
+        // A rate tensor of the wrong kind is refused before the kernel sees it.
+        let bad = Tensor::from(0.1f64);
+        let err = fused_sgd(&[&w], &[&g], &[&b], 0.5, 0.9, Rate::Tensor(&bad), false).unwrap_err();
+        assert!(err.to_string().contains("float32 scalar"), "{err}");
     }
 
     #[test]
@@ -254,7 +321,15 @@ mod tests {
         let (m, v) = (w.zeros_like(), w.zeros_like());
         let step = Tensor::from(1.0f32);
         let state = AdamState { exp_avg: &[&m], exp_avg_sq: &[&v], steps: &[&step] };
-        fused_adam(&[&w], &[&g], state, 0.01, (0.9, 0.99), 1e-8).unwrap();
+        fused_adam(&[&w], &[&g], state, Rate::Value(0.01), (0.9, 0.99), 1e-8).unwrap();
+        assert!((w.double_value(&[0]) - 0.99).abs() < 1e-6);
+        assert!((w.double_value(&[1]) + 0.99).abs() < 1e-6);
+        // The same with the rate in a tensor, from fresh moments.
+        let w = Tensor::from_slice(&[1.0f32, -1.0]);
+        let (m, v) = (w.zeros_like(), w.zeros_like());
+        let lr = Tensor::from(0.01f32);
+        let state = AdamState { exp_avg: &[&m], exp_avg_sq: &[&v], steps: &[&step] };
+        fused_adam(&[&w], &[&g], state, Rate::Tensor(&lr), (0.9, 0.99), 1e-8).unwrap();
         assert!((w.double_value(&[0]) - 0.99).abs() < 1e-6);
         assert!((w.double_value(&[1]) + 0.99).abs() < 1e-6);
     }
@@ -263,7 +338,7 @@ mod tests {
     fn errors_become_messages() {
         let w = Tensor::from_slice(&[1.0f32, 2.0]);
         let g = Tensor::from_slice(&[1.0f32]);
-        let err = fused_sgd(&[&w], &[&g], &[&w.zeros_like()], 0.0, 0.9, 0.1, true).unwrap_err();
+        let err = fused_sgd(&[&w], &[&g], &[&w.zeros_like()], 0.0, 0.9, Rate::Value(0.1), true).unwrap_err();
         assert!(err.to_string().contains("gradient 0: [1]"), "{err}");
         if tch::Cuda::device_count() == 0 {
             // A C++ exception, caught and returned as a message.
@@ -284,5 +359,20 @@ mod tests {
         // And the next backward pass starts from nothing, not from the old gradient.
         (&w * 2.0).sum(Kind::Float).backward();
         assert_eq!(w.grad().double_value(&[0]), 2.0);
+    }
+
+    #[test]
+    fn zeroed_gradients_keep_their_memory() {
+        let w = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let unused = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+        (&w * 3.0).sum(Kind::Float).backward();
+        let before = w.grad().data_ptr();
+        zero_grads(&[&w, &unused]).unwrap();
+        assert_eq!(w.grad().double_value(&[1]), 0.0);
+        assert!(!unused.grad().defined(), "an undefined gradient stays undefined");
+        // The next backward pass adds into the same memory.
+        (&w * 2.0).sum(Kind::Float).backward();
+        assert_eq!(w.grad().double_value(&[0]), 2.0);
+        assert_eq!(w.grad().data_ptr(), before);
     }
 }

@@ -240,3 +240,75 @@ fn speed_options_keep_the_reference_losses() {
         }
     }
 }
+
+/// `train.cuda_graph` replays [`Trainer::graph_body`]: gradients zeroed in place instead of
+/// freed, learning rates read from float32 tensors on the device, Adam's step count advanced
+/// there. Run eagerly on the CPU, the body must be the eager step: AdvEnt + MinEnt (every
+/// loss, both discriminators) on the tiny network, one eager iteration then four of the body,
+/// against five eager iterations from the same start. The rates are chosen exact in float32
+/// (powers of two, a linear decay in eighths), since the body passes them through float32
+/// tensors instead of f64 arguments: a rounded rate moves the weights by 1e-7, which this
+/// fixture (BatchNorm in training mode on random images) amplifies to 1e-2 in three
+/// iterations. With exact rates the arithmetic is the same: tolerance relative 1e-6.
+#[test]
+fn the_graph_body_is_the_eager_step() {
+    let text = r#"
+        [model]
+        arch = "deeplabv2-tiny"
+        num_classes = 5
+        [train]
+        method = "advent_minent"
+        learning_rate = 0.0078125
+        learning_rate_d = 0.0009765625
+        power = 1.0
+        max_iters = 8
+        early_stop = 8
+        discriminator_width = 8
+        lambda_ent_main = 0.1
+        lambda_ent_aux = 0.02
+        "#;
+    let config = Config::parse(text, &[]).unwrap();
+    tch::manual_seed(11);
+    let xs = Tensor::randn([2, 3, 64, 96], (tch::Kind::Float, Device::Cpu)) * 50.0;
+    let labels = Tensor::randint(6, [2, 64, 96], (tch::Kind::Int64, Device::Cpu));
+    let ys = labels.where_self(&labels.lt(5), &Tensor::from(255i64));
+    let xt = Tensor::randn([2, 3, 48, 80], (tch::Kind::Float, Device::Cpu)) * 50.0;
+    let (mut eager, mut body) =
+        (Trainer::new(&config, Device::Cpu).unwrap(), Trainer::new(&config, Device::Cpu).unwrap());
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-3);
+    let mut checked = 0;
+    for i in 0..5u64 {
+        let want = eager.step(i, &xs, &ys, Some(&xt)).unwrap();
+        let got = if i == 0 {
+            let losses = body.step(i, &xs, &ys, Some(&xt)).unwrap();
+            body.prepare_graph_body().unwrap();
+            losses
+        } else {
+            let (lr, lr_d) = body.learning_rates(i);
+            let (lr, lr_d) = (Tensor::from(lr as f32), Tensor::from(lr_d as f32));
+            let losses = body.graph_body(&xs, &ys, Some(&xt), &lr, &lr_d).unwrap();
+            body.count_graph_step();
+            losses
+        };
+        assert_eq!(want.len(), 8, "every loss of AdvEnt + MinEnt");
+        for ((name, w), (other, g)) in want.iter().zip(&got) {
+            assert_eq!(name, other);
+            let (w, g) = (w.double_value(&[]), g.double_value(&[]));
+            assert!(close(w, g), "iteration {i} {name}: eager {w}, graph body {g}");
+            checked += 1;
+        }
+    }
+    let pairs =
+        [(&eager.model.vs, &body.model.vs), (&eager.d_main.as_ref().unwrap().vs, &body.d_main.as_ref().unwrap().vs)];
+    for (a, b) in pairs {
+        let b = b.variables();
+        for (name, w) in a.variables() {
+            let diff = (&w - &b[&name]).abs().max().double_value(&[]);
+            let scale = w.abs().max().double_value(&[]).max(1e-3);
+            assert!(diff <= 1e-6 * scale, "{name}: weights differ by {diff:e} (scale {scale:e})");
+            checked += 1;
+        }
+    }
+    assert_eq!(eager.d_main.as_ref().unwrap().opt.steps(), body.d_main.as_ref().unwrap().opt.steps());
+    assert!(checked > 40, "{checked} checks");
+}

@@ -56,6 +56,48 @@ impl Sgd {
         crate::native::clear_grads(&all)
     }
 
+    /// Gradients set to zero in place, keeping their memory (what a CUDA graph of the step
+    /// does instead of [`Sgd::zero_grad`]).
+    pub fn zero_grad_in_place(&mut self) -> Result<()> {
+        let all: Vec<&Tensor> = self.groups.iter().flat_map(|g| g.params.iter().map(|p| &p.tensor)).collect();
+        crate::native::zero_grads(&all)
+    }
+
+    /// Whether [`Sgd::step_with_tensor`] can run: the fused kernel on every group.
+    pub fn takes_tensor_rate(&self) -> bool {
+        self.fused && self.momentum != 0.0 && self.groups.iter().all(|g| g.params.iter().all(|p| p.visits == 1))
+    }
+
+    /// [`Sgd::step`] with the base rate read from a float32 scalar tensor on the device when
+    /// the kernels run (each group's rate is computed on the device too), so that a CUDA
+    /// graph of the step follows the schedule. Needs the fused path and a first step already
+    /// taken (momentum buffers exist).
+    pub fn step_with_tensor(&mut self, lr: &Tensor) -> Result<()> {
+        ensure!(
+            self.takes_tensor_rate(),
+            "a learning rate held on the device needs the fused SGD kernel (momentum > 0, \
+             train.reference_duplicate_params = false)"
+        );
+        let (m, wd) = (self.momentum, self.weight_decay);
+        tch::no_grad(|| -> Result<()> {
+            for (g, bufs) in self.groups.iter_mut().zip(&mut self.buffers) {
+                let missing = g.params.iter().zip(bufs.iter()).find(|(p, b)| b.is_none() && p.tensor.grad().defined());
+                if let Some((p, _)) = missing {
+                    anyhow::bail!("SGD with a rate on the device: `{}` has no momentum buffer yet", p.name);
+                }
+                let scaled;
+                let rate = if g.lr_factor == 1.0 {
+                    lr
+                } else {
+                    scaled = lr.f_mul_scalar(g.lr_factor)?;
+                    &scaled
+                };
+                fused_sgd_group(&g.params, bufs, m, wd, crate::native::Rate::Tensor(rate))?;
+            }
+            Ok(())
+        })
+    }
+
     /// One step at base learning rate `lr` (each group at `lr · lr_factor`).
     pub fn step(&mut self, lr: f64) -> Result<()> {
         let (m, wd) = (self.momentum, self.weight_decay);
@@ -65,7 +107,7 @@ impl Sgd {
                 // (The fused kernel wants no buffers without momentum: that case takes the
                 // per-parameter path.)
                 if self.fused && m != 0.0 && g.params.iter().all(|p| p.visits == 1) {
-                    fused_sgd_group(&g.params, bufs, m, wd, lr)?;
+                    fused_sgd_group(&g.params, bufs, m, wd, crate::native::Rate::Value(lr))?;
                     continue;
                 }
                 for (p, buf) in g.params.iter_mut().zip(bufs.iter_mut()) {
@@ -131,7 +173,13 @@ impl Sgd {
 
 /// One group's SGD step with the fused kernel: one call for the parameters whose buffers
 /// start at this step, one for the others; parameters without a gradient are skipped.
-fn fused_sgd_group(params: &[Param], bufs: &mut [Option<Tensor>], momentum: f64, wd: f64, lr: f64) -> Result<()> {
+fn fused_sgd_group(
+    params: &[Param],
+    bufs: &mut [Option<Tensor>],
+    momentum: f64,
+    wd: f64,
+    lr: crate::native::Rate<'_>,
+) -> Result<()> {
     let mut first: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) = Default::default();
     let mut later: (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>) = Default::default();
     for (p, buf) in params.iter().zip(bufs.iter_mut()) {
@@ -153,6 +201,9 @@ fn fused_sgd_group(params: &[Param], bufs: &mut [Option<Tensor>], momentum: f64,
         list.2.push(b);
     }
     for ((ps, gs, bs), is_first) in [(first, true), (later, false)] {
+        if ps.is_empty() {
+            continue;
+        }
         fn refs(v: &[Tensor]) -> Vec<&Tensor> {
             v.iter().collect()
         }
@@ -171,6 +222,9 @@ pub struct Adam {
     steps: i64,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// The step count on the parameters' device, one float per parameter, for
+    /// [`Adam::step_with_tensor`]; kept equal to `steps` by every step.
+    device_steps: Option<Tensor>,
 }
 
 impl Adam {
@@ -178,12 +232,51 @@ impl Adam {
         let zeros = |p: &Param| p.tensor.f_zeros_like();
         let exp_avg = params.iter().map(zeros).collect::<Result<_, _>>()?;
         let exp_avg_sq = params.iter().map(zeros).collect::<Result<_, _>>()?;
-        Ok(Adam { params, fused: true, betas, eps: 1e-8, steps: 0, exp_avg, exp_avg_sq })
+        Ok(Adam { params, fused: true, betas, eps: 1e-8, steps: 0, exp_avg, exp_avg_sq, device_steps: None })
     }
 
     /// As [`Sgd::zero_grad`].
     pub fn zero_grad(&mut self) -> Result<()> {
         crate::native::clear_grads(&self.params.iter().map(|p| &p.tensor).collect::<Vec<_>>())
+    }
+
+    /// As [`Sgd::zero_grad_in_place`].
+    pub fn zero_grad_in_place(&mut self) -> Result<()> {
+        crate::native::zero_grads(&self.params.iter().map(|p| &p.tensor).collect::<Vec<_>>())
+    }
+
+    /// Steps taken (PyTorch's `state['step']`).
+    pub fn steps(&self) -> i64 {
+        self.steps
+    }
+
+    /// Puts the step count on the parameters' device, for [`Adam::step_with_tensor`]; call it
+    /// before capturing a CUDA graph (the copy must not be part of the graph).
+    pub fn hold_steps_on_device(&mut self) -> Result<()> {
+        let Some(first) = self.params.first() else { return Ok(()) };
+        let n = self.params.len() as i64;
+        self.device_steps = Some(Tensor::f_full([n], self.steps as f64, (tch::Kind::Float, first.tensor.device()))?);
+        Ok(())
+    }
+
+    /// [`Adam::step`] with the rate read from a float32 scalar tensor on the device and the
+    /// step count advanced on the device (see [`Adam::hold_steps_on_device`]), so that a CUDA
+    /// graph of the step follows both. The count kept on the host does not move: call
+    /// [`Adam::count_step`] once per step actually run.
+    pub fn step_with_tensor(&mut self, lr: &Tensor) -> Result<()> {
+        ensure!(self.fused, "a learning rate held on the device needs the fused Adam kernel");
+        if self.params.is_empty() {
+            return Ok(());
+        }
+        let mut counts =
+            self.device_steps.as_ref().context("Adam: the step count is not on the device")?.shallow_clone();
+        let _ = counts.f_add_scalar_(1.0)?;
+        self.fused_kernel(&counts, crate::native::Rate::Tensor(lr))
+    }
+
+    /// Counts one step run through [`Adam::step_with_tensor`] (from a graph's replay).
+    pub fn count_step(&mut self) {
+        self.steps += 1;
     }
 
     pub fn step(&mut self, lr: f64) -> Result<()> {
@@ -211,20 +304,37 @@ impl Adam {
 
     /// [`Adam::step`] in one kernel; `self.steps` already counts this step.
     fn fused_step(&mut self, lr: f64) -> Result<()> {
+        let Some(first) = self.params.first() else { return Ok(()) };
+        // The kernel reads a float step count per parameter.
+        let counts = match &self.device_steps {
+            Some(c) => c.shallow_clone().f_fill_(self.steps as f64)?,
+            None => Tensor::f_full(
+                [self.params.len() as i64],
+                self.steps as f64,
+                (tch::Kind::Float, first.tensor.device()),
+            )?,
+        };
+        self.fused_kernel(&counts, crate::native::Rate::Value(lr))
+    }
+
+    /// The fused kernel on the parameters that have a gradient; `counts[i]` is parameter i's
+    /// step number.
+    fn fused_kernel(&self, counts: &Tensor, lr: crate::native::Rate<'_>) -> Result<()> {
         let mut lists: (Vec<&Tensor>, Vec<Tensor>, Vec<&Tensor>, Vec<&Tensor>) = Default::default();
-        for ((p, m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
+        let mut steps = Vec::new();
+        for (i, ((p, m), v)) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq).enumerate() {
             let g = p.tensor.grad();
             if g.defined() {
                 lists.0.push(&p.tensor);
                 lists.1.push(g);
                 lists.2.push(m);
                 lists.3.push(v);
+                steps.push(counts.f_select(0, i as i64)?);
             }
         }
-        let Some(first) = lists.0.first() else { return Ok(()) };
-        // The kernel reads a float step count per parameter: views of one filled tensor.
-        let counts = Tensor::f_full([lists.0.len() as i64], self.steps as f64, (tch::Kind::Float, first.device()))?;
-        let steps = (0..lists.0.len() as i64).map(|i| counts.f_select(0, i)).collect::<Result<Vec<_>, _>>()?;
+        if lists.0.is_empty() {
+            return Ok(());
+        }
         let grads = lists.1.iter().collect::<Vec<_>>();
         let state = crate::native::AdamState {
             exp_avg: &lists.2,
@@ -248,6 +358,7 @@ impl Adam {
     pub fn load_state_dict(&mut self, dict: &StateDict, prefix: &str) -> Result<()> {
         let step_key = format!("{prefix}step");
         self.steps = dict.get(&step_key).with_context(|| format!("missing `{step_key}`"))?.f_int64_value(&[])?;
+        self.device_steps = None;
         for ((p, m), v) in self.params.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
             for (suffix, slot) in [("exp_avg", m), ("exp_avg_sq", v)] {
                 let key = format!("{prefix}{}.{suffix}", p.name);

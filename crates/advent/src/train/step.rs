@@ -68,6 +68,26 @@ pub struct Detached {
     target_prob_aux: Option<Tensor>,
 }
 
+/// Eager iterations of a process before `train.cuda_graph` captures the step: cuDNN's
+/// autotuner has chosen its kernels, the allocator has settled, and SGD's momentum buffers
+/// exist (its first step differs from the others).
+pub const GRAPH_WARMUP: usize = 3;
+
+/// The training step captured as one CUDA graph: it reads its inputs and learning rates from
+/// tensors of its own, into which each iteration copies, and leaves its losses in `values`.
+struct StepGraph {
+    graph: crate::native::CudaGraph,
+    source_images: Tensor,
+    source_labels: Tensor,
+    target_images: Option<Tensor>,
+    lr: Tensor,
+    lr_d: Tensor,
+    names: Vec<&'static str>,
+    values: Tensor,
+    /// The gradients the graph zeroes and adds into, held so that their memory stays theirs.
+    _grads: Vec<Tensor>,
+}
+
 /// The networks and optimisers of a run.
 pub struct Trainer {
     pub config: Config,
@@ -78,6 +98,9 @@ pub struct Trainer {
     pub d_main: Option<DomainDiscriminator>,
     /// On the aux head's output (adversarial methods, multi-level).
     pub d_aux: Option<DomainDiscriminator>,
+    /// `train.cuda_graph`: the captured step, once [`GRAPH_WARMUP`] eager steps have run.
+    graph: Option<StepGraph>,
+    eager_steps: usize,
 }
 
 impl Trainer {
@@ -85,6 +108,13 @@ impl Trainer {
     /// the optimisers.
     pub fn new(config: &Config, device: Device) -> Result<Self> {
         let t = &config.train;
+        if t.cuda_graph {
+            anyhow::ensure!(device.is_cuda(), "train.cuda_graph needs --device cuda");
+            anyhow::ensure!(
+                crate::native::cuda_graphs_supported(),
+                "train.cuda_graph: this build of advent has no CUDA graph support (no CUDA headers when it was built)"
+            );
+        }
         tch::manual_seed(t.seed as i64);
         let model_config = config.model_config()?;
         let mut model = SegModel::new(model_config, device)?;
@@ -105,7 +135,7 @@ impl Trainer {
         };
         let d_main = adversarial.then(discriminator).transpose()?;
         let d_aux = (adversarial && model_config.multi_level).then(discriminator).transpose()?;
-        Ok(Trainer { config: config.clone(), method: t.method, model, sgd, d_main, d_aux })
+        Ok(Trainer { config: config.clone(), method: t.method, model, sgd, d_main, d_aux, graph: None, eager_steps: 0 })
     }
 
     pub fn device(&self) -> Device {
@@ -129,8 +159,39 @@ impl Trainer {
         source_labels: &Tensor,
         target_images: Option<&Tensor>,
     ) -> Result<Losses> {
+        if self.config.train.cuda_graph {
+            if self.graph.is_none() && self.eager_steps >= GRAPH_WARMUP {
+                self.graph = Some(
+                    self.capture(source_images, source_labels, target_images)
+                        .context("train.cuda_graph: capturing the training step")?,
+                );
+            }
+            if self.graph.is_some() {
+                return self.replay(iter, source_images, source_labels, target_images);
+            }
+        }
+        self.eager_steps += 1;
         let (lr, lr_d) = self.learning_rates(iter);
         self.zero_grad()?;
+        let losses = self.losses_and_gradients(source_images, source_labels, target_images)?;
+        self.sgd.step(lr)?;
+        if let Some(d) = &mut self.d_aux {
+            d.opt.step(lr_d)?;
+        }
+        if let Some(d) = &mut self.d_main {
+            d.opt.step(lr_d)?;
+        }
+        Ok(losses)
+    }
+
+    /// Every loss of the iteration back-propagated (into gradients that start empty or at
+    /// zero); the losses as float32 scalars.
+    fn losses_and_gradients(
+        &mut self,
+        source_images: &Tensor,
+        source_labels: &Tensor,
+        target_images: Option<&Tensor>,
+    ) -> Result<Losses> {
         let mut losses = {
             let _autocast = crate::device::autocast(self.device(), self.config.train.precision)?;
             let (mut losses, detached) = self.segmentation_backward(source_images, source_labels, target_images)?;
@@ -142,13 +203,138 @@ impl Trainer {
         for (_, l) in &mut losses {
             *l = l.f_to_kind(Kind::Float)?;
         }
-        self.sgd.step(lr)?;
+        Ok(losses)
+    }
+
+    /// What a CUDA graph of the step records (`train.cuda_graph`), and what it does when run
+    /// eagerly on any device: one iteration whose gradients are zeroed in place (they keep
+    /// their memory), whose learning rates are read from float32 scalar tensors on the device
+    /// (`lr` the segmentation network's base rate, `lr_d` the discriminators'), and whose Adam
+    /// step counts advance on the device. Call [`Trainer::prepare_graph_body`] first and
+    /// [`Trainer::count_graph_step`] after each iteration actually run. The arithmetic is
+    /// [`Trainer::step`]'s (tested).
+    pub fn graph_body(
+        &mut self,
+        source_images: &Tensor,
+        source_labels: &Tensor,
+        target_images: Option<&Tensor>,
+        lr: &Tensor,
+        lr_d: &Tensor,
+    ) -> Result<Losses> {
+        self.sgd.zero_grad_in_place()?;
+        for d in [&mut self.d_main, &mut self.d_aux].into_iter().flatten() {
+            d.opt.zero_grad_in_place()?;
+        }
+        let losses = self.losses_and_gradients(source_images, source_labels, target_images)?;
+        self.sgd.step_with_tensor(lr)?;
         if let Some(d) = &mut self.d_aux {
-            d.opt.step(lr_d)?;
+            d.opt.step_with_tensor(lr_d)?;
         }
         if let Some(d) = &mut self.d_main {
-            d.opt.step(lr_d)?;
+            d.opt.step_with_tensor(lr_d)?;
         }
+        Ok(losses)
+    }
+
+    /// Whether `train.cuda_graph` has captured the step (after [`GRAPH_WARMUP`] eager steps).
+    pub fn graph_captured(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Puts the discriminators' Adam step counts on the device (see [`Trainer::graph_body`]).
+    pub fn prepare_graph_body(&mut self) -> Result<()> {
+        for d in [&mut self.d_main, &mut self.d_aux].into_iter().flatten() {
+            d.opt.hold_steps_on_device()?;
+        }
+        Ok(())
+    }
+
+    /// Counts one iteration of [`Trainer::graph_body`] in the host-side Adam step counts
+    /// (which checkpoints save).
+    pub fn count_graph_step(&mut self) {
+        for d in [&mut self.d_main, &mut self.d_aux].into_iter().flatten() {
+            d.opt.count_step();
+        }
+    }
+
+    /// Records [`Trainer::graph_body`] as a CUDA graph reading its own copies of the inputs.
+    fn capture(
+        &mut self,
+        source_images: &Tensor,
+        source_labels: &Tensor,
+        target_images: Option<&Tensor>,
+    ) -> Result<StepGraph> {
+        let device = self.device();
+        let own = |t: &Tensor| -> Result<Tensor> { Ok(t.f_to_device(device)?.f_detach_copy()?) };
+        let (xs, ys) = (own(source_images)?, own(source_labels)?);
+        let xt = target_images.filter(|_| self.method.uses_target()).map(own).transpose()?;
+        let lr = Tensor::f_zeros([], (Kind::Float, device))?;
+        let lr_d = Tensor::f_zeros([], (Kind::Float, device))?;
+        self.prepare_graph_body()?;
+        let (graph, (names, values)) = crate::native::CudaGraph::capture(device, || {
+            let losses = self.graph_body(&xs, &ys, xt.as_ref(), &lr, &lr_d)?;
+            let names: Vec<&'static str> = losses.iter().map(|(n, _)| *n).collect();
+            let values = Tensor::f_stack(&losses.iter().map(|(_, l)| l).collect::<Vec<_>>(), 0)?;
+            Ok((names, values))
+        })?;
+        let mut grads = Vec::new();
+        let discriminators = [&self.d_main, &self.d_aux].into_iter().flatten().flat_map(|d| d.opt.params.iter());
+        for p in self.sgd.groups.iter().flat_map(|g| g.params.iter()).chain(discriminators) {
+            let g = p.tensor.grad();
+            if g.defined() {
+                grads.push(g);
+            }
+        }
+        Ok(StepGraph {
+            graph,
+            source_images: xs,
+            source_labels: ys,
+            target_images: xt,
+            lr,
+            lr_d,
+            names,
+            values,
+            _grads: grads,
+        })
+    }
+
+    /// One iteration by the captured graph: the batch and the rates copied in, one replay,
+    /// the losses copied out (the next replay overwrites the graph's own).
+    fn replay(
+        &mut self,
+        iter: u64,
+        source_images: &Tensor,
+        source_labels: &Tensor,
+        target_images: Option<&Tensor>,
+    ) -> Result<Losses> {
+        let (lr, lr_d) = self.learning_rates(iter);
+        let g = self.graph.as_mut().expect("replay follows capture");
+        let target = target_images.filter(|_| g.target_images.is_some());
+        let pairs = [
+            ("source images", Some(&mut g.source_images), Some(source_images)),
+            ("source labels", Some(&mut g.source_labels), Some(source_labels)),
+            ("target images", g.target_images.as_mut(), target),
+        ];
+        for (what, slot, new) in pairs {
+            let (Some(slot), Some(new)) = (slot, new) else { continue };
+            anyhow::ensure!(
+                slot.size() == new.size() && slot.kind() == new.kind(),
+                "train.cuda_graph: iteration {iter}'s {what} are {:?} {:?}, the captured step's {:?} {:?} \
+                 (every batch must have the same size)",
+                new.size(),
+                new.kind(),
+                slot.size(),
+                slot.kind()
+            );
+            slot.f_copy_(new)?;
+        }
+        let _ = g.lr.f_fill_(lr)?;
+        let _ = g.lr_d.f_fill_(lr_d)?;
+        g.graph.replay()?;
+        let values = g.values.f_detach_copy()?;
+        let losses =
+            g.names.iter().enumerate().map(|(i, n)| Ok((*n, values.f_select(0, i as i64)?))).collect::<Result<_>>()?;
+        self.count_graph_step();
         Ok(losses)
     }
 
