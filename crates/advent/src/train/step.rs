@@ -92,6 +92,14 @@ struct StepGraph {
     _grads: Vec<Tensor>,
 }
 
+/// The learning rates of one step (segmentation network, discriminators): numbers for the
+/// eager step, float32 scalars on the device for the graph's.
+#[derive(Clone, Copy)]
+enum Rates<'a> {
+    Values(f64, f64),
+    Tensors(&'a Tensor, &'a Tensor),
+}
+
 /// The networks and optimisers of a run.
 pub struct Trainer {
     pub config: Config,
@@ -178,14 +186,23 @@ impl Trainer {
         let (lr, lr_d) = self.learning_rates(iter);
         self.zero_grad()?;
         let losses = self.losses_and_gradients(source_images, source_labels, target_images)?;
-        self.sgd.step(lr)?;
-        if let Some(d) = &mut self.d_aux {
-            d.opt.step(lr_d)?;
-        }
-        if let Some(d) = &mut self.d_main {
-            d.opt.step(lr_d)?;
-        }
+        self.optimiser_steps(Rates::Values(lr, lr_d))?;
         Ok(losses)
+    }
+
+    /// SGD on the segmentation network, then Adam on each discriminator.
+    fn optimiser_steps(&mut self, rates: Rates<'_>) -> Result<()> {
+        match rates {
+            Rates::Values(lr, _) => self.sgd.step(lr)?,
+            Rates::Tensors(lr, _) => self.sgd.step_with_tensor(lr)?,
+        }
+        for d in [&mut self.d_aux, &mut self.d_main].into_iter().flatten() {
+            match rates {
+                Rates::Values(_, lr_d) => d.opt.step(lr_d)?,
+                Rates::Tensors(_, lr_d) => d.opt.step_with_tensor(lr_d)?,
+            }
+        }
+        Ok(())
     }
 
     /// Every loss of the iteration back-propagated (into gradients that start empty or at
@@ -230,13 +247,7 @@ impl Trainer {
             d.opt.zero_grad_in_place()?;
         }
         let losses = self.losses_and_gradients(source_images, source_labels, target_images)?;
-        self.sgd.step_with_tensor(lr)?;
-        if let Some(d) = &mut self.d_aux {
-            d.opt.step_with_tensor(lr_d)?;
-        }
-        if let Some(d) = &mut self.d_main {
-            d.opt.step_with_tensor(lr_d)?;
-        }
+        self.optimiser_steps(Rates::Tensors(lr, lr_d))?;
         Ok(losses)
     }
 
