@@ -51,8 +51,9 @@ fn one_ssd_training_step_on_matched_boxes() {
 
 /// A miniature `advent demo --task detection` (a few iterations, four held-out scenes):
 /// results.json with the detector every method starts from and the three methods, each with
-/// mAP values in [0, 100] and the APs of the classes the scenes hold; the runs' checkpoints
-/// in the output folder, nothing left beside it.
+/// mAP values in [0, 100] on target and source scenes and the APs of the classes the scenes
+/// hold; the runs' checkpoints and metrics (with the clipped gradient's norm) in the output
+/// folder, nothing left beside it.
 #[test]
 fn detection_demo_in_miniature() {
     use advent::detect::demo::{run, DetDemoOptions, DetSchedule};
@@ -70,7 +71,8 @@ fn detection_demo_in_miniature() {
     let results = run(&options, &|_| {}).unwrap();
     assert_eq!(results.methods.keys().collect::<Vec<_>>(), ["advent", "minent", "pretrain", "source_only"]);
     for (name, s) in &results.methods {
-        for v in [s.map, s.map_11].into_iter().flatten() {
+        assert!(s.source_map.is_some(), "{name}: every detector is scored on source scenes too");
+        for v in [s.map, s.map_11, s.source_map].into_iter().flatten() {
             assert!((0.0..=100.0).contains(&v), "{name}: {v}");
         }
         assert!(!s.ap.is_empty() && s.ap.keys().all(|k| k == "car" || k == "person"), "{name}: {:?}", s.ap);
@@ -82,6 +84,9 @@ fn detection_demo_in_miniature() {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["task"], "detection");
     assert!(out.join("runs/seed2/advent/checkpoints/iter_000001/d.pth").is_file());
+    // The demo clips the detector's gradient (configs/detection/demo.toml) and logs its norm.
+    let metrics = std::fs::read_to_string(out.join("runs/seed1/pretrain/metrics.jsonl")).unwrap();
+    assert!(metrics.lines().all(|l| l.contains("\"grad_norm\"")), "{metrics}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }

@@ -61,6 +61,7 @@ pub struct TrainSection {
     pub weight_decay: f64,
     pub power: f64,
     pub warmup_iters: u64,
+    pub clip_grad_norm: f64,
     pub negpos_ratio: i64,
     pub lambda_ent: f64,
     pub entropy: String,
@@ -172,6 +173,7 @@ impl DetConfig {
             max_iters: t.max_iters,
             power: t.power,
             warmup_iters: t.warmup_iters,
+            clip_grad_norm: t.clip_grad_norm,
             width: self.model.width,
         })
     }

@@ -65,6 +65,9 @@ pub struct DetDemoOptions {
 pub struct DetScores {
     /// Mean all-point AP over the classes present.
     pub map: Option<f64>,
+    /// The same on held-out scenes of the source domain: how well the detector learned what
+    /// it was trained on, so that the gap to `map` is the domain shift's cost.
+    pub source_map: Option<f64>,
     /// Mean VOC2007 11-point AP.
     pub map_11: Option<f64>,
     /// All-point AP per class present (car, person).
@@ -80,6 +83,8 @@ pub struct DetSummary {
     /// Sample standard deviation over seeds (0 for one seed).
     pub map_std: Option<f64>,
     pub map_per_seed: Vec<Option<f64>>,
+    /// Mean over seeds of the source-domain mAP.
+    pub source_map: Option<f64>,
     /// Mean over seeds of the 11-point mAP.
     pub map_11: Option<f64>,
     /// Mean over seeds of each class's AP.
@@ -123,6 +128,7 @@ fn summarise(scores: &[&DetScores]) -> DetSummary {
         map: mean_all(&maps).map(|m| m.0),
         map_std: mean_all(&maps).map(|m| m.1),
         map_11: mean_all(&scores.iter().map(|s| s.map_11).collect::<Vec<_>>()).map(|m| m.0),
+        source_map: mean_all(&scores.iter().map(|s| s.source_map).collect::<Vec<_>>()).map(|m| m.0),
         map_per_seed: maps,
         ap,
         seconds: (scores.iter().map(|s| s.seconds).sum::<f64>() * 10.0).round() / 10.0,
@@ -136,6 +142,12 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
     crate::demo::staged_output(&options.out, |tmp: &Path| -> Result<DetDemoResults> {
         let base = DetConfig::parse(DEMO_CONFIG, &options.overrides).context("configs/detection/demo.toml")?;
         let val = SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes);
+        let val_source = SyntheticDetection::scenes(VAL_SEED, Domain::Source, schedule.val_scenes);
+        let scores = |model: &Path, secs: f64| -> Result<DetScores> {
+            let mut s = score(model, &val, options.device, secs)?;
+            s.source_map = score(model, &val_source, options.device, 0.0)?.map;
+            Ok(s)
+        };
         anyhow::ensure!(options.seeds >= 1, "the demo needs at least one seed");
         let mut per_seed = Vec::new();
         let train = |method: &str, iters: u64, init: &str, seed: u64, dir: &Path| -> Result<(PathBuf, f64)> {
@@ -165,13 +177,14 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
             let mut methods = BTreeMap::new();
             say(&format!("{tag}: training the source-only detector ({} iterations)", schedule.pretrain_iters));
             let (pretrained, secs) = train("source_only", schedule.pretrain_iters, "", seed, &dir.join("pretrain"))?;
-            methods.insert("pretrain".to_string(), score(&pretrained, &val, options.device, secs)?);
+            methods.insert("pretrain".to_string(), scores(&pretrained, secs)?);
             let init = pretrained.to_string_lossy().into_owned();
             for method in ["source_only", "minent", "advent"] {
                 say(&format!("{tag}: {method}, {} iterations from the source-only detector", schedule.method_iters));
                 let (model, secs) = train(method, schedule.method_iters, &init, seed, &dir.join(method))?;
-                let s = score(&model, &val, options.device, secs)?;
-                say(&format!("{tag}: {method}: target mAP {}", s.map.map_or("-".into(), |m| format!("{m:.1}"))));
+                let s = scores(&model, secs)?;
+                let f = |v: Option<f64>| v.map_or("-".to_string(), |m| format!("{m:.1}"));
+                say(&format!("{tag}: {method}: target mAP {} (source scenes {})", f(s.map), f(s.source_map)));
                 methods.insert(method.to_string(), s);
             }
             per_seed.push(methods);
@@ -206,10 +219,12 @@ pub fn score(model: &Path, val: &SyntheticDetection, device: tch::Device, second
         .filter(|c| c.num_positives > 0)
         .map(|c| (super::cityscapes::class_name(c.class).unwrap_or("?").to_string(), pct(c.ap)))
         .collect();
-    Ok(DetScores { map: pct(r.map), map_11: pct(r.map_11), ap, seconds: (seconds * 10.0).round() / 10.0 })
+    let seconds = (seconds * 10.0).round() / 10.0;
+    Ok(DetScores { map: pct(r.map), source_map: None, map_11: pct(r.map_11), ap, seconds })
 }
 
-/// The results as a table: method, target mAP (all-point and 11-point), AP per class.
+/// The results as a table: method, target mAP (all-point and 11-point), AP per class, and
+/// the mAP on source scenes.
 pub fn table(results: &DetDemoResults) -> String {
     let classes: Vec<String> =
         results.methods.values().next().map(|s| s.ap.keys().cloned().collect()).unwrap_or_default();
@@ -219,6 +234,7 @@ pub fn table(results: &DetDemoResults) -> String {
     for c in &classes {
         out.push_str(&format!(" {c:>8}"));
     }
+    out.push_str(&format!(" {:>11}", "source mAP"));
     for key in ["pretrain", "source_only", "minent", "advent"] {
         let Some(s) = results.methods.get(key) else { continue };
         let label = if key == "pretrain" { "start (source-only)" } else { key };
@@ -230,6 +246,7 @@ pub fn table(results: &DetDemoResults) -> String {
         for c in &classes {
             out.push_str(&format!(" {:>8}", f(s.ap.get(c).copied().flatten())));
         }
+        out.push_str(&format!(" {:>11}", f(s.source_map)));
     }
     out
 }

@@ -67,6 +67,8 @@ pub struct DetTrainConfig {
     pub power: f64,
     /// Iterations over which the detector's rate ramps up linearly ([`detector_lr`]); 0: none.
     pub warmup_iters: u64,
+    /// The largest total gradient norm of the detector's step (0: no clipping).
+    pub clip_grad_norm: f64,
     /// The detector's width ([`Ssd::with_width`]): 64 for SSD-300.
     pub width: i64,
 }
@@ -88,6 +90,7 @@ impl Default for DetTrainConfig {
             max_iters: 120_000,
             power: 0.9,
             warmup_iters: 0,
+            clip_grad_norm: 0.0,
             width: super::ssd::FULL_WIDTH,
         }
     }
@@ -236,6 +239,12 @@ impl DetTrainer {
                     losses.push(("loss_d", loss_d.detach()));
                 }
             }
+        }
+        if c.clip_grad_norm > 0.0 {
+            let params: Vec<&Tensor> =
+                self.sgd.groups.iter().flat_map(|g| g.params.iter().map(|p| &p.tensor)).collect();
+            let norm = crate::train::optim::clip_grad_norm(&params, c.clip_grad_norm)?;
+            losses.push(("grad_norm", norm));
         }
         self.sgd.step(detector_lr(c, iter))?;
         Ok(losses)

@@ -11,6 +11,26 @@ pub fn poly_lr(base: f64, iter: u64, max_iters: u64, power: f64) -> f64 {
     base * (1.0 - iter as f64 / max_iters as f64).max(0.0).powf(power)
 }
 
+/// `torch.nn.utils.clip_grad_norm_`: the gradients of `params` (those defined) scaled by
+/// `min(1, max_norm / (total + 1e-6))`, `total` their joint L2 norm; returns `total` (a
+/// 0-dimensional tensor on their device: no host round-trip).
+pub fn clip_grad_norm(params: &[&Tensor], max_norm: f64) -> Result<Tensor> {
+    let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).filter(Tensor::defined).collect();
+    let Some(first) = grads.first() else { return Ok(Tensor::from(0.0f32)) };
+    let norms =
+        grads.iter().map(|g| g.f_to_kind(tch::Kind::Float)?.f_norm()).collect::<Result<Vec<_>, tch::TchError>>()?;
+    let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+    let scale = total.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?.f_clamp_max(1.0)?;
+    let scale = scale.f_to_kind(first.kind())?;
+    tch::no_grad(|| -> Result<()> {
+        for g in &grads {
+            let _ = g.shallow_clone().f_mul_(&scale)?;
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
 /// A trainable tensor with its name (for saved state) and how many times the reference's
 /// optimiser visits it per step (1, except under `reference_duplicate_params`).
 pub struct Param {
@@ -391,6 +411,22 @@ mod tests {
         let loss = (&t * Tensor::from_slice(grad)).sum(Kind::Float);
         loss.backward();
         Param { name: "w".into(), tensor: t, visits }
+    }
+
+    #[test]
+    fn clipping_scales_to_the_norm_by_hand() {
+        // Gradients (3, 4) and (0): total norm 5; clipped to 1 they become (0.6, 0.8).
+        let a = param(&[1.0, 1.0], &[3.0, 4.0], 1);
+        let b = param(&[1.0], &[0.0], 1);
+        let total = clip_grad_norm(&[&a.tensor, &b.tensor], 1.0).unwrap();
+        assert!((total.double_value(&[]) - 5.0).abs() < 1e-6);
+        let g = a.tensor.grad();
+        assert!((g.double_value(&[0]) - 0.6).abs() < 1e-6 && (g.double_value(&[1]) - 0.8).abs() < 1e-6);
+        // Under the limit nothing changes (scale 1, not 10/5).
+        let c = param(&[1.0, 1.0], &[3.0, 4.0], 1);
+        let total = clip_grad_norm(&[&c.tensor], 10.0).unwrap();
+        assert!((total.double_value(&[]) - 5.0).abs() < 1e-6);
+        assert_eq!(c.tensor.grad().double_value(&[1]), 4.0);
     }
 
     #[test]
