@@ -325,6 +325,10 @@ impl Trainer {
         let (lr, lr_d) = self.learning_rates(iter);
         let g = self.graph.as_mut().expect("replay follows capture");
         let target = target_images.filter(|_| g.target_images.is_some());
+        anyhow::ensure!(
+            target.is_some() == g.target_images.is_some(),
+            "train.cuda_graph: iteration {iter} has no target batch, the captured step has one"
+        );
         let pairs = [
             ("source images", Some(&mut g.source_images), Some(source_images)),
             ("source labels", Some(&mut g.source_labels), Some(source_labels)),
