@@ -21,7 +21,7 @@ fn main() {
         "model", header[0], header[1], header[2], header[3], header[4], header[5], header[6]
     );
     for p in std::env::args().skip(1) {
-        let map = advent::detect::demo::score(std::path::Path::new(&p), &val, Device::Cpu, 0.0).unwrap().map;
+        let map = advent::detect::demo::score(std::path::Path::new(&p), &val, None, Device::Cpu, 0.0).unwrap().map;
         let ssd = Ssd::from_checkpoint(std::path::Path::new(&p), Device::Cpu).unwrap();
         let (mut pos_bg, mut pos_cls, mut pos_h, mut npos) = (0.0, 0.0, 0.0, 0.0);
         let (mut neg_bg, mut neg_h, mut nneg, mut confident) = (0.0, 0.0, 0.0, 0.0);

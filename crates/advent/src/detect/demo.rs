@@ -143,11 +143,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
         let base = DetConfig::parse(DEMO_CONFIG, &options.overrides).context("configs/detection/demo.toml")?;
         let val = SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes);
         let val_source = SyntheticDetection::scenes(VAL_SEED, Domain::Source, schedule.val_scenes);
-        let scores = |model: &Path, secs: f64| -> Result<DetScores> {
-            let mut s = score(model, &val, options.device, secs)?;
-            s.source_map = score(model, &val_source, options.device, 0.0)?.map;
-            Ok(s)
-        };
+        let scores = |model: &Path, secs: f64| score(model, &val, Some(&val_source), options.device, secs);
         anyhow::ensure!(options.seeds >= 1, "the demo needs at least one seed");
         let mut per_seed = Vec::new();
         let train = |method: &str, iters: u64, init: &str, seed: u64, dir: &Path| -> Result<(PathBuf, f64)> {
@@ -207,11 +203,21 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
     })
 }
 
-/// VOC mAP of a checkpoint on the held-out scenes.
-pub fn score(model: &Path, val: &SyntheticDetection, device: tch::Device, seconds: f64) -> Result<DetScores> {
+/// VOC mAP of a checkpoint on the held-out target scenes `val` and, when given, the mAP on
+/// held-out source scenes (`source_map`); the checkpoint is loaded once.
+pub fn score(
+    model: &Path,
+    val: &SyntheticDetection,
+    source: Option<&SyntheticDetection>,
+    device: tch::Device,
+    seconds: f64,
+) -> Result<DetScores> {
     let ssd = Ssd::from_checkpoint(model, device)?;
     let priors = PriorConfig::default().priors();
-    let r: MapResult = evaluate_set(&ssd, val, &priors, &DetectConfig::default(), &MapConfig::default(), false)?;
+    let map_of = |set: &SyntheticDetection| -> Result<MapResult> {
+        evaluate_set(&ssd, set, &priors, &DetectConfig::default(), &MapConfig::default(), false)
+    };
+    let r = map_of(val)?;
     let pct = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 10.0);
     let ap = r
         .per_class
@@ -219,8 +225,12 @@ pub fn score(model: &Path, val: &SyntheticDetection, device: tch::Device, second
         .filter(|c| c.num_positives > 0)
         .map(|c| (super::cityscapes::class_name(c.class).unwrap_or("?").to_string(), pct(c.ap)))
         .collect();
+    let source_map = match source {
+        Some(set) => pct(map_of(set)?.map),
+        None => None,
+    };
     let seconds = (seconds * 10.0).round() / 10.0;
-    Ok(DetScores { map: pct(r.map), source_map: None, map_11: pct(r.map_11), ap, seconds })
+    Ok(DetScores { map: pct(r.map), source_map, map_11: pct(r.map_11), ap, seconds })
 }
 
 /// The results as a table: method, target mAP (all-point and 11-point), AP per class, and

@@ -84,7 +84,7 @@ impl Sgd {
     }
 
     /// Whether [`Sgd::step_with_tensor`] can run: the fused kernel on every group.
-    pub fn takes_tensor_rate(&self) -> bool {
+    fn takes_tensor_rate(&self) -> bool {
         self.fused && self.momentum != 0.0 && self.groups.iter().all(|g| g.params.iter().all(|p| p.visits == 1))
     }
 
@@ -221,9 +221,6 @@ fn fused_sgd_group(
         list.2.push(b);
     }
     for ((ps, gs, bs), is_first) in [(first, true), (later, false)] {
-        if ps.is_empty() {
-            continue;
-        }
         fn refs(v: &[Tensor]) -> Vec<&Tensor> {
             v.iter().collect()
         }

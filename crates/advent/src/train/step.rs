@@ -92,6 +92,14 @@ struct StepGraph {
     _grads: Vec<Tensor>,
 }
 
+/// One iteration's inputs (see [`Trainer::step`]).
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    source_images: &'a Tensor,
+    source_labels: &'a Tensor,
+    target_images: Option<&'a Tensor>,
+}
+
 /// The learning rates of one step (segmentation network, discriminators): numbers for the
 /// eager step, float32 scalars on the device for the graph's.
 #[derive(Clone, Copy)]
@@ -171,21 +179,19 @@ impl Trainer {
         source_labels: &Tensor,
         target_images: Option<&Tensor>,
     ) -> Result<Losses> {
+        let batch = Batch { source_images, source_labels, target_images };
         if self.config.train.cuda_graph {
             if self.graph.is_none() && self.eager_steps >= GRAPH_WARMUP {
-                self.graph = Some(
-                    self.capture(source_images, source_labels, target_images)
-                        .context("train.cuda_graph: capturing the training step")?,
-                );
+                self.graph = Some(self.capture(batch).context("train.cuda_graph: capturing the training step")?);
             }
             if self.graph.is_some() {
-                return self.replay(iter, source_images, source_labels, target_images);
+                return self.replay(iter, batch);
             }
         }
         self.eager_steps += 1;
         let (lr, lr_d) = self.learning_rates(iter);
         self.zero_grad()?;
-        let losses = self.losses_and_gradients(source_images, source_labels, target_images)?;
+        let losses = self.losses_and_gradients(batch)?;
         self.optimiser_steps(Rates::Values(lr, lr_d))?;
         Ok(losses)
     }
@@ -207,12 +213,8 @@ impl Trainer {
 
     /// Every loss of the iteration back-propagated (into gradients that start empty or at
     /// zero); the losses as float32 scalars.
-    fn losses_and_gradients(
-        &mut self,
-        source_images: &Tensor,
-        source_labels: &Tensor,
-        target_images: Option<&Tensor>,
-    ) -> Result<Losses> {
+    fn losses_and_gradients(&mut self, batch: Batch<'_>) -> Result<Losses> {
+        let Batch { source_images, source_labels, target_images } = batch;
         let mut losses = {
             let _autocast = crate::device::autocast(self.device(), self.config.train.precision)?;
             let (mut losses, detached) = self.segmentation_backward(source_images, source_labels, target_images)?;
@@ -246,7 +248,7 @@ impl Trainer {
         for d in [&mut self.d_main, &mut self.d_aux].into_iter().flatten() {
             d.opt.zero_grad_in_place()?;
         }
-        let losses = self.losses_and_gradients(source_images, source_labels, target_images)?;
+        let losses = self.losses_and_gradients(Batch { source_images, source_labels, target_images })?;
         self.optimiser_steps(Rates::Tensors(lr, lr_d))?;
         Ok(losses)
     }
@@ -273,12 +275,8 @@ impl Trainer {
     }
 
     /// Records [`Trainer::graph_body`] as a CUDA graph reading its own copies of the inputs.
-    fn capture(
-        &mut self,
-        source_images: &Tensor,
-        source_labels: &Tensor,
-        target_images: Option<&Tensor>,
-    ) -> Result<StepGraph> {
+    fn capture(&mut self, batch: Batch<'_>) -> Result<StepGraph> {
+        let Batch { source_images, source_labels, target_images } = batch;
         let device = self.device();
         let own = |t: &Tensor| -> Result<Tensor> { Ok(t.f_to_device(device)?.f_detach_copy()?) };
         let (xs, ys) = (own(source_images)?, own(source_labels)?);
@@ -315,13 +313,8 @@ impl Trainer {
 
     /// One iteration by the captured graph: the batch and the rates copied in, one replay,
     /// the losses copied out (the next replay overwrites the graph's own).
-    fn replay(
-        &mut self,
-        iter: u64,
-        source_images: &Tensor,
-        source_labels: &Tensor,
-        target_images: Option<&Tensor>,
-    ) -> Result<Losses> {
+    fn replay(&mut self, iter: u64, batch: Batch<'_>) -> Result<Losses> {
+        let Batch { source_images, source_labels, target_images } = batch;
         let (lr, lr_d) = self.learning_rates(iter);
         let g = self.graph.as_mut().expect("replay follows capture");
         let target = target_images.filter(|_| g.target_images.is_some());
