@@ -59,6 +59,11 @@ pub struct Args {
     /// (as `train.cuda_graph`).
     #[arg(long)]
     cuda_graph: bool,
+    /// With --cuda-graph, training: `held` keeps the gradients allocated between steps and
+    /// zeroes them in place; `freed` frees them before the capture, which then allocates them
+    /// in the graph's memory pool (PyTorch's recipe; lower peak memory).
+    #[arg(long, default_value = "held")]
+    graph_grads: String,
     /// Detection: images per batch and domain (ssd.pytorch trains with 32).
     #[arg(long, default_value_t = 32)]
     batch: i64,
@@ -81,6 +86,11 @@ pub fn run(a: Args) -> Result<()> {
         channels_last: a.channels_last,
         fused_optimizer: !a.unfused_optimizer,
         cuda_graph: a.cuda_graph,
+        graph_grads: match a.graph_grads.as_str() {
+            "held" => advent::train::GraphGrads::Held,
+            "freed" => advent::train::GraphGrads::Freed,
+            other => anyhow::bail!("--graph-grads: unknown `{other}` (held, freed)"),
+        },
     };
     let mut lines = String::new();
     let detection = match a.task.as_str() {

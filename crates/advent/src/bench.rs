@@ -33,6 +33,10 @@ pub struct Timing {
     pub fused_optimizer: Option<bool>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cuda_graph: bool,
+    /// Training with a CUDA graph: where its gradients live (`held` or `freed`, see
+    /// [`crate::train::GraphGrads`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_grads: Option<String>,
 }
 
 /// Speed options of a measurement.
@@ -46,11 +50,18 @@ pub struct Tuning {
     /// Replay a CUDA graph: of the forward pass, upsampling and argmax (evaluation), of the
     /// whole step (training, `train.cuda_graph`).
     pub cuda_graph: bool,
+    /// Where a CUDA graph of the training step keeps its gradients.
+    pub graph_grads: crate::train::GraphGrads,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { channels_last: false, fused_optimizer: true, cuda_graph: false }
+        Tuning {
+            channels_last: false,
+            fused_optimizer: true,
+            cuda_graph: false,
+            graph_grads: crate::train::GraphGrads::Held,
+        }
     }
 }
 
@@ -85,6 +96,7 @@ impl Timing {
             channels_last: false,
             fused_optimizer: None,
             cuda_graph: false,
+            graph_grads: None,
         }
     }
 }
@@ -192,6 +204,7 @@ pub fn train_step(
     config.source.size = [source.1 as u32, source.0 as u32];
     config.target.size = [target.1 as u32, target.0 as u32];
     let mut trainer = Trainer::new(&config, device)?;
+    trainer.graph_grads = tuning.graph_grads;
     trainer.sgd.fused = tuning.fused_optimizer;
     for d in [&mut trainer.d_main, &mut trainer.d_aux].into_iter().flatten() {
         d.opt.fused = tuning.fused_optimizer;
@@ -231,6 +244,7 @@ pub fn train_step(
     timing.channels_last = tuning.channels_last;
     timing.fused_optimizer = Some(tuning.fused_optimizer);
     timing.cuda_graph = tuning.cuda_graph;
+    timing.graph_grads = tuning.cuda_graph.then(|| format!("{:?}", tuning.graph_grads).to_lowercase());
     Ok(timing)
 }
 

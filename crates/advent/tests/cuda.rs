@@ -231,7 +231,9 @@ fn cuda_graph_evaluation_matches_eager() {
 /// trainer's as closely as the second eager trainer's does, within a factor 10 plus 1e-4
 /// relative to the update (fp32, deterministic cuDNN) or 2e-2 (bf16 channels-last with the
 /// autotuner, the fastest setting). A stale learning rate (2/16 of the update at this
-/// schedule) or Adam step count would exceed either.
+/// schedule) or Adam step count would exceed either, and so would gradients that a replay
+/// adds to instead of writing (twice the update). Both places of the gradients
+/// ([`advent::train::GraphGrads`]) are checked.
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_graph_training_matches_eager() {
@@ -259,9 +261,14 @@ fn cuda_graph_training_matches_eager() {
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     };
-    for (precision, channels_last, deterministic, floor) in
-        [(Precision::Fp32, false, true, 1e-4), (Precision::Bf16, true, false, 2e-2)]
-    {
+    use advent::train::GraphGrads::{Freed, Held};
+    let cases = [
+        (Precision::Fp32, false, true, 1e-4, Held),
+        (Precision::Fp32, false, true, 1e-4, Freed),
+        (Precision::Bf16, true, false, 2e-2, Held),
+        (Precision::Bf16, true, false, 2e-2, Freed),
+    ];
+    for (precision, channels_last, deterministic, floor, grads) in cases {
         advent::device::set_precision(precision).unwrap();
         advent::device::set_cudnn_deterministic(deterministic).unwrap();
         advent::device::set_cudnn_benchmark(!deterministic).unwrap();
@@ -275,6 +282,7 @@ fn cuda_graph_training_matches_eager() {
             Config::parse(&text, &[]).unwrap()
         };
         let mut graphed = Trainer::new(&config(true), device).unwrap();
+        graphed.graph_grads = grads;
         fill_deterministic(&graphed.model.vs);
         for d in [&graphed.d_main, &graphed.d_aux].into_iter().flatten() {
             fill_deterministic(&d.vs);
@@ -323,7 +331,7 @@ fn cuda_graph_training_matches_eager() {
         let loss_gap =
             losses[0].iter().zip(&losses[1]).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0.0, f64::max);
         println!(
-            "cuda graph training {precision:?} channels_last {channels_last}: one step from one state, update \
+            "cuda graph training {precision:?} channels_last {channels_last} grads {grads:?}: one step from one state, update \
              eager/eager {eager_gap:.1e}, graph/eager {graph_gap:.1e} (of the update); losses graph/eager {loss_gap:.1e}"
         );
         assert!(graph_gap <= 10.0 * eager_gap + floor, "graph {graph_gap:e}, eager {eager_gap:e}");

@@ -9,7 +9,7 @@
 mod common;
 
 use advent::config::{Config, Method};
-use advent::train::Trainer;
+use advent::train::{GraphGrads, Trainer};
 use common::*;
 use std::collections::HashMap;
 use tch::{Device, Tensor};
@@ -241,17 +241,24 @@ fn speed_options_keep_the_reference_losses() {
     }
 }
 
-/// `train.cuda_graph` replays [`Trainer::graph_body`]: gradients zeroed in place instead of
-/// freed, learning rates read from float32 tensors on the device, Adam's step count advanced
-/// there. Run eagerly on the CPU, the body must be the eager step: AdvEnt + MinEnt (every
-/// loss, both discriminators) on the tiny network, one eager iteration then four of the body,
-/// against five eager iterations from the same start. The rates are chosen exact in float32
+/// `train.cuda_graph` replays [`Trainer::graph_body`]: learning rates read from float32
+/// tensors on the device, Adam's step count advanced there, and gradients either zeroed in
+/// place ([`GraphGrads::Held`]) or absent when the body starts ([`GraphGrads::Freed`]: a
+/// replay writes them afresh; run eagerly, they are freed before each iteration, as the
+/// capture finds them). Run eagerly on the CPU, the body must be the eager step in both
+/// variants: AdvEnt + MinEnt (every loss, both discriminators) on the tiny network, one eager
+/// iteration then four of the body, against five eager iterations from the same start. The rates are chosen exact in float32
 /// (powers of two, a linear decay in eighths), since the body passes them through float32
 /// tensors instead of f64 arguments: a rounded rate moves the weights by 1e-7, which this
 /// fixture (BatchNorm in training mode on random images) amplifies to 1e-2 in three
 /// iterations. With exact rates the arithmetic is the same: tolerance relative 1e-6.
 #[test]
 fn the_graph_body_is_the_eager_step() {
+    graph_body_against_eager(GraphGrads::Held);
+    graph_body_against_eager(GraphGrads::Freed);
+}
+
+fn graph_body_against_eager(grads: GraphGrads) {
     let text = r#"
         [model]
         arch = "deeplabv2-tiny"
@@ -275,6 +282,7 @@ fn the_graph_body_is_the_eager_step() {
     let xt = Tensor::randn([2, 3, 48, 80], (tch::Kind::Float, Device::Cpu)) * 50.0;
     let (mut eager, mut body) =
         (Trainer::new(&config, Device::Cpu).unwrap(), Trainer::new(&config, Device::Cpu).unwrap());
+    body.graph_grads = grads;
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-3);
     let mut checked = 0;
     for i in 0..5u64 {
@@ -286,6 +294,9 @@ fn the_graph_body_is_the_eager_step() {
         } else {
             let (lr, lr_d) = body.learning_rates(i);
             let (lr, lr_d) = (Tensor::from(lr as f32), Tensor::from(lr_d as f32));
+            if grads == GraphGrads::Freed {
+                body.zero_grad().unwrap();
+            }
             let losses = body.graph_body(&xs, &ys, Some(&xt), &lr, &lr_d).unwrap();
             body.count_graph_step();
             losses
@@ -294,7 +305,7 @@ fn the_graph_body_is_the_eager_step() {
         for ((name, w), (other, g)) in want.iter().zip(&got) {
             assert_eq!(name, other);
             let (w, g) = (w.double_value(&[]), g.double_value(&[]));
-            assert!(close(w, g), "iteration {i} {name}: eager {w}, graph body {g}");
+            assert!(close(w, g), "{grads:?}: iteration {i} {name}: eager {w}, graph body {g}");
             checked += 1;
         }
     }
@@ -305,7 +316,7 @@ fn the_graph_body_is_the_eager_step() {
         for (name, w) in a.variables() {
             let diff = (&w - &b[&name]).abs().max().double_value(&[]);
             let scale = w.abs().max().double_value(&[]).max(1e-3);
-            assert!(diff <= 1e-6 * scale, "{name}: weights differ by {diff:e} (scale {scale:e})");
+            assert!(diff <= 1e-6 * scale, "{grads:?}: {name}: weights differ by {diff:e} (scale {scale:e})");
             checked += 1;
         }
     }

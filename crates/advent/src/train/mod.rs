@@ -3,7 +3,7 @@
 pub mod optim;
 mod step;
 
-pub use step::{Detached, DomainDiscriminator, Losses, Trainer, GRAPH_WARMUP, SOURCE_LABEL, TARGET_LABEL};
+pub use step::{Detached, DomainDiscriminator, GraphGrads, Losses, Trainer, GRAPH_WARMUP, SOURCE_LABEL, TARGET_LABEL};
 pub(crate) mod run;
 
 pub use run::{checkpoint_model, checkpoints, resolve_resume, run, RunOptions, RunSummary, Start, TrainState};
