@@ -26,10 +26,29 @@ pub struct Args {
     /// Run folder (default: runs/<name>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// CPU: round every convolution's operands and incoming gradients to TF32 (10-bit
+    /// mantissas), as a GPU's tensor cores do with `precision = "tf32"`, to study TF32's
+    /// numerics without a GPU (slower than plain fp32).
+    #[arg(long)]
+    pub emulate_tf32: bool,
+}
+
+/// `--emulate-tf32`: on for this process (CPU only).
+pub fn emulate_tf32(on: bool, device: tch::Device) -> Result<()> {
+    if on {
+        anyhow::ensure!(
+            device == tch::Device::Cpu,
+            "--emulate-tf32 is for the CPU (on CUDA, train.precision = \"tf32\" is the real thing)"
+        );
+        advent::device::set_tf32_emulation(true);
+        eprintln!("emulating TF32 convolutions on the CPU (--emulate-tf32)");
+    }
+    Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
+    emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) = resolve(&a, Config::load, |c| c.name.clone())?;
     let summary =
         train::run(&config, RunOptions { run_dir, device, start, progress: std::io::stderr().is_terminal() })?;

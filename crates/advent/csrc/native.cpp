@@ -1,5 +1,6 @@
 // The few libtorch entry points that tch does not bind: the fused multi-tensor optimiser
-// kernels (with a fixed or a device-held learning rate), gradients reset to none or zeroed, the CUDA caching allocator's statistics (device-generic
+// kernels (with a fixed or a device-held learning rate), gradients reset to none or zeroed,
+// TF32 rounding for emulating TF32 convolutions on the CPU, the CUDA caching allocator's statistics (device-generic
 // headers: the CUDA allocator is found at run time once libtorch_cuda is loaded) and, when
 // the CUDA runtime's headers were found at build time (ADVENT_CUDA_GRAPHS), CUDA graphs. Every function catches
 // C++ exceptions and returns them as a message (NULL on success), freed by the caller with
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include <c10/core/CachingDeviceAllocator.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #ifdef ADVENT_CUDA_GRAPHS
 #include <ATen/cuda/CUDAGraph.h>
@@ -55,6 +57,36 @@ std::vector<at::Tensor> list(const tensor* ts, size_t n) {
   }
   return out;
 }
+
+// float32 values rounded to TF32's 10-bit mantissa (nearest, ties to even: the 13 low bits
+// of the float32 pattern), what tensor cores read of an fp32 operand; NaN stays NaN.
+at::Tensor round_to_tf32(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "TF32 rounding takes float32 tensors, got ", x.scalar_type());
+  at::Tensor bits = x.contiguous().view(at::kInt);
+  at::Tensor lsb = bits.bitwise_right_shift(13).bitwise_and(1);
+  at::Tensor rounded = bits.add(lsb).add(0xFFF).bitwise_and(static_cast<int64_t>(~0x1FFF)).view(at::kFloat);
+  return at::where(x.isnan(), x, rounded.view(x.sizes()));
+}
+
+// An operand of a TF32 convolution: rounded going forward, its gradient passed through
+// unchanged (the gradient is rounded where it enters the convolution's backward pass).
+struct Tf32Operand : public torch::autograd::Function<Tf32Operand> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& x) { return round_to_tf32(x); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return {grads[0]};
+  }
+};
+
+// A TF32 convolution's output: unchanged going forward; the gradient coming back is rounded,
+// as the backward convolutions (data and filter) read it in TF32.
+struct Tf32Output : public torch::autograd::Function<Tf32Output> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& x) { return x.clone(); }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    return {grads[0].defined() ? round_to_tf32(grads[0]) : grads[0]};
+  }
+};
 
 }  // namespace
 
@@ -164,6 +196,14 @@ int advent_graphs_supported() {
 #else
   return 0;
 #endif
+}
+
+char* advent_tf32_operand(tensor x, tensor* out) {
+  return guarded([&] { *out = new at::Tensor(Tf32Operand::apply(*x)); });
+}
+
+char* advent_tf32_output(tensor x, tensor* out) {
+  return guarded([&] { *out = new at::Tensor(Tf32Output::apply(*x)); });
 }
 
 char* advent_graph_new(AdventGraph** out) {

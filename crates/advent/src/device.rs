@@ -150,6 +150,23 @@ pub fn set_precision(precision: Precision) -> Result<()> {
     context::set(c"_ZN2at7Context18setAllowTF32CuBLASEb", tf32)
 }
 
+static TF32_EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Emulates TF32 convolutions for the whole process (`advent train --emulate-tf32`): every
+/// float32 convolution of the networks rounds its input and weight to TF32's 10-bit mantissa
+/// going forward, and its incoming gradient going back (what the backward convolutions read),
+/// as tensor cores do with `precision = "tf32"`; accumulation stays float32. For studying
+/// TF32's effect on training on the CPU (BENCHMARKS.md derives the GPU tracking tolerance
+/// from it). The rounding is to nearest; cuDNN's own conversion may differ in ties.
+pub fn set_tf32_emulation(on: bool) {
+    TF32_EMULATION.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_tf32_emulation`] is on.
+pub fn tf32_emulation() -> bool {
+    TF32_EMULATION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Flush denormal floats to zero on the CPU (the SSE FTZ/DAZ flags, PyTorch's
 /// `torch.set_flush_denormal`), for every thread libtorch starts from now on. Gradients of
 /// a converging network can sink into the denormal range, where x86 arithmetic is tens of

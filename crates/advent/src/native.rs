@@ -41,6 +41,8 @@ extern "C" {
     ) -> *mut c_char;
     fn advent_clear_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
     fn advent_zero_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+    fn advent_tf32_operand(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn advent_tf32_output(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn advent_graphs_supported() -> c_int;
     fn advent_graph_new(out: *mut *mut RawGraph) -> *mut c_char;
     fn advent_graph_free(g: *mut RawGraph);
@@ -208,6 +210,24 @@ pub fn zero_grads(tensors: &[&Tensor]) -> Result<()> {
     let p = ptrs(tensors);
     // SAFETY: valid tensor pointers, alive for the call.
     check(unsafe { advent_zero_grads(p.as_ptr(), p.len()) })
+}
+
+/// A float32 convolution operand as a TF32 tensor core reads it: rounded to a 10-bit
+/// mantissa (to nearest, ties to even) going forward; its gradient passes through unchanged.
+pub fn tf32_operand(x: &Tensor) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(unsafe { advent_tf32_operand(x.as_ptr(), &mut out) })?;
+    // SAFETY: on success `out` is a new heap-allocated tensor that we now own.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// A TF32 convolution's output: the same values going forward, the gradient coming back
+/// rounded to a 10-bit mantissa (the backward convolutions read it in TF32).
+pub fn tf32_output(x: &Tensor) -> Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(unsafe { advent_tf32_output(x.as_ptr(), &mut out) })?;
+    // SAFETY: as in tf32_operand.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// Whether this build can capture CUDA graphs (it found the CUDA headers when built).

@@ -87,9 +87,17 @@ impl Conv2d {
 
     /// `[N, C_in, H, W]` → `[N, C_out, H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::device::tf32_emulation() && x.kind() == Kind::Float {
+            let (x, w) = (crate::native::tf32_operand(x)?, crate::native::tf32_operand(&self.weight)?);
+            return crate::native::tf32_output(&self.conv(&x, &w)?);
+        }
+        self.conv(x, &self.weight)
+    }
+
+    fn conv(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let s = &self.spec;
         Ok(x.f_conv2d(
-            &self.weight,
+            weight,
             self.bias.as_ref(),
             [s.stride, s.stride],
             [s.padding, s.padding],
