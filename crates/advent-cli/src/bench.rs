@@ -64,6 +64,10 @@ pub struct Args {
     /// in the graph's memory pool (PyTorch's recipe; lower peak memory).
     #[arg(long, default_value = "held")]
     graph_grads: String,
+    /// Training: how logits are upsampled (`train.upsampling`): kernel (libtorch's bilinear
+    /// kernel, the reference's) or matmul (two float32 products; fp32 and tf32 only).
+    #[arg(long, default_value = "kernel")]
+    upsampling: String,
     /// Detection: images per batch and domain (ssd.pytorch trains with 32).
     #[arg(long, default_value_t = 32)]
     batch: i64,
@@ -90,6 +94,11 @@ pub fn run(a: Args) -> Result<()> {
             "held" => advent::train::GraphGrads::Held,
             "freed" => advent::train::GraphGrads::Freed,
             other => anyhow::bail!("--graph-grads: unknown `{other}` (held, freed)"),
+        },
+        upsampling: match a.upsampling.as_str() {
+            "kernel" => advent::loss::Upsampling::Kernel,
+            "matmul" => advent::loss::Upsampling::Matmul,
+            other => anyhow::bail!("--upsampling: unknown `{other}` (kernel, matmul)"),
         },
     };
     let mut lines = String::new();

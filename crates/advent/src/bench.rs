@@ -37,6 +37,9 @@ pub struct Timing {
     /// [`crate::train::GraphGrads`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph_grads: Option<String>,
+    /// Training: how the logits are upsampled (`train.upsampling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upsampling: Option<String>,
 }
 
 /// Speed options of a measurement.
@@ -52,6 +55,8 @@ pub struct Tuning {
     pub cuda_graph: bool,
     /// Where a CUDA graph of the training step keeps its gradients.
     pub graph_grads: crate::train::GraphGrads,
+    /// How training upsamples the logits (`train.upsampling`).
+    pub upsampling: crate::loss::Upsampling,
 }
 
 impl Default for Tuning {
@@ -61,6 +66,7 @@ impl Default for Tuning {
             fused_optimizer: true,
             cuda_graph: false,
             graph_grads: crate::train::GraphGrads::Held,
+            upsampling: crate::loss::Upsampling::Kernel,
         }
     }
 }
@@ -97,6 +103,7 @@ impl Timing {
             fused_optimizer: None,
             cuda_graph: false,
             graph_grads: None,
+            upsampling: None,
         }
     }
 }
@@ -201,8 +208,10 @@ pub fn train_step(
     config.train.precision = precision;
     config.train.channels_last = tuning.channels_last;
     config.train.cuda_graph = tuning.cuda_graph;
+    config.train.upsampling = tuning.upsampling;
     config.source.size = [source.1 as u32, source.0 as u32];
     config.target.size = [target.1 as u32, target.0 as u32];
+    config.validate()?;
     let mut trainer = Trainer::new(&config, device)?;
     trainer.graph_grads = tuning.graph_grads;
     trainer.sgd.fused = tuning.fused_optimizer;
@@ -245,6 +254,7 @@ pub fn train_step(
     timing.fused_optimizer = Some(tuning.fused_optimizer);
     timing.cuda_graph = tuning.cuda_graph;
     timing.graph_grads = tuning.cuda_graph.then(|| format!("{:?}", tuning.graph_grads).to_lowercase());
+    timing.upsampling = Some(format!("{:?}", tuning.upsampling).to_lowercase());
     Ok(timing)
 }
 

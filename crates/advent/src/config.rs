@@ -124,6 +124,7 @@ pub struct TrainSection {
     pub deterministic: bool,
     pub channels_last: bool,
     pub cuda_graph: bool,
+    pub upsampling: crate::loss::Upsampling,
     pub tensorboard: bool,
     pub viz_every: u64,
     pub log_every: u64,
@@ -197,6 +198,10 @@ impl Config {
             );
             ensure!(t.momentum > 0.0, "train.cuda_graph needs train.momentum > 0 (the fused SGD kernel)");
         }
+        ensure!(
+            !(t.upsampling == crate::loss::Upsampling::Matmul && t.precision == crate::device::Precision::Bf16),
+            "train.upsampling = \"matmul\" needs train.precision = \"fp32\" or \"tf32\" (bf16 logits take the kernel)"
+        );
         for (name, d) in [("source", &self.source), ("target", &self.target)] {
             ensure!(
                 d.size[0] >= 32 && d.size[1] >= 32,
@@ -436,6 +441,17 @@ mod tests {
         assert!(e.contains("train.learning_rate"), "{e}");
         let e = err("[model]\narch = \"resnet\"\n");
         assert!(e.contains("unknown architecture `resnet`"), "{e}");
+    }
+
+    #[test]
+    fn upsampling_by_products_needs_float32_logits() {
+        assert_eq!(Config::defaults().train.upsampling, crate::loss::Upsampling::Kernel, "the reference's kernel");
+        let c = Config::parse("[train]\nupsampling = \"matmul\"\n", &[]).unwrap();
+        assert_eq!(c.train.upsampling, crate::loss::Upsampling::Matmul);
+        let e = err("[train]\nupsampling = \"matmul\"\nprecision = \"bf16\"\n");
+        assert!(e.contains("train.upsampling = \"matmul\" needs train.precision"), "{e}");
+        let e = err("[train]\nupsampling = \"nearest\"\n");
+        assert!(e.contains("upsampling"), "{e}");
     }
 
     #[test]

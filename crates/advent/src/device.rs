@@ -37,14 +37,14 @@ pub fn load_cuda_backend() {
     });
 }
 
-/// Floating-point mode of CUDA convolutions and matrix products.
+/// Floating-point mode of CUDA convolutions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// IEEE float32 everywhere (PyTorch's `allow_tf32 = False`).
     Fp32,
-    /// TF32 tensor-core arithmetic for convolutions and matrix products, float32 storage:
-    /// PyTorch's default for convolutions, and what the reference ran on Ampere and later.
+    /// TF32 tensor-core arithmetic for convolutions, float32 storage: PyTorch's default for
+    /// convolutions, and what the reference ran on Ampere and later.
     #[default]
     Tf32,
     /// bfloat16 autocast (`torch.autocast(dtype=torch.bfloat16)`): convolutions in bf16,
@@ -142,12 +142,13 @@ mod context {
     }
 }
 
-/// Sets the precision of CUDA convolutions and matrix products for the whole process (bf16
-/// also needs [`autocast`] around the work).
+/// Sets the precision of CUDA convolutions for the whole process (bf16 also needs
+/// [`autocast`] around the work). Matrix products stay IEEE float32 in every precision, as
+/// by PyTorch's default (`torch.backends.cuda.matmul.allow_tf32 = False`): the networks have
+/// none, and `train.upsampling = "matmul"` needs its products exact.
 pub fn set_precision(precision: Precision) -> Result<()> {
-    let tf32 = precision != Precision::Fp32;
-    context::set(c"_ZN2at7Context17setAllowTF32CuDNNEb", tf32)?;
-    context::set(c"_ZN2at7Context18setAllowTF32CuBLASEb", tf32)
+    context::set(c"_ZN2at7Context17setAllowTF32CuDNNEb", precision != Precision::Fp32)?;
+    context::set(c"_ZN2at7Context18setAllowTF32CuBLASEb", false)
 }
 
 static TF32_EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -55,6 +55,86 @@ pub fn upsample(logits: &Tensor, height: i64, width: i64) -> Result<Tensor> {
     Ok(logits.f_upsample_bilinear2d([height, width], true, None, None)?)
 }
 
+/// How training upsamples logits to the input size (`train.upsampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upsampling {
+    /// libtorch's bilinear kernel, as the reference (`nn.Upsample`); on CUDA its backward
+    /// pass scatters every output gradient into four inputs with atomic adds.
+    #[default]
+    Kernel,
+    /// The same interpolation as two products with interpolation matrices, `A_h · x · A_wᵀ`
+    /// (float32; [`upsample_by_products`]), whose backward pass is two products too: no
+    /// atomics, so deterministic on CUDA. For float32 logits (fp32 and tf32 precision).
+    Matmul,
+}
+
+/// [`upsample`] or [`upsample_by_products`]; logits that are not float32 (bf16 autocast)
+/// always take the kernel.
+pub fn upsample_with(logits: &Tensor, height: i64, width: i64, how: Upsampling) -> Result<Tensor> {
+    match how {
+        Upsampling::Matmul if logits.kind() == Kind::Float => upsample_by_products(logits, height, width),
+        _ => upsample(logits, height, width),
+    }
+}
+
+/// [`upsample`] as `A_h · x · A_wᵀ` with `[out, in]` interpolation matrices of two non-zeros
+/// per row, computed with PyTorch's float32 arithmetic for `align_corners=True` (scale
+/// `(in − 1) / (out − 1)` in float32, source position `scale · i`, weights `1 − λ` and `λ`):
+/// the same values as the kernel up to the rounding of a two-term sum. Channels-last logits
+/// give channels-last output, as the kernel does. The products must run in float32 (libtorch
+/// leaves TF32 off for matrix products, PyTorch's default, see [`crate::device::set_precision`]).
+pub fn upsample_by_products(logits: &Tensor, height: i64, width: i64) -> Result<Tensor> {
+    let size = logits.size();
+    anyhow::ensure!(size.len() == 4, "upsampling takes [N, C, H, W] logits, got {size:?}");
+    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+    let device = logits.device();
+    let a_h = interpolation_matrix(h, height, device)?;
+    let a_w = interpolation_matrix(w, width, device)?;
+    let nhwc = logits.f_permute([0, 2, 3, 1])?;
+    if !logits.is_contiguous() && nhwc.is_contiguous() {
+        // [N, h, w, C] → [N, h, W, C] → [N, H, W·C], then viewed back as NCHW.
+        let t = a_w.f_matmul(&nhwc)?;
+        let out = a_h.f_matmul(&t.f_reshape([n, h, width * c])?)?;
+        return Ok(out.f_view([n, height, width, c])?.f_permute([0, 3, 1, 2])?);
+    }
+    // [N, C, h, w] → [N, C, h, W] → [N, C, H, W].
+    let t = logits.f_matmul(&a_w.f_tr()?)?;
+    Ok(a_h.f_matmul(&t)?)
+}
+
+thread_local! {
+    /// Interpolation matrices by (in, out, device): built once (on the device, by a few
+    /// kernels), then reused, so that no step copies them in (nor captures their building).
+    static MATRICES: std::cell::RefCell<std::collections::HashMap<(i64, i64, tch::Device), Tensor>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `[n_out, n_in]`: row `i` holds `1 − λ` at `j` and `λ` at `min(j + 1, n_in − 1)`, where
+/// `s = i · scale` in float32, `j = ⌊s⌋`, `λ = s − j` (PyTorch's `area_pixel_compute_scale`
+/// and `area_pixel_compute_source_index` for `align_corners=True`).
+pub fn interpolation_matrix(n_in: i64, n_out: i64, device: tch::Device) -> Result<Tensor> {
+    anyhow::ensure!(n_in >= 1 && n_out >= 1, "interpolation from {n_in} to {n_out} points");
+    if let Some(m) = MATRICES.with(|m| m.borrow().get(&(n_in, n_out, device)).map(Tensor::shallow_clone)) {
+        return Ok(m);
+    }
+    let scale = if n_out > 1 { (n_in - 1) as f32 / (n_out - 1) as f32 } else { 0.0 };
+    let m = tch::no_grad(|| -> Result<Tensor> {
+        let options = (Kind::Float, device);
+        let source = Tensor::f_arange(n_out, options)?.f_mul_scalar(f64::from(scale))?;
+        let j0 = source.f_to_kind(Kind::Int64)?;
+        let lambda = source.f_sub(&j0.f_to_kind(Kind::Float)?)?;
+        let j1 = j0.f_add_scalar(1)?.f_clamp_max(n_in - 1)?;
+        let w0 = lambda.f_neg()?.f_add_scalar(1.0)?;
+        let mut m = Tensor::f_zeros([n_out, n_in], options)?;
+        let _ = m.f_scatter_add_(1, &j0.f_unsqueeze(1)?, &w0.f_unsqueeze(1)?)?;
+        let _ = m.f_scatter_add_(1, &j1.f_unsqueeze(1)?, &lambda.f_unsqueeze(1)?)?;
+        Ok(m)
+    })?;
+    MATRICES.with(|c| c.borrow_mut().insert((n_in, n_out, device), m.shallow_clone()));
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +194,68 @@ mod tests {
         assert!(close(y.double_value(&[0, 0, 2, 2]), 3.0));
         assert!(close(y.double_value(&[0, 0, 1, 1]), 1.5));
         assert!(close(y.double_value(&[0, 0, 0, 1]), 0.5));
+    }
+
+    #[test]
+    fn interpolation_matrices_by_hand() {
+        // 2 → 5 points: positions 0, 1/4, 1/2, 3/4, 1 of the input.
+        let m = interpolation_matrix(2, 5, tch::Device::Cpu).unwrap();
+        let want = [[1.0, 0.0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0.0, 1.0]];
+        for (i, row) in want.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                assert_eq!(m.double_value(&[i as i64, j as i64]), *v, "row {i} column {j}");
+            }
+        }
+        // One output point takes the first input (scale 0), one input point is copied.
+        let m = interpolation_matrix(3, 1, tch::Device::Cpu).unwrap();
+        assert_eq!(Vec::<f32>::try_from(m.flatten(0, -1)).unwrap(), vec![1.0, 0.0, 0.0]);
+        let m = interpolation_matrix(1, 4, tch::Device::Cpu).unwrap();
+        assert_eq!(Vec::<f32>::try_from(m.flatten(0, -1)).unwrap(), vec![1.0; 4]);
+    }
+
+    /// `train.upsampling = "matmul"` against libtorch's bilinear kernel (the reference's):
+    /// values and gradients, NCHW and channels-last, down to one row or column, and GTA5's
+    /// 90x160 → 720x1280. Tolerance: 1e-5 of the largest value (float32 rounding of two-term
+    /// sums; of the gradient's sums of up to ~80 terms).
+    #[test]
+    fn upsampling_by_products_is_the_kernel() {
+        tch::manual_seed(3);
+        let cases = [
+            ([2, 5, 7, 9], (23, 31)),
+            ([1, 3, 1, 6], (4, 11)),
+            ([1, 4, 5, 1], (9, 3)),
+            ([1, 19, 90, 160], (720, 1280)),
+        ];
+        for (shape, (h, w)) in cases {
+            for channels_last in [false, true] {
+                let mut x = Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * 4.0;
+                if channels_last {
+                    x = crate::model::channels_last(&x).unwrap();
+                }
+                let g = Tensor::randn([shape[0], shape[1], h, w], (Kind::Float, tch::Device::Cpu));
+                let mut grads = Vec::new();
+                let mut outs = Vec::new();
+                for how in [Upsampling::Kernel, Upsampling::Matmul] {
+                    let xi = x.detach().set_requires_grad(true);
+                    let y = upsample_with(&xi, h, w, how).unwrap();
+                    assert_eq!(y.size(), vec![shape[0], shape[1], h, w]);
+                    (&y * &g).sum(Kind::Float).backward();
+                    grads.push(xi.grad());
+                    outs.push(y.detach());
+                }
+                if channels_last {
+                    assert!(outs[1].permute([0, 2, 3, 1]).is_contiguous(), "channels-last in, channels-last out");
+                }
+                let gap = |a: &Tensor, b: &Tensor| {
+                    (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]).max(1e-12)
+                };
+                let (dv, dg) = (gap(&outs[0], &outs[1]), gap(&grads[0], &grads[1]));
+                assert!(
+                    dv <= 1e-5 && dg <= 1e-5,
+                    "{shape:?} → {h}x{w} cl {channels_last}: values {dv:e}, gradients {dg:e}"
+                );
+            }
+        }
+        assert!(upsample_by_products(&Tensor::zeros([3, 4, 5], (Kind::Float, tch::Device::Cpu)), 8, 8).is_err());
     }
 }

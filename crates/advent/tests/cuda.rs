@@ -179,6 +179,119 @@ fn speed_options_on_cuda_match_reference() {
     advent::device::set_precision(Precision::Tf32).unwrap();
 }
 
+/// `train.upsampling = "matmul"` on the GPU. (1) Against libtorch's kernel at GTA5's and
+/// Cityscapes' sizes, under tf32 precision: values and gradients within 1e-5 of their size,
+/// which holds only if the products run in IEEE float32 (TF32 products would be ~5e-4 off);
+/// the time of each, forward and backward, printed. (2) AdvEnt's first iteration against
+/// the PyTorch fixture, NCHW and channels-last (fp32: 1e-3; tf32: 3e-2, as above). (3) Two
+/// deterministic fp32 trainers (cuDNN deterministic, autotuner off) from the same weights,
+/// three iterations each: bit-identical weights with the products (the kernel's atomic adds
+/// are the step's one source of run-to-run variation; its gap is printed).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn matmul_upsampling_on_cuda() {
+    use advent::loss::{upsample_with, Upsampling};
+    let Some(device) = cuda() else { return };
+    advent::device::set_precision(Precision::Tf32).unwrap();
+    advent::device::set_cudnn_benchmark(true).unwrap();
+    tch::manual_seed(9);
+    for ((h, w), (oh, ow)) in [((90, 160), (720, 1280)), ((64, 128), (512, 1024))] {
+        let x = Tensor::randn([1, 19, h, w], (Kind::Float, device)) * 4.0;
+        let g = Tensor::randn([1, 19, oh, ow], (Kind::Float, device));
+        let mut results = Vec::new();
+        for how in [Upsampling::Kernel, Upsampling::Matmul] {
+            let run = || {
+                let xi = x.detach().set_requires_grad(true);
+                let y = upsample_with(&xi, oh, ow, how).unwrap();
+                (&y * &g).sum(Kind::Float).backward();
+                (y.detach(), xi.grad())
+            };
+            let out = run();
+            device_sync(device);
+            let start = std::time::Instant::now();
+            for _ in 0..20 {
+                let _ = run();
+            }
+            device_sync(device);
+            let ms = start.elapsed().as_secs_f64() * 1e3 / 20.0;
+            println!("cuda upsampling {how:?} {h}x{w} -> {oh}x{ow}, 19 channels: {ms:.3} ms forward + backward");
+            results.push(out);
+        }
+        let gap = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]);
+        let (dv, dg) = (gap(&results[0].0, &results[1].0), gap(&results[0].1, &results[1].1));
+        println!("cuda upsampling {h}x{w}: products against the kernel: values {dv:.1e}, gradients {dg:.1e}");
+        assert!(dv <= 1e-5 && dg <= 1e-5, "values {dv:e}, gradients {dg:e}");
+    }
+
+    let want = read_fixture("train/steps.safetensors");
+    let (xs, ys, xt) = training_inputs();
+    for (precision, channels_last) in [(Precision::Fp32, false), (Precision::Tf32, false), (Precision::Tf32, true)] {
+        advent::device::set_precision(precision).unwrap();
+        let p = format!("{precision:?}").to_lowercase();
+        let text = format!(
+            "[train]\nmethod = \"advent\"\nprecision = \"{p}\"\nchannels_last = {channels_last}\n\
+             upsampling = \"matmul\"\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n\
+             lambda_adv_main = 0.1\nlambda_adv_aux = 0.02\n"
+        );
+        let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
+        fill_deterministic(&t.model.vs);
+        for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
+            fill_deterministic(&d.vs);
+        }
+        let mut worst: f64 = 0.0;
+        for (name, v) in t.step(0, &xs, &ys, Some(&xt)).unwrap() {
+            let r = want[&format!("advent.iter0.{name}")].double_value(&[0]);
+            worst = worst.max((v.double_value(&[]) - r).abs() / r.abs().max(1e-3));
+        }
+        println!(
+            "cuda matmul upsampling {precision:?} channels-last {channels_last}: worst relative loss error {worst:.2e}"
+        );
+        assert!(worst < if precision == Precision::Fp32 { FP32_TOL } else { 3e-2 }, "{worst:e}");
+    }
+
+    advent::device::set_precision(Precision::Fp32).unwrap();
+    advent::device::set_cudnn_benchmark(false).unwrap();
+    advent::device::set_cudnn_deterministic(true).unwrap();
+    for how in ["kernel", "matmul"] {
+        let text = format!(
+            "[train]\nmethod = \"advent\"\nprecision = \"fp32\"\nupsampling = \"{how}\"\nlearning_rate = 1e-3\n\
+             learning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n"
+        );
+        let weights: Vec<Vec<(String, Tensor)>> = (0..2)
+            .map(|_| {
+                let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
+                fill_deterministic(&t.model.vs);
+                for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
+                    fill_deterministic(&d.vs);
+                }
+                for i in 0..3 {
+                    t.step(i, &xs, &ys, Some(&xt)).unwrap();
+                }
+                let mut all: Vec<(String, Tensor)> = t.model.vs.variables().into_iter().collect();
+                all.sort_by(|a, b| a.0.cmp(&b.0));
+                all
+            })
+            .collect();
+        let differ = weights[0].iter().zip(&weights[1]).filter(|((_, a), (_, b))| !a.equal(b)).count();
+        println!(
+            "cuda deterministic fp32, upsampling {how}: {differ} of {} weights differ after 3 iterations",
+            weights[0].len()
+        );
+        if how == "matmul" {
+            assert_eq!(differ, 0, "deterministic training with the products repeats bit for bit");
+        }
+    }
+    advent::device::set_cudnn_deterministic(false).unwrap();
+    advent::device::set_cudnn_benchmark(true).unwrap();
+    advent::device::set_precision(Precision::Tf32).unwrap();
+}
+
+fn device_sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// Evaluation through a CUDA graph (`advent eval --cuda-graph`) gives the eager pass's
 /// predictions, for images of one size and after a change of size (recapture); also with
 /// channels-last bf16, the fastest setting.

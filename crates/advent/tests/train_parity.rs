@@ -196,17 +196,22 @@ fn bf16_autocast_step_stays_near_the_reference() {
 }
 
 /// The speed options change the arithmetic's order, not the method: with channels-last
-/// weights and inputs (`train.channels_last`), and with the per-parameter optimiser instead
-/// of the fused kernels (the default, used by every test above), AdvEnt's first two
-/// iterations still give the reference's losses. Tolerance: 1e-4 relative on the first
+/// weights and inputs (`train.channels_last`), with the per-parameter optimiser instead
+/// of the fused kernels (the default, used by every test above), and with the upsampling
+/// done by products (`train.upsampling = "matmul"`, NCHW and channels-last), AdvEnt's first
+/// two iterations still give the reference's losses. Tolerance: 1e-4 relative on the first
 /// iteration (other convolution kernels: oneDNN's NHWC ones); 2e-2 on the second, which
 /// inherits the fixture's ill-conditioning (one CPU thread instead of two moves it by 4e-2).
 #[test]
 fn speed_options_keep_the_reference_losses() {
     let want = read_fixture("train/steps.safetensors");
-    for (channels_last, fused) in [(true, true), (false, false)] {
+    use advent::loss::Upsampling::{Kernel, Matmul};
+    for (channels_last, fused, upsampling) in
+        [(true, true, Kernel), (false, false, Kernel), (false, true, Matmul), (true, true, Matmul)]
+    {
         let mut config = fixture_config("advent", false);
         config.train.channels_last = channels_last;
+        config.train.upsampling = upsampling;
         let mut t = Trainer::new(&config, Device::Cpu).unwrap();
         fill_deterministic(&t.model.vs);
         for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
@@ -222,8 +227,9 @@ fn speed_options_keep_the_reference_losses() {
                 let r = want[&format!("advent.iter{i}.{name}")].double_value(&[0]);
                 let rel = (value.double_value(&[]) - r).abs() / r.abs().max(1e-3);
                 let tol = if i == 0 { TOL } else { 2e-2 };
-                println!("channels_last {channels_last} fused {fused} iteration {i} {name}: {rel:.1e}");
-                assert!(rel < tol, "channels_last {channels_last} fused {fused} iteration {i} {name}: {rel:e}");
+                let case = format!("channels_last {channels_last} fused {fused} {upsampling:?}");
+                println!("{case} iteration {i} {name}: {rel:.1e}");
+                assert!(rel < tol, "{case} iteration {i} {name}: {rel:e}");
             }
         }
         let w = &t.model.vs.variables()["layer3.0.conv2.weight"];

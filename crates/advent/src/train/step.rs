@@ -3,7 +3,7 @@
 
 use super::optim::{poly_lr, Adam, Group, Param, Sgd};
 use crate::config::{Config, Method};
-use crate::loss::{bce_loss, cross_entropy_2d, entropy_loss, self_information, upsample};
+use crate::loss::{bce_loss, cross_entropy_2d, entropy_loss, self_information, upsample_with};
 use crate::model::{Arch, Discriminator, LoadOptions, SegModel};
 use crate::weights::StateDict;
 use anyhow::{Context, Result};
@@ -414,13 +414,13 @@ impl Trainer {
         let y = source_labels.f_to_device(device)?;
         let (h, w) = (x.size()[2], x.size()[3]);
         let heads = self.model.forward_t(&x, true)?;
-        let main = upsample(&heads.main, h, w)?;
+        let main = upsample_with(&heads.main, h, w, t.upsampling)?;
         let loss_main = cross_entropy_2d(&main, &y)?;
         let mut loss = loss_main.f_mul_scalar(t.lambda_seg_main)?;
         losses.push(("loss_seg_src_main", loss_main.detach()));
         let aux = match &heads.aux {
             Some(a) => {
-                let aux = upsample(a, h, w)?;
+                let aux = upsample_with(a, h, w, t.upsampling)?;
                 let loss_aux = cross_entropy_2d(&aux, &y)?;
                 loss = loss.f_add(&loss_aux.f_mul_scalar(t.lambda_seg_aux)?)?;
                 losses.push(("loss_seg_src_aux", loss_aux.detach()));
@@ -440,9 +440,9 @@ impl Trainer {
         let x = target_images.f_to_device(device)?;
         let (h, w) = (x.size()[2], x.size()[3]);
         let heads = self.model.forward_t(&x, true)?;
-        let prob_main = upsample(&heads.main, h, w)?.f_softmax(1, Kind::Float)?;
+        let prob_main = upsample_with(&heads.main, h, w, t.upsampling)?.f_softmax(1, Kind::Float)?;
         let prob_aux = match &heads.aux {
-            Some(a) => Some(upsample(a, h, w)?.f_softmax(1, Kind::Float)?),
+            Some(a) => Some(upsample_with(a, h, w, t.upsampling)?.f_softmax(1, Kind::Float)?),
             None => None,
         };
         let mut loss = Tensor::f_zeros([], (Kind::Float, device))?;
@@ -495,7 +495,8 @@ impl Trainer {
         for (d, source_logits, target_prob, name) in pairs {
             let (Some(d), Some(source_logits), Some(target_prob)) = (d, source_logits, target_prob) else { continue };
             let (h, w) = detached.source_size;
-            let source_prob = upsample(source_logits, h, w)?.f_softmax(1, Kind::Float)?;
+            let how = self.config.train.upsampling;
+            let source_prob = upsample_with(source_logits, h, w, how)?.f_softmax(1, Kind::Float)?;
             let l = bce_loss(&d.net.forward(&self_information(&source_prob)?)?, SOURCE_LABEL)?.f_div_scalar(2.0)?;
             l.f_backward()?;
             target_halves.push((d, target_prob, name));
