@@ -1,6 +1,6 @@
 #!/bin/bash
 # The device session of BENCHMARKS.md's GPU section, as one script: correctness first, then
-# timing, each step bounded (about 7 minutes in all on an H200). Run from the repository root
+# timing, each step bounded (about 8 minutes in all on an H200). Run from the repository root
 # on the GPU machine with, in .gpu/: `advent` (the release binary built on the development
 # machine, stripped), `cuda_tests` (the crates/advent/tests/cuda.rs test binary: cargo test
 # --release -p advent --test cuda --no-run), torch_reference.py (../shared/bench),
@@ -13,8 +13,14 @@
 #     and bf16) and its peak memory against the held gradients and the reference;
 #  2. the 200-iteration tf32 tracking against the CPU with the tolerances derived from
 #     `advent train --emulate-tf32` (BENCHMARKS.md), the GPU's metrics kept;
-#  3. tf32 channels-last step, graphed, against the reference, twice (the 0.75x margin);
-#  4. where the reference's tf32 channels-last step spends its GPU time (the next speed work).
+#  3. the upsampling by products (`train.upsampling = "matmul"`, `--upsampling matmul`):
+#     kernel against products timed at the paper's sizes, fixture parity, bit-identical
+#     deterministic training; expected before measuring: -1 to -4 ms per AdvEnt step if the
+#     kernel's atomic backward is as contended as measured elsewhere, +0.5 ms for the
+#     float32 products of the forward passes;
+#  4. tf32 channels-last step, graphed, against the reference, twice (the 0.75x margin):
+#     the last session's configuration, and gradients freed + products;
+#  5. where the reference's tf32 channels-last step spends its GPU time (the next speed work).
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -23,8 +29,9 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-echo "== correctness on CUDA: the graphed training step against the eager one (gradients held and freed)"
-timeout 170 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training 2>&1 \
+echo "== correctness on CUDA: the graphed training step against the eager one (gradients held and freed),"
+echo "   the upsampling by products"
+timeout 200 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling 2>&1 \
   | grep -E "cuda |update differs|test result|panicked" | tee "$OUT/parity.txt"
 
 echo "== 200 AdvEnt iterations from a trained init (demo scale), CUDA tf32 eager and graphed, against the CPU"
@@ -42,13 +49,16 @@ echo "== advent bench against the reference, AdvEnt, twice"
 B="$A bench --device cuda --iters 15 --warmup 4 --what advent"
 for r in 1 2; do
   timeout 60 $B --precision tf32 --channels-last --cuda-graph --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
-  timeout 60 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed \
-    --json "$OUT/r${r}_tf32_cl_graph_freed.jsonl"
+  timeout 60 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul \
+    --json "$OUT/r${r}_tf32_cl_graph_freed_matmul.jsonl"
   timeout 60 python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
     | grep train | tee "$OUT/r${r}_torch_tf32.jsonl"
 done
+echo "== each change alone"
+timeout 50 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
+timeout 50 $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
+timeout 50 $B --precision tf32 --channels-last --upsampling matmul --json "$OUT/tf32_cl_eager_matmul.jsonl"
 timeout 50 $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
-timeout 50 $B --precision tf32 --channels-last --json "$OUT/tf32_cl_eager.jsonl"
 
 echo "== where the reference's tf32 channels-last step spends its GPU time"
 timeout 120 python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 2>&1 \

@@ -205,7 +205,8 @@ pub fn set_cudnn_benchmark(on: bool) -> Result<()> {
     context::set(c"_ZN2at7Context17setBenchmarkCuDNNEb", on)
 }
 
-/// Deterministic cuDNN algorithms (slower; bit-repeatable runs on one GPU).
+/// Deterministic cuDNN algorithms (slower). Bit-repeatable training on one GPU also needs
+/// `train.upsampling = "matmul"` (the bilinear kernel's backward adds with atomics).
 pub fn set_cudnn_deterministic(on: bool) -> Result<()> {
     context::set(c"_ZN2at7Context21setDeterministicCuDNNEb", on)
 }
