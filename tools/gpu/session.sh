@@ -1,6 +1,6 @@
 #!/bin/bash
 # The device session of BENCHMARKS.md's GPU section, as one script: correctness first, then
-# timing, each step bounded (about 8 minutes in all on an H200). Run from the repository root
+# timing, each step bounded (about 9 minutes in all on an H200). Run from the repository root
 # on the GPU machine with, in .gpu/: `advent` (the release binary built on the development
 # machine, stripped), `cuda_tests` (the crates/advent/tests/cuda.rs test binary: cargo test
 # --release -p advent --test cuda --no-run), torch_reference.py (../shared/bench),
@@ -18,9 +18,13 @@
 #     deterministic training; expected before measuring: -1 to -4 ms per AdvEnt step if the
 #     kernel's atomic backward is as contended as measured elsewhere, +0.5 ms for the
 #     float32 products of the forward passes;
-#  4. tf32 channels-last step, graphed, against the reference, twice (the 0.75x margin):
+#  4. the discriminators' 19-channel input zero-padded to 20 or 32 channels (`--d-pad`; the
+#     same results, tested on the CPU), a count cuDNN's tensor-core kernels take whole:
+#     expected 0 to -1 ms (the first discriminator layer is ~77 GFLOP per step: ~1.5 ms if
+#     cuDNN runs 19 channels without tensor cores, ~0.3 ms with them);
+#  5. tf32 channels-last step, graphed, against the reference, twice (the 0.75x margin):
 #     the last session's configuration, and gradients freed + products;
-#  5. where the reference's tf32 channels-last step spends its GPU time (the next speed work).
+#  6. where the reference's tf32 channels-last step spends its GPU time (the next speed work).
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -57,7 +61,8 @@ done
 echo "== each change alone"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
-timeout 50 $B --precision tf32 --channels-last --upsampling matmul --json "$OUT/tf32_cl_eager_matmul.jsonl"
+timeout 50 $B --precision tf32 --channels-last --cuda-graph --d-pad 20 --json "$OUT/tf32_cl_graph_dpad20.jsonl"
+timeout 50 $B --precision tf32 --channels-last --cuda-graph --d-pad 32 --json "$OUT/tf32_cl_graph_dpad32.jsonl"
 timeout 50 $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
 
 echo "== where the reference's tf32 channels-last step spends its GPU time"

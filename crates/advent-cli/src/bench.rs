@@ -68,6 +68,10 @@ pub struct Args {
     /// kernel, the reference's) or matmul (two float32 products; fp32 and tf32 only).
     #[arg(long, default_value = "kernel")]
     upsampling: String,
+    /// Training: zero-pad the discriminators' input (19 channels) to this many channels, a
+    /// count cuDNN's tensor-core kernels take whole; the same results.
+    #[arg(long)]
+    d_pad: Option<i64>,
     /// Detection: images per batch and domain (ssd.pytorch trains with 32).
     #[arg(long, default_value_t = 32)]
     batch: i64,
@@ -100,6 +104,7 @@ pub fn run(a: Args) -> Result<()> {
             "matmul" => advent::loss::Upsampling::Matmul,
             other => anyhow::bail!("--upsampling: unknown `{other}` (kernel, matmul)"),
         },
+        d_pad: a.d_pad,
     };
     let mut lines = String::new();
     let detection = match a.task.as_str() {
@@ -108,6 +113,7 @@ pub fn run(a: Args) -> Result<()> {
         other => anyhow::bail!("--task: unknown `{other}` (segmentation, detection)"),
     };
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(a.d_pad.is_none_or(|c| c >= 19), "--d-pad pads the 19 classes: give at least 19");
     for what in a.what.split(',').map(str::trim) {
         let mut timing = if detection {
             use advent::detect::train::DetMethod;

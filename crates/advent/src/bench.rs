@@ -40,6 +40,9 @@ pub struct Timing {
     /// Training: how the logits are upsampled (`train.upsampling`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upsampling: Option<String>,
+    /// Training: the discriminators' input channels zero-padded to this many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_pad: Option<i64>,
 }
 
 /// Speed options of a measurement.
@@ -57,6 +60,9 @@ pub struct Tuning {
     pub graph_grads: crate::train::GraphGrads,
     /// How training upsamples the logits (`train.upsampling`).
     pub upsampling: crate::loss::Upsampling,
+    /// The discriminators' input zero-padded to this many channels
+    /// ([`crate::model::Discriminator::padded_input`]).
+    pub d_pad: Option<i64>,
 }
 
 impl Default for Tuning {
@@ -67,6 +73,7 @@ impl Default for Tuning {
             cuda_graph: false,
             graph_grads: crate::train::GraphGrads::Held,
             upsampling: crate::loss::Upsampling::Kernel,
+            d_pad: None,
         }
     }
 }
@@ -104,6 +111,7 @@ impl Timing {
             cuda_graph: false,
             graph_grads: None,
             upsampling: None,
+            d_pad: None,
         }
     }
 }
@@ -217,6 +225,7 @@ pub fn train_step(
     trainer.sgd.fused = tuning.fused_optimizer;
     for d in [&mut trainer.d_main, &mut trainer.d_aux].into_iter().flatten() {
         d.opt.fused = tuning.fused_optimizer;
+        d.net.padded_input = tuning.d_pad;
     }
     let xs = Tensor::f_randn([1, 3, source.0, source.1], (Kind::Float, device))?;
     let ys = Tensor::f_randint(19, [1, source.0, source.1], (Kind::Int64, device))?;
@@ -255,6 +264,7 @@ pub fn train_step(
     timing.cuda_graph = tuning.cuda_graph;
     timing.graph_grads = tuning.cuda_graph.then(|| format!("{:?}", tuning.graph_grads).to_lowercase());
     timing.upsampling = Some(format!("{:?}", tuning.upsampling).to_lowercase());
+    timing.d_pad = tuning.d_pad;
     Ok(timing)
 }
 

@@ -17,6 +17,9 @@ pub const MIN_INPUT_SIDE: i64 = 32;
 pub struct Discriminator {
     convs: Vec<Conv2d>,
     slope: Tensor,
+    /// The first convolution's input zero-padded to this many channels (see
+    /// [`Conv2d::forward_padded`]); `None`: as it comes.
+    pub padded_input: Option<i64>,
 }
 
 impl Discriminator {
@@ -30,7 +33,7 @@ impl Discriminator {
             })
             .collect();
         let slope = Tensor::from_slice(&[LEAKY_SLOPE as f32]).to_device(p.device());
-        Discriminator { convs, slope }
+        Discriminator { convs, slope, padded_input: None }
     }
 
     /// `[N, C, H, W]` (weighted self-information at full input resolution) →
@@ -43,7 +46,10 @@ impl Discriminator {
         );
         let mut x = x.shallow_clone();
         for (i, conv) in self.convs.iter().enumerate() {
-            x = conv.forward(&x)?;
+            x = match (i, self.padded_input) {
+                (0, Some(channels)) => conv.forward_padded(&x, channels)?,
+                _ => conv.forward(&x)?,
+            };
             if i + 1 < self.convs.len() {
                 // PReLU with a constant slope is LeakyReLU(0.2) (same value and gradient);
                 // tch exposes no slope argument for leaky_relu.
@@ -56,5 +62,53 @@ impl Discriminator {
     /// Follows its VarStore to `device` (after `VarStore::set_device`).
     pub fn set_device(&mut self, device: tch::Device) {
         self.slope = self.slope.to_device(device);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::VarStore;
+    use tch::{Device, Kind};
+
+    /// `padded_input` changes the layout of the work, not its result: output, input gradient
+    /// and first-layer weight gradient as without it, NCHW and channels-last. Tolerance: 1e-6
+    /// of each tensor's size (the same sums, with zero terms added).
+    #[test]
+    fn a_padded_input_gives_the_same_output_and_gradients() {
+        tch::manual_seed(4);
+        for channels_last in [false, true] {
+            let vs = VarStore::new(Device::Cpu);
+            let mut d = Discriminator::new(&vs.root(), 19, 8);
+            if channels_last {
+                crate::model::to_channels_last(&vs).unwrap();
+            }
+            let mut x = Tensor::rand([1, 19, 64, 96], (Kind::Float, Device::Cpu));
+            if channels_last {
+                x = crate::model::channels_last(&x).unwrap();
+            }
+            let mut results = Vec::new();
+            for pad in [None, Some(24)] {
+                d.padded_input = pad;
+                for (_, mut v) in vs.variables() {
+                    v.zero_grad();
+                }
+                let xi = x.detach().set_requires_grad(true);
+                let y = d.forward(&xi).unwrap();
+                let upstream = Tensor::ones_like(&y).cumsum(3, Kind::Float);
+                (&y * upstream).sum(Kind::Float).backward();
+                results.push((y.detach(), xi.grad(), vs.variables()["0.weight"].grad().copy()));
+            }
+            let gap = |a: &Tensor, b: &Tensor| {
+                assert_eq!(a.size(), b.size());
+                (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[])
+            };
+            let (a, b) = (&results[0], &results[1]);
+            for (what, g) in
+                [("output", gap(&a.0, &b.0)), ("input gradient", gap(&a.1, &b.1)), ("weight gradient", gap(&a.2, &b.2))]
+            {
+                assert!(g <= 1e-6, "channels_last {channels_last}: {what} differs by {g:e}");
+            }
+        }
     }
 }

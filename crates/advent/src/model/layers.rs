@@ -87,11 +87,36 @@ impl Conv2d {
 
     /// `[N, C_in, H, W]` → `[N, C_out, H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, &self.weight)
+    }
+
+    /// [`Conv2d::forward`] with the input channels zero-padded to `channels`, in the input
+    /// and the weight alike: the same output and gradients (the added channels are zero on
+    /// both sides), for a channel count that cuDNN's tensor-core kernels take whole
+    /// (the discriminators' 19-channel input; `advent bench --d-pad`). Both keep their
+    /// memory layout.
+    pub fn forward_padded(&self, x: &Tensor, channels: i64) -> Result<Tensor> {
+        let extra = channels - self.spec.in_channels;
+        if extra <= 0 {
+            return self.forward(x);
+        }
+        let pad = |t: &Tensor| -> Result<Tensor> {
+            let padded = t.f_constant_pad_nd([0, 0, 0, 0, 0, extra])?;
+            match super::is_channels_last(t) {
+                true => super::channels_last(&padded),
+                false => Ok(padded),
+            }
+        };
+        self.apply(&pad(x)?, &pad(&self.weight)?)
+    }
+
+    /// The convolution of `x` with `weight`, through TF32 rounding when emulated.
+    fn apply(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         if crate::device::tf32_emulation() && x.kind() == Kind::Float {
-            let (x, w) = (crate::native::tf32_operand(x)?, crate::native::tf32_operand(&self.weight)?);
+            let (x, w) = (crate::native::tf32_operand(x)?, crate::native::tf32_operand(weight)?);
             return crate::native::tf32_output(&self.conv(&x, &w)?);
         }
-        self.conv(x, &self.weight)
+        self.conv(x, weight)
     }
 
     fn conv(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
