@@ -66,6 +66,6 @@ timeout 50 $B --precision tf32 --channels-last --cuda-graph --d-pad 32 --json "$
 timeout 50 $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
 
 echo "== where the reference's tf32 channels-last step spends its GPU time"
-timeout 120 python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 2>&1 \
-  | grep -v Warning | tee "$OUT/profile_tf32_cl.txt" | head -70
+timeout 120 python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 > "$OUT/profile_tf32_cl.txt" 2>&1
+grep -v Warning "$OUT/profile_tf32_cl.txt" | head -60
 echo "== done"
