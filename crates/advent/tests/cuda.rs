@@ -71,6 +71,19 @@ fn training_inputs() -> (Tensor, Tensor, Tensor) {
     (xs, ys, xt)
 }
 
+/// A trainer with the fixture script's rates and schedule, `settings` (more `[train]` lines:
+/// method, precision, λs, ...), and the fixtures' deterministic weights.
+fn fixture_trainer(settings: &str, device: Device) -> Trainer {
+    let text =
+        format!("[train]\n{settings}\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n");
+    let t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
+    fill_deterministic(&t.model.vs);
+    for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
+        fill_deterministic(&d.vs);
+    }
+    t
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn training_steps_on_cuda_match_reference() {
@@ -80,15 +93,11 @@ fn training_steps_on_cuda_match_reference() {
     for (precision, tol) in modes() {
         advent::device::set_precision(precision).unwrap();
         for method in ["source_only", "minent", "advent", "advent_minent"] {
-            let text = format!(
-            "[train]\nmethod = \"{method}\"\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n\
-             lambda_adv_main = 0.1\nlambda_adv_aux = 0.02\nlambda_ent_main = 0.1\nlambda_ent_aux = 0.02\n"
-        );
-            let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
-            fill_deterministic(&t.model.vs);
-            for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
-                fill_deterministic(&d.vs);
-            }
+            let settings = format!(
+                "method = \"{method}\"\nlambda_adv_main = 0.1\nlambda_adv_aux = 0.02\nlambda_ent_main = 0.1\n\
+                 lambda_ent_aux = 0.02"
+            );
+            let mut t = fixture_trainer(&settings, device);
             let mut worst: f64 = 0.0;
             for i in 0..2u64 {
                 for (name, v) in t.step(i, &xs, &ys, Some(&xt)).unwrap() {
@@ -125,13 +134,8 @@ fn bf16_training_step_on_cuda_stays_near_reference() {
     let Some(device) = cuda() else { return };
     let want = read_fixture("train/steps.safetensors");
     let (xs, ys, xt) = training_inputs();
-    let text = "[train]\nmethod = \"advent\"\nprecision = \"bf16\"\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n\
-                lambda_adv_main = 0.1\nlambda_adv_aux = 0.02\n";
-    let mut t = Trainer::new(&Config::parse(text, &[]).unwrap(), device).unwrap();
-    fill_deterministic(&t.model.vs);
-    for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
-        fill_deterministic(&d.vs);
-    }
+    let settings = "method = \"advent\"\nprecision = \"bf16\"\nlambda_adv_main = 0.1\nlambda_adv_aux = 0.02";
+    let mut t = fixture_trainer(settings, device);
     for (name, v) in t.step(0, &xs, &ys, Some(&xt)).unwrap() {
         let r = want[&format!("advent.iter0.{name}")].double_value(&[0]);
         let rel = (v.double_value(&[]) - r).abs() / r.abs();
@@ -152,15 +156,10 @@ fn speed_options_on_cuda_match_reference() {
     for precision in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
         advent::device::set_precision(precision).unwrap();
         let p = format!("{precision:?}").to_lowercase();
-        let text = format!(
-            "[train]\nmethod = \"advent\"\nprecision = \"{p}\"\nchannels_last = true\nlearning_rate = 1e-3\n\
-             learning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\nlambda_adv_main = 0.1\nlambda_adv_aux = 0.02\n"
+        let settings = format!(
+            "method = \"advent\"\nprecision = \"{p}\"\nchannels_last = true\nlambda_adv_main = 0.1\nlambda_adv_aux = 0.02"
         );
-        let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
-        fill_deterministic(&t.model.vs);
-        for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
-            fill_deterministic(&d.vs);
-        }
+        let mut t = fixture_trainer(&settings, device);
         let mut worst: f64 = 0.0;
         for (name, v) in t.step(0, &xs, &ys, Some(&xt)).unwrap() {
             let r = want[&format!("advent.iter0.{name}")].double_value(&[0]);
@@ -228,16 +227,11 @@ fn matmul_upsampling_on_cuda() {
     for (precision, channels_last) in [(Precision::Fp32, false), (Precision::Tf32, false), (Precision::Tf32, true)] {
         advent::device::set_precision(precision).unwrap();
         let p = format!("{precision:?}").to_lowercase();
-        let text = format!(
-            "[train]\nmethod = \"advent\"\nprecision = \"{p}\"\nchannels_last = {channels_last}\n\
-             upsampling = \"matmul\"\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n\
-             lambda_adv_main = 0.1\nlambda_adv_aux = 0.02\n"
+        let settings = format!(
+            "method = \"advent\"\nprecision = \"{p}\"\nchannels_last = {channels_last}\nupsampling = \"matmul\"\n\
+             lambda_adv_main = 0.1\nlambda_adv_aux = 0.02"
         );
-        let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
-        fill_deterministic(&t.model.vs);
-        for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
-            fill_deterministic(&d.vs);
-        }
+        let mut t = fixture_trainer(&settings, device);
         let mut worst: f64 = 0.0;
         for (name, v) in t.step(0, &xs, &ys, Some(&xt)).unwrap() {
             let r = want[&format!("advent.iter0.{name}")].double_value(&[0]);
@@ -253,17 +247,10 @@ fn matmul_upsampling_on_cuda() {
     advent::device::set_cudnn_benchmark(false).unwrap();
     advent::device::set_cudnn_deterministic(true).unwrap();
     for how in ["kernel", "matmul"] {
-        let text = format!(
-            "[train]\nmethod = \"advent\"\nprecision = \"fp32\"\nupsampling = \"{how}\"\nlearning_rate = 1e-3\n\
-             learning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n"
-        );
+        let settings = format!("method = \"advent\"\nprecision = \"fp32\"\nupsampling = \"{how}\"");
         let weights: Vec<Vec<(String, Tensor)>> = (0..2)
             .map(|_| {
-                let mut t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
-                fill_deterministic(&t.model.vs);
-                for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
-                    fill_deterministic(&d.vs);
-                }
+                let mut t = fixture_trainer(&settings, device);
                 for i in 0..3 {
                     t.step(i, &xs, &ys, Some(&xt)).unwrap();
                 }
