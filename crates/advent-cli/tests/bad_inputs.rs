@@ -902,5 +902,11 @@ fn checkpoint_and_bench_refuse_bad_files_and_arguments() {
     cases.push(case("bench, unknown network", &["bench", "--arch", "resnet", "--what", "eval"], "resnet"));
     cases.push(case("bench, unknown step", &["bench", "--arch", "deeplabv2-tiny", "--what", "maxent"], "maxent"));
     cases.push(case("bench, zero size", &["bench", "--eval-size", "0x512"], "0x512"));
+    let tiny_step = ["bench", "--arch", "deeplabv2-tiny", "--what", "advent"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { tiny_step.iter().chain(extra).copied().collect() };
+    cases.push(case("bench, unknown gradient place", &with(&["--graph-grads", "kept"]), "--graph-grads"));
+    cases.push(case("bench, unknown upsampling", &with(&["--upsampling", "nearest"]), "--upsampling"));
+    cases.push(case("bench, products in bf16", &with(&["--upsampling", "matmul", "--precision", "bf16"]), "bf16"));
+    cases.push(case("bench, padding below the classes", &with(&["--d-pad", "8"]), "--d-pad"));
     run_all(cases);
 }
