@@ -3,8 +3,8 @@
 //!
 //! Each check runs twice: in strict fp32 (tolerance relative 1e-3: cuDNN's algorithms sum in
 //! other orders than the CPU's) and in TF32, PyTorch's default for convolutions (relative
-//! 2e-2 for evaluation: 10-bit mantissas, about 1e-3 per layer over 100
-//! layers). The training-mode forward pass of the fixture is ill-conditioned (BatchNorm on
+//! 2e-3 for evaluation: twice the 9.8e-4 that TF32's rounding gives on the CPU, emulated by
+//! `advent train --emulate-tf32`'s functions; the H200 measured 1.0e-3). The training-mode forward pass of the fixture is ill-conditioned (BatchNorm on
 //! tiny maps: 1e-3 relative noise on the weights moves its output by 46%, measured with
 //! PyTorch on the CPU), so for it and for the training losses the TF32 error is printed, not asserted.
 
@@ -18,7 +18,11 @@ use tch::{Device, Kind, Tensor};
 
 use advent::device::Precision;
 
-const TF32_TOL: f64 = 2e-2;
+/// TF32 bounds, twice what `advent train --emulate-tf32`'s rounding gives on the CPU for the
+/// same check (BENCHMARKS.md): the evaluation forward pass 9.8e-4 (H200: 1.0e-3), AdvEnt's
+/// first iteration with the speed options 1.2e-3 (H200: 1.1e-3 to 1.5e-3).
+const TF32_TOL: f64 = 2e-3;
+const TF32_STEP_TOL: f64 = 2.5e-3;
 const FP32_TOL: f64 = 1e-3;
 
 fn modes() -> [(Precision, f64); 2] {
@@ -146,7 +150,8 @@ fn bf16_training_step_on_cuda_stays_near_reference() {
 
 /// The speed options on the GPU (channels-last weights and inputs, the fused optimisers,
 /// both on here): AdvEnt's first iteration against the reference in fp32 (tolerance as
-/// above, 1e-3) and, printed only, TF32 and bf16 (bound 3e-2, as the bf16 test).
+/// above, 1e-3), TF32 (2.5e-3, derived from the CPU emulation) and bf16 (3e-2, as the
+/// bf16 test).
 #[test]
 #[ignore = "needs a CUDA device"]
 fn speed_options_on_cuda_match_reference() {
@@ -167,7 +172,8 @@ fn speed_options_on_cuda_match_reference() {
             worst = worst.max(rel);
             let tol = match precision {
                 Precision::Fp32 => FP32_TOL,
-                _ => 3e-2,
+                Precision::Tf32 => TF32_STEP_TOL,
+                Precision::Bf16 => 3e-2,
             };
             assert!(rel < tol, "channels-last {precision:?} {name}: {rel:e}");
         }
@@ -182,7 +188,7 @@ fn speed_options_on_cuda_match_reference() {
 /// Cityscapes' sizes, under tf32 precision: values and gradients within 1e-5 of their size,
 /// which holds only if the products run in IEEE float32 (TF32 products would be ~5e-4 off);
 /// the time of each, forward and backward, printed. (2) AdvEnt's first iteration against
-/// the PyTorch fixture, NCHW and channels-last (fp32: 1e-3; tf32: 3e-2, as above). (3) Two
+/// the PyTorch fixture, NCHW and channels-last (fp32: 1e-3; tf32: 2.5e-3, as above). (3) Two
 /// deterministic fp32 trainers (cuDNN deterministic, autotuner off) from the same weights,
 /// three iterations each: bit-identical weights with the products (the kernel's atomic adds
 /// are the step's one source of run-to-run variation; its gap is printed).
@@ -240,7 +246,7 @@ fn matmul_upsampling_on_cuda() {
         println!(
             "cuda matmul upsampling {precision:?} channels-last {channels_last}: worst relative loss error {worst:.2e}"
         );
-        assert!(worst < if precision == Precision::Fp32 { FP32_TOL } else { 3e-2 }, "{worst:e}");
+        assert!(worst < if precision == Precision::Fp32 { FP32_TOL } else { TF32_STEP_TOL }, "{worst:e}");
     }
 
     advent::device::set_precision(Precision::Fp32).unwrap();
