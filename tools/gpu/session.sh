@@ -22,9 +22,12 @@
 #     same results, tested on the CPU), a count cuDNN's tensor-core kernels take whole:
 #     expected 0 to -1 ms (the first discriminator layer is ~77 GFLOP per step: ~1.5 ms if
 #     cuDNN runs 19 channels without tensor cores, ~0.3 ms with them);
-#  5. tf32 channels-last step, graphed, against the reference, twice (the 0.75x margin):
-#     the last session's configuration, and gradients freed + products;
-#  6. where the reference's tf32 channels-last step spends its GPU time (the next speed work).
+#  5. cuDNN's autotuner timing every algorithm (`--cudnn-benchmark-limit 0`, PyTorch's
+#     default 10): expected 0 to -3 % (the heuristics' top 10 may miss the fastest kernel
+#     for the dilated convolutions), a longer first iteration;
+#  6. tf32 channels-last step, graphed, against the reference, twice (the 0.75x margin):
+#     the last session's configuration, and every candidate above at once;
+#  7. where the reference's tf32 channels-last step spends its GPU time (the next speed work).
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -53,8 +56,8 @@ echo "== advent bench against the reference, AdvEnt, twice"
 B="$A bench --device cuda --iters 15 --warmup 4 --what advent"
 for r in 1 2; do
   timeout 60 $B --precision tf32 --channels-last --cuda-graph --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
-  timeout 60 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul \
-    --json "$OUT/r${r}_tf32_cl_graph_freed_matmul.jsonl"
+  timeout 90 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul --d-pad 32 \
+    --cudnn-benchmark-limit 0 --json "$OUT/r${r}_tf32_cl_graph_all.jsonl"
   timeout 60 python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
     | grep train | tee "$OUT/r${r}_torch_tf32.jsonl"
 done
@@ -63,6 +66,7 @@ timeout 50 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed 
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --d-pad 20 --json "$OUT/tf32_cl_graph_dpad20.jsonl"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --d-pad 32 --json "$OUT/tf32_cl_graph_dpad32.jsonl"
+timeout 90 $B --precision tf32 --channels-last --cuda-graph --cudnn-benchmark-limit 0 --json "$OUT/tf32_cl_graph_limit0.jsonl"
 timeout 50 $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
 
 echo "== where the reference's tf32 channels-last step spends its GPU time"

@@ -68,6 +68,10 @@ pub struct Args {
     /// kernel, the reference's) or matmul (two float32 products; fp32 and tf32 only).
     #[arg(long, default_value = "kernel")]
     upsampling: String,
+    /// cuDNN's autotuner: how many convolution algorithms it times per shape, 0 for all
+    /// (`train.cudnn_benchmark_limit`; PyTorch's default 10).
+    #[arg(long, default_value_t = 10)]
+    cudnn_benchmark_limit: u32,
     /// Training: zero-pad the discriminators' input (19 channels) to this many channels, a
     /// count cuDNN's tensor-core kernels take whole; the same results.
     #[arg(long)]
@@ -85,6 +89,7 @@ pub fn run(a: Args) -> Result<()> {
     if device.is_cuda() {
         advent::device::set_precision(a.precision)?;
         advent::device::set_cudnn_benchmark(true)?;
+        advent::device::set_cudnn_benchmark_limit(a.cudnn_benchmark_limit)?;
     }
     tch::manual_seed(0);
     let arch: Arch = a.arch.parse()?;
@@ -141,6 +146,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         if device.is_cuda() {
             timing.precision = Some(format!("{:?}", a.precision).to_lowercase());
+            timing.cudnn_benchmark_limit = Some(a.cudnn_benchmark_limit);
         }
         let line = serde_json::to_string(&timing)?;
         println!("{line}");

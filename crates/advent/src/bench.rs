@@ -43,6 +43,9 @@ pub struct Timing {
     /// Training: the discriminators' input channels zero-padded to this many.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub d_pad: Option<i64>,
+    /// CUDA: the cuDNN autotuner's limit of algorithms timed per shape (0: all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cudnn_benchmark_limit: Option<u32>,
 }
 
 /// Speed options of a measurement.
@@ -112,6 +115,7 @@ impl Timing {
             graph_grads: None,
             upsampling: None,
             d_pad: None,
+            cudnn_benchmark_limit: None,
         }
     }
 }

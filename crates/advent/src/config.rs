@@ -121,6 +121,7 @@ pub struct TrainSection {
     pub prefetch: usize,
     pub precision: crate::device::Precision,
     pub cudnn_benchmark: bool,
+    pub cudnn_benchmark_limit: u32,
     pub deterministic: bool,
     pub channels_last: bool,
     pub cuda_graph: bool,

@@ -74,6 +74,8 @@ mod context {
 
     type Getter = unsafe extern "C" fn() -> *mut c_void;
     type Setter = unsafe extern "C" fn(*mut c_void, bool);
+    type IntSetter = unsafe extern "C" fn(*mut c_void, i32);
+    type IntReader = unsafe extern "C" fn(*const c_void) -> i32;
 
     fn symbol(name: &CStr) -> Result<*mut c_void> {
         // SAFETY: dlsym on the global scope with a NUL-terminated name.
@@ -125,6 +127,23 @@ mod context {
             }
         }
         Ok(())
+    }
+
+    /// Calls `at::globalContext().<setter>(value)` for an `int` setting, then its `reader`,
+    /// and returns what libtorch now holds.
+    pub fn set_int(setter: &CStr, reader: &CStr, value: i32) -> Result<i32> {
+        let get = symbol(c"_ZN2at13globalContextEv")?;
+        let (set, read) = (symbol(setter)?, symbol(reader)?);
+        // SAFETY: the symbols have exactly these signatures in libtorch 2.11
+        // (`void at::Context::setX(int)`, `int at::Context::x() const`).
+        unsafe {
+            let get: Getter = std::mem::transmute(get);
+            let set: IntSetter = std::mem::transmute(set);
+            let read: IntReader = std::mem::transmute(read);
+            let context = get();
+            set(context, value);
+            Ok(read(context))
+        }
     }
 
     /// Calls `at::globalContext().<setter>(on)`.
@@ -205,6 +224,19 @@ pub fn set_cudnn_benchmark(on: bool) -> Result<()> {
     context::set(c"_ZN2at7Context17setBenchmarkCuDNNEb", on)
 }
 
+/// How many cuDNN convolution algorithms the autotuner (`cudnn_benchmark`) times per shape,
+/// 0 for every one (`torch.backends.cudnn.benchmark_limit`; PyTorch's default 10). Returns
+/// the value libtorch now holds.
+pub fn set_cudnn_benchmark_limit(limit: u32) -> Result<u32> {
+    let limit = i32::try_from(limit).map_err(|_| anyhow::anyhow!("cuDNN benchmark limit {limit} is too large"))?;
+    let held = context::set_int(
+        c"_ZN2at7Context22setBenchmarkLimitCuDNNEi",
+        c"_ZNK2at7Context19benchmarkLimitCuDNNEv",
+        limit,
+    )?;
+    Ok(held.max(0) as u32)
+}
+
 /// Deterministic cuDNN algorithms (slower). Bit-repeatable training on one GPU also needs
 /// `train.upsampling = "matmul"` (the bilinear kernel's backward adds with atomics).
 pub fn set_cudnn_deterministic(on: bool) -> Result<()> {
@@ -219,6 +251,9 @@ mod tests {
         set_cudnn_benchmark(false).unwrap();
         set_cudnn_deterministic(false).unwrap();
         set_precision(Precision::Tf32).unwrap();
+        // libtorch holds what was set (read back through its own getter).
+        assert_eq!(set_cudnn_benchmark_limit(0).unwrap(), 0);
+        assert_eq!(set_cudnn_benchmark_limit(10).unwrap(), 10);
         assert!("bf17".parse::<Precision>().is_err());
     }
 

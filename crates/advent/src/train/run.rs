@@ -191,6 +191,7 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     if options.device.is_cuda() {
         crate::device::set_precision(t.precision)?;
         crate::device::set_cudnn_benchmark(t.cudnn_benchmark && !t.deterministic)?;
+        crate::device::set_cudnn_benchmark_limit(t.cudnn_benchmark_limit)?;
         crate::device::set_cudnn_deterministic(t.deterministic)?;
     }
     let mut trainer = Trainer::new(config, options.device)?;
