@@ -64,8 +64,9 @@ pub enum Upsampling {
     #[default]
     Kernel,
     /// The same interpolation as two products with interpolation matrices, `A_h · x · A_wᵀ`
-    /// (float32; [`upsample_by_products`]), whose backward pass is two products too: no
-    /// atomics, so deterministic on CUDA. For float32 logits (fp32 and tf32 precision).
+    /// (float32; [`upsample_by_products`]), whose backward pass is two products too, without
+    /// atomics (bit-repeatable training on CUDA is expected with it and
+    /// `train.deterministic`; a CUDA test checks). For float32 logits (fp32 and tf32).
     Matmul,
 }
 

@@ -101,8 +101,8 @@ pub enum GraphGrads {
     Held,
     /// Freed before the capture, so that the capture's backward passes allocate them in the
     /// graph's own memory pool when the eager step would, and every replay writes them afresh
-    /// (PyTorch's recipe for capturing a whole network): no zeroing kernel, and the eager
-    /// step's peak memory.
+    /// (PyTorch's recipe for capturing a whole network): no zeroing kernel, and expected to
+    /// peak where the eager step does (to be measured on a GPU, BENCHMARKS.md).
     Freed,
 }
 
