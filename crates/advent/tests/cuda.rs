@@ -62,32 +62,6 @@ fn resnet101_forward_on_cuda_matches_reference() {
     }
 }
 
-/// The training fixtures' inputs (tools/fixtures/make_train_fixtures.py): a 64x96 source
-/// image, its labels (ids 19-20 ignored) and a 48x80 target image, on the CPU.
-fn training_inputs() -> (Tensor, Tensor, Tensor) {
-    let (h, w) = (64i64, 96i64);
-    let xs = Tensor::from_slice(&uniform("train-source-image", (3 * h * w) as usize, -120.0, 120.0)).view([1, 3, h, w]);
-    let raw = Tensor::from_slice(&uniform("train-source-label", (h * w) as usize, 0.0, 21.0)).view([1, h, w]);
-    let ys = raw.floor().to_kind(Kind::Int64);
-    let ys = ys.where_self(&ys.lt(19), &Tensor::from(255i64));
-    let xt =
-        Tensor::from_slice(&uniform("train-target-image", (3 * 48 * 80) as usize, -120.0, 120.0)).view([1, 3, 48, 80]);
-    (xs, ys, xt)
-}
-
-/// A trainer with the fixture script's rates and schedule, `settings` (more `[train]` lines:
-/// method, precision, λs, ...), and the fixtures' deterministic weights.
-fn fixture_trainer(settings: &str, device: Device) -> Trainer {
-    let text =
-        format!("[train]\n{settings}\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n");
-    let t = Trainer::new(&Config::parse(&text, &[]).unwrap(), device).unwrap();
-    fill_deterministic(&t.model.vs);
-    for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
-        fill_deterministic(&d.vs);
-    }
-    t
-}
-
 #[test]
 #[ignore = "needs a CUDA device"]
 fn training_steps_on_cuda_match_reference() {

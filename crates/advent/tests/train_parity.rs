@@ -15,8 +15,6 @@ use std::collections::HashMap;
 use tch::{Device, Tensor};
 
 const TOL: f64 = 1e-4;
-const SRC: (i64, i64) = (64, 96);
-const TRG: (i64, i64) = (48, 80);
 
 /// The fixture script's settings.
 fn fixture_config(method: &str, duplicates: bool) -> Config {
@@ -40,17 +38,6 @@ fn fixture_config(method: &str, duplicates: bool) -> Config {
     Config::parse(&text, &[]).unwrap()
 }
 
-fn data() -> (Tensor, Tensor, Tensor) {
-    let (h, w) = SRC;
-    let xs = Tensor::from_slice(&uniform("train-source-image", (3 * h * w) as usize, -120.0, 120.0)).view([1, 3, h, w]);
-    let raw = Tensor::from_slice(&uniform("train-source-label", (h * w) as usize, 0.0, 21.0)).view([1, h, w]);
-    let ys = raw.floor().to_kind(tch::Kind::Int64);
-    let ys = ys.where_self(&ys.lt(19), &Tensor::from(255i64));
-    let (h, w) = TRG;
-    let xt = Tensor::from_slice(&uniform("train-target-image", (3 * h * w) as usize, -120.0, 120.0)).view([1, 3, h, w]);
-    (xs, ys, xt)
-}
-
 fn trainer(method: &str, duplicates: bool) -> Trainer {
     let t = Trainer::new(&fixture_config(method, duplicates), Device::Cpu).unwrap();
     fill_deterministic(&t.model.vs);
@@ -62,7 +49,7 @@ fn trainer(method: &str, duplicates: bool) -> Trainer {
 
 fn check_method(method: &str, duplicates: bool, want: &HashMap<String, Tensor>) {
     let mut t = trainer(method, duplicates);
-    let (xs, ys, xt) = data();
+    let (xs, ys, xt) = training_inputs();
     let tag = if duplicates { format!("{method}_dup") } else { method.to_string() };
     for i in 0..2u64 {
         let losses = t.step(i, &xs, &ys, Some(&xt)).unwrap();
@@ -140,7 +127,7 @@ fn gradients_stay_on_their_side() {
     c.model.arch = "deeplabv2-r50".into();
     c.model.num_classes = 5;
     let mut t = Trainer::new(&c, Device::Cpu).unwrap();
-    let (xs, ys, xt) = data();
+    let (xs, ys, xt) = training_inputs();
     let ys = ys.clamp_max(4).where_self(&ys.ne(255), &Tensor::from(255i64));
     t.zero_grad().unwrap();
     let (_, detached) = t.segmentation_backward(&xs, &ys, Some(&xt)).unwrap();
@@ -177,7 +164,7 @@ fn bf16_autocast_step_stays_near_the_reference() {
     for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
         fill_deterministic(&d.vs);
     }
-    let (xs, ys, xt) = data();
+    let (xs, ys, xt) = training_inputs();
     let losses = t.step(0, &xs, &ys, Some(&xt)).unwrap();
     assert_eq!(losses.len(), 6);
     let mut largest: f64 = 0.0;
@@ -221,7 +208,7 @@ fn speed_options_keep_the_reference_losses() {
         for d in [&mut t.d_main, &mut t.d_aux].into_iter().flatten() {
             d.opt.fused = fused;
         }
-        let (xs, ys, xt) = data();
+        let (xs, ys, xt) = training_inputs();
         for i in 0..2u64 {
             for (name, value) in t.step(i, &xs, &ys, Some(&xt)).unwrap() {
                 let r = want[&format!("advent.iter{i}.{name}")].double_value(&[0]);

@@ -102,3 +102,30 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let diff = (&a - &b).abs().max().double_value(&[]);
     diff / b.abs().max().double_value(&[]).max(1.0)
 }
+
+/// The training fixtures' inputs (tools/fixtures/make_train_fixtures.py): a 64x96 source
+/// image, its labels (ids 19-20 ignored) and a 48x80 target image, on the CPU.
+pub fn training_inputs() -> (Tensor, Tensor, Tensor) {
+    let (h, w) = (64i64, 96i64);
+    let xs = Tensor::from_slice(&uniform("train-source-image", (3 * h * w) as usize, -120.0, 120.0)).view([1, 3, h, w]);
+    let raw = Tensor::from_slice(&uniform("train-source-label", (h * w) as usize, 0.0, 21.0)).view([1, h, w]);
+    let ys = raw.floor().to_kind(Kind::Int64);
+    let ys = ys.where_self(&ys.lt(19), &Tensor::from(255i64));
+    let xt =
+        Tensor::from_slice(&uniform("train-target-image", (3 * 48 * 80) as usize, -120.0, 120.0)).view([1, 3, 48, 80]);
+    (xs, ys, xt)
+}
+
+/// A trainer with the fixture script's rates and schedule, `settings` (more `[train]` lines:
+/// method, precision, λs, ...), and the fixtures' deterministic weights.
+pub fn fixture_trainer(settings: &str, device: tch::Device) -> advent::train::Trainer {
+    let text =
+        format!("[train]\n{settings}\nlearning_rate = 1e-3\nlearning_rate_d = 1e-3\nmax_iters = 10\nearly_stop = 10\n");
+    let config = advent::config::Config::parse(&text, &[]).unwrap();
+    let t = advent::train::Trainer::new(&config, device).unwrap();
+    fill_deterministic(&t.model.vs);
+    for d in [&t.d_main, &t.d_aux].into_iter().flatten() {
+        fill_deterministic(&d.vs);
+    }
+    t
+}
