@@ -8,17 +8,21 @@ the tables (the profiler adds overhead).
 
 (`--cpu-smoke`: a CPU run at 64x128 that only checks the script itself.)
 """
+import argparse
 import sys
 
 import torch
 
-args = [a for a in sys.argv[1:] if not a.startswith("--") and a not in ("tf32", "bf16", "fp32")]
-sys.path.insert(0, args[0] if args else "../shared/bench")
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("folder", nargs="?", default="../shared/bench", help="where torch_reference.py is")
+ap.add_argument("--channels-last", action="store_true")
+ap.add_argument("--precision", default="tf32", choices=["tf32", "bf16", "fp32"])
+ap.add_argument("--cpu-smoke", action="store_true", help="a CPU run at 64x128 that checks the script itself")
+a = ap.parse_args()
+sys.path.insert(0, a.folder)
 import torch_reference as r  # noqa: E402
 
-channels_last = "--channels-last" in sys.argv
-precision = sys.argv[sys.argv.index("--precision") + 1] if "--precision" in sys.argv else "tf32"
-smoke = "--cpu-smoke" in sys.argv
+channels_last, precision, smoke = a.channels_last, a.precision, a.cpu_smoke
 where = dict(src=(64, 128), trg=(64, 128), dev="cpu") if smoke else {}
 r.TUNE.update(channels_last=channels_last)
 torch.backends.cudnn.benchmark = True

@@ -63,11 +63,11 @@ pub struct Args {
     /// zeroes them in place; `freed` frees them before the capture, which then allocates them
     /// in the graph's memory pool (PyTorch's recipe; lower peak memory).
     #[arg(long, default_value = "held")]
-    graph_grads: String,
+    graph_grads: advent::train::GraphGrads,
     /// Training: how logits are upsampled (`train.upsampling`): kernel (libtorch's bilinear
     /// kernel, the reference's) or matmul (two float32 products; fp32 and tf32 only).
     #[arg(long, default_value = "kernel")]
-    upsampling: String,
+    upsampling: advent::loss::Upsampling,
     /// cuDNN's autotuner: how many convolution algorithms it times per shape, 0 for all
     /// (`train.cudnn_benchmark_limit`; PyTorch's default 10).
     #[arg(long, default_value_t = 10)]
@@ -99,16 +99,8 @@ pub fn run(a: Args) -> Result<()> {
         channels_last: a.channels_last,
         fused_optimizer: !a.unfused_optimizer,
         cuda_graph: a.cuda_graph,
-        graph_grads: match a.graph_grads.as_str() {
-            "held" => advent::train::GraphGrads::Held,
-            "freed" => advent::train::GraphGrads::Freed,
-            other => anyhow::bail!("--graph-grads: unknown `{other}` (held, freed)"),
-        },
-        upsampling: match a.upsampling.as_str() {
-            "kernel" => advent::loss::Upsampling::Kernel,
-            "matmul" => advent::loss::Upsampling::Matmul,
-            other => anyhow::bail!("--upsampling: unknown `{other}` (kernel, matmul)"),
-        },
+        graph_grads: a.graph_grads,
+        upsampling: a.upsampling,
         d_pad: a.d_pad,
     };
     let mut lines = String::new();

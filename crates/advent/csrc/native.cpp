@@ -65,7 +65,7 @@ at::Tensor round_to_tf32(const at::Tensor& x) {
   at::Tensor bits = x.contiguous().view(at::kInt);
   at::Tensor lsb = bits.bitwise_right_shift(13).bitwise_and(1);
   at::Tensor rounded = bits.add(lsb).add(0xFFF).bitwise_and(static_cast<int64_t>(~0x1FFF)).view(at::kFloat);
-  return at::where(x.isnan(), x, rounded.view(x.sizes()));
+  return at::where(x.isnan(), x, rounded);
 }
 
 // An operand of a TF32 convolution: rounded going forward, its gradient passed through

@@ -36,10 +36,10 @@ pub struct Timing {
     /// Training with a CUDA graph: where its gradients live (`held` or `freed`, see
     /// [`crate::train::GraphGrads`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub graph_grads: Option<String>,
+    pub graph_grads: Option<crate::train::GraphGrads>,
     /// Training: how the logits are upsampled (`train.upsampling`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upsampling: Option<String>,
+    pub upsampling: Option<crate::loss::Upsampling>,
     /// Training: the discriminators' input channels zero-padded to this many.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub d_pad: Option<i64>,
@@ -266,8 +266,8 @@ pub fn train_step(
     timing.channels_last = tuning.channels_last;
     timing.fused_optimizer = Some(tuning.fused_optimizer);
     timing.cuda_graph = tuning.cuda_graph;
-    timing.graph_grads = tuning.cuda_graph.then(|| format!("{:?}", tuning.graph_grads).to_lowercase());
-    timing.upsampling = Some(format!("{:?}", tuning.upsampling).to_lowercase());
+    timing.graph_grads = tuning.cuda_graph.then_some(tuning.graph_grads);
+    timing.upsampling = Some(tuning.upsampling);
     timing.d_pad = tuning.d_pad;
     Ok(timing)
 }

@@ -70,6 +70,17 @@ pub enum Upsampling {
     Matmul,
 }
 
+impl std::str::FromStr for Upsampling {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "kernel" => Ok(Upsampling::Kernel),
+            "matmul" => Ok(Upsampling::Matmul),
+            _ => anyhow::bail!("unknown upsampling `{s}` (expected kernel or matmul)"),
+        }
+    }
+}
+
 /// [`upsample`] or [`upsample_by_products`]; logits that are not float32 (bf16 autocast)
 /// always take the kernel.
 pub fn upsample_with(logits: &Tensor, height: i64, width: i64, how: Upsampling) -> Result<Tensor> {

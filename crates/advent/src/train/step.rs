@@ -93,7 +93,8 @@ struct StepGraph {
 }
 
 /// Where the gradients of a CUDA graph of the step (`train.cuda_graph`) live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GraphGrads {
     /// Allocated before the capture (by the eager warm-up) and zeroed in place by one
     /// multi-tensor kernel at the start of every replay: alive between iterations, 0.17 GiB
@@ -104,6 +105,17 @@ pub enum GraphGrads {
     /// (PyTorch's recipe for capturing a whole network): no zeroing kernel, and expected to
     /// peak where the eager step does (to be measured on a GPU, BENCHMARKS.md).
     Freed,
+}
+
+impl std::str::FromStr for GraphGrads {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "held" => Ok(GraphGrads::Held),
+            "freed" => Ok(GraphGrads::Freed),
+            _ => anyhow::bail!("unknown place of the gradients `{s}` (expected held or freed)"),
+        }
+    }
 }
 
 /// One iteration's inputs (see [`Trainer::step`]).
