@@ -76,6 +76,11 @@ pub struct Args {
     /// count cuDNN's tensor-core kernels take whole; the same results.
     #[arg(long)]
     d_pad: Option<i64>,
+    /// Evaluation timing: batch norms folded into the convolutions (off, on, or fused: on
+    /// CUDA also bias, residual and ReLU in cuDNN's convolution calls), as `advent eval
+    /// --fold-bn`.
+    #[arg(long, default_value = "off")]
+    fold_bn: advent::model::BnFold,
     /// Detection: images per batch and domain (ssd.pytorch trains with 32).
     #[arg(long, default_value_t = 32)]
     batch: i64,
@@ -128,6 +133,7 @@ pub fn run(a: Args) -> Result<()> {
             if tuning.channels_last {
                 model.use_channels_last()?;
             }
+            model.fold_batch_norms(a.fold_bn, a.precision)?;
             let (h, w) = hw(a.eval_size);
             bench::eval_step(&model, h, w, a.precision, tuning, repeats)?
         } else {

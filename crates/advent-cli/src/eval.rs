@@ -5,7 +5,7 @@ use crate::args::{parse_device, parse_size};
 use advent::device::Precision;
 use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions};
 use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, EVAL_DATASETS};
-use advent::model::{AsppSum, LoadOptions, ModelOverrides, SegModel, WeightsKind};
+use advent::model::{AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,6 +79,11 @@ pub struct Args {
     /// image of the same size (BENCHMARKS.md).
     #[arg(long)]
     cuda_graph: bool,
+    /// Batch norms folded into the convolutions before them: off (as the reference runs
+    /// them), on (weights and biases folded; the same function in other roundings), fused
+    /// (CUDA: folded, and bias, residual and ReLU in cuDNN's convolution calls).
+    #[arg(long, default_value = "off")]
+    fold_bn: BnFold,
     /// Write the scores as JSON: {"miou", "iou": {class: IoU}, "classes", "confusion"}
     /// (with --sweep: {"best", "last"}, each {"iteration", "scores"}).
     #[arg(long, value_name = "FILE")]
@@ -123,6 +128,10 @@ pub fn run(a: Args) -> Result<()> {
         advent::device::set_cudnn_benchmark(true)?;
     }
     ensure!(!a.cuda_graph || device.is_cuda(), "--cuda-graph needs --device cuda");
+    ensure!(
+        a.fold_bn != BnFold::Fused || device.is_cuda(),
+        "--fold-bn fused needs --device cuda (`on` works on the CPU)"
+    );
     match &a.sweep {
         Some(run_dir) => run_sweep(&a, run_dir, device),
         None => run_checkpoints(&a, device),
@@ -176,6 +185,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         if a.channels_last {
             model.use_channels_last()?;
         }
+        model.fold_batch_norms(a.fold_bn, a.precision.parse()?)?;
         if report.kind != Some(WeightsKind::Model) {
             eprintln!(
                 "warning: {} is an initialisation file; its classifier is untrained ({} tensors keep their initialisation)",
@@ -213,6 +223,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         precision: a.precision.parse()?,
         channels_last: a.channels_last,
         cuda_graph: a.cuda_graph,
+        fold_bn: a.fold_bn,
     };
     let pairs: Vec<(&SegModel, f64)> = models.iter().zip(weights).collect();
     let scores = evaluate(&pairs, dataset, &options)?;
@@ -265,6 +276,7 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
             precision: a.precision.parse()?,
             channels_last: a.channels_last,
             cuda_graph: a.cuda_graph,
+            fold_bn: a.fold_bn,
         },
         device,
         overrides: overrides(a),

@@ -51,7 +51,7 @@ enum Command {
     Demo(demo::Args),
     /// The HTML report of a training run (curves, evaluations, predictions).
     Report(demo::ReportArgs),
-    /// Object detection with SSD-300 (the paper's detection extension; in progress).
+    /// Object detection with SSD-300 (the paper's detection extension).
     #[command(subcommand)]
     Detect(detect::Command),
 }
@@ -73,6 +73,9 @@ fn main() -> ExitCode {
     };
     if std::env::var_os("ADVENT_KEEP_DENORMALS").is_none() {
         let _ = advent::device::set_flush_denormal(true);
+    }
+    if std::env::var_os("ADVENT_MALLOC_DEFAULTS").is_none() && !advent::device::malloc_configured_by_environment() {
+        advent::device::keep_freed_host_memory();
     }
     let result = match cli.command {
         Command::Train(a) => train::run(a),

@@ -1,7 +1,7 @@
 //! `advent predict`.
 
 use crate::args::{parse_device, parse_size};
-use advent::model::{Arch, AsppSum, LoadOptions, ModelOverrides, SegModel, WeightsKind};
+use advent::model::{Arch, AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
 use advent::predict::{predict, write_prediction, PredictOptions};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,6 +47,11 @@ pub struct Args {
     /// for models trained with that code.
     #[arg(long)]
     aspp_two_branches: bool,
+    /// Batch norms folded into the convolutions before them: off (as the reference runs
+    /// them), on (the same function in other roundings), fused (CUDA: also bias, residual
+    /// and ReLU in cuDNN's convolution calls).
+    #[arg(long, default_value = "off")]
+    fold_bn: BnFold,
 }
 
 /// `Arch` as a clap value.
@@ -71,8 +76,13 @@ pub fn run(a: Args) -> Result<()> {
         num_classes: a.num_classes,
         aspp_sum: if a.aspp_two_branches { AsppSum::FirstTwo } else { AsppSum::AllFour },
     };
-    let (model, report) =
+    anyhow::ensure!(
+        a.fold_bn != BnFold::Fused || device.is_cuda(),
+        "--fold-bn fused needs --device cuda (`on` works on the CPU)"
+    );
+    let (mut model, report) =
         SegModel::from_checkpoint(&a.checkpoint, &overrides, LoadOptions { allow_partial: a.allow_partial }, device)?;
+    model.fold_batch_norms(a.fold_bn, advent::device::Precision::default())?;
     let problems = report.describe_problems();
     if !problems.is_empty() {
         eprintln!("warning: partial load of {}:{problems}", a.checkpoint.display());

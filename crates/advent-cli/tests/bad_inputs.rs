@@ -398,6 +398,8 @@ fn predict_refuses_bad_images_and_checkpoints() {
     cases.push(case("predict an empty folder", &predict(&tiny, &empty, &[]), s(&empty)).keep(&out));
     let missing = d.join("in/missing.png");
     cases.push(case("predict a missing image", &predict(&tiny, &missing, &[]), s(&missing)).keep(&out));
+    let fused = predict(&tiny, &good, &["--fold-bn", "fused"]);
+    cases.push(case("predict, fused batch norms on the CPU", &fused, "--fold-bn fused").keep(&out));
     let file_out = out.join("good_trainids.png");
     let into_file = args(&["predict", "--checkpoint", s(&tiny), "--input", s(&good), "--output", s(&file_out)], &[]);
     cases.push(case("predict into a regular file", &into_file, s(&file_out)).keep(&out));
@@ -908,5 +910,9 @@ fn checkpoint_and_bench_refuse_bad_files_and_arguments() {
     cases.push(case("bench, unknown upsampling", &with(&["--upsampling", "nearest"]), "--upsampling"));
     cases.push(case("bench, products in bf16", &with(&["--upsampling", "matmul", "--precision", "bf16"]), "bf16"));
     cases.push(case("bench, padding below the classes", &with(&["--d-pad", "8"]), "--d-pad"));
+    let tiny_eval = ["bench", "--arch", "deeplabv2-tiny", "--what", "eval", "--eval-size", "64x32"];
+    let eval_with = |extra: &[&'static str]| -> Vec<&'static str> { tiny_eval.iter().chain(extra).copied().collect() };
+    cases.push(case("bench, unknown batch-norm folding", &eval_with(&["--fold-bn", "yes"]), "--fold-bn"));
+    cases.push(case("bench, fused folding on the CPU", &eval_with(&["--fold-bn", "fused"]), "needs a CUDA device"));
     run_all(cases);
 }

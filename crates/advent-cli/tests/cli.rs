@@ -510,3 +510,43 @@ fn demo_task_arguments_are_checked() {
     let o = advent(&["demo", "--task", "detection", "--seeds", "0"]);
     assert_clean_failure(&o, "--seeds");
 }
+
+/// `advent predict --fold-bn on`: the batch norms folded into the convolutions (a checkpoint
+/// with non-trivial running statistics) give the plain pass's probabilities to 1e-5.
+#[test]
+fn predict_with_folded_batch_norms_gives_the_same_probabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model();
+    tch::no_grad(|| {
+        for (key, mut t) in model.vs.variables() {
+            if key.ends_with("running_mean") {
+                let _ = t.uniform_(-0.2, 0.2);
+            } else if key.ends_with("running_var") {
+                let _ = t.uniform_(0.5, 2.0);
+            }
+        }
+    });
+    let checkpoint = dir.path().join("model.pth");
+    weights::save(&model.state_dict(), &checkpoint).unwrap();
+    let img = dir.path().join("x.png");
+    write_image(&img, 64, 48);
+    let prob = |fold: &str| {
+        let out = dir.path().join(fold);
+        let o = advent(&[
+            "predict",
+            "--checkpoint",
+            s(&checkpoint),
+            "--input",
+            s(&img),
+            "--output",
+            s(&out),
+            "--save-prob",
+            "--fold-bn",
+            fold,
+        ]);
+        assert_success(&o);
+        Tensor::read_npy(out.join("x_prob.npy")).unwrap()
+    };
+    let diff = (prob("off") - prob("on")).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "probabilities differ by {diff:e} with --fold-bn on");
+}

@@ -283,4 +283,25 @@ fn eval_runs_on_the_real_val_frame() {
         .map(|x| x.as_u64().unwrap())
         .sum();
     assert!(total > 0 && total <= 256 * 128);
+
+    // The batch norms folded into the convolutions: the same labels on all but rounding's
+    // pixels (at most 0.1 %); `fused` needs CUDA and says so.
+    let folded = dir.path().join("folded.json");
+    let mut args = vec!["eval", "--checkpoint", s(&ckpt), "--dataset", "cityscapes", "--root", s(&root)];
+    args.extend(["--input-size", "128x64", "--output-size", "256x128", "--fold-bn", "on", "--json", s(&folded)]);
+    assert_success(&advent(&args));
+    let cells = |v: &serde_json::Value| -> Vec<u64> {
+        v["confusion"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (plain, folded) = (cells(&v), cells(&read_json(&folded)));
+    let moved: u64 = plain.iter().zip(&folded).map(|(a, b)| a.abs_diff(*b)).sum::<u64>() / 2;
+    assert!(moved * 1000 <= total, "{moved} of {total} pixels moved with --fold-bn on");
+    *args.iter_mut().find(|a| **a == "on").unwrap() = "fused";
+    assert_clean_failure(&advent(&args), "--fold-bn fused needs --device cuda");
 }

@@ -46,6 +46,9 @@ pub struct Timing {
     /// CUDA: the cuDNN autotuner's limit of algorithms timed per shape (0: all).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cudnn_benchmark_limit: Option<u32>,
+    /// Evaluation: the batch-norm folding ([`crate::model::BnFold`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fold_bn: Option<crate::model::BnFold>,
 }
 
 /// Speed options of a measurement.
@@ -116,6 +119,7 @@ impl Timing {
             upsampling: None,
             d_pad: None,
             cudnn_benchmark_limit: None,
+            fold_bn: None,
         }
     }
 }
@@ -160,11 +164,11 @@ pub fn eval_step(
     let x = Tensor::f_randn([1, 3, h, w], (Kind::Float, device))?;
     let step = || -> Result<Tensor> {
         tch::no_grad(|| {
-            let heads = {
+            let main = {
                 let _autocast = crate::device::autocast(device, precision)?;
-                model.forward_t(&x, false)?
+                model.forward_main(&x)?
             };
-            Ok(loss::upsample(&heads.main.f_to_kind(Kind::Float)?, 2 * h, 2 * w)?.f_argmax(1, false)?)
+            Ok(loss::upsample(&main.f_to_kind(Kind::Float)?, 2 * h, 2 * w)?.f_argmax(1, false)?)
         })
     };
     for _ in 0..warmup.max(2) {
@@ -198,6 +202,7 @@ pub fn eval_step(
     timing.peak_gib = peak_memory(device)?;
     timing.channels_last = model.is_channels_last();
     timing.cuda_graph = tuning.cuda_graph;
+    timing.fold_bn = Some(model.bn_fold());
     Ok(timing)
 }
 

@@ -195,6 +195,41 @@ pub fn set_flush_denormal(on: bool) -> Result<()> {
     context::set(c"_ZN2at7Context16setFlushDenormalEb", on)
 }
 
+/// Keeps the memory that CPU tensors free inside the process, for the next tensors to reuse.
+///
+/// glibc's malloc serves every block above 32 MiB with its own `mmap` and unmaps it when it
+/// is freed, so each large activation of a full-size image (layer3's outputs are 33.5 MB at
+/// 1024x512, layer4's 67 MB) faults its pages in afresh, zero-filled by the kernel, on every
+/// forward pass: more than a third of a 1024x512 evaluation's time on the CPU
+/// (BENCHMARKS.md). This sets `M_MMAP_MAX` to 0 (blocks come from the heap, where freed
+/// memory is reused: the main thread's, where the networks run, and other threads' arena
+/// heaps up to 64 MiB a block) and `M_TRIM_THRESHOLD` to 2 GiB (the heap is not shrunk
+/// after each pass); the cost is a higher resident size, about the largest pass's working
+/// set.
+/// Call it before the work starts. Returns whether the settings took; elsewhere than
+/// glibc, nothing happens.
+pub fn keep_freed_host_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes the allocator's parameters; valid at any time.
+        unsafe { libc::mallopt(libc::M_MMAP_MAX, 0) == 1 && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+/// Whether the environment already sets glibc's malloc (`GLIBC_TUNABLES` naming
+/// `glibc.malloc`, or a `MALLOC_*_` variable), in which case [`keep_freed_host_memory`] is
+/// left out: the user's choice wins.
+pub fn malloc_configured_by_environment() -> bool {
+    std::env::vars_os().any(|(k, v)| {
+        let (k, v) = (k.to_string_lossy(), v.to_string_lossy());
+        (k == "GLIBC_TUNABLES" && v.contains("glibc.malloc.")) || (k.starts_with("MALLOC_") && k.ends_with('_'))
+    })
+}
+
 /// bfloat16 autocast on this thread while the guard lives (nothing for fp32 and tf32).
 pub struct Autocast {
     device_type: Option<i8>,

@@ -49,8 +49,8 @@ pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Re
     };
     let x = image::to_input_tensor(net_input, image::IMG_MEAN_BGR).f_to_device(model.device())?;
     let (prob, entropy) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-        let heads = model.forward_t(&x, false)?;
-        let logits = loss::upsample(&heads.main.f_to_kind(Kind::Float)?, h_out as i64, w_out as i64)?;
+        let main = model.forward_main(&x)?;
+        let logits = loss::upsample(&main.f_to_kind(Kind::Float)?, h_out as i64, w_out as i64)?;
         let prob = logits.f_softmax(1, Kind::Float)?;
         let entropy = loss::entropy_map(&prob)?;
         Ok((prob, entropy))

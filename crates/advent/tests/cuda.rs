@@ -62,6 +62,58 @@ fn resnet101_forward_on_cuda_matches_reference() {
     }
 }
 
+/// `--fold-bn on|fused` (BENCHMARKS.md): the evaluation forward pass with the batch norms
+/// folded, and with cuDNN's fused convolution + bias (+ residual) + ReLU, against the
+/// PyTorch fixture, in both layouts: fp32 and tf32 within the unfolded pass's bounds; bf16
+/// (autocast for the unfolded pass, bfloat16 folded weights) within twice the unfolded bf16
+/// pass's own error in the same run, or 1e-2.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn folded_evaluation_on_cuda_matches_reference() {
+    use advent::model::BnFold;
+    let Some(device) = cuda() else { return };
+    let want = read_fixture("model/r101_multi.safetensors");
+    let x = input_image(65, 97).to_device(device);
+    let cases = [
+        (Precision::Fp32, false, FP32_TOL),
+        (Precision::Tf32, false, TF32_TOL),
+        (Precision::Tf32, true, TF32_TOL),
+        (Precision::Bf16, true, 0.0),
+        (Precision::Bf16, false, 0.0),
+    ];
+    for (precision, channels_last, tol) in cases {
+        advent::device::set_precision(precision).unwrap();
+        let mut plain_err = 0.0f64;
+        for fold in [BnFold::Off, BnFold::On, BnFold::Fused] {
+            let mut model = SegModel::new(ModelConfig::deeplabv2_r101(19), device).unwrap();
+            fill_deterministic(&model.vs);
+            if channels_last {
+                model.use_channels_last().unwrap();
+            }
+            model.fold_batch_norms(fold, precision).unwrap();
+            let heads = tch::no_grad(|| {
+                let _autocast = advent::device::autocast(device, precision).unwrap();
+                model.forward_t(&x, false)
+            })
+            .unwrap();
+            let mut worst: f64 = 0.0;
+            for (name, t) in [("main", &heads.main), ("aux", heads.aux.as_ref().unwrap())] {
+                let err = rel_err(&t.to_kind(Kind::Float).to_device(Device::Cpu), &want[&format!("eval.{name}")]);
+                worst = worst.max(err);
+            }
+            println!("cuda {precision:?} channels_last {channels_last} fold {fold}: relative error {worst:.2e}");
+            let bound = match precision {
+                Precision::Bf16 => (2.0 * plain_err).max(1e-2),
+                _ => tol,
+            };
+            if fold == BnFold::Off {
+                plain_err = worst;
+            }
+            assert!(worst < bound, "{precision:?} channels_last {channels_last} fold {fold}: {worst:e} >= {bound:e}");
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn training_steps_on_cuda_match_reference() {
@@ -261,11 +313,13 @@ fn device_sync(device: Device) {
 
 /// Evaluation through a CUDA graph (`advent eval --cuda-graph`) gives the eager pass's
 /// predictions, for images of one size and after a change of size (recapture); also with
-/// channels-last bf16, the fastest setting.
+/// channels-last bf16, the fastest setting, and with the batch norms folded into cuDNN's
+/// fused convolutions (`--fold-bn fused`).
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_graph_evaluation_matches_eager() {
     use advent::eval::{confusion_matrix, EvalOptions};
+    use advent::model::BnFold;
     let Some(device) = cuda() else { return };
     advent::device::set_cudnn_benchmark(true).unwrap();
     advent::device::set_precision(Precision::Tf32).unwrap();
@@ -274,16 +328,23 @@ fn cuda_graph_evaluation_matches_eager() {
     spec.labels = true;
     spec.num_classes = 19;
     spec.synthetic_len = 4;
-    for (precision, channels_last) in [(Precision::Tf32, false), (Precision::Bf16, true)] {
+    let cases = [
+        (Precision::Tf32, false, BnFold::Off),
+        (Precision::Bf16, true, BnFold::Off),
+        (Precision::Tf32, true, BnFold::Fused),
+        (Precision::Bf16, true, BnFold::Fused),
+    ];
+    for (precision, channels_last, fold_bn) in cases {
         tch::manual_seed(5);
         let mut model = SegModel::new(ModelConfig::deeplabv2_r101(19), device).unwrap();
         if channels_last {
             model.use_channels_last().unwrap();
         }
+        model.fold_batch_norms(fold_bn, precision).unwrap();
         for size in [(256u32, 128u32), (320, 160)] {
             spec.size = size;
             let data = advent::dataset::open(&spec).unwrap();
-            let options = EvalOptions { workers: 0, precision, channels_last, ..Default::default() };
+            let options = EvalOptions { workers: 0, precision, channels_last, fold_bn, ..Default::default() };
             let eager = confusion_matrix(&[(&model, 1.0)], data.clone(), &options).unwrap().rows().concat();
             let graphed = confusion_matrix(&[(&model, 1.0)], data, &EvalOptions { cuda_graph: true, ..options })
                 .unwrap()
@@ -292,7 +353,8 @@ fn cuda_graph_evaluation_matches_eager() {
             let total: u64 = eager.iter().sum();
             let moved: u64 = eager.iter().zip(&graphed).map(|(a, b)| a.abs_diff(*b)).sum::<u64>() / 2;
             println!(
-                "cuda graph {precision:?} channels_last {channels_last} {size:?}: {moved} of {total} pixels differ"
+                "cuda graph {precision:?} channels_last {channels_last} fold {fold_bn} {size:?}: {moved} of {total} \
+                 pixels differ"
             );
             assert!(moved * 1000 <= total, "{moved} of {total}");
         }

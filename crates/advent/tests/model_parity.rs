@@ -7,8 +7,9 @@
 
 mod common;
 
+use advent::device::Precision;
 use advent::loss;
-use advent::model::{output_size, Arch, AsppSum, Discriminator, ModelConfig, SegModel};
+use advent::model::{output_size, Arch, AsppSum, BnFold, Discriminator, ModelConfig, SegModel};
 use common::*;
 use tch::{Device, Kind, Tensor};
 
@@ -27,6 +28,8 @@ fn seg_parity(fixture_name: &str, config: ModelConfig, h: i64, w: i64, bn_keys: 
 
     let heads = tch::no_grad(|| model.forward_t(&x, false)).unwrap();
     check("eval.main", &heads.main, &want["eval.main"]);
+    let main = tch::no_grad(|| model.forward_main(&x)).unwrap();
+    check("eval.main, the main head alone", &main, &want["eval.main"]);
     assert_eq!(heads.main.size()[2..], [output_size(config.arch, h, w).0, output_size(config.arch, h, w).1]);
     match (&heads.aux, want.get("eval.aux")) {
         (Some(a), Some(r)) => check("eval.aux", a, r),
@@ -38,6 +41,8 @@ fn seg_parity(fixture_name: &str, config: ModelConfig, h: i64, w: i64, bn_keys: 
     let agree = prob.argmax(1, false).eq_tensor(&want["eval.argmax"]).to_kind(Kind::Float).mean(Kind::Float);
     assert!(agree.double_value(&[]) > 0.999, "argmax agreement {agree}");
 
+    folded_parity(config, &x, &want);
+
     let heads = tch::no_grad(|| model.forward_t(&x, true)).unwrap();
     check("train.main", &heads.main, &want["train.main"]);
     if let Some(r) = want.get("train.aux") {
@@ -48,6 +53,46 @@ fn seg_parity(fixture_name: &str, config: ModelConfig, h: i64, w: i64, bn_keys: 
         let r = &want[&format!("after_train.{key}")];
         check(key, &vars[*key].to_kind(Kind::Double), &r.to_kind(Kind::Double));
     }
+}
+
+/// `advent eval --fold-bn on` (not in the reference): the batch norms folded into the
+/// convolutions give the reference's evaluation outputs within the same tolerance, in both
+/// memory layouts. The folded weights are a snapshot: the batch norms' statistics are then
+/// overwritten, which would move an unfolded pass, so a pass that matches runs the folded
+/// backbone. A folded model refuses training-mode passes and the conversion to
+/// channels-last.
+fn folded_parity(config: ModelConfig, x: &Tensor, want: &std::collections::HashMap<String, Tensor>) {
+    for channels_last in [false, true] {
+        let mut model = SegModel::new(config, Device::Cpu).unwrap();
+        fill_deterministic(&model.vs);
+        if channels_last {
+            model.use_channels_last().unwrap();
+        }
+        model.fold_batch_norms(BnFold::On, Precision::Tf32).unwrap();
+        assert_eq!(model.bn_fold(), BnFold::On);
+        tch::no_grad(|| {
+            for (key, mut t) in model.vs.variables() {
+                if key.ends_with("running_mean") {
+                    let _ = t.fill_(3.0);
+                }
+            }
+        });
+        let heads = tch::no_grad(|| model.forward_t(x, false)).unwrap();
+        let name = if channels_last { "folded, channels-last" } else { "folded" };
+        check(&format!("eval.main {name}"), &heads.main, &want["eval.main"]);
+        if let Some(r) = want.get("eval.aux") {
+            check(&format!("eval.aux {name}"), heads.aux.as_ref().unwrap(), r);
+        }
+        let e = model.forward_t(x, true).unwrap_err().to_string();
+        assert!(e.contains("folded for evaluation"), "{e}");
+        if config.arch != Arch::DeepLabV2Vgg16 {
+            let e = model.use_channels_last().unwrap_err().to_string();
+            assert!(e.contains("before folding"), "{e}");
+        }
+    }
+    let mut model = SegModel::new(config, Device::Cpu).unwrap();
+    let e = model.fold_batch_norms(BnFold::Fused, Precision::Tf32).unwrap_err().to_string();
+    assert!(e.contains("needs a CUDA device"), "{e}");
 }
 
 #[test]

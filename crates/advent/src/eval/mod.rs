@@ -59,6 +59,9 @@ pub struct EvalOptions {
     /// CUDA: the forward pass, upsampling and argmax captured once as a CUDA graph and
     /// replayed for every image of the same size (recaptured when the size changes).
     pub cuda_graph: bool,
+    /// The batch norms folded into the convolutions ([`crate::model::BnFold`]; the models
+    /// are folded by [`confusion_matrix`]'s caller: [`SegModel::fold_batch_norms`]).
+    pub fold_bn: crate::model::BnFold,
 }
 
 impl Default for EvalOptions {
@@ -73,6 +76,7 @@ impl Default for EvalOptions {
             precision: crate::device::Precision::default(),
             channels_last: false,
             cuda_graph: false,
+            fold_bn: crate::model::BnFold::Off,
         }
     }
 }
@@ -199,6 +203,9 @@ pub fn confusion_matrix(
             if m.is_channels_last() { "" } else { "not " }
         );
     }
+    if let Some((m, _)) = models.iter().find(|(m, _)| m.bn_fold() != options.fold_bn) {
+        bail!("fold_bn is `{}` but a model's batch-norm folding is `{}`", options.fold_bn, m.bn_fold());
+    }
     let mut graphed = if options.cuda_graph { Some(Graphed::new(models)?) } else { None };
     let prefetch = 2 * options.workers.max(1);
     for item in sequential(dataset, options.workers, prefetch) {
@@ -303,11 +310,11 @@ fn ids_on_device(
     tch::no_grad(|| -> Result<Tensor> {
         let mut sum: Option<Tensor> = None;
         for (model, weight) in models {
-            let heads = {
+            let main = {
                 let _autocast = crate::device::autocast(model.device(), precision)?;
-                model.forward_t(&x.f_to_device(model.device())?, false)?
+                model.forward_main(&x.f_to_device(model.device())?)?
             };
-            let logits = loss::upsample(&heads.main.f_to_kind(Kind::Float)?, i64::from(height), i64::from(width))?;
+            let logits = loss::upsample(&main.f_to_kind(Kind::Float)?, i64::from(height), i64::from(width))?;
             let weighted = if *weight == 1.0 { logits } else { logits.f_mul_scalar(*weight)? };
             sum = Some(match sum {
                 None => weighted,

@@ -311,6 +311,7 @@ fn evaluate_checkpoint(
     if options.eval.channels_last {
         model.use_channels_last()?;
     }
+    model.fold_batch_norms(options.eval.fold_bn, options.eval.precision)?;
     let cm = confusion_matrix(&[(&model, 1.0)], dataset, &options.eval)
         .with_context(|| format!("evaluating {}", model_path.display()))?;
     let names = super::class_names(cm.num_classes());

@@ -147,8 +147,8 @@ pub struct FrozenBatchNorm2d {
 }
 
 /// PyTorch's `nn.BatchNorm2d` defaults, which the reference keeps.
-const BN_MOMENTUM: f64 = 0.1;
-const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
+pub(crate) const BN_EPS: f64 = 1e-5;
 
 impl FrozenBatchNorm2d {
     pub fn new(p: Path, channels: i64) -> Self {
@@ -176,6 +176,71 @@ impl FrozenBatchNorm2d {
         if train {
             let mut n = self.num_batches_tracked.shallow_clone();
             tch::no_grad(|| n.f_add_scalar_(1)).map(drop)?;
+        }
+        Ok(y)
+    }
+}
+
+/// What follows a [`FoldedConv`] in the network.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Then<'a> {
+    Nothing,
+    Relu,
+    /// The residual added, then the ReLU: the end of a bottleneck.
+    AddRelu(&'a Tensor),
+}
+
+/// A convolution with the evaluation-mode batch norm after it folded in, for evaluation
+/// only: `bn(conv(x)) = conv(x, W·s) + (β − μ·s)` with `s = γ / √(σ² + ε)` per output
+/// channel (the running statistics; PyTorch's `fuse_conv_bn_eval`). The folded parameters
+/// are computed in float64 from the module's current ones and stored in `kind`, in the
+/// weight's memory layout.
+#[derive(Debug)]
+pub(crate) struct FoldedConv {
+    weight: Tensor,
+    bias: Tensor,
+    spec: ConvSpec,
+}
+
+impl FoldedConv {
+    pub fn new(conv: &Conv2d, bn: &FrozenBatchNorm2d, kind: Kind) -> Result<Self> {
+        tch::no_grad(|| -> Result<Self> {
+            let f64_ = |t: &Tensor| t.f_to_kind(Kind::Double);
+            let scale = f64_(&bn.weight)?.f_mul(&f64_(&bn.running_var)?.f_add_scalar(BN_EPS)?.f_rsqrt()?)?;
+            let weight = f64_(&conv.weight)?.f_mul(&scale.f_view([-1, 1, 1, 1])?)?.f_to_kind(kind)?;
+            let weight = match super::is_channels_last(&conv.weight) {
+                true => super::channels_last(&weight)?,
+                false => weight.f_contiguous()?,
+            };
+            let conv_bias = match &conv.bias {
+                Some(b) => f64_(b)?,
+                None => Tensor::f_zeros_like(&scale)?,
+            };
+            let bias = conv_bias.f_sub(&f64_(&bn.running_mean)?)?.f_mul(&scale)?.f_add(&f64_(&bn.bias)?)?;
+            Ok(FoldedConv { weight, bias: bias.f_to_kind(kind)?, spec: conv.spec })
+        })
+    }
+
+    /// The convolution, its bias and what follows. `fused` (CUDA only): in one cuDNN call
+    /// each (`cudnn_convolution_relu`, `cudnn_convolution_add_relu`, the kernels of PyTorch's
+    /// `torch.jit.optimize_for_inference`); otherwise the bias rides with the convolution
+    /// and the ReLU and the addition work in place on its output.
+    pub fn forward(&self, x: &Tensor, then: Then, fused: bool) -> Result<Tensor> {
+        let s = &self.spec;
+        let (stride, padding, dilation) = ([s.stride, s.stride], [s.padding, s.padding], [s.dilation, s.dilation]);
+        let (w, b) = (&self.weight, Some(&self.bias));
+        if fused && x.device().is_cuda() {
+            return Ok(match then {
+                Then::Nothing => x.f_conv2d(w, b, stride, padding, dilation, 1)?,
+                Then::Relu => x.f_cudnn_convolution_relu(w, b, stride, padding, dilation, 1)?,
+                Then::AddRelu(z) => x.f_cudnn_convolution_add_relu(w, z, 1.0, b, stride, padding, dilation, 1)?,
+            });
+        }
+        let mut y = x.f_conv2d(w, b, stride, padding, dilation, 1)?;
+        match then {
+            Then::Nothing => {}
+            Then::Relu => drop(y.f_relu_()?),
+            Then::AddRelu(z) => drop(y.f_add_(z)?.f_relu_()?),
         }
         Ok(y)
     }

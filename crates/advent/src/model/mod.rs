@@ -121,6 +121,53 @@ impl ModelConfig {
     }
 }
 
+/// Evaluation with the batch norms folded into the convolutions before them
+/// ([`SegModel::fold_batch_norms`]). Not in the reference, which runs its batch norms as
+/// modules: the same function in other roundings (tested against it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnFold {
+    /// Convolution, batch norm and ReLU as separate operations, as in training.
+    #[default]
+    Off,
+    /// Each batch norm folded into the convolution's weight and bias; ReLU and residual
+    /// addition in place.
+    On,
+    /// Folded, and on CUDA the bias, residual addition and ReLU fused into cuDNN's
+    /// convolution (one kernel call each).
+    Fused,
+}
+
+impl BnFold {
+    pub const NAMES: &'static str = "off, on, fused";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BnFold::Off => "off",
+            BnFold::On => "on",
+            BnFold::Fused => "fused",
+        }
+    }
+}
+
+impl fmt::Display for BnFold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BnFold {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(BnFold::Off),
+            "on" => Ok(BnFold::On),
+            "fused" => Ok(BnFold::Fused),
+            _ => bail!("unknown batch-norm folding `{s}` (expected one of: {})", BnFold::NAMES),
+        }
+    }
+}
+
 enum Network {
     ResNet(Box<resnet::DeepLabResNet>),
     Vgg(Box<vgg::DeepLabVgg>),
@@ -133,6 +180,9 @@ pub struct SegModel {
     net: Network,
     /// Weights and inputs in the channels-last (NHWC) memory layout; see [`channels_last`].
     channels_last: bool,
+    /// [`SegModel::fold_batch_norms`]: the mode, and the folded backbone (ResNets only).
+    fold: BnFold,
+    folded: Option<Box<resnet::FoldedResNet>>,
 }
 
 impl SegModel {
@@ -159,13 +209,14 @@ impl SegModel {
         if device != Device::Cpu {
             vs.set_device(device);
         }
-        Ok(SegModel { vs, config, net, channels_last: false })
+        Ok(SegModel { vs, config, net, channels_last: false, fold: BnFold::Off, folded: None })
     }
 
     /// Stores the convolution weights channels-last and feeds the network its inputs so
     /// (the same values in another memory order; see [`channels_last`]). Irreversible for
     /// this model; checkpoints are written in the usual layout all the same.
     pub fn use_channels_last(&mut self) -> Result<()> {
+        ensure!(self.folded.is_none(), "convert a model to channels-last before folding its batch norms");
         to_channels_last(&self.vs)?;
         self.channels_last = true;
         Ok(())
@@ -175,11 +226,55 @@ impl SegModel {
         self.channels_last
     }
 
+    /// From now on, evaluation-mode forward passes run with every batch norm folded into
+    /// the convolution before it ([`BnFold`]), from a snapshot of the current parameters:
+    /// for a model that only evaluates (loaded, then converted to channels-last if wanted).
+    /// Training-mode passes are refused afterwards. `precision` fixes the folded weights'
+    /// type (bfloat16 under CUDA bf16 autocast, else float32). VGG has no batch norm and
+    /// runs as it is. The folded backbone is a second copy of its weights.
+    ///
+    /// # Errors
+    ///
+    /// `Fused` on a model that is not on a CUDA device (cuDNN's fused kernels).
+    pub fn fold_batch_norms(&mut self, fold: BnFold, precision: crate::device::Precision) -> Result<()> {
+        ensure!(
+            fold != BnFold::Fused || self.device().is_cuda(),
+            "batch-norm folding `fused` needs a CUDA device (cuDNN's fused convolutions); `on` works everywhere"
+        );
+        let kind = match precision == crate::device::Precision::Bf16 && self.device().is_cuda() {
+            true => tch::Kind::BFloat16,
+            false => tch::Kind::Float,
+        };
+        self.folded = match (&self.net, fold) {
+            (Network::ResNet(net), BnFold::On | BnFold::Fused) => {
+                Some(Box::new(net.fold(kind, fold == BnFold::Fused)?))
+            }
+            _ => None,
+        };
+        self.fold = fold;
+        Ok(())
+    }
+
+    /// The batch-norm folding in force ([`SegModel::fold_batch_norms`]).
+    pub fn bn_fold(&self) -> BnFold {
+        self.fold
+    }
+
     /// `[N, 3, H, W]` (BGR, mean subtracted) → logits of both heads at output stride 8.
     ///
     /// `train` selects batch statistics in every BatchNorm (and updates their running
     /// statistics); otherwise the running statistics are used.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Heads> {
+        self.forward_heads(x, train, true)
+    }
+
+    /// The main head's logits of an evaluation-mode pass, without running the aux classifier
+    /// (evaluation and prediction use the main head only, SPEC §6).
+    pub fn forward_main(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_heads(x, false, false)?.main)
+    }
+
+    fn forward_heads(&self, x: &Tensor, train: bool, with_aux: bool) -> Result<Heads> {
         let size = x.size();
         ensure!(size.len() == 4 && size[1] == 3, "network input must be [N, 3, H, W], got {size:?}");
         ensure!(size[2] >= 1 && size[3] >= 1, "network input is empty: {size:?}");
@@ -190,9 +285,14 @@ impl SegModel {
         } else {
             x
         };
-        match &self.net {
-            Network::ResNet(net) => net.forward_t(x, train),
-            Network::Vgg(net) => net.forward(x),
+        ensure!(
+            !(train && self.fold != BnFold::Off),
+            "this model's batch norms are folded for evaluation: it cannot run a training-mode pass"
+        );
+        match (&self.net, &self.folded) {
+            (Network::ResNet(net), Some(folded)) => net.forward_folded(folded, x, with_aux),
+            (Network::ResNet(net), None) => net.forward_t(x, train, with_aux),
+            (Network::Vgg(net), _) => net.forward(x),
         }
     }
 

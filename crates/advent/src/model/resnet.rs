@@ -6,11 +6,11 @@
 //! projection shortcut. Output stride 8.
 
 use super::classifier::{AsppSum, Classifier};
-use super::layers::{Conv2d, ConvInit, ConvSpec, FrozenBatchNorm2d};
+use super::layers::{Conv2d, ConvInit, ConvSpec, FoldedConv, FrozenBatchNorm2d, Then};
 use super::Heads;
 use anyhow::Result;
 use tch::nn::Path;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Backbone convolutions start at N(0, 0.01) (`m.weight.data.normal_(0, 0.01)`).
 const CONV_INIT: ConvInit = ConvInit::Normal { std: 0.01 };
@@ -56,6 +56,36 @@ impl Bottleneck {
             None => x.shallow_clone(),
         };
         Ok(out.f_add(&residual)?.f_relu()?)
+    }
+}
+
+/// A [`Bottleneck`] with its batch norms folded ([`FoldedConv`]).
+#[derive(Debug)]
+struct FoldedBottleneck {
+    conv1: FoldedConv,
+    conv2: FoldedConv,
+    conv3: FoldedConv,
+    downsample: Option<FoldedConv>,
+}
+
+impl FoldedBottleneck {
+    fn new(b: &Bottleneck, kind: Kind) -> Result<Self> {
+        Ok(FoldedBottleneck {
+            conv1: FoldedConv::new(&b.conv1, &b.bn1, kind)?,
+            conv2: FoldedConv::new(&b.conv2, &b.bn2, kind)?,
+            conv3: FoldedConv::new(&b.conv3, &b.bn3, kind)?,
+            downsample: b.downsample.as_ref().map(|(c, bn)| FoldedConv::new(c, bn, kind)).transpose()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        let out = self.conv1.forward(x, Then::Relu, fused)?;
+        let out = self.conv2.forward(&out, Then::Relu, fused)?;
+        let residual = match &self.downsample {
+            Some(conv) => conv.forward(x, Then::Nothing, fused)?,
+            None => x.shallow_clone(),
+        };
+        self.conv3.forward(&out, Then::AddRelu(&residual), fused)
     }
 }
 
@@ -121,17 +151,57 @@ impl DeepLabResNet {
 
     /// `[N, 3, H, W]` → logits at output stride 8, `[N, C, h, w]` with
     /// h = ⌈(⌈H/2⌉ − 1)/2⌉ + 1 rounded as PyTorch's ceil-mode pool, then halved by layer2.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Heads> {
+    /// `with_aux`: run the aux classifier (when the network has one).
+    pub fn forward_t(&self, x: &Tensor, train: bool, with_aux: bool) -> Result<Heads> {
         let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.f_relu()?;
         let x = x.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], true)?;
         let x = self.layers[0].forward_t(&x, train)?;
         let x = self.layers[1].forward_t(&x, train)?;
         let x3 = self.layers[2].forward_t(&x, train)?;
-        let aux = match &self.aux {
-            Some(head) => Some(head.forward(&x3)?),
-            None => None,
+        let aux = match (&self.aux, with_aux) {
+            (Some(head), true) => Some(head.forward(&x3)?),
+            _ => None,
         };
         let x4 = self.layers[3].forward_t(&x3, train)?;
         Ok(Heads { aux, main: self.main.forward(&x4)? })
     }
+
+    /// The backbone with every batch norm folded into the convolution before it, for
+    /// evaluation (a snapshot of the current parameters; the classifiers have no batch norm
+    /// and are used as they are). `kind`: the activations' type, float32, or bfloat16 under
+    /// bf16 autocast.
+    pub fn fold(&self, kind: Kind, fused: bool) -> Result<FoldedResNet> {
+        let mut layers = Vec::with_capacity(4);
+        for layer in &self.layers {
+            layers.push(layer.blocks.iter().map(|b| FoldedBottleneck::new(b, kind)).collect::<Result<_>>()?);
+        }
+        Ok(FoldedResNet { stem: FoldedConv::new(&self.conv1, &self.bn1, kind)?, layers, kind, fused })
+    }
+
+    /// [`DeepLabResNet::forward_t`] in evaluation mode through `folded` (from
+    /// [`DeepLabResNet::fold`]): the same function, other roundings.
+    pub fn forward_folded(&self, folded: &FoldedResNet, x: &Tensor, with_aux: bool) -> Result<Heads> {
+        let fused = folded.fused;
+        let x = folded.stem.forward(&x.f_to_kind(folded.kind)?, Then::Relu, fused)?;
+        let mut x = x.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], true)?;
+        let mut aux = None;
+        for (i, layer) in folded.layers.iter().enumerate() {
+            for block in layer {
+                x = block.forward(&x, fused)?;
+            }
+            if i == 2 && with_aux {
+                aux = self.aux.as_ref().map(|head| head.forward(&x)).transpose()?;
+            }
+        }
+        Ok(Heads { aux, main: self.main.forward(&x)? })
+    }
+}
+
+/// [`DeepLabResNet`]'s backbone with its batch norms folded ([`DeepLabResNet::fold`]).
+#[derive(Debug)]
+pub struct FoldedResNet {
+    stem: FoldedConv,
+    layers: Vec<Vec<FoldedBottleneck>>,
+    kind: Kind,
+    fused: bool,
 }
