@@ -59,7 +59,7 @@ echo "== correctness on CUDA: the graphed training step against the eager one (g
 echo "   the upsampling by products, evaluation with the batch norms folded and fused (eager and graphed)"
 timeout 280 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
   folded_evaluation cuda_graph_evaluation 2>&1 \
-  | grep -E "cuda |update differs|test result|panicked" | tee "$OUT/parity.txt"
+  | grep -E "cuda |update differs|test result|panicked|warning:" | tee "$OUT/parity.txt"
 
 echo "== 200 AdvEnt iterations from a trained init (demo scale), CUDA tf32 eager and graphed, against the CPU"
 for g in false true; do

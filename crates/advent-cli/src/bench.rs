@@ -140,7 +140,8 @@ pub fn run(a: Args) -> Result<()> {
             let method: Method = serde_json::from_value(serde_json::Value::String(what.into())).map_err(|_| {
                 anyhow::anyhow!("--what: unknown `{what}` (eval, source_only, minent, advent, advent_minent)")
             })?;
-            bench::train_step(arch, method, a.precision, hw(a.source_size), hw(a.target_size), device, tuning, repeats)?
+            let sizes = bench::StepSizes { source: hw(a.source_size), target: hw(a.target_size) };
+            bench::train_step(arch, method, a.precision, sizes, device, tuning, repeats)?
         };
         if device.is_cuda() {
             timing.precision = Some(format!("{:?}", a.precision).to_lowercase());

@@ -34,6 +34,13 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// CUDA arithmetic: tf32 (PyTorch's default, the reference's), fp32, or bf16 (autocast
+    /// forward pass; probabilities and entropy from float32 logits).
+    #[arg(long, default_value = "tf32")]
+    precision: advent::device::Precision,
+    /// Convolution weights and inputs channels-last (faster with bf16 on recent GPUs).
+    #[arg(long)]
+    channels_last: bool,
     /// Also write <stem>_prob.npy (C x H x W float32) and <stem>_entropy.npy (H x W float32).
     #[arg(long)]
     save_prob: bool,
@@ -82,7 +89,14 @@ pub fn run(a: Args) -> Result<()> {
     );
     let (mut model, report) =
         SegModel::from_checkpoint(&a.checkpoint, &overrides, LoadOptions { allow_partial: a.allow_partial }, device)?;
-    model.fold_batch_norms(a.fold_bn, advent::device::Precision::default())?;
+    if device.is_cuda() {
+        advent::device::set_precision(a.precision)?;
+        advent::device::set_cudnn_benchmark(true)?;
+    }
+    if a.channels_last {
+        model.use_channels_last()?;
+    }
+    model.fold_batch_norms(a.fold_bn, a.precision)?;
     let problems = report.describe_problems();
     if !problems.is_empty() {
         eprintln!("warning: partial load of {}:{problems}", a.checkpoint.display());
@@ -94,7 +108,7 @@ pub fn run(a: Args) -> Result<()> {
             report.kept_init.len()
         );
     }
-    let options = PredictOptions { input_size: a.input_size, output_size: a.output_size };
+    let options = PredictOptions { input_size: a.input_size, output_size: a.output_size, precision: a.precision };
 
     process(&jobs, &a.output, |job, out_dir| {
         let img = advent::image::read_rgb(&job.path)?;

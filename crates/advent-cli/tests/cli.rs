@@ -511,8 +511,9 @@ fn demo_task_arguments_are_checked() {
     assert_clean_failure(&o, "--seeds");
 }
 
-/// `advent predict --fold-bn on`: the batch norms folded into the convolutions (a checkpoint
-/// with non-trivial running statistics) give the plain pass's probabilities to 1e-5.
+/// `advent predict --fold-bn on` (also channels-last): the batch norms folded into the
+/// convolutions (a checkpoint with non-trivial running statistics) give the plain pass's
+/// probabilities to 1e-5.
 #[test]
 fn predict_with_folded_batch_norms_gives_the_same_probabilities() {
     let dir = tempfile::tempdir().unwrap();
@@ -530,23 +531,19 @@ fn predict_with_folded_batch_norms_gives_the_same_probabilities() {
     weights::save(&model.state_dict(), &checkpoint).unwrap();
     let img = dir.path().join("x.png");
     write_image(&img, 64, 48);
-    let prob = |fold: &str| {
-        let out = dir.path().join(fold);
-        let o = advent(&[
-            "predict",
-            "--checkpoint",
-            s(&checkpoint),
-            "--input",
-            s(&img),
-            "--output",
-            s(&out),
-            "--save-prob",
-            "--fold-bn",
-            fold,
-        ]);
-        assert_success(&o);
+    let prob = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["predict", "--checkpoint", s(&checkpoint), "--input", s(&img), "--output", s(&out)];
+        args.push("--save-prob");
+        args.extend(extra);
+        assert_success(&advent(&args));
         Tensor::read_npy(out.join("x_prob.npy")).unwrap()
     };
-    let diff = (prob("off") - prob("on")).abs().max().double_value(&[]);
-    assert!(diff < 1e-5, "probabilities differ by {diff:e} with --fold-bn on");
+    let plain = prob("plain", &["--fold-bn", "off"]);
+    for (name, extra) in
+        [("folded", &["--fold-bn", "on"][..]), ("folded-nhwc", &["--fold-bn", "on", "--channels-last"])]
+    {
+        let diff = (&plain - prob(name, extra)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "probabilities differ by {diff:e} with {extra:?}");
+    }
 }

@@ -206,15 +206,21 @@ pub fn eval_step(
     Ok(timing)
 }
 
+/// The image sizes of a training step, `(h, w)` each.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSizes {
+    pub source: (i64, i64),
+    pub target: (i64, i64),
+}
+
 /// One training iteration of `method` with the reference's settings (multi-level, both
-/// discriminators for AdvEnt), on random inputs of the given sizes
-/// (`(h, w)`), labels uniform over the 19 classes.
+/// discriminators for AdvEnt), on random inputs of the given sizes, labels uniform over the
+/// 19 classes.
 pub fn train_step(
     arch: Arch,
     method: Method,
     precision: Precision,
-    source: (i64, i64),
-    target: (i64, i64),
+    StepSizes { source, target }: StepSizes,
     device: Device,
     tuning: Tuning,
     Repeats { warmup, iters }: Repeats,

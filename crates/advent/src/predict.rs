@@ -19,6 +19,10 @@ pub struct PredictOptions {
     pub input_size: Option<Size>,
     /// Size the logits are upsampled to; `None` gives the image's own size.
     pub output_size: Option<Size>,
+    /// CUDA arithmetic of the forward pass (bf16: autocast; the probabilities and entropy
+    /// from float32 logits). The caller sets the TF32 switches
+    /// ([`crate::device::set_precision`]).
+    pub precision: crate::device::Precision,
 }
 
 /// The outputs for one image, on the CPU.
@@ -49,7 +53,10 @@ pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Re
     };
     let x = image::to_input_tensor(net_input, image::IMG_MEAN_BGR).f_to_device(model.device())?;
     let (prob, entropy) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-        let main = model.forward_main(&x)?;
+        let main = {
+            let _autocast = crate::device::autocast(model.device(), options.precision)?;
+            model.forward_main(&x)?
+        };
         let logits = loss::upsample(&main.f_to_kind(Kind::Float)?, h_out as i64, w_out as i64)?;
         let prob = logits.f_softmax(1, Kind::Float)?;
         let entropy = loss::entropy_map(&prob)?;

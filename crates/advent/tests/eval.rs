@@ -412,7 +412,11 @@ fn evaluates_a_real_cityscapes_val_frame_end_to_end() {
     let p = advent::predict::predict(
         &model,
         &img,
-        &advent::predict::PredictOptions { input_size: Some((128, 64)), output_size: Some((256, 128)) },
+        &advent::predict::PredictOptions {
+            input_size: Some((128, 64)),
+            output_size: Some((256, 128)),
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(saved, p.train_ids);

@@ -40,7 +40,11 @@ fn r101_checkpoint_predicts_like_the_reference_in_both_formats() {
                 Some((v[0].as_u64().unwrap() as u32, v[1].as_u64().unwrap() as u32))
             };
             let img = advent::image::read_rgb(std::path::Path::new(case["image"].as_str().unwrap())).unwrap();
-            let options = PredictOptions { input_size: size("input_size"), output_size: size("output_size") };
+            let options = PredictOptions {
+                input_size: size("input_size"),
+                output_size: size("output_size"),
+                ..Default::default()
+            };
             let t = std::time::Instant::now();
             let p = predict(&model, &img, &options).unwrap();
             let name = case["name"].as_str().unwrap();

@@ -200,6 +200,8 @@ pub(crate) struct FoldedConv {
     weight: Tensor,
     bias: Tensor,
     spec: ConvSpec,
+    /// cuDNN found no fused kernel for this convolution once: it runs unfused from then on.
+    unfusable: std::sync::atomic::AtomicBool,
 }
 
 impl FoldedConv {
@@ -217,24 +219,36 @@ impl FoldedConv {
                 None => Tensor::f_zeros_like(&scale)?,
             };
             let bias = conv_bias.f_sub(&f64_(&bn.running_mean)?)?.f_mul(&scale)?.f_add(&f64_(&bn.bias)?)?;
-            Ok(FoldedConv { weight, bias: bias.f_to_kind(kind)?, spec: conv.spec })
+            let unfusable = std::sync::atomic::AtomicBool::new(false);
+            Ok(FoldedConv { weight, bias: bias.f_to_kind(kind)?, spec: conv.spec, unfusable })
         })
     }
 
     /// The convolution, its bias and what follows. `fused` (CUDA only): in one cuDNN call
     /// each (`cudnn_convolution_relu`, `cudnn_convolution_add_relu`, the kernels of PyTorch's
     /// `torch.jit.optimize_for_inference`); otherwise the bias rides with the convolution
-    /// and the ReLU and the addition work in place on its output.
+    /// and the ReLU and the addition work in place on its output. A convolution for which
+    /// cuDNN has no fused kernel (libtorch reports it as an error before any work is queued)
+    /// says so once on stderr and runs unfused.
     pub fn forward(&self, x: &Tensor, then: Then, fused: bool) -> Result<Tensor> {
+        use std::sync::atomic::Ordering;
         let s = &self.spec;
         let (stride, padding, dilation) = ([s.stride, s.stride], [s.padding, s.padding], [s.dilation, s.dilation]);
         let (w, b) = (&self.weight, Some(&self.bias));
-        if fused && x.device().is_cuda() {
-            return Ok(match then {
-                Then::Nothing => x.f_conv2d(w, b, stride, padding, dilation, 1)?,
-                Then::Relu => x.f_cudnn_convolution_relu(w, b, stride, padding, dilation, 1)?,
-                Then::AddRelu(z) => x.f_cudnn_convolution_add_relu(w, z, 1.0, b, stride, padding, dilation, 1)?,
-            });
+        if fused && x.device().is_cuda() && !self.unfusable.load(Ordering::Relaxed) {
+            let y = match then {
+                Then::Nothing => x.f_conv2d(w, b, stride, padding, dilation, 1),
+                Then::Relu => x.f_cudnn_convolution_relu(w, b, stride, padding, dilation, 1),
+                Then::AddRelu(z) => x.f_cudnn_convolution_add_relu(w, z, 1.0, b, stride, padding, dilation, 1),
+            };
+            match y {
+                Ok(y) => return Ok(y),
+                Err(e) => {
+                    self.unfusable.store(true, Ordering::Relaxed);
+                    let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                    eprintln!("warning: cuDNN fused no kernel for the convolution {s:?} ({first}); it runs unfused");
+                }
+            }
         }
         let mut y = x.f_conv2d(w, b, stride, padding, dilation, 1)?;
         match then {
