@@ -24,6 +24,12 @@
 #     same results, tested on the CPU), a count cuDNN's tensor-core kernels take whole:
 #     expected 0 to -1 ms (the first discriminator layer is ~77 GFLOP per step: ~1.5 ms if
 #     cuDNN runs 19 channels without tensor cores, ~0.3 ms with them);
+#  4b. the segmentation classifiers' 19 output channels zero-padded to 24 (`--aspp-pad 24`;
+#     the same logits and gradients, tested on the CPU), a count tf32 (4) and bf16 (8)
+#     tensor-core kernels take whole: expected 0 to -5 ms per AdvEnt step (the eight ASPP
+#     convolutions, 2048 and 1024 -> 19 channels, dilated 3x3, are ~290 GFLOP of the step's
+#     ~6 TFLOP; if cuDNN runs 19 output channels off the tensor cores they cost ~5x their
+#     share), 0 to -0.5 ms per evaluation (~35 GFLOP);
 #  5. cuDNN's autotuner timing every algorithm (`--cudnn-benchmark-limit 0`, PyTorch's
 #     default 10): expected 0 to -3 % (the heuristics' top 10 may miss the fastest kernel
 #     for the dilated convolutions), a longer first iteration;
@@ -58,7 +64,7 @@ if [ "$PART" = correctness ]; then
 echo "== correctness on CUDA: the graphed training step against the eager one (gradients held and freed),"
 echo "   the upsampling by products, evaluation with the batch norms folded and fused (eager and graphed)"
 timeout 280 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
-  folded_evaluation cuda_graph_evaluation 2>&1 \
+  folded_evaluation cuda_graph_evaluation classifier_padding 2>&1 \
   | grep -E "cuda |update differs|test result|panicked|warning:" | tee "$OUT/parity.txt"
 
 echo "== 200 AdvEnt iterations from a trained init (demo scale), CUDA tf32 eager and graphed, against the CPU"
@@ -80,7 +86,7 @@ B="$A bench --device cuda --iters 15 --warmup 4 --what advent"
 for r in 1 2; do
   timeout 60 $B --precision tf32 --channels-last --cuda-graph --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
   timeout 90 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul --d-pad 32 \
-    --cudnn-benchmark-limit 0 --json "$OUT/r${r}_tf32_cl_graph_all.jsonl"
+    --aspp-pad 24 --cudnn-benchmark-limit 0 --json "$OUT/r${r}_tf32_cl_graph_all.jsonl"
   timeout 60 python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
     | grep -E "train|eval" | tee "$OUT/r${r}_torch_tf32.jsonl"
 done
@@ -93,6 +99,8 @@ for cl in "" "--channels-last"; do
   done
 done
 timeout 40 $E --precision tf32 --channels-last --fold-bn fused --json "$OUT/eval_tf32_cl_eager_fused.jsonl"
+timeout 40 $E --precision tf32 --channels-last --cuda-graph --fold-bn fused --aspp-pad 24 \
+  --json "$OUT/eval_tf32_cl_graph_fused_aspp24.jsonl"
 for f in off fused; do
   timeout 40 $E --precision bf16 --channels-last --cuda-graph --fold-bn $f --json "$OUT/eval_bf16_cl_graph_$f.jsonl"
 done
@@ -100,6 +108,7 @@ echo "== each change alone"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --d-pad 32 --json "$OUT/tf32_cl_graph_dpad32.jsonl"
+timeout 50 $B --precision tf32 --channels-last --cuda-graph --aspp-pad 24 --json "$OUT/tf32_cl_graph_aspp24.jsonl"
 timeout 90 $B --precision tf32 --channels-last --cuda-graph --cudnn-benchmark-limit 0 --json "$OUT/tf32_cl_graph_limit0.jsonl"
 timeout 50 $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
 

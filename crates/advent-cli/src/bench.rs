@@ -76,6 +76,11 @@ pub struct Args {
     /// count cuDNN's tensor-core kernels take whole; the same results.
     #[arg(long)]
     d_pad: Option<i64>,
+    /// Zero-pad the segmentation classifiers' output channels (the 19 classes of every ASPP
+    /// branch) to this many, a count cuDNN's tensor-core kernels take whole; the same
+    /// results (training and evaluation timings).
+    #[arg(long)]
+    aspp_pad: Option<i64>,
     /// Evaluation timing: batch norms folded into the convolutions (off, on, or fused: on
     /// CUDA also bias, residual and ReLU in cuDNN's convolution calls), as `advent eval
     /// --fold-bn`.
@@ -107,6 +112,7 @@ pub fn run(a: Args) -> Result<()> {
         graph_grads: a.graph_grads,
         upsampling: a.upsampling,
         d_pad: a.d_pad,
+        aspp_pad: a.aspp_pad,
     };
     let mut lines = String::new();
     let detection = match a.task.as_str() {
@@ -116,6 +122,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(a.d_pad.is_none_or(|c| c >= 19), "--d-pad pads the 19 classes: give at least 19");
+    anyhow::ensure!(a.aspp_pad.is_none_or(|c| c >= 19), "--aspp-pad pads the 19 classes: give at least 19");
     for what in a.what.split(',').map(str::trim) {
         let mut timing = if detection {
             use advent::detect::train::DetMethod;
@@ -133,6 +140,7 @@ pub fn run(a: Args) -> Result<()> {
             if tuning.channels_last {
                 model.use_channels_last()?;
             }
+            model.set_classifier_padding(tuning.aspp_pad);
             model.fold_batch_norms(a.fold_bn, a.precision)?;
             let (h, w) = hw(a.eval_size);
             bench::eval_step(&model, h, w, a.precision, tuning, repeats)?

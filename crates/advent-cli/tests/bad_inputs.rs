@@ -910,6 +910,7 @@ fn checkpoint_and_bench_refuse_bad_files_and_arguments() {
     cases.push(case("bench, unknown upsampling", &with(&["--upsampling", "nearest"]), "--upsampling"));
     cases.push(case("bench, products in bf16", &with(&["--upsampling", "matmul", "--precision", "bf16"]), "bf16"));
     cases.push(case("bench, padding below the classes", &with(&["--d-pad", "8"]), "--d-pad"));
+    cases.push(case("bench, classifier padding below the classes", &with(&["--aspp-pad", "8"]), "--aspp-pad"));
     let tiny_eval = ["bench", "--arch", "deeplabv2-tiny", "--what", "eval", "--eval-size", "64x32"];
     let eval_with = |extra: &[&'static str]| -> Vec<&'static str> { tiny_eval.iter().chain(extra).copied().collect() };
     cases.push(case("bench, unknown batch-norm folding", &eval_with(&["--fold-bn", "yes"]), "--fold-bn"));

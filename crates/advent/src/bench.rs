@@ -46,6 +46,9 @@ pub struct Timing {
     /// CUDA: the cuDNN autotuner's limit of algorithms timed per shape (0: all).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cudnn_benchmark_limit: Option<u32>,
+    /// The segmentation classifiers' output channels zero-padded to this many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aspp_pad: Option<i64>,
     /// Evaluation: the batch-norm folding ([`crate::model::BnFold`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fold_bn: Option<crate::model::BnFold>,
@@ -69,6 +72,9 @@ pub struct Tuning {
     /// The discriminators' input zero-padded to this many channels
     /// ([`crate::model::Discriminator::padded_input`]).
     pub d_pad: Option<i64>,
+    /// The segmentation classifiers' output channels zero-padded to this many
+    /// ([`crate::model::SegModel::set_classifier_padding`]).
+    pub aspp_pad: Option<i64>,
 }
 
 impl Default for Tuning {
@@ -80,6 +86,7 @@ impl Default for Tuning {
             graph_grads: crate::train::GraphGrads::Held,
             upsampling: crate::loss::Upsampling::Kernel,
             d_pad: None,
+            aspp_pad: None,
         }
     }
 }
@@ -120,6 +127,7 @@ impl Timing {
             d_pad: None,
             cudnn_benchmark_limit: None,
             fold_bn: None,
+            aspp_pad: None,
         }
     }
 }
@@ -203,6 +211,7 @@ pub fn eval_step(
     timing.channels_last = model.is_channels_last();
     timing.cuda_graph = tuning.cuda_graph;
     timing.fold_bn = Some(model.bn_fold());
+    timing.aspp_pad = tuning.aspp_pad;
     Ok(timing)
 }
 
@@ -237,6 +246,7 @@ pub fn train_step(
     config.validate()?;
     let mut trainer = Trainer::new(&config, device)?;
     trainer.graph_grads = tuning.graph_grads;
+    trainer.model.set_classifier_padding(tuning.aspp_pad);
     trainer.sgd.fused = tuning.fused_optimizer;
     for d in [&mut trainer.d_main, &mut trainer.d_aux].into_iter().flatten() {
         d.opt.fused = tuning.fused_optimizer;
@@ -280,6 +290,7 @@ pub fn train_step(
     timing.graph_grads = tuning.cuda_graph.then_some(tuning.graph_grads);
     timing.upsampling = Some(tuning.upsampling);
     timing.d_pad = tuning.d_pad;
+    timing.aspp_pad = tuning.aspp_pad;
     Ok(timing)
 }
 

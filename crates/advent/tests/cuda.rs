@@ -114,6 +114,33 @@ fn folded_evaluation_on_cuda_matches_reference() {
     }
 }
 
+/// `advent bench --aspp-pad 24`: the classifiers' output channels zero-padded on CUDA give
+/// the fixture's evaluation logits within the unpadded pass's bounds, in both layouts.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn classifier_padding_on_cuda_matches_reference() {
+    let Some(device) = cuda() else { return };
+    let want = read_fixture("model/r101_multi.safetensors");
+    let x = input_image(65, 97).to_device(device);
+    for (precision, tol) in modes() {
+        advent::device::set_precision(precision).unwrap();
+        for channels_last in [false, true] {
+            let mut model = SegModel::new(ModelConfig::deeplabv2_r101(19), device).unwrap();
+            fill_deterministic(&model.vs);
+            if channels_last {
+                model.use_channels_last().unwrap();
+            }
+            model.set_classifier_padding(Some(24));
+            let heads = tch::no_grad(|| model.forward_t(&x, false)).unwrap();
+            for (name, t) in [("main", &heads.main), ("aux", heads.aux.as_ref().unwrap())] {
+                let err = rel_err(&t.to_device(Device::Cpu), &want[&format!("eval.{name}")]);
+                println!("cuda {precision:?} channels_last {channels_last} classifier padded: {name} error {err:.2e}");
+                assert!(err < tol, "{precision:?} channels_last {channels_last} {name}: {err:e}");
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn training_steps_on_cuda_match_reference() {

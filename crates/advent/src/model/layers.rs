@@ -110,6 +110,26 @@ impl Conv2d {
         self.apply(&pad(x)?, &pad(&self.weight)?)
     }
 
+    /// [`Conv2d::forward`] with the output channels zero-padded to `channels`: the weight
+    /// and bias get zero rows, so the first `out_channels` outputs (and every gradient) are
+    /// those of [`Conv2d::forward`] and the rest are zero. For a channel count cuDNN's
+    /// tensor-core kernels take whole (the classifiers' 19 classes; `advent bench
+    /// --aspp-pad`); the caller narrows the result.
+    pub fn forward_padded_out(&self, x: &Tensor, channels: i64) -> Result<Tensor> {
+        let extra = channels - self.spec.out_channels;
+        if extra <= 0 {
+            return self.forward(x);
+        }
+        let weight = self.weight.f_constant_pad_nd([0, 0, 0, 0, 0, 0, 0, extra])?;
+        let weight = match super::is_channels_last(&self.weight) {
+            true => super::channels_last(&weight)?,
+            false => weight,
+        };
+        let bias = self.bias.as_ref().map(|b| b.f_constant_pad_nd([0, extra])).transpose()?;
+        let padded = Conv2d { weight, bias, spec: ConvSpec { out_channels: channels, ..self.spec } };
+        padded.forward(x)
+    }
+
     /// The convolution of `x` with `weight`, through TF32 rounding when emulated.
     fn apply(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         if crate::device::tf32_emulation() && x.kind() == Kind::Float {

@@ -255,6 +255,17 @@ impl SegModel {
         Ok(())
     }
 
+    /// The classifiers' output channels (the classes) zero-padded to `channels` in every
+    /// branch's convolution and the sum narrowed back: the same logits and gradients, for a
+    /// channel count cuDNN's tensor-core kernels take whole (`advent bench --aspp-pad`).
+    /// `None`: as they are.
+    pub fn set_classifier_padding(&mut self, channels: Option<i64>) {
+        match &mut self.net {
+            Network::ResNet(net) => net.set_classifier_padding(channels),
+            Network::Vgg(net) => net.set_classifier_padding(channels),
+        }
+    }
+
     /// The batch-norm folding in force ([`SegModel::fold_batch_norms`]).
     pub fn bn_fold(&self) -> BnFold {
         self.fold

@@ -166,6 +166,13 @@ impl DeepLabResNet {
         Ok(Heads { aux, main: self.main.forward(&x4)? })
     }
 
+    /// The classifiers' output channels zero-padded to `channels` ([`Classifier::padded_out`]).
+    pub fn set_classifier_padding(&mut self, channels: Option<i64>) {
+        for head in self.aux.iter_mut().chain([&mut self.main]) {
+            head.padded_out = channels;
+        }
+    }
+
     /// The backbone with every batch norm folded into the convolution before it, for
     /// evaluation (a snapshot of the current parameters; the classifiers have no batch norm
     /// and are used as they are). `kind`: the activations' type, float32, or bfloat16 under

@@ -75,4 +75,9 @@ impl DeepLabVgg {
         }
         Ok(Heads { aux: None, main: self.classifier.forward(&x)? })
     }
+
+    /// The classifier's output channels zero-padded to `channels` ([`Classifier::padded_out`]).
+    pub fn set_classifier_padding(&mut self, channels: Option<i64>) {
+        self.classifier.padded_out = channels;
+    }
 }
