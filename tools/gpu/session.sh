@@ -45,8 +45,8 @@
 #     both layouts, beside the reference's evaluation in the same run. Expected before
 #     measuring: `on` about 0 (libtorch adds a convolution's bias in a pass of its own, which
 #     takes the batch norm's place; only the allocations of ReLU and addition go); `fused`
-#     -2 to -3 ms in tf32: at 1024x512 the batch-norm, ReLU and residual passes move ~10 GB
-#     per image (layer3's 23 blocks ~7 GB of it), ~3 ms at the H200's bandwidth, and fused
+#     -2 to -3 ms in tf32: at 1024x512 the batch-norm, ReLU and residual passes move ~11 GB
+#     per image (tools/bench/resnet_counts.py), ~3 ms at the H200's bandwidth, and fused
 #     into the convolutions' epilogue only the residual reads remain (~1.2 GB); so 9.8 ms
 #     graphed -> 7-8 ms, at or near the 1.5x goal (7.2 ms against the reference's 10.8);
 #     channels-last tf32 evaluation (16 ms eager last time, against 10.6 contiguous, with its
