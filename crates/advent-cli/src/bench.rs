@@ -140,10 +140,9 @@ pub fn run(a: Args) -> Result<()> {
             if tuning.channels_last {
                 model.use_channels_last()?;
             }
-            model.set_classifier_padding(tuning.aspp_pad);
             model.fold_batch_norms(a.fold_bn, a.precision)?;
             let (h, w) = hw(a.eval_size);
-            bench::eval_step(&model, h, w, a.precision, tuning, repeats)?
+            bench::eval_step(&mut model, h, w, a.precision, tuning, repeats)?
         } else {
             let method: Method = serde_json::from_value(serde_json::Value::String(what.into())).map_err(|_| {
                 anyhow::anyhow!("--what: unknown `{what}` (eval, source_only, minent, advent, advent_minent)")

@@ -161,13 +161,15 @@ pub struct Repeats {
 /// Evaluation as the paper does it: an `h x w` input, main head, bilinear upsampling
 /// (align_corners) to `2h x 2w`, argmax. `warmup` untimed runs, then `iters` timed ones.
 pub fn eval_step(
-    model: &SegModel,
+    model: &mut SegModel,
     h: i64,
     w: i64,
     precision: Precision,
     tuning: Tuning,
     Repeats { warmup, iters }: Repeats,
 ) -> Result<Timing> {
+    model.set_classifier_padding(tuning.aspp_pad);
+    let model = &*model;
     let device = model.device();
     let x = Tensor::f_randn([1, 3, h, w], (Kind::Float, device))?;
     let step = || -> Result<Tensor> {

@@ -224,8 +224,12 @@ pub fn keep_freed_host_memory() -> bool {
 /// `glibc.malloc`, or a `MALLOC_*_` variable), in which case [`keep_freed_host_memory`] is
 /// left out: the user's choice wins.
 pub fn malloc_configured_by_environment() -> bool {
-    std::env::vars_os().any(|(k, v)| {
-        let (k, v) = (k.to_string_lossy(), v.to_string_lossy());
+    malloc_configured_by(std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into(), v.to_string_lossy().into())))
+}
+
+/// [`malloc_configured_by_environment`] on given variables.
+pub fn malloc_configured_by(mut vars: impl Iterator<Item = (String, String)>) -> bool {
+    vars.any(|(k, v)| {
         (k == "GLIBC_TUNABLES" && v.contains("glibc.malloc.")) || (k.starts_with("MALLOC_") && k.ends_with('_'))
     })
 }

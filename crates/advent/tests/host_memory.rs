@@ -27,11 +27,17 @@ fn large_blocks_come_from_the_heap_once_freed_memory_is_kept() {
     drop(again);
 }
 
+/// The user's own malloc settings win: glibc's tunables naming malloc, and glibc's
+/// `MALLOC_*_` variables; other tunables and other allocators' variables do not count.
 #[test]
 fn the_environment_decides_first() {
-    // Only reads the environment: the variables of this process are left as they are.
-    let set = std::env::vars().any(|(k, v)| {
-        (k == "GLIBC_TUNABLES" && v.contains("glibc.malloc.")) || (k.starts_with("MALLOC_") && k.ends_with('_'))
-    });
-    assert_eq!(advent::device::malloc_configured_by_environment(), set);
+    let configured = |vars: &[(&str, &str)]| {
+        advent::device::malloc_configured_by(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    };
+    assert!(configured(&[("PATH", "/bin"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")]));
+    assert!(configured(&[("MALLOC_ARENA_MAX_", "2")]));
+    assert!(configured(&[("MALLOC_MMAP_THRESHOLD_", "1048576")]));
+    assert!(!configured(&[("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX2")]));
+    assert!(!configured(&[("MALLOC_CONF", "background_thread:true")]), "jemalloc's variable");
+    assert!(!configured(&[("PATH", "/bin"), ("HOME", "/root")]));
 }

@@ -111,10 +111,7 @@ mod tests {
                 grads.sort_by(|a, b| a.0.cmp(&b.0));
                 results.push((y.detach(), xi.grad(), grads));
             }
-            let gap = |a: &Tensor, b: &Tensor| {
-                assert_eq!(a.size(), b.size());
-                (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[])
-            };
+            let gap = crate::model::relative_gap;
             let (a, b) = (&results[0], &results[1]);
             assert!(gap(&a.0, &b.0) <= 1e-6, "channels_last {channels_last}: logits differ");
             assert!(gap(&a.1, &b.1) <= 1e-6, "channels_last {channels_last}: input gradients differ");

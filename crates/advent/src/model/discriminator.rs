@@ -99,10 +99,7 @@ mod tests {
                 (&y * upstream).sum(Kind::Float).backward();
                 results.push((y.detach(), xi.grad(), vs.variables()["0.weight"].grad().copy()));
             }
-            let gap = |a: &Tensor, b: &Tensor| {
-                assert_eq!(a.size(), b.size());
-                (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[])
-            };
+            let gap = crate::model::relative_gap;
             let (a, b) = (&results[0], &results[1]);
             for (what, g) in
                 [("output", gap(&a.0, &b.0)), ("input gradient", gap(&a.1, &b.1)), ("weight gradient", gap(&a.2, &b.2))]

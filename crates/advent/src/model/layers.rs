@@ -217,9 +217,8 @@ pub(crate) enum Then<'a> {
 /// weight's memory layout.
 #[derive(Debug)]
 pub(crate) struct FoldedConv {
-    weight: Tensor,
-    bias: Tensor,
-    spec: ConvSpec,
+    /// The folded weight and bias, as a convolution.
+    conv: Conv2d,
     /// cuDNN found no fused kernel for this convolution once: it runs unfused from then on.
     unfusable: std::sync::atomic::AtomicBool,
 }
@@ -240,7 +239,8 @@ impl FoldedConv {
             };
             let bias = conv_bias.f_sub(&f64_(&bn.running_mean)?)?.f_mul(&scale)?.f_add(&f64_(&bn.bias)?)?;
             let unfusable = std::sync::atomic::AtomicBool::new(false);
-            Ok(FoldedConv { weight, bias: bias.f_to_kind(kind)?, spec: conv.spec, unfusable })
+            let folded = Conv2d { weight, bias: Some(bias.f_to_kind(kind)?), spec: conv.spec };
+            Ok(FoldedConv { conv: folded, unfusable })
         })
     }
 
@@ -252,12 +252,12 @@ impl FoldedConv {
     /// says so once on stderr and runs unfused.
     pub fn forward(&self, x: &Tensor, then: Then, fused: bool) -> Result<Tensor> {
         use std::sync::atomic::Ordering;
-        let s = &self.spec;
-        let (stride, padding, dilation) = ([s.stride, s.stride], [s.padding, s.padding], [s.dilation, s.dilation]);
-        let (w, b) = (&self.weight, Some(&self.bias));
+        let s = &self.conv.spec;
         if fused && x.device().is_cuda() && !self.unfusable.load(Ordering::Relaxed) {
+            let (stride, padding, dilation) = ([s.stride, s.stride], [s.padding, s.padding], [s.dilation, s.dilation]);
+            let (w, b) = (&self.conv.weight, self.conv.bias.as_ref());
             let y = match then {
-                Then::Nothing => x.f_conv2d(w, b, stride, padding, dilation, 1),
+                Then::Nothing => return self.conv.forward(x),
                 Then::Relu => x.f_cudnn_convolution_relu(w, b, stride, padding, dilation, 1),
                 Then::AddRelu(z) => x.f_cudnn_convolution_add_relu(w, z, 1.0, b, stride, padding, dilation, 1),
             };
@@ -270,7 +270,7 @@ impl FoldedConv {
                 }
             }
         }
-        let mut y = x.f_conv2d(w, b, stride, padding, dilation, 1)?;
+        let mut y = self.conv.forward(x)?;
         match then {
             Then::Nothing => {}
             Then::Relu => drop(y.f_relu_()?),

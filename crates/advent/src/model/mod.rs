@@ -377,3 +377,10 @@ pub fn to_channels_last(vs: &VarStore) -> Result<()> {
         Ok(())
     })
 }
+
+/// max |a − b| / max |a|, for tests of layouts and paddings that must not change a result.
+#[cfg(test)]
+pub(crate) fn relative_gap(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[])
+}
