@@ -53,6 +53,18 @@
 #     eval-mode batch norms) may then gain as the training step did (-10 to -20 %).
 #     Evaluation now skips the aux classifier it does not use (the reference runs it): 1.6 %
 #     of the forward pass's arithmetic, 0.1 to 0.3 ms, in every advent eval figure.
+#  9. evaluation in batches (`--batch 2|4`): expected -10 to -25 % per image in tf32. At batch
+#     1, 1024x512, layers 3 and 4 work on 64x128 = 8192 positions: a 1x1 or 3x3 convolution
+#     with 256 output channels is an 8192 x 256 product, 128 tiles of 128x128 for the H200's
+#     132 SMs, under one wave for most of ResNet-101's 23 layer3 blocks; four images fill four
+#     waves. bf16 (4.9 ms graphed) less, its kernels are shorter but equally starved;
+#  10. `advent eval` end to end on the GPU (not only the network): loading, the network,
+#     scoring and the prediction files now run as a pipeline (scoring threads count the
+#     confusion pairs and write the PNGs while the network runs the next batch). Before, the
+#     host's ~4 ms per 2048x1024 image (label bytes, the pair counts) and, with
+#     --save-predictions, ~50-60 ms of PNG encoding ran between the GPU's passes: expected
+#     images/s end to end within 10 % of the bench figure (was ~30 % under without
+#     predictions, ~5x under with them).
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -106,6 +118,30 @@ timeout 40 $E --precision tf32 --channels-last --cuda-graph --fold-bn fused --as
   --json "$OUT/eval_tf32_cl_graph_fused_aspp24.jsonl"
 for f in off fused; do
   timeout 40 $E --precision bf16 --channels-last --cuda-graph --fold-bn $f --json "$OUT/eval_bf16_cl_graph_$f.jsonl"
+done
+echo "== evaluation in batches of 2 and 4 images (--batch; times per pass, images/s per image)"
+for b in 2 4; do
+  timeout 40 $E --precision tf32 --cuda-graph --fold-bn fused --batch $b --json "$OUT/eval_tf32_graph_fused_b$b.jsonl"
+  timeout 40 $E --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch $b \
+    --json "$OUT/eval_tf32_cl_graph_fused_b$b.jsonl"
+done
+timeout 40 $E --precision tf32 --cuda-graph --batch 4 --json "$OUT/eval_tf32_graph_off_b4.jsonl"
+timeout 40 $E --precision bf16 --channels-last --cuda-graph --fold-bn fused --batch 4 \
+  --json "$OUT/eval_bf16_cl_graph_fused_b4.jsonl"
+echo "== advent eval end to end (loading, network, scoring): R101 (reference_nets.py's random init), tf32,"
+echo "   graphed, the Cityscapes val frame listed 40 and 440 times: images/s = 400 / the difference"
+python3 -c "import sys; sys.path.insert(0, 'tools/fixtures'); import torch; from reference_nets import ResNetMulti
+torch.manual_seed(0); torch.save(ResNetMulti((3, 4, 23, 3), 19, True).state_dict(), '/tmp/r101.pth')"
+for n in 40 440; do
+  for i in $(seq $n); do echo frankfurt/frankfurt_000000_000294_leftImg8bit.png; done > /tmp/list_$n.txt
+done
+EV="$A eval --device cuda --checkpoint /tmp/r101.pth --dataset cityscapes --root .gpu/cs --precision tf32 --cuda-graph"
+for opts in "--batch 1" "--batch 1 --fold-bn fused" "--batch 4 --fold-bn fused" "--batch 1 --save-predictions /tmp/preds"; do
+  for n in 40 440; do
+    t0=$(date +%s%N)
+    timeout 60 $EV --workers 8 $opts --list /tmp/list_$n.txt > /tmp/evalcli.out 2>&1 || tail -3 /tmp/evalcli.out
+    echo "$opts: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUT/eval_cli.txt"
+  done
 done
 echo "== each change alone"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"

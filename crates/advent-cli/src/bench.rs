@@ -86,9 +86,11 @@ pub struct Args {
     /// --fold-bn`.
     #[arg(long, default_value = "off")]
     fold_bn: advent::model::BnFold,
-    /// Detection: images per batch and domain (ssd.pytorch trains with 32).
-    #[arg(long, default_value_t = 32)]
-    batch: i64,
+    /// Images per batch: detection, per domain (default 32, ssd.pytorch's); segmentation,
+    /// per evaluation pass (default 1, the reference's; its training step is the paper's,
+    /// one image per domain).
+    #[arg(long)]
+    batch: Option<i64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -120,17 +122,23 @@ pub fn run(a: Args) -> Result<()> {
         "detection" => true,
         other => anyhow::bail!("--task: unknown `{other}` (segmentation, detection)"),
     };
-    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
+    let batch = a.batch.unwrap_or(if detection { 32 } else { 1 });
+    anyhow::ensure!(batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(
+        detection || batch == 1 || a.what.split(',').all(|w| w.trim() == "eval"),
+        "--batch: the segmentation training step is the paper's, one image per domain; \
+         a batch applies to --what eval only"
+    );
     anyhow::ensure!(a.d_pad.is_none_or(|c| c >= 19), "--d-pad pads the 19 classes: give at least 19");
     anyhow::ensure!(a.aspp_pad.is_none_or(|c| c >= 19), "--aspp-pad pads the 19 classes: give at least 19");
     for what in a.what.split(',').map(str::trim) {
         let mut timing = if detection {
             use advent::detect::train::DetMethod;
             match what {
-                "eval" => bench::detection_eval(a.batch, device, repeats)?,
-                "source_only" => bench::detection_train_step(DetMethod::SourceOnly, a.batch, device, repeats)?,
-                "minent" => bench::detection_train_step(DetMethod::MinEnt, a.batch, device, repeats)?,
-                "advent" => bench::detection_train_step(DetMethod::AdvEnt, a.batch, device, repeats)?,
+                "eval" => bench::detection_eval(batch, device, repeats)?,
+                "source_only" => bench::detection_train_step(DetMethod::SourceOnly, batch, device, repeats)?,
+                "minent" => bench::detection_train_step(DetMethod::MinEnt, batch, device, repeats)?,
+                "advent" => bench::detection_train_step(DetMethod::AdvEnt, batch, device, repeats)?,
                 other => anyhow::bail!("--what: unknown `{other}` for detection (eval, source_only, minent, advent)"),
             }
         } else if what == "eval" {
@@ -141,8 +149,7 @@ pub fn run(a: Args) -> Result<()> {
                 model.use_channels_last()?;
             }
             model.fold_batch_norms(a.fold_bn, a.precision)?;
-            let (h, w) = hw(a.eval_size);
-            bench::eval_step(&mut model, h, w, a.precision, tuning, repeats)?
+            bench::eval_step(&mut model, hw(a.eval_size), batch, a.precision, tuning, repeats)?
         } else {
             let method: Method = serde_json::from_value(serde_json::Value::String(what.into())).map_err(|_| {
                 anyhow::anyhow!("--what: unknown `{what}` (eval, source_only, minent, advent, advent_minent)")

@@ -97,6 +97,11 @@ pub struct Args {
     /// Threads loading images ahead of the network.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Images per forward pass (consecutive images of one size). The reference evaluates
+    /// one at a time; on a GPU a few at once fill more of the chip (BENCHMARKS.md). The
+    /// same predictions up to rounding.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    batch: u16,
     /// Sum only the d=6 and d=12 classifier branches, as AdaptSegNet's code does (its bug);
     /// for models trained with that code.
     #[arg(long)]
@@ -224,6 +229,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         channels_last: a.channels_last,
         cuda_graph: a.cuda_graph,
         fold_bn: a.fold_bn,
+        batch: usize::from(a.batch),
     };
     let pairs: Vec<(&SegModel, f64)> = models.iter().zip(weights).collect();
     let scores = evaluate(&pairs, dataset, &options)?;
@@ -277,6 +283,7 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
             channels_last: a.channels_last,
             cuda_graph: a.cuda_graph,
             fold_bn: a.fold_bn,
+            batch: usize::from(a.batch),
         },
         device,
         overrides: overrides(a),

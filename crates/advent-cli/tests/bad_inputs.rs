@@ -470,6 +470,8 @@ fn eval_refuses_bad_frames_labels_lists_and_checkpoints() {
         let (root, (image, _)) = root();
         write(&image, &b.bytes);
         cases.push(case(format!("eval, image {}", b.what), &eval(&tiny, &root, &[]), s(&image)).and(b.detail));
+        let batched = eval(&tiny, &root, &["--batch", "3"]);
+        cases.push(case(format!("eval --batch 3, image {}", b.what), &batched, s(&image)).and(b.detail));
     }
     for b in pick(bad_labels(), &["16-bit", "unknown id 200"]) {
         let (root, (_, label)) = root();
@@ -485,6 +487,7 @@ fn eval_refuses_bad_frames_labels_lists_and_checkpoints() {
     cases.push(case("eval, empty folders", &eval(&tiny, &empty, &[]), "no images found"));
     let nowhere = d.join("nowhere");
     cases.push(case("eval, missing root", &eval(&tiny, &nowhere, &[]), s(&nowhere)));
+    cases.push(case("eval, batch of 0", &eval(&tiny, &nowhere, &["--batch", "0"]), "--batch"));
     let (good_root, _) = root();
     let list = d.join("val.txt");
     write(
@@ -911,6 +914,7 @@ fn checkpoint_and_bench_refuse_bad_files_and_arguments() {
     cases.push(case("bench, products in bf16", &with(&["--upsampling", "matmul", "--precision", "bf16"]), "bf16"));
     cases.push(case("bench, padding below the classes", &with(&["--d-pad", "8"]), "--d-pad"));
     cases.push(case("bench, classifier padding below the classes", &with(&["--aspp-pad", "8"]), "--aspp-pad"));
+    cases.push(case("bench, a batch for the training step", &with(&["--batch", "2"]), "--what eval only"));
     let tiny_eval = ["bench", "--arch", "deeplabv2-tiny", "--what", "eval", "--eval-size", "64x32"];
     let eval_with = |extra: &[&'static str]| -> Vec<&'static str> { tiny_eval.iter().chain(extra).copied().collect() };
     cases.push(case("bench, unknown batch-norm folding", &eval_with(&["--fold-bn", "yes"]), "--fold-bn"));

@@ -320,6 +320,28 @@ fn config_errors_name_the_key() {
     assert!(!dir.path().join("r").exists());
 }
 
+/// `advent bench --what eval --batch N`: the time is per pass of N images, images/s counts
+/// the images; the JSON line says the batch.
+#[test]
+fn bench_times_evaluation_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.jsonl");
+    let (j, size) = (s(&json), "128x64");
+    let o = advent(
+        &["bench", "--arch", "deeplabv2-tiny", "--what", "eval", "--eval-size", size, "--batch", "3"]
+            .into_iter()
+            .chain(["--iters", "3", "--warmup", "1", "--json", j])
+            .collect::<Vec<_>>(),
+    );
+    assert_success(&o);
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+    assert_eq!(line["batch"], 3);
+    assert_eq!(line["what"], "eval-64x128-upsampled-x2");
+    let (median, per_s) = (line["median_ms"].as_f64().unwrap(), line["images_per_s"].as_f64().unwrap());
+    // Both rounded to 0.1: 3 images per median pass.
+    assert!((per_s - 3000.0 / median).abs() <= 0.05 + 3000.0 * 0.05 / (median * (median - 0.05)), "{line}");
+}
+
 #[test]
 fn bench_detection_arguments_are_checked() {
     let o = advent(&["bench", "--task", "detection", "--what", "bogus", "--iters", "1", "--warmup", "0"]);

@@ -52,6 +52,9 @@ pub struct Timing {
     /// Evaluation: the batch-norm folding ([`crate::model::BnFold`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fold_bn: Option<crate::model::BnFold>,
+    /// Evaluation: images per pass (the times are per pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<i64>,
 }
 
 /// Speed options of a measurement.
@@ -128,6 +131,7 @@ impl Timing {
             cudnn_benchmark_limit: None,
             fold_bn: None,
             aspp_pad: None,
+            batch: None,
         }
     }
 }
@@ -159,11 +163,13 @@ pub struct Repeats {
 }
 
 /// Evaluation as the paper does it: an `h x w` input, main head, bilinear upsampling
-/// (align_corners) to `2h x 2w`, argmax. `warmup` untimed runs, then `iters` timed ones.
+/// (align_corners) to `2h x 2w`, argmax; `batch` images per pass (the reference: 1).
+/// `warmup` untimed runs, then `iters` timed ones. The times are per pass, images/s counts
+/// the images.
 pub fn eval_step(
     model: &mut SegModel,
-    h: i64,
-    w: i64,
+    (h, w): (i64, i64),
+    batch: i64,
     precision: Precision,
     tuning: Tuning,
     Repeats { warmup, iters }: Repeats,
@@ -171,7 +177,8 @@ pub fn eval_step(
     model.set_classifier_padding(tuning.aspp_pad);
     let model = &*model;
     let device = model.device();
-    let x = Tensor::f_randn([1, 3, h, w], (Kind::Float, device))?;
+    anyhow::ensure!(batch >= 1, "an evaluation batch of {batch} images");
+    let x = Tensor::f_randn([batch, 3, h, w], (Kind::Float, device))?;
     let step = || -> Result<Tensor> {
         tch::no_grad(|| {
             let main = {
@@ -209,6 +216,8 @@ pub fn eval_step(
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let mut timing = Timing::from_samples(format!("eval-{h}x{w}-upsampled-x2"), device, samples);
+    timing.images_per_s = round1(timing.images_per_s * batch as f64);
+    timing.batch = Some(batch);
     timing.peak_gib = peak_memory(device)?;
     timing.channels_last = model.is_channels_last();
     timing.cuda_graph = tuning.cuda_graph;

@@ -603,3 +603,139 @@ fn channels_last_evaluation_agrees() {
         .to_string();
     assert!(err.contains("not channels-last"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Batches and the scoring threads
+
+/// Images of two sizes in an irregular order, with labels at the image's size (class
+/// `(x + 2y + index) % 19`, one pixel in seven ignored); `fail_at` fails to load, `no_label_at`
+/// comes without a label.
+struct Mixed {
+    len: usize,
+    fail_at: Option<usize>,
+    no_label_at: Option<usize>,
+}
+
+impl Mixed {
+    fn size(index: usize) -> (i64, i64) {
+        if index % 5 == 3 {
+            (32, 16)
+        } else {
+            (64, 32)
+        }
+    }
+}
+
+impl Dataset for Mixed {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn get(&self, index: usize) -> anyhow::Result<Sample> {
+        anyhow::ensure!(Some(index) != self.fail_at, "item {index} is broken");
+        let (w, h) = Mixed::size(index);
+        tch::manual_seed(index as i64);
+        let image = Tensor::randn([3, h, w], (Kind::Float, Device::Cpu)) * 40.0;
+        let label: Vec<u8> = (0..h * w)
+            .map(|p| if p % 7 == 3 { 255 } else { ((p % w + 2 * (p / w) + index as i64) % 19) as u8 })
+            .collect();
+        let label =
+            (Some(index) != self.no_label_at).then(|| Tensor::from_slice(&label).view([h, w]).to_kind(Kind::Int64));
+        Ok(Sample { image, label, name: format!("mixed-{index}") })
+    }
+}
+
+/// Pixels on which two folders of `_trainids.png` predictions differ, and the pixels in all.
+fn differing_pixels(a: &Path, b: &Path) -> (u64, u64) {
+    let mut names: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    let (mut differ, mut total) = (0, 0);
+    for name in names.iter().filter(|n| n.to_string_lossy().ends_with("_trainids.png")) {
+        let x = image::open(a.join(name)).unwrap().into_luma8().into_raw();
+        let y = image::open(b.join(name)).unwrap().into_luma8().into_raw();
+        assert_eq!(x.len(), y.len(), "{name:?}");
+        differ += x.iter().zip(&y).filter(|(p, q)| p != q).count() as u64;
+        total += x.len() as u64;
+    }
+    (differ, total)
+}
+
+/// `--batch`: consecutive images of one size go through the network together. The
+/// predictions are those of one image at a time, on every image, up to pixels on a near-tie
+/// that the batched convolutions round differently (tolerance: 1 in 10,000); the set mixes
+/// two image sizes in an irregular order (a batch ends where the size changes) and does not
+/// divide into full batches.
+#[test]
+fn batches_give_the_predictions_of_one_image_at_a_time() {
+    let model = tiny(19, 11);
+    let data: Arc<dyn Dataset> = Arc::new(Mixed { len: 10, fail_at: None, no_label_at: None });
+    let dir = tempfile::tempdir().unwrap();
+    let mut results = Vec::new();
+    for batch in [1, 4] {
+        let preds = dir.path().join(format!("batch{batch}"));
+        let options =
+            EvalOptions { save_predictions: Some(preds.clone()), workers: 2, batch, ..EvalOptions::default() };
+        let cm = eval::confusion_matrix(&[(&model, 1.0)], data.clone(), &options).unwrap();
+        results.push((cm.rows().concat(), preds));
+    }
+    let ((one, one_dir), (four, four_dir)) = (&results[0], &results[1]);
+    // Every labelled pixel is counted once: 6 of 7 pixels of each image's label.
+    let labelled: u64 = (0..10)
+        .map(|i| {
+            let (w, h) = Mixed::size(i);
+            (0..h * w).filter(|p| p % 7 != 3).count() as u64
+        })
+        .sum();
+    assert_eq!(one.iter().sum::<u64>(), labelled);
+    assert_eq!(four.iter().sum::<u64>(), labelled);
+    let files = |d: &Path| std::fs::read_dir(d).unwrap().count();
+    assert_eq!(files(one_dir), 20, "a _trainids.png and a _color.png per image");
+    assert_eq!(files(four_dir), 20);
+    let (differ, total) = differing_pixels(one_dir, four_dir);
+    assert_eq!(total, (0..10).map(|i| Mixed::size(i).0 as u64 * Mixed::size(i).1 as u64).sum::<u64>());
+    assert!(differ * 10_000 <= total, "{differ} of {total} predicted pixels differ");
+    let moved: u64 = one.iter().zip(four).map(|(a, b)| a.abs_diff(*b)).sum::<u64>() / 2;
+    assert!(moved * 10_000 <= labelled, "{moved} of {labelled} pixels changed class");
+}
+
+/// With batches and scoring threads, the error reported is the first failing image's in
+/// the set's order, as one image at a time reports it, and the predictions folder keeps its
+/// earlier files.
+#[test]
+fn batched_evaluation_reports_the_first_failing_image() {
+    let model = tiny(19, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let preds = dir.path().join("preds");
+    std::fs::create_dir_all(&preds).unwrap();
+    std::fs::write(preds.join("mixed-0_trainids.png"), b"earlier").unwrap();
+    for batch in [1, 3] {
+        let options = EvalOptions { save_predictions: Some(preds.clone()), batch, ..EvalOptions::default() };
+        for (fail_at, no_label_at, expected) in [
+            (Some(7), Some(4), "mixed-4: the dataset gives no label"),
+            (Some(4), Some(7), "loading item 4"),
+            (Some(0), None, "loading item 0"),
+        ] {
+            let data: Arc<dyn Dataset> = Arc::new(Mixed { len: 9, fail_at, no_label_at });
+            let err = eval::confusion_matrix(&[(&model, 1.0)], data, &options).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(expected), "batch {batch}: {err}");
+            if fail_at == Some(4) {
+                assert!(err.contains("item 4 is broken"), "{err}");
+            }
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&preds).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["mixed-0_trainids.png"]);
+    assert_eq!(std::fs::read(preds.join("mixed-0_trainids.png")).unwrap(), b"earlier");
+
+    // A scoring thread's failure (image 2's prediction cannot be written: a folder holds
+    // its name in the staging folder) comes before the loader's at image 6.
+    let staging = preds.join(format!(".partial-{}", std::process::id()));
+    for batch in [1, 3] {
+        std::fs::create_dir_all(staging.join("mixed-2_trainids.png")).unwrap();
+        let options = EvalOptions { save_predictions: Some(preds.clone()), batch, ..EvalOptions::default() };
+        let data: Arc<dyn Dataset> = Arc::new(Mixed { len: 9, fail_at: Some(6), no_label_at: None });
+        let err = format!("{:#}", eval::confusion_matrix(&[(&model, 1.0)], data, &options).unwrap_err());
+        assert!(err.contains("mixed-2_trainids.png") && !err.contains("item 6"), "batch {batch}: {err}");
+        assert!(!staging.exists(), "the staging folder is removed");
+    }
+}

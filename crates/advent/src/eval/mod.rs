@@ -19,14 +19,16 @@ pub use scores::{class_names, Scores};
 
 use crate::classes::{self, EvalSubset};
 use crate::dataset::loader::sequential;
-use crate::dataset::{self, Dataset, DatasetSpec, LabelSize, OpenOptions};
+use crate::dataset::{self, Dataset, DatasetSpec, LabelSize, OpenOptions, Sample};
 use crate::image::{self, colormap};
 use crate::loss;
 use crate::model::SegModel;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use tch::{Kind, Tensor};
 
 /// How [`evaluate`] runs.
@@ -62,6 +64,10 @@ pub struct EvalOptions {
     /// The batch norms folded into the convolutions ([`crate::model::BnFold`]; the models
     /// are folded by [`confusion_matrix`]'s caller: [`SegModel::fold_batch_norms`]).
     pub fold_bn: crate::model::BnFold,
+    /// Images per forward pass (consecutive images of one size; the reference evaluates one
+    /// at a time). The same predictions up to the arithmetic's rounding; on a GPU a larger
+    /// batch fills more of the chip at the cost of memory (BENCHMARKS.md).
+    pub batch: usize,
 }
 
 impl Default for EvalOptions {
@@ -77,6 +83,7 @@ impl Default for EvalOptions {
             channels_last: false,
             cuda_graph: false,
             fold_bn: crate::model::BnFold::Off,
+            batch: 1,
         }
     }
 }
@@ -169,6 +176,14 @@ pub fn evaluate(models: &[(&SegModel, f64)], dataset: Arc<dyn Dataset>, options:
 }
 
 /// The confusion matrix of [`evaluate`].
+///
+/// The work runs as a pipeline: loader threads read the images ahead; this thread stacks
+/// them into batches of [`EvalOptions::batch`] and runs the networks; scoring threads turn
+/// the labels into train-id bytes, count the confusion pairs and write the prediction
+/// files, so that the network never waits for them (on a GPU they cost about 4 ms per
+/// 2048x1024 image, and the two PNGs another 50 to 60 ms). Each scoring thread counts into
+/// its own matrix and the matrices are summed at the end: the same counts in any order.
+/// Of several failing images, the first in the set's order is reported.
 pub fn confusion_matrix(
     models: &[(&SegModel, f64)],
     dataset: Arc<dyn Dataset>,
@@ -184,18 +199,8 @@ pub fn confusion_matrix(
     if let Some(c) = options.subset.iter().find(|&&c| c >= num_classes) {
         bail!("class {c} of the evaluated subset is not one of the network's {num_classes} classes");
     }
+    ensure!(options.batch >= 1, "the evaluation batch must hold at least 1 image");
     ensure!(!dataset.is_empty(), "the evaluation set is empty");
-    let staging = options.save_predictions.as_deref().map(Staging::new).transpose()?;
-    let bar = if options.progress && dataset.len() > 1 {
-        ProgressBar::new(dataset.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"),
-    );
-    let palette = classes::palette(num_classes);
-    let mut cm = ConfusionMatrix::new(num_classes);
     if let Some((m, _)) = models.iter().find(|(m, _)| m.is_channels_last() != options.channels_last) {
         bail!(
             "channels_last is {} but a model is {}channels-last",
@@ -206,45 +211,235 @@ pub fn confusion_matrix(
     if let Some((m, _)) = models.iter().find(|(m, _)| m.bn_fold() != options.fold_bn) {
         bail!("fold_bn is `{}` but a model's batch-norm folding is `{}`", options.fold_bn, m.bn_fold());
     }
-    let mut graphed = if options.cuda_graph { Some(Graphed::new(models)?) } else { None };
-    let prefetch = 2 * options.workers.max(1);
-    for item in sequential(dataset, options.workers, prefetch) {
-        let (_, sample) = item?;
-        let name = &sample.name;
-        let label = sample.label.as_ref().with_context(|| format!("{name}: the dataset gives no label"))?;
+    let staging = options.save_predictions.as_deref().map(Staging::new).transpose()?;
+    let bar = if options.progress && dataset.len() > 1 {
+        ProgressBar::new(dataset.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"),
+    );
+    let scoring = Scoring {
+        num_classes,
+        palette: classes::palette(num_classes),
+        predictions: staging.as_ref().map(|s| s.tmp.clone()),
+        bar: bar.clone(),
+        failed: AtomicBool::new(false),
+    };
+    // Writing the two PNGs of an image takes longer than the network's pass on a GPU: more
+    // threads then.
+    let threads = match options.save_predictions {
+        Some(_) => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
+        None => 2,
+    };
+    let capacity = options.batch.min(dataset.len());
+    let mut feeder = Feeder {
+        models,
+        options,
+        graphed: if options.cuda_graph { Some(Graphed::new(models)?) } else { None },
+        capacity,
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Scored>(threads + capacity);
+    let rx = Mutex::new(rx);
+    let (fed, scored) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(|| scoring.run(&rx))).collect();
+        let fed = feeder.run(dataset, &tx, &scoring.failed);
+        drop(tx);
+        let scored: Vec<_> =
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect();
+        (fed, scored)
+    });
+    bar.finish_and_clear();
+    let mut cm = ConfusionMatrix::new(num_classes);
+    let mut first: Option<(usize, anyhow::Error)> = fed.err();
+    for part in scored {
+        match part {
+            Ok(part) => cm.merge(&part),
+            Err((index, e)) => {
+                if first.as_ref().is_none_or(|(i, _)| index < *i) {
+                    first = Some((index, e));
+                }
+            }
+        }
+    }
+    if let Some((_, e)) = first {
+        return Err(e);
+    }
+    if let Some(staging) = staging {
+        staging.commit()?;
+    }
+    Ok(cm)
+}
+
+/// An error of the evaluation, with the index of the image it concerns (the first one
+/// in the set's order is reported).
+type IndexedError = (usize, anyhow::Error);
+
+/// One image's prediction on its way to a scoring thread.
+struct Scored {
+    index: usize,
+    name: String,
+    /// `[H, W]` train ids at the label's size.
+    label: Tensor,
+    /// Row-major train ids at `size`.
+    prediction: Vec<u8>,
+    /// Output width × height.
+    size: (u32, u32),
+}
+
+/// An image of the set, checked, waiting for its batch.
+struct Pending {
+    index: usize,
+    name: String,
+    image: Tensor,
+    label: Tensor,
+    size: (u32, u32),
+}
+
+/// The network's side of [`confusion_matrix`]: batches of images through the models.
+struct Feeder<'a> {
+    models: &'a [(&'a SegModel, f64)],
+    options: &'a EvalOptions,
+    graphed: Option<Graphed>,
+    /// Images per batch.
+    capacity: usize,
+}
+
+impl Feeder<'_> {
+    /// Runs every item of the set and sends the predictions on; stops early when a scoring
+    /// thread failed (`failed`) or all of them are gone.
+    fn run(
+        &mut self,
+        dataset: Arc<dyn Dataset>,
+        tx: &SyncSender<Scored>,
+        failed: &AtomicBool,
+    ) -> Result<(), IndexedError> {
+        let prefetch = (2 * self.options.workers.max(1)).max(self.capacity);
+        let mut batch: Vec<Pending> = Vec::with_capacity(self.capacity);
+        for (index, item) in sequential(dataset, self.options.workers, prefetch).enumerate() {
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let pending = match item.and_then(|(_, sample)| self.check(index, sample)) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The images before this one are scored first: an error of theirs comes first.
+                    self.flush(&mut batch, tx)?;
+                    return Err((index, e));
+                }
+            };
+            if batch.first().is_some_and(|b| (b.image.size(), b.size) != (pending.image.size(), pending.size)) {
+                self.flush(&mut batch, tx)?;
+            }
+            batch.push(pending);
+            if batch.len() == self.capacity {
+                self.flush(&mut batch, tx)?;
+            }
+        }
+        self.flush(&mut batch, tx)
+    }
+
+    /// The checks of one item, before its batch.
+    fn check(&self, index: usize, sample: Sample) -> Result<Pending> {
+        let name = sample.name;
+        let label = sample.label.with_context(|| format!("{name}: the dataset gives no label"))?;
         let (lh, lw) = match label.size()[..] {
             [h, w] => (h as u32, w as u32),
             ref s => bail!("{name}: label of shape {s:?}, expected [H, W]"),
         };
         let image_size = sample.image.size();
-        if let (Some((w, h)), [_, ih, iw]) = (options.input_size, &image_size[..]) {
+        if let (Some((w, h)), [_, ih, iw]) = (self.options.input_size, &image_size[..]) {
             ensure!(
                 (i64::from(w), i64::from(h)) == (*iw, *ih),
                 "{name}: the image is {iw}x{ih}, the input size is {w}x{h} (open the dataset at that size)"
             );
         }
-        let (w_out, h_out) = options.output_size.unwrap_or((lw, lh));
-        let truth = Vec::<u8>::try_from(label.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?;
+        let size = self.options.output_size.unwrap_or((lw, lh));
+        ensure!(size.0 >= 1 && size.1 >= 1, "the output size must be positive");
+        Ok(Pending { index, name, image: sample.image, label, size })
+    }
+
+    /// Predicts the batch, sends its images to the scoring threads and empties it.
+    fn flush(&mut self, batch: &mut Vec<Pending>, tx: &SyncSender<Scored>) -> Result<(), IndexedError> {
+        let Some(first) = batch.first() else { return Ok(()) };
+        let (index, (width, height)) = (first.index, first.size);
+        let what = match batch.len() {
+            1 => first.name.clone(),
+            n => format!("{} and the {} images after it in its batch", first.name, n - 1),
+        };
+        let ids =
+            self.predict(batch, width, height).with_context(|| format!("predicting {what}")).map_err(|e| (index, e))?;
+        let per_image = width as usize * height as usize;
+        for (p, prediction) in batch.drain(..).zip(ids.chunks_exact(per_image)) {
+            let scored =
+                Scored { index: p.index, name: p.name, label: p.label, prediction: prediction.to_vec(), size: p.size };
+            if tx.send(scored).is_err() {
+                // Every scoring thread has stopped: one of them failed, and reports it (the
+                // rest of the batch goes with the drain).
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch's train ids, `len · height · width` bytes.
+    fn predict(&mut self, batch: &[Pending], width: u32, height: u32) -> Result<Vec<u8>> {
+        let images: Vec<&Tensor> = batch.iter().map(|p| &p.image).collect();
+        let x = Tensor::f_stack(&images, 0)?;
+        let ids = match &mut self.graphed {
+            Some(g) => g.predict(self.models, &x, self.capacity, width, height, self.options.precision)?,
+            None => ids_on_device(self.models, &x, width, height, self.options.precision)?,
+        };
+        Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+    }
+}
+
+/// The scoring side of [`confusion_matrix`], shared by its threads.
+struct Scoring {
+    num_classes: usize,
+    palette: Vec<[u8; 3]>,
+    /// Where the prediction PNGs go (the staging folder), if anywhere.
+    predictions: Option<PathBuf>,
+    bar: ProgressBar,
+    /// Set by a thread that failed, so that the others and the network stop early.
+    failed: AtomicBool,
+}
+
+impl Scoring {
+    /// Scores images from `rx` until it closes or one fails; returns this thread's matrix.
+    fn run(&self, rx: &Mutex<Receiver<Scored>>) -> Result<ConfusionMatrix, IndexedError> {
+        let mut cm = ConfusionMatrix::new(self.num_classes);
+        loop {
+            let next = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+            let Ok(scored) = next else { return Ok(cm) };
+            if self.failed.load(Ordering::Relaxed) {
+                return Ok(cm);
+            }
+            let index = scored.index;
+            if let Err(e) = self.score(&mut cm, scored) {
+                self.failed.store(true, Ordering::Relaxed);
+                return Err((index, e));
+            }
+            self.bar.inc(1);
+        }
+    }
+
+    fn score(&self, cm: &mut ConfusionMatrix, s: Scored) -> Result<()> {
+        let name = &s.name;
+        let (w_out, h_out) = s.size;
+        let (lh, lw) = (s.label.size()[0] as u32, s.label.size()[1] as u32);
+        let truth = Vec::<u8>::try_from(s.label.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?;
         let truth =
             if (lw, lh) == (w_out, h_out) { truth } else { image::resize_nearest(&truth, lw, lh, w_out, h_out) };
-        let prediction = match &mut graphed {
-            Some(g) => g.predict(models, &sample.image, w_out, h_out, options.precision),
-            None => predict_ids_with(models, &sample.image, w_out, h_out, options.precision),
-        }
-        .with_context(|| format!("predicting {name}"))?;
-        cm.add(&truth, &prediction).with_context(|| format!("scoring {name}"))?;
-        if let Some(Staging { tmp: dir, .. }) = &staging {
-            image::write_png_gray8(&prediction_path(dir, name), w_out, h_out, &prediction)?;
-            let color = colormap::colorize(&prediction, w_out, h_out, &palette);
+        cm.add(&truth, &s.prediction).with_context(|| format!("scoring {name}"))?;
+        if let Some(dir) = &self.predictions {
+            image::write_png_gray8(&prediction_path(dir, name), w_out, h_out, &s.prediction)?;
+            let color = colormap::colorize(&s.prediction, w_out, h_out, &self.palette);
             image::write_png_rgb(&dir.join(format!("{name}_color.png")), &color)?;
         }
-        bar.inc(1);
+        Ok(())
     }
-    bar.finish_and_clear();
-    if let Some(staging) = staging {
-        staging.commit()?;
-    }
-    Ok(cm)
 }
 
 /// A hidden folder inside the predictions folder that receives the predictions while the
@@ -357,19 +552,28 @@ impl Graphed {
         Ok(Graphed { device, current: None })
     }
 
+    /// The train ids of the images `x` (`[n, 3, H, W]`, `n <= capacity`) as a
+    /// `[n, height, width]` uint8 tensor on the device. The graph is captured for batches of
+    /// `capacity` images; a smaller (last) batch is padded with zero images, whose
+    /// predictions are dropped.
     fn predict(
         &mut self,
         models: &[(&SegModel, f64)],
-        image: &Tensor,
+        x: &Tensor,
+        capacity: usize,
         width: u32,
         height: u32,
         precision: crate::device::Precision,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<Tensor> {
         ensure!(width >= 1 && height >= 1, "the output size must be positive");
-        let key = (image.size(), width, height);
+        let mut shape = x.size();
+        let n = shape[0];
+        ensure!(n >= 1 && n <= capacity as i64, "a batch of {n} images for a graph of {capacity}");
+        shape[0] = capacity as i64;
+        let key = (shape.clone(), width, height);
         if self.current.as_ref().map(|c| c.key != key).unwrap_or(true) {
             self.current = None;
-            let input = image.f_unsqueeze(0)?.f_to_device(self.device)?;
+            let input = Tensor::f_zeros(&shape, (Kind::Float, self.device))?;
             // Warm-up outside the graph: cuDNN's autotuner and the allocator settle first.
             for _ in 0..2 {
                 let _ = ids_on_device(models, &input, width, height, precision)?;
@@ -380,9 +584,12 @@ impl Graphed {
             self.current = Some(Capture { key, input, output, graph });
         }
         let c = self.current.as_mut().expect("captured above");
-        c.input.f_copy_(&image.f_unsqueeze(0)?)?;
+        c.input.f_narrow(0, 0, n)?.f_copy_(x)?;
+        if n < capacity as i64 {
+            let _ = c.input.f_narrow(0, n, capacity as i64 - n)?.f_zero_()?;
+        }
         c.graph.replay()?;
-        Ok(Vec::<u8>::try_from(c.output.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+        Ok(c.output.f_narrow(0, 0, n)?)
     }
 }
 
