@@ -64,7 +64,12 @@
 #     host's ~4 ms per 2048x1024 image (label bytes, the pair counts) and, with
 #     --save-predictions, ~50-60 ms of PNG encoding ran between the GPU's passes: expected
 #     images/s end to end within 10 % of the bench figure (was ~30 % under without
-#     predictions, ~5x under with them).
+#     predictions, ~5x under with them);
+#  11. `advent predict` end to end: readers and writers around the network, softmax, argmax
+#     and entropy on the GPU, the 160 MB of probabilities no longer brought back unless
+#     --save-prob. Before: ~10 ms of network and ~150 ms of host work in series per
+#     2048x1024 output (decoding, resizing, argmax, three PNGs), ~6 images/s; expected
+#     30-80 images/s, bound by the PNG writers (~70 ms each image) over 4 or 8 threads.
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -141,6 +146,18 @@ for opts in "--batch 1" "--batch 1 --fold-bn fused" "--batch 4 --fold-bn fused" 
     t0=$(date +%s%N)
     timeout 60 $EV --workers 8 $opts --list /tmp/list_$n.txt > /tmp/evalcli.out 2>&1 || tail -3 /tmp/evalcli.out
     echo "$opts: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUT/eval_cli.txt"
+  done
+done
+echo "== advent predict end to end (readers, network, writers), the val frame copied 30 and 150 times,"
+echo "   1024x512 in, 2048x1024 out, tf32: images/s = 120 / the difference"
+for n in 30 150; do
+  mkdir -p /tmp/pin_$n
+  for i in $(seq $n); do cp .gpu/cs/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png /tmp/pin_$n/f$i.png; done
+  for w in 4 8; do
+    t0=$(date +%s%N)
+    timeout 60 $A predict --device cuda --checkpoint /tmp/r101.pth --input /tmp/pin_$n --output /tmp/pout_${n}_$w \
+      --input-size 1024x512 --output-size 2048x1024 --workers $w > /tmp/predcli.out 2>&1 || tail -3 /tmp/predcli.out
+    echo "predict --workers $w: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUT/predict_cli.txt"
   done
 done
 echo "== each change alone"

@@ -80,6 +80,9 @@ pub struct PredictArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Threads reading images ahead of the network, and as many writing the outputs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
 }
 
 pub fn run(c: Command) -> Result<()> {
@@ -108,30 +111,39 @@ fn predict(a: PredictArgs) -> Result<()> {
     let ssd = Ssd::from_checkpoint(&a.checkpoint, device)?;
     let priors = PriorConfig::default().priors();
     let cfg = DetectConfig::default();
-    crate::predict::process(&jobs, &a.output, |job, out_dir| {
-        let mut img = advent::image::read_rgb(&job.path)?;
-        let dets: Vec<_> = advent::detect::predict::detect_image(&ssd, &img, &priors, &cfg)
-            .with_context(|| format!("detecting in {}", job.path.display()))?
-            .into_iter()
-            .filter(|d| d.score >= a.min_score)
-            .map(|mut d| {
-                // Clipped to the image (the evaluation, as ssd.pytorch's, keeps them whole).
-                let (w, h) = ((img.width() - 1) as f32, (img.height() - 1) as f32);
-                d.bbox = [
-                    d.bbox[0].clamp(0.0, w),
-                    d.bbox[1].clamp(0.0, h),
-                    d.bbox[2].clamp(0.0, w),
-                    d.bbox[3].clamp(0.0, h),
-                ];
-                d
-            })
-            .collect();
-        let thickness = (img.width().max(img.height()) / 400).max(2);
-        advent::detect::predict::draw_boxes(&mut img, &dets, thickness);
-        advent::image::write_png_rgb(&out_dir.join(format!("{}_boxes.png", job.stem)), &img)?;
-        let json = serde_json::to_vec_pretty(&advent::detect::predict::to_json(&dets))?;
-        advent::fs::write_bytes_atomic(&out_dir.join(format!("{}_boxes.json", job.stem)), &json)
-    })
+    crate::predict::process(
+        &jobs,
+        &a.output,
+        usize::from(a.workers),
+        |job| advent::image::read_rgb(&job.path),
+        |job, img| {
+            let dets = advent::detect::predict::detect_image(&ssd, &img, &priors, &cfg)
+                .with_context(|| format!("detecting in {}", job.path.display()))?;
+            Ok((img, dets))
+        },
+        |job, out_dir, (mut img, dets)| {
+            let dets: Vec<_> = dets
+                .into_iter()
+                .filter(|d| d.score >= a.min_score)
+                .map(|mut d| {
+                    // Clipped to the image (the evaluation, as ssd.pytorch's, keeps them whole).
+                    let (w, h) = ((img.width() - 1) as f32, (img.height() - 1) as f32);
+                    d.bbox = [
+                        d.bbox[0].clamp(0.0, w),
+                        d.bbox[1].clamp(0.0, h),
+                        d.bbox[2].clamp(0.0, w),
+                        d.bbox[3].clamp(0.0, h),
+                    ];
+                    d
+                })
+                .collect();
+            let thickness = (img.width().max(img.height()) / 400).max(2);
+            advent::detect::predict::draw_boxes(&mut img, &dets, thickness);
+            advent::image::write_png_rgb(&out_dir.join(format!("{}_boxes.png", job.stem)), &img)?;
+            let json = serde_json::to_vec_pretty(&advent::detect::predict::to_json(&dets))?;
+            advent::fs::write_bytes_atomic(&out_dir.join(format!("{}_boxes.json", job.stem)), &json)
+        },
+    )
 }
 
 fn eval(a: EvalArgs) -> Result<()> {

@@ -2,11 +2,14 @@
 
 use crate::args::{parse_device, parse_size};
 use advent::model::{Arch, AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
-use advent::predict::{predict, write_prediction, PredictOptions};
+use advent::predict::{prepare, write_prediction, PredictOptions};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Mutex, PoisonError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -59,6 +62,10 @@ pub struct Args {
     /// and ReLU in cuDNN's convolution calls).
     #[arg(long, default_value = "off")]
     fold_bn: BnFold,
+    /// Threads reading and resizing images ahead of the network, and as many writing the
+    /// outputs.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
 }
 
 /// `Arch` as a clap value.
@@ -109,46 +116,105 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let options = PredictOptions { input_size: a.input_size, output_size: a.output_size, precision: a.precision };
-
-    process(&jobs, &a.output, |job, out_dir| {
-        let img = advent::image::read_rgb(&job.path)?;
-        let p = predict(&model, &img, &options).with_context(|| format!("predicting {}", job.path.display()))?;
-        write_prediction(out_dir, &job.stem, &p, a.save_prob)
-    })
+    process(
+        &jobs,
+        &a.output,
+        usize::from(a.workers),
+        |job| prepare(&advent::image::read_rgb(&job.path)?, &options),
+        |job, prepared| {
+            advent::predict::run(&model, &prepared, options.precision, a.save_prob)
+                .with_context(|| format!("predicting {}", job.path.display()))
+        },
+        |job, out_dir, p| write_prediction(out_dir, &job.stem, &p, a.save_prob),
+    )
 }
 
-/// Runs `f` on every job with its output folder (created) and a progress bar. One image:
-/// its error is the command's. Several: each failure is printed as it happens, the other
-/// images are still processed, and the error at the end names the failed files.
-pub fn process(jobs: &[Job], output: &Path, mut f: impl FnMut(&Job, &Path) -> Result<()>) -> Result<()> {
+/// Runs every job through three stages: `load` on `threads` reader threads (decoding,
+/// resizing), `run` on this thread (the network), `write` on `threads` writer threads (the
+/// output files, into the job's folder, created first), so that the network does not wait
+/// for the files on either side. Jobs may finish out of order. One job: its error is the
+/// command's. Several: each failure is printed as it happens, the other images are still
+/// processed, and the error at the end names the failed files in the jobs' order.
+pub fn process<L: Send, O: Send>(
+    jobs: &[Job],
+    output: &Path,
+    threads: usize,
+    load: impl Fn(&Job) -> Result<L> + Sync,
+    mut run: impl FnMut(&Job, L) -> Result<O>,
+    write: impl Fn(&Job, &Path, O) -> Result<()> + Sync,
+) -> Result<()> {
+    let threads = threads.max(1);
     let bar = if jobs.len() > 1 { ProgressBar::new(jobs.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta} {msg}")
             .expect("static template"),
     );
-    let mut failures = Vec::new();
-    for job in jobs {
-        let out_dir = output.join(&job.rel_dir);
-        let result = std::fs::create_dir_all(&out_dir)
-            .with_context(|| format!("creating {}", out_dir.display()))
-            .and_then(|()| f(job, &out_dir));
-        if let Err(e) = result {
-            if jobs.len() == 1 {
-                return Err(e);
-            }
+    let failures: Mutex<Vec<(usize, anyhow::Error)>> = Mutex::new(Vec::new());
+    let fail = |index: usize, e: anyhow::Error| {
+        if jobs.len() > 1 {
             bar.suspend(|| eprintln!("failed: {e:#}"));
-            failures.push(job.path.display().to_string());
         }
         bar.inc(1);
-    }
+        failures.lock().unwrap_or_else(PoisonError::into_inner).push((index, e));
+    };
+    let next = AtomicUsize::new(0);
+    let (loaded_tx, loaded_rx) = sync_channel::<(usize, Result<L>)>(threads);
+    let (done_tx, done_rx) = sync_channel::<(usize, O)>(1);
+    let done_rx = Mutex::new(done_rx);
+    std::thread::scope(|scope| {
+        let (fail, next, done_rx, load, write, bar) = (&fail, &next, &done_rx, &load, &write, &bar);
+        for _ in 0..threads.min(jobs.len()) {
+            let tx = loaded_tx.clone();
+            scope.spawn(move || loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= jobs.len() || tx.send((index, load(&jobs[index]))).is_err() {
+                    break;
+                }
+            });
+            scope.spawn(move || loop {
+                let received = done_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                let Ok((index, result)) = received else { break };
+                let job = &jobs[index];
+                let out_dir = output.join(&job.rel_dir);
+                let written = std::fs::create_dir_all(&out_dir)
+                    .with_context(|| format!("creating {}", out_dir.display()))
+                    .and_then(|()| write(job, &out_dir, result));
+                match written {
+                    Ok(()) => bar.inc(1),
+                    Err(e) => fail(index, e),
+                }
+            });
+        }
+        drop(loaded_tx);
+        for (index, loaded) in loaded_rx {
+            match loaded.and_then(|l| run(&jobs[index], l)) {
+                Ok(result) => {
+                    if done_tx.send((index, result)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => fail(index, e),
+            }
+        }
+        drop(done_tx);
+    });
     bar.finish_and_clear();
+    let mut failures = failures.into_inner().unwrap_or_else(PoisonError::into_inner);
+    failures.sort_by_key(|(index, _)| *index);
+    if jobs.len() == 1 {
+        if let Some((_, e)) = failures.pop() {
+            return Err(e);
+        }
+    }
     if !failures.is_empty() {
         const SHOWN: usize = 5;
+        let names: Vec<String> =
+            failures.iter().take(SHOWN).map(|(i, _)| jobs[*i].path.display().to_string()).collect();
         bail!(
             "{} of {} images failed (listed above): {}{}",
             failures.len(),
             jobs.len(),
-            failures[..failures.len().min(SHOWN)].join(", "),
+            names.join(", "),
             if failures.len() > SHOWN { ", ..." } else { "" }
         );
     }

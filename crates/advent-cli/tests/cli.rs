@@ -84,6 +84,45 @@ fn predict_writes_every_output_at_the_requested_sizes() {
     assert!(!out.join("notes_trainids.png").exists());
 }
 
+/// `advent predict` on a folder runs readers, the network and writers as a pipeline: with 3
+/// workers each image gets the outputs one worker gives it, byte for byte; two unreadable
+/// images fail alone and are named in the folder's order.
+#[test]
+fn predict_pipeline_gives_each_image_its_outputs_and_names_failures_in_order() {
+    let s = setup();
+    let images = s.root.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let names = ["a", "b", "c_bad", "d", "e", "f_bad", "g"];
+    for (i, name) in names.iter().enumerate() {
+        let path = images.join(format!("{name}.png"));
+        if name.ends_with("_bad") {
+            std::fs::write(&path, "not a picture").unwrap();
+        } else {
+            write_image(&path, 32 + 4 * i as u32, 32);
+        }
+    }
+    let mut outputs = Vec::new();
+    for workers in ["1", "3"] {
+        let out = s.root.join(format!("out{workers}"));
+        let (c, i, o) = (s.checkpoint.to_str().unwrap(), images.to_str().unwrap(), out.to_str().unwrap());
+        let run = advent(&["predict", "--checkpoint", c, "--input", i, "--output", o, "--workers", workers]);
+        let bad = |n: &str| images.join(format!("{n}.png")).display().to_string();
+        assert_clean_failure(&run, &format!("2 of 7 images failed (listed above): {}, {}", bad("c_bad"), bad("f_bad")));
+        outputs.push(out);
+    }
+    for name in names {
+        for suffix in ["trainids.png", "color.png", "entropy.png"] {
+            let file = format!("{name}_{suffix}");
+            let (one, three) = (outputs[0].join(&file), outputs[1].join(&file));
+            if name.ends_with("_bad") {
+                assert!(!one.exists() && !three.exists(), "{file}");
+            } else {
+                assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&three).unwrap(), "{file}");
+            }
+        }
+    }
+}
+
 #[test]
 fn predict_defaults_to_the_image_size_and_detects_the_architecture() {
     let s = setup();

@@ -29,8 +29,10 @@ pub struct PredictOptions {
 pub struct Prediction {
     pub width: u32,
     pub height: u32,
-    /// `[C, H, W]` float32 softmax probabilities.
-    pub prob: Tensor,
+    pub num_classes: usize,
+    /// `[C, H, W]` float32 softmax probabilities, when asked for ([`predict`] always keeps
+    /// them; [`run`] when told to: at 2048x1024 they are 160 MB to bring from a GPU).
+    pub prob: Option<Tensor>,
     /// `[H, W]` float32 normalised entropy in `[0, 1]` (sum over classes of the weighted
     /// self-information).
     pub entropy: Tensor,
@@ -38,9 +40,21 @@ pub struct Prediction {
     pub train_ids: Vec<u8>,
 }
 
-/// Runs the network on one image.
-pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Result<Prediction> {
-    ensure!(model.config.num_classes <= 256, "more than 256 classes do not fit 8-bit train-id images");
+/// An image made ready for the network (on the CPU, so that loader threads can do it):
+/// resized, BGR minus the mean.
+pub struct Prepared {
+    /// `[1, 3, H, W]` float32.
+    pub input: Tensor,
+    /// The size the logits are upsampled to.
+    pub output_size: Size,
+}
+
+/// Resizes an image (bicubic, PIL's) to the input size and makes the network's input.
+///
+/// # Errors
+///
+/// A size of zero.
+pub fn prepare(img: &RgbImage, options: &PredictOptions) -> Result<Prepared> {
     let (w_in, h_in) = options.input_size.unwrap_or(img.dimensions());
     let (w_out, h_out) = options.output_size.unwrap_or(img.dimensions());
     ensure!(w_in >= 1 && h_in >= 1 && w_out >= 1 && h_out >= 1, "sizes must be positive");
@@ -51,22 +65,47 @@ pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Re
         resized = image::resize_bicubic(img, w_in, h_in);
         &resized
     };
-    let x = image::to_input_tensor(net_input, image::IMG_MEAN_BGR).f_to_device(model.device())?;
-    let (prob, entropy) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+    Ok(Prepared { input: image::to_input_tensor(net_input, image::IMG_MEAN_BGR), output_size: (w_out, h_out) })
+}
+
+/// Runs the network on one image, with its probabilities.
+pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Result<Prediction> {
+    run(model, &prepare(img, options)?, options.precision, true)
+}
+
+/// Runs the network on a prepared image: softmax, argmax and entropy on the model's device;
+/// the probabilities come back only with `keep_prob`.
+pub fn run(
+    model: &SegModel,
+    prepared: &Prepared,
+    precision: crate::device::Precision,
+    keep_prob: bool,
+) -> Result<Prediction> {
+    let num_classes = model.config.num_classes;
+    ensure!(num_classes <= 256, "more than 256 classes do not fit 8-bit train-id images");
+    let (w_out, h_out) = prepared.output_size;
+    let x = prepared.input.f_to_device(model.device())?;
+    let (prob, entropy, ids) = tch::no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
         let main = {
-            let _autocast = crate::device::autocast(model.device(), options.precision)?;
+            let _autocast = crate::device::autocast(model.device(), precision)?;
             model.forward_main(&x)?
         };
         let logits = loss::upsample(&main.f_to_kind(Kind::Float)?, h_out as i64, w_out as i64)?;
-        let prob = logits.f_softmax(1, Kind::Float)?;
-        let entropy = loss::entropy_map(&prob)?;
-        Ok((prob, entropy))
+        let prob = logits.f_softmax(1, Kind::Float)?.f_squeeze_dim(0)?;
+        let entropy = loss::entropy_map(&prob.f_unsqueeze(0)?)?.f_squeeze_dim(0)?;
+        let ids = prob.f_argmax(0, false)?.f_to_kind(Kind::Uint8)?;
+        Ok((prob, entropy, ids))
     })?;
-    let prob = prob.f_squeeze_dim(0)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
-    let entropy = entropy.f_squeeze_dim(0)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
-    let ids = prob.f_argmax(0, false)?.f_to_kind(Kind::Uint8)?.f_contiguous()?;
-    let train_ids = Vec::<u8>::try_from(ids.f_flatten(0, -1)?)?;
-    Ok(Prediction { width: w_out, height: h_out, prob, entropy, train_ids })
+    let cpu = |t: Tensor| -> Result<Tensor> { Ok(t.f_to_device(tch::Device::Cpu)?.f_contiguous()?) };
+    let train_ids = Vec::<u8>::try_from(cpu(ids)?.f_flatten(0, -1)?)?;
+    Ok(Prediction {
+        width: w_out,
+        height: h_out,
+        num_classes: num_classes as usize,
+        prob: if keep_prob { Some(cpu(prob)?) } else { None },
+        entropy: cpu(entropy)?,
+        train_ids,
+    })
 }
 
 /// Writes `<stem>_trainids.png`, `<stem>_color.png`, `<stem>_entropy.png` and, with
@@ -76,12 +115,13 @@ pub fn write_prediction(dir: &Path, stem: &str, p: &Prediction, save_prob: bool)
     let (w, h) = (p.width, p.height);
     let file = |suffix: &str| dir.join(format!("{stem}_{suffix}"));
     image::write_png_gray8(&file("trainids.png"), w, h, &p.train_ids)?;
-    let palette = classes::palette(p.prob.size()[0] as usize);
+    let palette = classes::palette(p.num_classes);
     image::write_png_rgb(&file("color.png"), &colormap::colorize(&p.train_ids, w, h, &palette))?;
     let entropy = Vec::<f32>::try_from(p.entropy.f_flatten(0, -1)?)?;
     image::write_png_rgb(&file("entropy.png"), &colormap::heatmap(&entropy, w, h))?;
     if save_prob {
-        for (suffix, t) in [("prob.npy", &p.prob), ("entropy.npy", &p.entropy)] {
+        let prob = p.prob.as_ref().context("the probabilities were not kept (predict::run without keep_prob)")?;
+        for (suffix, t) in [("prob.npy", prob), ("entropy.npy", &p.entropy)] {
             let path = file(suffix);
             crate::fs::write_via_temporary(&path, |tmp| {
                 t.write_npy(tmp).with_context(|| format!("writing {}", tmp.display()))
