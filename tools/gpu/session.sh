@@ -1,16 +1,22 @@
 #!/bin/bash
-# The device session of BENCHMARKS.md's GPU section, in two parts run back to back (each
-# under the device's 10-minute limit per command): `session.sh correctness` (about 4
-# minutes), then `session.sh timing` (about 8-10 minutes, the most wanted measurements
-# first: the 0.75x comparison twice, evaluation, each change alone, the reference's profile
-# last). With 15 minutes of device time in all, start-up included, the timing part's tail
-# may not fit: give it the time that remains; every result is written to $OUT as it comes,
-# so a cut run still returns what it measured. Each step is bounded. Run from the repository root on the
+# The device session of BENCHMARKS.md's GPU section, in four parts, each one call (under the
+# device's 10-minute limit per command), most wanted first:
+#   session.sh correctness  the CUDA tests and the 200-iteration tracking (about 5 minutes);
+#   session.sh timing       the 0.75x comparison twice beside the reference, then evaluation
+#                           (folded, fused, channels-last, batches, bf16; 8-10 minutes);
+#   session.sh pipeline     advent eval and advent predict end to end (about 3 minutes);
+#   session.sh singles      each training change alone, the autotuner limit, the reference's
+#                           profile (about 6 minutes).
+# With 15 minutes of device time a session, start-up included, one session gets through
+# correctness and most of timing; give each part the time that remains and run the rest in
+# the next session. Every result is written to $OUT as it comes, so a cut run still returns
+# what it measured. Each step is bounded. Run from the repository root on the
 # GPU machine with, in .gpu/: `advent` (the release binary built on the development
 # machine, stripped), `cuda_tests` (the crates/advent/tests/cuda.rs test binary: cargo test
 # --release -p advent --test cuda --no-run), torch_reference.py (../shared/bench),
-# tiny_init.pth (a demo source-only checkpoint) and cpu_metrics.jsonl (the CPU run of the
-# tracking command below). Results go to $OUT.
+# tiny_init.pth (a demo source-only checkpoint), cpu_metrics.jsonl (the CPU run of the
+# tracking command below) and cs/ (the Cityscapes frames of ../shared/data, val included).
+# Results go to $OUT.
 #
 # Prepared for the next device session (written 2026-11-27 without a GPU):
 #  1. the graph of the training step with its gradients freed before the capture
@@ -76,14 +82,14 @@ export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
 A=.gpu/advent
 OUT=${OUT:-/tmp/out}
 PART=${1:-}
-case "$PART" in correctness|timing) ;; *) echo "usage: $0 correctness|timing" >&2; exit 2 ;; esac
+case "$PART" in correctness|timing|pipeline|singles) ;; *) echo "usage: $0 correctness|timing|pipeline|singles" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$PART.txt"
 
 if [ "$PART" = correctness ]; then
 echo "== correctness on CUDA: the graphed training step against the eager one (gradients held and freed),"
 echo "   the upsampling by products, evaluation with the batch norms folded and fused (eager and graphed)"
-timeout 280 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
+timeout 300 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
   folded_evaluation cuda_graph_evaluation classifier_padding 2>&1 \
   | grep -E "cuda |update differs|test result|panicked|warning:" | tee "$OUT/parity.txt"
 
@@ -101,6 +107,7 @@ done
 exit 0
 fi
 
+if [ "$PART" = timing ]; then
 echo "== advent bench against the reference, AdvEnt, twice"
 B="$A bench --device cuda --iters 15 --warmup 4 --what advent"
 for r in 1 2; do
@@ -113,26 +120,32 @@ done
 echo "== evaluation (1024x512 in, 2048x1024 argmax out), batch norms folded and fused; the reference's"
 echo "   tf32 evaluation is in r1_torch_tf32.jsonl and r2_torch_tf32.jsonl"
 E="$A bench --device cuda --iters 30 --warmup 5 --what eval"
-for cl in "" "--channels-last"; do
-  for f in off on fused; do
-    timeout 40 $E --precision tf32 $cl --cuda-graph --fold-bn $f --json "$OUT/eval_tf32${cl:+_cl}_graph_$f.jsonl"
-  done
-done
-timeout 40 $E --precision tf32 --channels-last --fold-bn fused --json "$OUT/eval_tf32_cl_eager_fused.jsonl"
-timeout 40 $E --precision tf32 --channels-last --cuda-graph --fold-bn fused --aspp-pad 24 \
-  --json "$OUT/eval_tf32_cl_graph_fused_aspp24.jsonl"
-for f in off fused; do
-  timeout 40 $E --precision bf16 --channels-last --cuda-graph --fold-bn $f --json "$OUT/eval_bf16_cl_graph_$f.jsonl"
-done
+ev() { # name, then bench arguments
+  local name=$1; shift
+  timeout 40 $E "$@" --json "$OUT/eval_$name.jsonl"
+}
+# Most wanted first: the tf32 baseline and fused folding in both layouts, then batches.
+ev tf32_graph_off --precision tf32 --cuda-graph
+ev tf32_graph_fused --precision tf32 --cuda-graph --fold-bn fused
+ev tf32_cl_graph_fused --precision tf32 --channels-last --cuda-graph --fold-bn fused
 echo "== evaluation in batches of 2 and 4 images (--batch; times per pass, images/s per image)"
-for b in 2 4; do
-  timeout 40 $E --precision tf32 --cuda-graph --fold-bn fused --batch $b --json "$OUT/eval_tf32_graph_fused_b$b.jsonl"
-  timeout 40 $E --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch $b \
-    --json "$OUT/eval_tf32_cl_graph_fused_b$b.jsonl"
-done
-timeout 40 $E --precision tf32 --cuda-graph --batch 4 --json "$OUT/eval_tf32_graph_off_b4.jsonl"
-timeout 40 $E --precision bf16 --channels-last --cuda-graph --fold-bn fused --batch 4 \
-  --json "$OUT/eval_bf16_cl_graph_fused_b4.jsonl"
+ev tf32_graph_fused_b4 --precision tf32 --cuda-graph --fold-bn fused --batch 4
+ev tf32_cl_graph_fused_b4 --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch 4
+ev tf32_cl_graph_off --precision tf32 --channels-last --cuda-graph
+ev bf16_cl_graph_off --precision bf16 --channels-last --cuda-graph
+ev bf16_cl_graph_fused --precision bf16 --channels-last --cuda-graph --fold-bn fused
+ev bf16_cl_graph_fused_b4 --precision bf16 --channels-last --cuda-graph --fold-bn fused --batch 4
+ev tf32_graph_fused_b2 --precision tf32 --cuda-graph --fold-bn fused --batch 2
+ev tf32_cl_graph_fused_b2 --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch 2
+ev tf32_graph_off_b4 --precision tf32 --cuda-graph --batch 4
+ev tf32_graph_on --precision tf32 --cuda-graph --fold-bn on
+ev tf32_cl_graph_on --precision tf32 --channels-last --cuda-graph --fold-bn on
+ev tf32_cl_eager_fused --precision tf32 --channels-last --fold-bn fused
+ev tf32_cl_graph_fused_aspp24 --precision tf32 --channels-last --cuda-graph --fold-bn fused --aspp-pad 24
+exit 0
+fi
+
+if [ "$PART" = pipeline ]; then
 echo "== advent eval end to end (loading, network, scoring): R101 (reference_nets.py's random init), tf32,"
 echo "   graphed, the Cityscapes val frame listed 40 and 440 times: images/s = 400 / the difference"
 python3 -c "import sys; sys.path.insert(0, 'tools/fixtures'); import torch; from reference_nets import ResNetMulti
@@ -160,6 +173,10 @@ for n in 30 150; do
     echo "predict --workers $w: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUT/predict_cli.txt"
   done
 done
+exit 0
+fi
+
+B="$A bench --device cuda --iters 15 --warmup 4 --what advent"
 echo "== each change alone"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
 timeout 50 $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
