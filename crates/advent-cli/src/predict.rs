@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,6 +45,8 @@ pub struct Args {
     #[arg(long)]
     channels_last: bool,
     /// Also write <stem>_prob.npy (C x H x W float32) and <stem>_entropy.npy (H x W float32).
+    /// The probabilities of up to --workers + 2 images are then in memory at once (~170 MB
+    /// each at 2048x1024).
     #[arg(long)]
     save_prob: bool,
     /// Walk sub-folders of a folder input, mirroring them under --output.
@@ -120,7 +122,10 @@ pub fn run(a: Args) -> Result<()> {
         &jobs,
         &a.output,
         usize::from(a.workers),
-        |job| prepare(&advent::image::read_rgb(&job.path)?, &options),
+        |job| {
+            let img = advent::image::read_rgb(&job.path)?;
+            prepare(&img, &options).with_context(|| format!("preparing {}", job.path.display()))
+        },
         |job, prepared| {
             advent::predict::run(&model, &prepared, options.precision, a.save_prob)
                 .with_context(|| format!("predicting {}", job.path.display()))
@@ -160,9 +165,11 @@ pub fn process<L: Send, O: Send>(
     let next = AtomicUsize::new(0);
     let (loaded_tx, loaded_rx) = sync_channel::<(usize, Result<L>)>(threads);
     let (done_tx, done_rx) = sync_channel::<(usize, O)>(1);
-    let done_rx = Mutex::new(done_rx);
+    // Each writer holds the receiver: should every writer end (a panic), the channel closes
+    // and the network's sends fail instead of blocking.
+    let done_rx = Arc::new(Mutex::new(done_rx));
     std::thread::scope(|scope| {
-        let (fail, next, done_rx, load, write, bar) = (&fail, &next, &done_rx, &load, &write, &bar);
+        let (fail, next, load, write, bar) = (&fail, &next, &load, &write, &bar);
         for _ in 0..threads.min(jobs.len()) {
             let tx = loaded_tx.clone();
             scope.spawn(move || loop {
@@ -171,6 +178,7 @@ pub fn process<L: Send, O: Send>(
                     break;
                 }
             });
+            let done_rx = Arc::clone(&done_rx);
             scope.spawn(move || loop {
                 let received = done_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                 let Ok((index, result)) = received else { break };
@@ -185,7 +193,7 @@ pub fn process<L: Send, O: Send>(
                 }
             });
         }
-        drop(loaded_tx);
+        drop((loaded_tx, done_rx));
         for (index, loaded) in loaded_rx {
             match loaded.and_then(|l| run(&jobs[index], l)) {
                 Ok(result) => {

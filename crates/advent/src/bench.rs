@@ -108,7 +108,8 @@ fn peak_memory(device: Device) -> Result<Option<f64>> {
 }
 
 impl Timing {
-    fn from_samples(what: String, device: Device, mut ms: Vec<f64>) -> Self {
+    /// `images`: per timed pass (images/s counts them).
+    fn from_samples(what: String, device: Device, mut ms: Vec<f64>, images: i64) -> Self {
         ms.sort_by(f64::total_cmp);
         let mean = ms.iter().sum::<f64>() / ms.len() as f64;
         let median = ms[ms.len() / 2];
@@ -119,7 +120,7 @@ impl Timing {
             median_ms: round1(median),
             min_ms: round1(ms[0]),
             mean_ms: round1(mean),
-            images_per_s: round1(1000.0 / median),
+            images_per_s: round1(1000.0 * images as f64 / median),
             precision: None,
             peak_gib: None,
             channels_last: false,
@@ -215,8 +216,7 @@ pub fn eval_step(
         synchronize(device);
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let mut timing = Timing::from_samples(format!("eval-{h}x{w}-upsampled-x2"), device, samples);
-    timing.images_per_s = round1(timing.images_per_s * batch as f64);
+    let mut timing = Timing::from_samples(format!("eval-{h}x{w}-upsampled-x2"), device, samples, batch);
     timing.batch = Some(batch);
     timing.peak_gib = peak_memory(device)?;
     timing.channels_last = model.is_channels_last();
@@ -293,7 +293,7 @@ pub fn train_step(
     }
     let what =
         format!("train-{}-{}-src{}x{}-trg{}x{}", arch.name(), method.name(), source.0, source.1, target.0, target.1);
-    let mut timing = Timing::from_samples(what, device, samples);
+    let mut timing = Timing::from_samples(what, device, samples, 1);
     timing.peak_gib = peak_memory(device)?;
     timing.channels_last = tuning.channels_last;
     timing.fused_optimizer = Some(tuning.fused_optimizer);
@@ -336,8 +336,7 @@ pub fn detection_train_step(
         }
     }
     let mut timing =
-        Timing::from_samples(format!("detect-train-ssd300-{}-batch{batch}", method.name()), device, samples);
-    timing.images_per_s = round1(timing.images_per_s * batch as f64);
+        Timing::from_samples(format!("detect-train-ssd300-{}-batch{batch}", method.name()), device, samples, batch);
     timing.peak_gib = peak_memory(device)?;
     Ok(timing)
 }
@@ -358,8 +357,7 @@ pub fn detection_eval(batch: i64, device: Device, Repeats { warmup, iters }: Rep
             samples.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let mut timing = Timing::from_samples(format!("detect-eval-ssd300-batch{batch}"), device, samples);
-    timing.images_per_s = round1(timing.images_per_s * batch as f64);
+    let mut timing = Timing::from_samples(format!("detect-eval-ssd300-batch{batch}"), device, samples, batch);
     timing.peak_gib = peak_memory(device)?;
     Ok(timing)
 }

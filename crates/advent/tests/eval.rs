@@ -614,11 +614,17 @@ struct Mixed {
     len: usize,
     fail_at: Option<usize>,
     no_label_at: Option<usize>,
+    /// Every image 64x32.
+    uniform: bool,
 }
 
 impl Mixed {
-    fn size(index: usize) -> (i64, i64) {
-        if index % 5 == 3 {
+    fn new(len: usize, fail_at: Option<usize>, no_label_at: Option<usize>) -> Self {
+        Mixed { len, fail_at, no_label_at, uniform: false }
+    }
+
+    fn size(&self, index: usize) -> (i64, i64) {
+        if index % 5 == 3 && !self.uniform {
             (32, 16)
         } else {
             (64, 32)
@@ -632,7 +638,7 @@ impl Dataset for Mixed {
     }
     fn get(&self, index: usize) -> anyhow::Result<Sample> {
         anyhow::ensure!(Some(index) != self.fail_at, "item {index} is broken");
-        let (w, h) = Mixed::size(index);
+        let (w, h) = self.size(index);
         tch::manual_seed(index as i64);
         let image = Tensor::randn([3, h, w], (Kind::Float, Device::Cpu)) * 40.0;
         let label: Vec<u8> = (0..h * w)
@@ -667,7 +673,9 @@ fn differing_pixels(a: &Path, b: &Path) -> (u64, u64) {
 #[test]
 fn batches_give_the_predictions_of_one_image_at_a_time() {
     let model = tiny(19, 11);
-    let data: Arc<dyn Dataset> = Arc::new(Mixed { len: 10, fail_at: None, no_label_at: None });
+    let mixed = Mixed::new(10, None, None);
+    let sizes: Vec<(i64, i64)> = (0..10).map(|i| mixed.size(i)).collect();
+    let data: Arc<dyn Dataset> = Arc::new(mixed);
     let dir = tempfile::tempdir().unwrap();
     let mut results = Vec::new();
     for batch in [1, 4] {
@@ -679,19 +687,14 @@ fn batches_give_the_predictions_of_one_image_at_a_time() {
     }
     let ((one, one_dir), (four, four_dir)) = (&results[0], &results[1]);
     // Every labelled pixel is counted once: 6 of 7 pixels of each image's label.
-    let labelled: u64 = (0..10)
-        .map(|i| {
-            let (w, h) = Mixed::size(i);
-            (0..h * w).filter(|p| p % 7 != 3).count() as u64
-        })
-        .sum();
+    let labelled: u64 = sizes.iter().map(|&(w, h)| (0..h * w).filter(|p| p % 7 != 3).count() as u64).sum();
     assert_eq!(one.iter().sum::<u64>(), labelled);
     assert_eq!(four.iter().sum::<u64>(), labelled);
     let files = |d: &Path| std::fs::read_dir(d).unwrap().count();
     assert_eq!(files(one_dir), 20, "a _trainids.png and a _color.png per image");
     assert_eq!(files(four_dir), 20);
     let (differ, total) = differing_pixels(one_dir, four_dir);
-    assert_eq!(total, (0..10).map(|i| Mixed::size(i).0 as u64 * Mixed::size(i).1 as u64).sum::<u64>());
+    assert_eq!(total, sizes.iter().map(|&(w, h)| (w * h) as u64).sum::<u64>());
     assert!(differ * 10_000 <= total, "{differ} of {total} predicted pixels differ");
     let moved: u64 = one.iter().zip(four).map(|(a, b)| a.abs_diff(*b)).sum::<u64>() / 2;
     assert!(moved * 10_000 <= labelled, "{moved} of {labelled} pixels changed class");
@@ -714,7 +717,7 @@ fn batched_evaluation_reports_the_first_failing_image() {
             (Some(4), Some(7), "loading item 4"),
             (Some(0), None, "loading item 0"),
         ] {
-            let data: Arc<dyn Dataset> = Arc::new(Mixed { len: 9, fail_at, no_label_at });
+            let data: Arc<dyn Dataset> = Arc::new(Mixed::new(9, fail_at, no_label_at));
             let err = eval::confusion_matrix(&[(&model, 1.0)], data, &options).unwrap_err();
             let err = format!("{err:#}");
             assert!(err.contains(expected), "batch {batch}: {err}");
@@ -733,9 +736,31 @@ fn batched_evaluation_reports_the_first_failing_image() {
     for batch in [1, 3] {
         std::fs::create_dir_all(staging.join("mixed-2_trainids.png")).unwrap();
         let options = EvalOptions { save_predictions: Some(preds.clone()), batch, ..EvalOptions::default() };
-        let data: Arc<dyn Dataset> = Arc::new(Mixed { len: 9, fail_at: Some(6), no_label_at: None });
+        let data: Arc<dyn Dataset> = Arc::new(Mixed::new(9, Some(6), None));
         let err = format!("{:#}", eval::confusion_matrix(&[(&model, 1.0)], data, &options).unwrap_err());
         assert!(err.contains("mixed-2_trainids.png") && !err.contains("item 6"), "batch {batch}: {err}");
         assert!(!staging.exists(), "the staging folder is removed");
     }
+}
+
+/// A scoring thread that fails while the network is ahead of it (batches of 8 queued on the
+/// tiny network, image 0's prediction file unwritable) ends the evaluation with that error:
+/// the network's sends do not wait for scoring threads that have stopped.
+#[test]
+fn a_scoring_failure_ahead_of_the_network_ends_the_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let preds = dir.path().join("preds");
+    let staging = preds.join(format!(".partial-{}", std::process::id()));
+    std::fs::create_dir_all(staging.join("mixed-0_trainids.png")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let model = tiny(19, 13);
+        let data: Arc<dyn Dataset> = Arc::new(Mixed { uniform: true, ..Mixed::new(64, None, None) });
+        let options = EvalOptions { save_predictions: Some(preds), batch: 8, workers: 2, ..EvalOptions::default() };
+        let _ = tx.send(eval::confusion_matrix(&[(&model, 1.0)], data, &options).map(|_| ()));
+    });
+    let result = rx.recv_timeout(Duration::from_secs(120)).expect("the evaluation did not end within 2 minutes");
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(err.contains("mixed-0_trainids.png"), "{err}");
+    assert!(!staging.exists(), "the staging folder is removed");
 }

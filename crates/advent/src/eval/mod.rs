@@ -26,7 +26,7 @@ use crate::model::SegModel;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use tch::{Kind, Tensor};
@@ -225,7 +225,7 @@ pub fn confusion_matrix(
         palette: classes::palette(num_classes),
         predictions: staging.as_ref().map(|s| s.tmp.clone()),
         bar: bar.clone(),
-        failed: AtomicBool::new(false),
+        first_failure: AtomicUsize::new(usize::MAX),
     };
     // Writing the two PNGs of an image takes longer than the network's pass on a GPU: more
     // threads then.
@@ -241,10 +241,19 @@ pub fn confusion_matrix(
         capacity,
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Scored>(threads + capacity);
-    let rx = Mutex::new(rx);
+    // Each scoring thread holds the receiver; when the last one ends (or unwinds), the
+    // channel closes and the network's sends fail instead of blocking.
+    let rx = Arc::new(Mutex::new(rx));
     let (fed, scored) = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(|| scoring.run(&rx))).collect();
-        let fed = feeder.run(dataset, &tx, &scoring.failed);
+        let scoring = &scoring;
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let rx = Arc::clone(&rx);
+                scope.spawn(move || scoring.run(rx))
+            })
+            .collect();
+        drop(rx);
+        let fed = feeder.run(dataset, &tx, &scoring.first_failure);
         drop(tx);
         let scored: Vec<_> =
             workers.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect();
@@ -308,17 +317,17 @@ struct Feeder<'a> {
 
 impl Feeder<'_> {
     /// Runs every item of the set and sends the predictions on; stops early when a scoring
-    /// thread failed (`failed`) or all of them are gone.
+    /// thread failed (`first_failure` set) or all of them are gone.
     fn run(
         &mut self,
         dataset: Arc<dyn Dataset>,
         tx: &SyncSender<Scored>,
-        failed: &AtomicBool,
+        first_failure: &AtomicUsize,
     ) -> Result<(), IndexedError> {
         let prefetch = (2 * self.options.workers.max(1)).max(self.capacity);
         let mut batch: Vec<Pending> = Vec::with_capacity(self.capacity);
         for (index, item) in sequential(dataset, self.options.workers, prefetch).enumerate() {
-            if failed.load(Ordering::Relaxed) {
+            if first_failure.load(Ordering::Relaxed) != usize::MAX {
                 return Ok(());
             }
             let pending = match item.and_then(|(_, sample)| self.check(index, sample)) {
@@ -356,7 +365,7 @@ impl Feeder<'_> {
             );
         }
         let size = self.options.output_size.unwrap_or((lw, lh));
-        ensure!(size.0 >= 1 && size.1 >= 1, "the output size must be positive");
+        ensure!(size.0 >= 1 && size.1 >= 1, "{name}: the output size must be positive, not {}x{}", size.0, size.1);
         Ok(Pending { index, name, image: sample.image, label, size })
     }
 
@@ -402,23 +411,25 @@ struct Scoring {
     /// Where the prediction PNGs go (the staging folder), if anywhere.
     predictions: Option<PathBuf>,
     bar: ProgressBar,
-    /// Set by a thread that failed, so that the others and the network stop early.
-    failed: AtomicBool,
+    /// The lowest index of an image whose scoring failed (`usize::MAX`: none), so that the
+    /// network stops early and the other threads skip the images after it (an earlier
+    /// image's failure is still found and reported first).
+    first_failure: AtomicUsize,
 }
 
 impl Scoring {
     /// Scores images from `rx` until it closes or one fails; returns this thread's matrix.
-    fn run(&self, rx: &Mutex<Receiver<Scored>>) -> Result<ConfusionMatrix, IndexedError> {
+    fn run(&self, rx: Arc<Mutex<Receiver<Scored>>>) -> Result<ConfusionMatrix, IndexedError> {
         let mut cm = ConfusionMatrix::new(self.num_classes);
         loop {
             let next = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
             let Ok(scored) = next else { return Ok(cm) };
-            if self.failed.load(Ordering::Relaxed) {
-                return Ok(cm);
-            }
             let index = scored.index;
+            if index > self.first_failure.load(Ordering::Relaxed) {
+                continue;
+            }
             if let Err(e) = self.score(&mut cm, scored) {
-                self.failed.store(true, Ordering::Relaxed);
+                self.first_failure.fetch_min(index, Ordering::Relaxed);
                 return Err((index, e));
             }
             self.bar.inc(1);
