@@ -158,7 +158,8 @@ for opts in "--batch 1" "--batch 1 --fold-bn fused" "--batch 4 --fold-bn fused" 
   for n in 40 440; do
     t0=$(date +%s%N)
     timeout 60 $EV --workers 8 $opts --list /tmp/list_$n.txt > /tmp/evalcli.out 2>&1 || tail -3 /tmp/evalcli.out
-    echo "$opts: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUT/eval_cli.txt"
+    echo "$opts: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms; $(grep -o 'evaluated .*' /tmp/evalcli.out)" \
+      | tee -a "$OUT/eval_cli.txt"
   done
 done
 echo "== advent predict end to end (readers, network, writers), the val frame copied 30 and 150 times,"

@@ -232,7 +232,12 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         batch: usize::from(a.batch),
     };
     let pairs: Vec<(&SegModel, f64)> = models.iter().zip(weights).collect();
+    let images = dataset.len();
+    let started = std::time::Instant::now();
     let scores = evaluate(&pairs, dataset, &options)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let noun = if images == 1 { "image" } else { "images" };
+    eprintln!("evaluated {images} {noun} in {seconds:.1} s ({:.1} images/s)", images as f64 / seconds);
     print!("{}", scores.table());
     println!("{} {:.2} over {} classes", scores.score_name(), scores.miou, scores.classes.len());
     if let Some(path) = &a.json {

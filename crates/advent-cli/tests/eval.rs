@@ -124,6 +124,8 @@ fn eval_and_score_write_the_same_json() {
     ]);
     assert_success(&o);
     assert!(stdout(&o).contains("over 19 classes"), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("evaluated 6 images in ") && err.contains(" images/s)"), "{err}");
     let evaluated = read_json(&json);
     assert_eq!(evaluated["iou"].as_object().unwrap().len(), 19);
     assert_eq!(evaluated["classes"].as_array().unwrap().len(), 19);
