@@ -239,6 +239,7 @@ pub fn confusion_matrix(
         options,
         graphed: if options.cuda_graph { Some(Graphed::new(models)?) } else { None },
         capacity,
+        in_flight: None,
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Scored>(threads + capacity);
     // Each scoring thread holds the receiver; when the last one ends (or unwinds), the
@@ -313,6 +314,15 @@ struct Feeder<'a> {
     graphed: Option<Graphed>,
     /// Images per batch.
     capacity: usize,
+    /// The batch whose prediction was launched last and not yet brought back.
+    in_flight: Option<InFlight>,
+}
+
+/// A launched batch: its images and its train ids on the device (on a GPU, possibly still
+/// being computed).
+struct InFlight {
+    batch: Vec<Pending>,
+    ids: Tensor,
 }
 
 impl Feeder<'_> {
@@ -335,6 +345,7 @@ impl Feeder<'_> {
                 Err(e) => {
                     // The images before this one are scored first: an error of theirs comes first.
                     self.flush(&mut batch, tx)?;
+                    self.land(tx)?;
                     return Err((index, e));
                 }
             };
@@ -346,7 +357,8 @@ impl Feeder<'_> {
                 self.flush(&mut batch, tx)?;
             }
         }
-        self.flush(&mut batch, tx)
+        self.flush(&mut batch, tx)?;
+        self.land(tx)
     }
 
     /// The checks of one item, before its batch.
@@ -369,39 +381,86 @@ impl Feeder<'_> {
         Ok(Pending { index, name, image: sample.image, label, size })
     }
 
-    /// Predicts the batch, sends its images to the scoring threads and empties it.
+    /// Launches the batch's prediction and empties it, after bringing back the batch launched
+    /// before; that one's images then go to the scoring threads while the device works on
+    /// this one. On a GPU the host's part between two passes is then the copies only: the
+    /// next batch is stacked while the device computes, the previous one's bytes are split
+    /// and sent while it computes again. (A CUDA graph writes every replay into the same
+    /// output, so the previous batch is always brought back before the next launch.)
     fn flush(&mut self, batch: &mut Vec<Pending>, tx: &SyncSender<Scored>) -> Result<(), IndexedError> {
         let Some(first) = batch.first() else { return Ok(()) };
-        let (index, (width, height)) = (first.index, first.size);
-        let what = match batch.len() {
-            1 => first.name.clone(),
-            n => format!("{} and the {} images after it in its batch", first.name, n - 1),
-        };
-        let ids =
-            self.predict(batch, width, height).with_context(|| format!("predicting {what}")).map_err(|e| (index, e))?;
-        let per_image = width as usize * height as usize;
-        for (p, prediction) in batch.drain(..).zip(ids.chunks_exact(per_image)) {
-            let scored =
-                Scored { index: p.index, name: p.name, label: p.label, prediction: prediction.to_vec(), size: p.size };
-            if tx.send(scored).is_err() {
-                // Every scoring thread has stopped: one of them failed, and reports it (the
-                // rest of the batch goes with the drain).
+        let index = first.index;
+        let what = describe(batch);
+        let images: Vec<&Tensor> = batch.iter().map(|p| &p.image).collect();
+        let x = Tensor::f_stack(&images, 0).map_err(|e| (index, anyhow::Error::from(e)))?;
+        let landed = self.bring_back()?;
+        let launched = self.launch(&x, first.size).with_context(|| format!("predicting {what}"));
+        // The earlier images are sent even when this launch failed: an error of theirs comes
+        // first.
+        if let Some(landed) = landed {
+            if !send(landed, tx) {
                 return Ok(());
             }
+        }
+        let ids = launched.map_err(|e| (index, e))?;
+        self.in_flight = Some(InFlight { batch: std::mem::take(batch), ids });
+        Ok(())
+    }
+
+    /// Brings back the batch in flight, if any, and sends its images to the scoring threads.
+    fn land(&mut self, tx: &SyncSender<Scored>) -> Result<(), IndexedError> {
+        if let Some(landed) = self.bring_back()? {
+            send(landed, tx);
         }
         Ok(())
     }
 
-    /// The batch's train ids, `len · height · width` bytes.
-    fn predict(&mut self, batch: &[Pending], width: u32, height: u32) -> Result<Vec<u8>> {
-        let images: Vec<&Tensor> = batch.iter().map(|p| &p.image).collect();
-        let x = Tensor::f_stack(&images, 0)?;
-        let ids = match &mut self.graphed {
-            Some(g) => g.predict(self.models, &x, self.capacity, width, height, self.options.precision)?,
-            None => ids_on_device(self.models, &x, width, height, self.options.precision)?,
-        };
-        Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
+    /// The batch in flight with its train ids on the host.
+    fn bring_back(&mut self) -> Result<Option<Landed>, IndexedError> {
+        let Some(InFlight { batch, ids }) = self.in_flight.take() else { return Ok(None) };
+        let host =
+            (|| -> Result<Vec<u8>> { Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?) })(
+            );
+        match host {
+            Ok(host) => Ok(Some((batch, host))),
+            Err(e) => Err((batch[0].index, e.context(format!("predicting {}", describe(&batch))))),
+        }
     }
+
+    /// Starts the prediction of the images `x` (`[n, 3, H, W]`): their train ids at `size` as
+    /// a `[n, height, width]` uint8 tensor on the device.
+    fn launch(&mut self, x: &Tensor, (width, height): (u32, u32)) -> Result<Tensor> {
+        match &mut self.graphed {
+            Some(g) => g.predict(self.models, x, self.capacity, width, height, self.options.precision),
+            None => ids_on_device(self.models, x, width, height, self.options.precision),
+        }
+    }
+}
+
+/// A batch brought back: its images and their train ids, `len · height · width` bytes.
+type Landed = (Vec<Pending>, Vec<u8>);
+
+/// `name`, or `name and the N images after it in its batch`.
+fn describe(batch: &[Pending]) -> String {
+    match batch.len() {
+        0 | 1 => batch.first().map_or_else(String::new, |p| p.name.clone()),
+        n => format!("{} and the {} images after it in its batch", batch[0].name, n - 1),
+    }
+}
+
+/// Sends a landed batch's images to the scoring threads; false when they have all stopped
+/// (one failed, and reports it).
+fn send((batch, ids): Landed, tx: &SyncSender<Scored>) -> bool {
+    let Some(&Pending { size: (width, height), .. }) = batch.first() else { return true };
+    let per_image = width as usize * height as usize;
+    for (p, prediction) in batch.into_iter().zip(ids.chunks_exact(per_image)) {
+        let scored =
+            Scored { index: p.index, name: p.name, label: p.label, prediction: prediction.to_vec(), size: p.size };
+        if tx.send(scored).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The scoring side of [`confusion_matrix`], shared by its threads.
