@@ -388,13 +388,21 @@ impl Feeder<'_> {
     /// and sent while it computes again. (A CUDA graph writes every replay into the same
     /// output, so the previous batch is always brought back before the next launch.)
     fn flush(&mut self, batch: &mut Vec<Pending>, tx: &SyncSender<Scored>) -> Result<(), IndexedError> {
+        let batch = std::mem::take(batch);
         let Some(first) = batch.first() else { return Ok(()) };
-        let index = first.index;
-        let what = describe(batch);
+        let (index, size) = (first.index, first.size);
+        let what = describe(&batch);
         let images: Vec<&Tensor> = batch.iter().map(|p| &p.image).collect();
-        let x = Tensor::f_stack(&images, 0).map_err(|e| (index, anyhow::Error::from(e)))?;
+        let x = match Tensor::f_stack(&images, 0) {
+            Ok(x) => x,
+            Err(e) => {
+                // The batch in flight holds earlier images: theirs are scored first.
+                self.land(tx)?;
+                return Err((index, anyhow::Error::from(e).context(format!("predicting {what}"))));
+            }
+        };
         let landed = self.bring_back()?;
-        let launched = self.launch(&x, first.size).with_context(|| format!("predicting {what}"));
+        let launched = self.launch(&x, size).with_context(|| format!("predicting {what}"));
         // The earlier images are sent even when this launch failed: an error of theirs comes
         // first.
         if let Some(landed) = landed {
@@ -403,7 +411,7 @@ impl Feeder<'_> {
             }
         }
         let ids = launched.map_err(|e| (index, e))?;
-        self.in_flight = Some(InFlight { batch: std::mem::take(batch), ids });
+        self.in_flight = Some(InFlight { batch, ids });
         Ok(())
     }
 
