@@ -399,7 +399,7 @@ impl advent::dataset::Dataset for Interleaved {
         self.0.len().min(self.1.len())
     }
     fn get(&self, index: usize) -> anyhow::Result<advent::dataset::Sample> {
-        let mut sample = if (index / 3) % 2 == 0 { self.0.get(index)? } else { self.1.get(index)? };
+        let mut sample = if (index / 3).is_multiple_of(2) { self.0.get(index)? } else { self.1.get(index)? };
         sample.name = format!("{index}-{}", sample.name);
         Ok(sample)
     }
