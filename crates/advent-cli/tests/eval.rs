@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{advent, assert_clean_failure, assert_success, s, stderr, stdout};
+use common::{advent, advent_with_file_limit, assert_clean_failure, assert_success, s, stderr, stdout};
 
 use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
 use advent::weights;
@@ -306,4 +306,62 @@ fn eval_runs_on_the_real_val_frame() {
     assert!(moved * 1000 <= total, "{moved} of {total} pixels moved with --fold-bn on");
     *args.iter_mut().find(|a| **a == "on").unwrap() = "fused";
     assert_clean_failure(&advent(&args), "--fold-bn fused needs --device cuda");
+}
+
+/// A full disk (files limited to 1 KB, as the faults tests do it: EFBIG in place of ENOSPC)
+/// while the scoring threads write `advent eval`'s predictions, and while `advent predict`'s
+/// writers write its outputs: one clear error naming the file, the earlier outputs as they
+/// were, no temporary or staging file left behind.
+#[test]
+fn a_full_disk_stops_eval_and_predict_cleanly_and_keeps_earlier_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cityscapes_root(dir.path());
+    let ckpt = dir.path().join("tiny.pth");
+    tiny_checkpoint(&ckpt, 3);
+    let preds = dir.path().join("preds");
+    std::fs::create_dir_all(&preds).unwrap();
+    std::fs::write(preds.join("earlier_trainids.png"), b"an earlier prediction").unwrap();
+    let (c, r, p) = (s(&ckpt), s(&root), s(&preds));
+    let eval = ["eval", "--checkpoint", c, "--dataset", "cityscapes", "--root", r, "--input-size", "64x32"];
+    let outputs = ["--output-size", "2048x1024", "--save-predictions", p, "--batch", "2"];
+    let o = advent_with_file_limit(&[&eval[..], &outputs].concat(), 1024);
+    assert_clean_failure(&o, "File too large");
+    assert!(stderr(&o).contains("_trainids.png") || stderr(&o).contains("_color.png"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(&preds).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["earlier_trainids.png"]);
+    assert_eq!(std::fs::read(preds.join("earlier_trainids.png")).unwrap(), b"an earlier prediction");
+
+    let out = dir.path().join("out");
+    let images = root.join("leftImg8bit/val");
+    // An earlier output of the first image, where this run writes it again.
+    let first = walk(&images).into_iter().min().unwrap();
+    let rel = first.strip_prefix(&images).unwrap();
+    let stem = rel.file_stem().unwrap().to_str().unwrap();
+    let earlier = out.join(rel.parent().unwrap()).join(format!("{stem}_trainids.png"));
+    std::fs::create_dir_all(earlier.parent().unwrap()).unwrap();
+    std::fs::write(&earlier, b"an earlier prediction").unwrap();
+    let (i, o_) = (s(&images), s(&out));
+    let predict =
+        ["predict", "--checkpoint", c, "--input", i, "--output", o_, "--recursive", "--output-size", "2048x1024"];
+    let o = advent_with_file_limit(&predict, 1024);
+    assert_clean_failure(&o, "6 of 6 images failed");
+    assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
+    let mut left: Vec<_> = walk(&out);
+    left.sort();
+    assert_eq!(left, std::slice::from_ref(&earlier), "only the earlier file, nothing half-written");
+    assert_eq!(std::fs::read(&earlier).unwrap(), b"an earlier prediction");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -8,8 +8,7 @@
 
 mod common;
 
-use common::{advent, assert_clean_failure, metrics, s, stderr};
-use std::os::unix::process::CommandExt;
+use common::{advent, advent_with_file_limit, assert_clean_failure, metrics, s, stderr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -188,25 +187,6 @@ fn kill_9_while_a_checkpoint_is_written_or_deleted() {
         }
     }
     finish_and_compare(&config, &run, &want);
-}
-
-/// Runs `advent ARGS` with files limited to `max_bytes`, as a full disk would stop them
-/// (the write fails with EFBIG instead of ENOSPC; SIGXFSZ ignored, as the shell would not).
-fn advent_with_file_limit(args: &[&str], max_bytes: u64) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_advent"));
-    cmd.args(args);
-    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let limit = libc::rlimit { rlim_cur: max_bytes, rlim_max: max_bytes };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            Ok(())
-        });
-    }
-    cmd.output().expect("runs")
 }
 
 #[test]

@@ -1,12 +1,32 @@
 //! Helpers shared by the end-to-end tests of the `advent` binary.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs `advent ARGS` to completion.
 pub fn advent(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_advent")).args(args).output().expect("runs")
+}
+
+/// Runs `advent ARGS` with files limited to `max_bytes`, as a full disk would stop them
+/// (the write fails with EFBIG instead of ENOSPC; SIGXFSZ ignored, as the shell would not).
+pub fn advent_with_file_limit(args: &[&str], max_bytes: u64) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_advent"));
+    cmd.args(args);
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: max_bytes, rlim_max: max_bytes };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    cmd.output().expect("runs")
 }
 
 pub fn stdout(o: &Output) -> String {
