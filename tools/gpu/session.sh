@@ -67,15 +67,17 @@
 #  10. `advent eval` end to end on the GPU (not only the network): loading, the network,
 #     scoring and the prediction files now run as a pipeline (scoring threads count the
 #     confusion pairs and write the PNGs while the network runs the next batch). Before, the
-#     host's ~4 ms per 2048x1024 image (label bytes, the pair counts) and, with
-#     --save-predictions, ~50-60 ms of PNG encoding ran between the GPU's passes: expected
-#     images/s end to end within 10 % of the bench figure (was ~30 % under without
-#     predictions, ~5x under with them);
+#     host's ~3.5 ms per 2048x1024 image (label bytes, the pair counts) and, with
+#     --save-predictions, ~40 ms of PNG encoding ran between the GPU's passes (examples/
+#     host_costs.rs, on the development VM): expected
+#     images/s end to end within 10 % of the bench figure (was ~25 % under without
+#     predictions, ~4x under with them);
 #  11. `advent predict` end to end: readers and writers around the network, softmax, argmax
 #     and entropy on the GPU, the 160 MB of probabilities no longer brought back unless
-#     --save-prob. Before: ~10 ms of network and ~150 ms of host work in series per
-#     2048x1024 output (decoding, resizing, argmax, three PNGs), ~6 images/s; expected
-#     30-80 images/s, bound by the PNG writers (~70 ms each image) over 4 or 8 threads.
+#     --save-prob. Before: ~10 ms of network and over 100 ms of host work in series per
+#     2048x1024 output (reading and resizing ~30 ms, three PNGs ~70 ms, examples/
+#     host_costs.rs; the host's argmax), under 10 images/s; expected 50-110 images/s, bound
+#     by the PNG writers (~70 ms an image) over 4 or 8 threads.
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -147,16 +149,23 @@ fi
 
 if [ "$PART" = pipeline ]; then
 echo "== advent eval end to end (loading, network, scoring): R101 (reference_nets.py's random init), tf32,"
-echo "   graphed, the Cityscapes val frame listed 40 and 440 times: images/s = 400 / the difference"
+echo "   graphed, a 2048x1024 frame with the val label listed 40 and 440 times: images/s = 400 / the difference"
 python3 -c "import sys, types; sys.path.insert(0, 'tools/fixtures'); import torch
 try: import numpy  # reference_nets.py needs it only for its fixture fills, not used here
 except ImportError: sys.modules['numpy'] = types.ModuleType('numpy')
 from reference_nets import ResNetMulti
 torch.manual_seed(0); torch.save(ResNetMulti((3, 4, 23, 3), 19, True).state_dict(), '/tmp/r101.pth')"
+# A full-size (2048x1024) image under the val frame's name, so that loading costs what a real
+# Cityscapes val image costs (the val frame of ../shared/data is 256x128; its label 2048x1024).
+F=/tmp/csfull
+mkdir -p $F/leftImg8bit/val/frankfurt $F/gtFine/val
+cp .gpu/cs/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png \
+  $F/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png
+cp -r .gpu/cs/gtFine/val/frankfurt $F/gtFine/val/
 for n in 40 440; do
   for i in $(seq $n); do echo frankfurt/frankfurt_000000_000294_leftImg8bit.png; done > /tmp/list_$n.txt
 done
-EV="$A eval --device cuda --checkpoint /tmp/r101.pth --dataset cityscapes --root .gpu/cs --precision tf32 --cuda-graph"
+EV="$A eval --device cuda --checkpoint /tmp/r101.pth --dataset cityscapes --root $F --precision tf32 --cuda-graph"
 for opts in "--batch 1" "--batch 1 --fold-bn fused" "--batch 4 --fold-bn fused" "--batch 1 --save-predictions /tmp/preds"; do
   for n in 40 440; do
     t0=$(date +%s%N)
@@ -165,11 +174,11 @@ for opts in "--batch 1" "--batch 1 --fold-bn fused" "--batch 4 --fold-bn fused" 
       | tee -a "$OUT/eval_cli.txt"
   done
 done
-echo "== advent predict end to end (readers, network, writers), the val frame copied 30 and 150 times,"
+echo "== advent predict end to end (readers, network, writers), a 2048x1024 frame copied 30 and 150 times,"
 echo "   1024x512 in, 2048x1024 out, tf32: images/s = 120 / the difference"
 for n in 30 150; do
   mkdir -p /tmp/pin_$n
-  for i in $(seq $n); do cp .gpu/cs/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png /tmp/pin_$n/f$i.png; done
+  for i in $(seq $n); do cp $F/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png /tmp/pin_$n/f$i.png; done
   for w in 4 8; do
     t0=$(date +%s%N)
     timeout 60 $A predict --device cuda --checkpoint /tmp/r101.pth --input /tmp/pin_$n --output /tmp/pout_${n}_$w \

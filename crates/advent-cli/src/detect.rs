@@ -80,8 +80,9 @@ pub struct PredictArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Threads reading images ahead of the network, and as many writing the outputs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Threads reading images ahead of the network, and as many writing the outputs
+    /// (default: the CPU cores, 2 to 8).
+    #[arg(long, default_value_t = crate::args::default_workers(), value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
 }
 

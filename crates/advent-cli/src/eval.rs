@@ -94,8 +94,8 @@ pub struct Args {
     /// Foggy Cityscapes' attenuation β (0.005, 0.01 or 0.02).
     #[arg(long, default_value_t = 0.02)]
     beta: f64,
-    /// Threads loading images ahead of the network.
-    #[arg(long, default_value_t = 4)]
+    /// Threads loading images ahead of the network (default: the CPU cores, 2 to 8).
+    #[arg(long, default_value_t = crate::args::default_workers().into())]
     workers: usize,
     /// Images per forward pass (consecutive images of one size). The reference evaluates
     /// one at a time; on a GPU a few at once fill more of the chip (BENCHMARKS.md). The

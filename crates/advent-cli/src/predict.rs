@@ -65,8 +65,8 @@ pub struct Args {
     #[arg(long, default_value = "off")]
     fold_bn: BnFold,
     /// Threads reading and resizing images ahead of the network, and as many writing the
-    /// outputs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    /// outputs (default: the CPU cores, 2 to 8).
+    #[arg(long, default_value_t = crate::args::default_workers(), value_parser = clap::value_parser!(u16).range(1..))]
     workers: u16,
 }
 
