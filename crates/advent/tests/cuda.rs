@@ -338,6 +338,25 @@ fn device_sync(device: Device) {
     }
 }
 
+/// The CUDA device for the evaluation tests, with cuDNN's autotuner and tf32 as `advent eval`
+/// sets them; `None` without a device.
+fn cuda_for_evaluation() -> Option<Device> {
+    let device = cuda()?;
+    advent::device::set_cudnn_benchmark(true).unwrap();
+    advent::device::set_precision(Precision::Tf32).unwrap();
+    Some(device)
+}
+
+/// The built-in generator's target domain with labels, 19 classes, `len` images.
+fn labelled_synthetic(len: usize) -> advent::dataset::DatasetSpec {
+    let mut spec = Config::defaults().dataset_spec(false);
+    spec.kind = "synthetic".into();
+    spec.labels = true;
+    spec.num_classes = 19;
+    spec.synthetic_len = len;
+    spec
+}
+
 /// Evaluation through a CUDA graph (`advent eval --cuda-graph`) gives the eager pass's
 /// predictions, for images of one size and after a change of size (recapture); also with
 /// channels-last bf16, the fastest setting, and with the batch norms folded into cuDNN's
@@ -348,14 +367,8 @@ fn device_sync(device: Device) {
 fn cuda_graph_evaluation_matches_eager() {
     use advent::eval::{confusion_matrix, EvalOptions};
     use advent::model::BnFold;
-    let Some(device) = cuda() else { return };
-    advent::device::set_cudnn_benchmark(true).unwrap();
-    advent::device::set_precision(Precision::Tf32).unwrap();
-    let mut spec = Config::defaults().dataset_spec(false);
-    spec.kind = "synthetic".into();
-    spec.labels = true;
-    spec.num_classes = 19;
-    spec.synthetic_len = 4;
+    let Some(device) = cuda_for_evaluation() else { return };
+    let mut spec = labelled_synthetic(4);
     let cases = [
         (Precision::Tf32, false, BnFold::Off),
         (Precision::Bf16, true, BnFold::Off),
@@ -413,14 +426,8 @@ impl advent::dataset::Dataset for Interleaved {
 #[ignore = "needs a CUDA device"]
 fn cuda_graph_evaluation_recaptures_between_batches() {
     use advent::eval::{confusion_matrix, EvalOptions};
-    let Some(device) = cuda() else { return };
-    advent::device::set_cudnn_benchmark(true).unwrap();
-    advent::device::set_precision(Precision::Tf32).unwrap();
-    let mut spec = Config::defaults().dataset_spec(false);
-    spec.kind = "synthetic".into();
-    spec.labels = true;
-    spec.num_classes = 19;
-    spec.synthetic_len = 11;
+    let Some(device) = cuda_for_evaluation() else { return };
+    let mut spec = labelled_synthetic(11);
     spec.size = (256, 128);
     let small = advent::dataset::open(&spec).unwrap();
     spec.size = (320, 160);
