@@ -68,16 +68,16 @@
 #     scoring and the prediction files now run as a pipeline (scoring threads count the
 #     confusion pairs and write the PNGs while the network runs the next batch). Before, the
 #     host's ~3.5 ms per 2048x1024 image (label bytes, the pair counts) and, with
-#     --save-predictions, ~40 ms of PNG encoding ran between the GPU's passes (examples/
+#     --save-predictions, ~12 ms of PNG encoding ran between the GPU's passes (examples/
 #     host_costs.rs, on the development VM): expected
 #     images/s end to end within 10 % of the bench figure (was ~25 % under without
-#     predictions, ~4x under with them);
+#     predictions, ~2x under with them);
 #  11. `advent predict` end to end: readers and writers around the network, softmax, argmax
 #     and entropy on the GPU, the 160 MB of probabilities no longer brought back unless
 #     --save-prob. Before: ~10 ms of network and over 100 ms of host work in series per
-#     2048x1024 output (reading and resizing ~30 ms, three PNGs ~70 ms, examples/
-#     host_costs.rs; the host's argmax), under 10 images/s; expected 50-110 images/s, bound
-#     by the PNG writers (~70 ms an image) over 4 or 8 threads.
+#     2048x1024 output (reading and resizing ~35 ms, three PNGs ~45 ms, examples/
+#     host_costs.rs; the host's argmax), ~10 images/s; expected 80-200 images/s, bound by
+#     the readers or the writers (~35 and ~45 ms an image) over 4 or 8 threads.
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -156,7 +156,8 @@ except ImportError: sys.modules['numpy'] = types.ModuleType('numpy')
 from reference_nets import ResNetMulti
 torch.manual_seed(0); torch.save(ResNetMulti((3, 4, 23, 3), 19, True).state_dict(), '/tmp/r101.pth')"
 # A full-size (2048x1024) image under the val frame's name, so that loading costs what a real
-# Cityscapes val image costs (the val frame of ../shared/data is 256x128; its label 2048x1024).
+# Cityscapes val image costs (the val frame of ../shared/data is 256x128, as is its label,
+# which the scorers resize to the 2048x1024 output).
 F=/tmp/csfull
 mkdir -p $F/leftImg8bit/val/frankfurt $F/gtFine/val
 cp .gpu/cs/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png \

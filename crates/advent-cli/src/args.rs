@@ -16,8 +16,8 @@ pub fn parse_size(s: &str) -> Result<(u32, u32)> {
 }
 
 /// Default count of loader (and writer) threads for evaluation and prediction: the CPU
-/// cores, 2 to 8. Reading and resizing a 2048x1024 frame takes ~30 ms of one core and
-/// writing a prediction's PNGs ~40-70 ms (`examples/host_costs.rs`), so on a GPU that
+/// cores, 2 to 8. Reading and resizing a 2048x1024 frame takes ~35 ms of one core and
+/// writing a prediction's PNGs ~45 ms (`examples/host_costs.rs`), so on a GPU that
 /// evaluates 100-200 images/s a fixed 4 threads would set the pace.
 pub fn default_workers() -> u16 {
     std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(2, 8) as u16

@@ -181,8 +181,9 @@ pub fn evaluate(models: &[(&SegModel, f64)], dataset: Arc<dyn Dataset>, options:
 /// them into batches of [`EvalOptions::batch`] and runs the networks; scoring threads turn
 /// the labels into train-id bytes, count the confusion pairs and write the prediction
 /// files, so that the network never waits for them (on the host they cost about 3.5 ms per
-/// 2048x1024 image, and the two PNGs another 40 ms: `examples/host_costs.rs`). Each scoring thread counts into
-/// its own matrix and the matrices are summed at the end: the same counts in any order.
+/// 2048x1024 image, and the two PNGs another 12 ms: `examples/host_costs.rs`). Each scoring
+/// thread counts into its own matrix and the matrices are summed at the end: the same
+/// counts in any order.
 /// Of several failing images, the first in the set's order is reported.
 pub fn confusion_matrix(
     models: &[(&SegModel, f64)],
