@@ -427,10 +427,7 @@ impl Feeder<'_> {
     /// The batch in flight with its train ids on the host.
     fn bring_back(&mut self) -> Result<Option<Landed>, IndexedError> {
         let Some(InFlight { batch, ids }) = self.in_flight.take() else { return Ok(None) };
-        let host =
-            (|| -> Result<Vec<u8>> { Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?) })(
-            );
-        match host {
+        match host_bytes(&ids) {
             Ok(host) => Ok(Some((batch, host))),
             Err(e) => Err((batch[0].index, e.context(format!("predicting {}", describe(&batch))))),
         }
@@ -508,7 +505,7 @@ impl Scoring {
         let name = &s.name;
         let (w_out, h_out) = s.size;
         let (lh, lw) = (s.label.size()[0] as u32, s.label.size()[1] as u32);
-        let truth = Vec::<u8>::try_from(s.label.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?;
+        let truth = host_bytes(&s.label)?;
         let truth =
             if (lw, lh) == (w_out, h_out) { truth } else { image::resize_nearest(&truth, lw, lh, w_out, h_out) };
         cm.add(&truth, &s.prediction).with_context(|| format!("scoring {name}"))?;
@@ -553,27 +550,14 @@ impl Drop for Staging {
     }
 }
 
-/// The ensemble's train ids for one preprocessed image (`[3, H, W]`, BGR minus the mean):
-/// `argmax_c Σ_i weight_i · upsample(main_i)`, row-major `width · height` bytes.
-pub fn predict_ids(models: &[(&SegModel, f64)], image: &Tensor, width: u32, height: u32) -> Result<Vec<u8>> {
-    predict_ids_with(models, image, width, height, crate::device::Precision::default())
+/// A tensor's bytes on the host, row-major (uint8 tensors: train ids).
+fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    Ok(Vec::<u8>::try_from(t.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?)
 }
 
-/// [`predict_ids`] at a given precision.
-pub fn predict_ids_with(
-    models: &[(&SegModel, f64)],
-    image: &Tensor,
-    width: u32,
-    height: u32,
-    precision: crate::device::Precision,
-) -> Result<Vec<u8>> {
-    ensure!(width >= 1 && height >= 1, "the output size must be positive");
-    let ids = ids_on_device(models, &image.f_unsqueeze(0)?, width, height, precision)?;
-    Ok(Vec::<u8>::try_from(ids.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?)
-}
-
-/// The train ids of `[1, 3, H, W]` as a `[1, height, width]` uint8 tensor on the first
-/// model's device; no host round-trip.
+/// The ensemble's train ids for preprocessed images `x` (`[n, 3, H, W]`, BGR minus the
+/// mean), `argmax_c Σ_i weight_i · upsample(main_i)`, as a `[n, height, width]` uint8 tensor
+/// on the first model's device; no host round-trip.
 fn ids_on_device(
     models: &[(&SegModel, f64)],
     x: &Tensor,
@@ -603,8 +587,8 @@ fn ids_on_device(
     })
 }
 
-/// [`predict_ids`] through a CUDA graph: the whole prediction of an image (forward pass of
-/// every model, upsampling, argmax) is captured once and then replayed with the next image
+/// [`ids_on_device`] through a CUDA graph: the whole prediction of a batch (forward pass of
+/// every model, upsampling, argmax) is captured once and then replayed with the next batch
 /// copied into the same input tensor, which saves the per-kernel launch cost (most of the
 /// time of a bf16 forward pass at batch 1). Captured again when the sizes change.
 struct Graphed {
