@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -164,10 +164,7 @@ pub fn process<L: Send, O: Send>(
     };
     let next = AtomicUsize::new(0);
     let (loaded_tx, loaded_rx) = sync_channel::<(usize, Result<L>)>(threads);
-    let (done_tx, done_rx) = sync_channel::<(usize, O)>(1);
-    // Each writer holds the receiver: should every writer end (a panic), the channel closes
-    // and the network's sends fail instead of blocking.
-    let done_rx = Arc::new(Mutex::new(done_rx));
+    let (done_tx, done_rx) = advent::queue::channel::<(usize, O)>(1);
     std::thread::scope(|scope| {
         let (fail, next, load, write, bar) = (&fail, &next, &load, &write, &bar);
         for _ in 0..threads.min(jobs.len()) {
@@ -178,18 +175,18 @@ pub fn process<L: Send, O: Send>(
                     break;
                 }
             });
-            let done_rx = Arc::clone(&done_rx);
-            scope.spawn(move || loop {
-                let received = done_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                let Ok((index, result)) = received else { break };
-                let job = &jobs[index];
-                let out_dir = output.join(&job.rel_dir);
-                let written = std::fs::create_dir_all(&out_dir)
-                    .with_context(|| format!("creating {}", out_dir.display()))
-                    .and_then(|()| write(job, &out_dir, result));
-                match written {
-                    Ok(()) => bar.inc(1),
-                    Err(e) => fail(index, e),
+            let done_rx = done_rx.clone();
+            scope.spawn(move || {
+                while let Some((index, result)) = done_rx.recv() {
+                    let job = &jobs[index];
+                    let out_dir = output.join(&job.rel_dir);
+                    let written = std::fs::create_dir_all(&out_dir)
+                        .with_context(|| format!("creating {}", out_dir.display()))
+                        .and_then(|()| write(job, &out_dir, result));
+                    match written {
+                        Ok(()) => bar.inc(1),
+                        Err(e) => fail(index, e),
+                    }
                 }
             });
         }
@@ -287,4 +284,56 @@ fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Failures reach `process` out of order (a slow failing image ahead of fast ones, in
+    /// both the reading and the writing stage); the error still names them in the jobs'
+    /// order, and every other image is written.
+    #[test]
+    fn failures_are_named_in_the_jobs_order_whatever_order_they_happen_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs: Vec<Job> = (0..7)
+            .map(|i| Job { path: PathBuf::from(format!("in/{i}.png")), rel_dir: PathBuf::new(), stem: i.to_string() })
+            .collect();
+        let slow = Duration::from_millis(400);
+        let written = Mutex::new(Vec::new());
+        let result = process(
+            &jobs,
+            dir.path(),
+            3,
+            |job| match job.stem.as_str() {
+                "1" => {
+                    std::thread::sleep(slow);
+                    bail!("unreadable {}", job.stem)
+                }
+                "4" => bail!("unreadable {}", job.stem),
+                _ => Ok(job.stem.clone()),
+            },
+            |_, loaded| Ok(loaded),
+            |_, _, stem| match stem.as_str() {
+                "2" => {
+                    std::thread::sleep(slow);
+                    bail!("disk full writing {stem}")
+                }
+                "5" => bail!("disk full writing {stem}"),
+                _ => {
+                    written.lock().unwrap().push(stem);
+                    Ok(())
+                }
+            },
+        );
+        let message = format!("{:#}", result.unwrap_err());
+        assert!(
+            message.starts_with("4 of 7 images failed (listed above): in/1.png, in/2.png, in/4.png, in/5.png"),
+            "{message}"
+        );
+        let mut written = written.into_inner().unwrap();
+        written.sort();
+        assert_eq!(written, ["0", "3", "6"]);
+    }
 }

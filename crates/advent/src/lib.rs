@@ -20,6 +20,7 @@ pub mod loss;
 pub mod model;
 pub mod native;
 pub mod predict;
+pub mod queue;
 pub mod report;
 pub mod tensorboard;
 pub mod train;

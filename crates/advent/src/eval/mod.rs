@@ -23,12 +23,13 @@ use crate::dataset::{self, Dataset, DatasetSpec, LabelSize, OpenOptions, Sample}
 use crate::image::{self, colormap};
 use crate::loss;
 use crate::model::SegModel;
+use crate::queue::SharedReceiver;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// How [`evaluate`] runs.
@@ -242,16 +243,13 @@ pub fn confusion_matrix(
         capacity,
         in_flight: None,
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Scored>(threads + capacity);
-    // Each scoring thread holds the receiver; when the last one ends (or unwinds), the
-    // channel closes and the network's sends fail instead of blocking.
-    let rx = Arc::new(Mutex::new(rx));
+    let (tx, rx) = crate::queue::channel::<Scored>(threads + capacity);
     let (fed, scored) = std::thread::scope(|scope| {
         let scoring = &scoring;
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                let rx = Arc::clone(&rx);
-                scope.spawn(move || scoring.run(rx))
+                let rx = rx.clone();
+                scope.spawn(move || scoring.run(&rx))
             })
             .collect();
         drop(rx);
@@ -484,11 +482,9 @@ struct Scoring {
 
 impl Scoring {
     /// Scores images from `rx` until it closes or one fails; returns this thread's matrix.
-    fn run(&self, rx: Arc<Mutex<Receiver<Scored>>>) -> Result<ConfusionMatrix, IndexedError> {
+    fn run(&self, rx: &SharedReceiver<Scored>) -> Result<ConfusionMatrix, IndexedError> {
         let mut cm = ConfusionMatrix::new(self.num_classes);
-        loop {
-            let next = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
-            let Ok(scored) = next else { return Ok(cm) };
+        while let Some(scored) = rx.recv() {
             let index = scored.index;
             if index > self.first_failure.load(Ordering::Relaxed) {
                 continue;
@@ -499,6 +495,7 @@ impl Scoring {
             }
             self.bar.inc(1);
         }
+        Ok(cm)
     }
 
     fn score(&self, cm: &mut ConfusionMatrix, s: Scored) -> Result<()> {
