@@ -6,7 +6,7 @@
 #                           (folded, fused, channels-last, batches, bf16; 8-10 minutes);
 #   session.sh pipeline     advent eval and advent predict end to end (about 3 minutes);
 #   session.sh singles      each training change alone, the autotuner limit, the reference's
-#                           profile (about 6 minutes).
+#                           profile, the dilation probe (about 7 minutes).
 # With 15 minutes of device time a session, start-up included, one session gets through
 # correctness and most of timing; give each part the time that remains and run the rest in
 # the next session. Every result is written to $OUT as it comes, so a cut run still returns
@@ -78,6 +78,11 @@
 #     2048x1024 output (reading and resizing ~35 ms, three PNGs ~45 ms, examples/
 #     host_costs.rs; the host's argmax), ~10 images/s; expected 80-200 images/s, bound by
 #     the readers or the writers (~35 and ~45 ms an image) over 4 or 8 threads.
+#  12. (singles) whether cuDNN runs the dilated 3x3 convolutions of layers 3 and 4 slower
+#     than plain ones of the same arithmetic (tools/gpu/dilation_probe.py: the same
+#     convolution on the feature map rearranged space-to-batch, exact). Expected: no gain
+#     (on the CPU the rearranged one is 0-15 % slower); a stage run rearranged would be worth
+#     building only if the plain convolution were clearly faster.
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -202,4 +207,6 @@ timeout 90 $B --precision tf32 --channels-last --cuda-graph --cudnn-benchmark-li
 echo "== where the reference's tf32 channels-last step spends its GPU time"
 timeout 90 python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 > "$OUT/profile_tf32_cl.txt" 2>&1
 grep -v Warning "$OUT/profile_tf32_cl.txt" | head -60
+echo "== dilated 3x3 convolutions against plain ones on the space-to-batch rearranged map"
+timeout 90 python3 tools/gpu/dilation_probe.py 2>&1 | tee "$OUT/dilation_probe.txt"
 echo "== done"
