@@ -32,7 +32,7 @@ pub struct CheckArgs {
     dataset: String,
     /// Its root folder, in the official layout (GTA5: images/, labels/; SYNTHIA: RGB/,
     /// parsed_LABELS/ or GT/LABELS/; Cityscapes: leftImg8bit/, gtFine/; Foggy Cityscapes:
-    /// leftImg8bit_foggy/, gtFine/).
+    /// leftImg8bit_foggy/, gtFine/; images: any folder of .png/.jpg/.jpeg, no labels).
     #[arg(long)]
     root: PathBuf,
     /// Split of Cityscapes and Foggy Cityscapes (GTA5 and SYNTHIA have none).

@@ -344,6 +344,47 @@ fn every_method_trains_and_logs_its_losses() {
     }
 }
 
+/// A target domain of one's own: `target.dataset = "images"` adapts to a folder of
+/// unlabelled images (PNG and JPEG, subfolders); `advent report` shows them, `advent data
+/// check` reads them; as a source it is refused, naming the key.
+#[test]
+fn a_folder_of_own_images_is_a_target_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    std::fs::create_dir_all(frames.join("day1")).unwrap();
+    write_image(&frames.join("day1/0001.png"), 80, 40);
+    write_image(&frames.join("day1/0002.png"), 80, 40);
+    image::RgbImage::from_fn(96, 48, |x, y| image::Rgb([x as u8, y as u8, 90])).save(frames.join("0003.jpg")).unwrap();
+    let config = tiny_config(dir.path(), "advent");
+    let run = dir.path().join("run");
+    let target = ["--set", "target.dataset=\"images\"", "--set", &format!("target.root={:?}", s(&frames))];
+    let mut args = vec!["train", "--config", s(&config), "--run-dir", s(&run), "--set", "train.early_stop=2"];
+    args.extend(target);
+    assert_success(&advent(&args));
+    let m = metrics(&run);
+    assert_eq!(m.len(), 3);
+    assert!(m[2].contains("loss_adv_trg_main"), "{}", m[2]);
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("dataset = \"images\""), "{saved}");
+    let o = advent(&["report", s(&run), "--samples", "3"]);
+    assert_success(&o);
+    assert!(run.join("report.html").is_file());
+
+    let o = advent(&["data", "check", "--dataset", "images", "--root", s(&frames)]);
+    assert_success(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("images: 3 images") && out.contains("80x40 (2)") && !out.contains("labels read"), "{out}");
+    std::fs::write(frames.join("day1/0004.png"), b"\x89PNG\r\n\x1a\ntruncated").unwrap();
+    let o = advent(&["data", "check", "--dataset", "images", "--root", s(&frames)]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("day1/0004.png"), "{}", String::from_utf8_lossy(&o.stdout));
+
+    let r2 = dir.path().join("r2");
+    let args = ["train", "--config", s(&config), "--run-dir", s(&r2), "--set", "source.dataset=\"images\""];
+    assert_clean_failure(&advent(&args), "source.dataset = \"images\"");
+    assert!(!r2.exists());
+}
+
 #[test]
 fn config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -203,7 +203,17 @@ impl Config {
             !(t.upsampling == crate::loss::Upsampling::Matmul && t.precision == crate::device::Precision::Bf16),
             "train.upsampling = \"matmul\" needs train.precision = \"fp32\" or \"tf32\" (bf16 logits take the kernel)"
         );
+        ensure!(
+            self.source.dataset != "images",
+            "source.dataset = \"images\": a folder of images has no labels; it can only be target.dataset"
+        );
         for (name, d) in [("source", &self.source), ("target", &self.target)] {
+            ensure!(
+                crate::dataset::FILE_KINDS.contains(&d.dataset.as_str()) || crate::dataset::is_synthetic(&d.dataset),
+                "{name}.dataset: unknown dataset `{}` (known: {}, synthetic, synthetic-source, synthetic-target)",
+                d.dataset,
+                crate::dataset::FILE_KINDS.join(", ")
+            );
             ensure!(
                 d.size[0] >= 32 && d.size[1] >= 32,
                 "{name}.size must be at least [32, 32] (the discriminator's stride), got {:?}",
@@ -453,6 +463,17 @@ mod tests {
         assert!(e.contains("train.upsampling = \"matmul\" needs train.precision"), "{e}");
         let e = err("[train]\nupsampling = \"nearest\"\n");
         assert!(e.contains("upsampling"), "{e}");
+    }
+
+    #[test]
+    fn datasets_are_checked_by_name_and_a_folder_of_images_is_a_target_only() {
+        let e = err("[target]\ndataset = \"kitti\"\n");
+        assert!(e.contains("target.dataset: unknown dataset `kitti`"), "{e}");
+        let e = err("[source]\ndataset = \"images\"\n");
+        assert!(e.contains("source.dataset = \"images\"") && e.contains("no labels"), "{e}");
+        let c = Config::parse("[target]\ndataset = \"images\"\nroot = \"frames\"\n", &[]).unwrap();
+        let spec = c.dataset_spec(false);
+        assert_eq!((spec.kind.as_str(), spec.labels), ("images", false));
     }
 
     #[test]

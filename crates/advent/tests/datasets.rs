@@ -336,6 +336,72 @@ fn cityscapes_layout_19_and_16_classes_and_target_without_labels() {
     assert!(msg.contains("leftImg8bit/test"), "{msg}");
 }
 
+/// `images`: a folder of one's own, unlabelled (an extension: the reference has only its
+/// four datasets). Every .png/.jpg/.jpeg below the root, any case, subfolders included, in
+/// name order; hidden and other files skipped; a target only.
+#[test]
+fn a_folder_of_images_is_an_unlabelled_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (w, h) = (8, 6);
+    let a = write_rgb(&root.join("a.png"), w, h, 1);
+    let b = write_rgb(&root.join("sub/deeper/b.PNG"), w, h, 2);
+    let jpg = image::RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]));
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    jpg.save(root.join("sub/c.jpeg")).unwrap();
+    std::fs::write(root.join("notes.txt"), "not an image").unwrap();
+    write_rgb(&root.join(".hidden.png"), w, h, 3);
+    write_rgb(&root.join(".cache/d.png"), w, h, 4);
+
+    let mut sp = spec("images", root, "ignored", (w, h), 19);
+    sp.labels = false;
+    let ds = dataset::open(&sp).unwrap();
+    assert_eq!(ds.len(), 3);
+    let names: Vec<String> = (0..3).map(|i| ds.get(i).unwrap().name).collect();
+    assert_eq!(names, ["a", "c", "b"]); // by path: a.png, sub/c.jpeg, sub/deeper/b.PNG
+    let s = ds.get(0).unwrap();
+    assert!(s.label.is_none());
+    assert_eq!(image_vec(&s.image), expected_input(&a));
+    assert_eq!(image_vec(&ds.get(2).unwrap().image), expected_input(&b));
+    let c = image_vec(&ds.get(1).unwrap().image);
+    // A uniform JPEG stays near uniform (JPEG rounds): BGR minus the mean, by hand.
+    let n = (w * h) as usize;
+    for (ch, want) in [30.0 - 104.00698793, 20.0 - 116.66876762, 10.0 - 122.67891434].into_iter().enumerate() {
+        assert!(c[ch * n..(ch + 1) * n].iter().all(|v| (v - want as f32).abs() <= 2.0), "channel {ch}");
+    }
+
+    // Resized like every dataset, and restricted by a list relative to the root.
+    let list = root.join("list.txt");
+    std::fs::write(&list, "sub/deeper/b.PNG\na.png\n").unwrap();
+    sp.list = Some(list);
+    sp.size = (w / 2, h / 2);
+    let ds = dataset::open(&sp).unwrap();
+    assert_eq!((ds.len(), ds.get(0).unwrap().name.as_str()), (2, "b"));
+    assert_eq!(ds.get(1).unwrap().image.size(), vec![3, 3, 4]);
+
+    // Never with labels: a source, or an evaluation set.
+    sp.labels = true;
+    let msg = err_text(dataset::open(&sp));
+    assert!(msg.contains("images") && msg.contains("no labels") && msg.contains("target"), "{msg}");
+    // An empty folder is named.
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut sp = spec("images", &empty, "", (w, h), 19);
+    sp.labels = false;
+    let msg = err_text(dataset::open(&sp));
+    assert!(msg.contains("no images") && msg.contains("empty"), "{msg}");
+    // `advent data check` reads the images, no labels.
+    let check = Check::new(
+        dataset::layout(&spec("images", root, "", (w, h), 19), SynthiaLabels::Auto).unwrap(),
+        None,
+        19,
+        true,
+    )
+    .unwrap();
+    let report = check.run(&|| {});
+    assert_eq!((report.images, report.labels_checked, report.problems.len()), (3, false, 0));
+}
+
 #[test]
 fn foggy_cityscapes_picks_beta_and_reads_gtfine() {
     let dir = tempfile::tempdir().unwrap();

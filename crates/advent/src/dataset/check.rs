@@ -120,7 +120,7 @@ impl Tally {
 
 impl Check {
     /// Finds the items of `layout` (walking its folders, or from `list`); labels mapped to
-    /// `num_classes` (19 or 16) are examined when `labels` is set.
+    /// `num_classes` (19 or 16) are examined when `labels` is set and the layout has any.
     ///
     /// # Errors
     ///
@@ -141,6 +141,7 @@ impl Check {
             None => walk_names(layout.as_ref())?.into_iter().map(|n| (n, true)).collect(),
         };
         ensure!(!names.is_empty(), "{}: no images found under {}", layout.name(), layout.image_dir().display());
+        let labels = labels && layout.has_labels();
         Ok(Check { layout, names, num_classes, labels })
     }
 

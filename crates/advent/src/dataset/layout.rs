@@ -51,6 +51,10 @@ pub trait Layout: Send + Sync {
     fn listed(&self, line: &str) -> String {
         line.to_string()
     }
+    /// Whether the dataset has labels at all (`images`, a folder of one's own, has none).
+    fn has_labels(&self) -> bool {
+        true
+    }
     /// The label file of the image called `name`.
     fn label_path(&self, name: &str) -> PathBuf;
     /// How the label files store their ids.
@@ -205,8 +209,8 @@ impl FileDataset {
     ///
     /// # Errors
     ///
-    /// Those of [`find_names`]; a class count other than 19 or 16; with labels, images
-    /// whose label file does not exist (named).
+    /// Those of [`find_names`]; a class count other than 19 or 16; labels asked of a layout
+    /// without any; with labels, images whose label file does not exist (named).
     pub fn new(
         layout: Box<dyn Layout>,
         list: Option<&Path>,
@@ -215,6 +219,11 @@ impl FileDataset {
         num_classes: usize,
     ) -> Result<FileDataset> {
         ensure!(size.0 > 0 && size.1 > 0, "{}: image size {}x{} is empty", layout.name(), size.0, size.1);
+        ensure!(
+            label_size.is_none() || layout.has_labels(),
+            "{}: a folder of images has no labels: it can only be the target domain",
+            layout.name()
+        );
         let lookup = layout.ids().lookup(num_classes)?;
         let dir = layout.image_dir();
         let items: Vec<Item> = find_names(layout.as_ref(), list)?

@@ -7,7 +7,8 @@
 //! resized with nearest neighbour and mapped to train ids (255 = ignored).
 //!
 //! * one short file per dataset says where its files are and how its labels read:
-//!   [`gta5`], [`synthia`], [`cityscapes`], [`foggy`]; [`synthetic`] generates scenes;
+//!   [`gta5`], [`synthia`], [`cityscapes`], [`foggy`], and [`images`] (a folder of one's own,
+//!   unlabelled); [`synthetic`] generates scenes;
 //! * [`layout`] finds the items of any of them and loads one ([`FileDataset`]); [`label`]
 //!   reads label files as stored and holds the id → train-id tables;
 //! * [`loader`] turns a dataset into endless, seeded, resumable batches, loaded ahead by
@@ -18,6 +19,7 @@ pub mod check;
 pub mod cityscapes;
 pub mod foggy;
 pub mod gta5;
+pub mod images;
 pub mod label;
 pub mod layout;
 pub mod loader;
@@ -59,7 +61,7 @@ pub trait Dataset: Send + Sync {
 /// Which dataset a configuration names, and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetSpec {
-    /// `gta5`, `synthia`, `cityscapes`, `foggy-cityscapes` or `synthetic`.
+    /// `gta5`, `synthia`, `cityscapes`, `foggy-cityscapes`, `images` or `synthetic`.
     pub kind: String,
     /// Root folder in the dataset's official layout (unused by `synthetic`).
     pub root: PathBuf,
@@ -85,8 +87,9 @@ pub struct DatasetSpec {
     pub synthetic_shift: f32,
 }
 
-/// The datasets read from their official folder layouts, by `DatasetSpec::kind`.
-pub const FILE_KINDS: [&str; 4] = ["gta5", "synthia", "cityscapes", "foggy-cityscapes"];
+/// The datasets read from files, by `DatasetSpec::kind`: the four in their official folder
+/// layouts, and `images` (any folder of images, without labels).
+pub const FILE_KINDS: [&str; 5] = ["gta5", "synthia", "cityscapes", "foggy-cityscapes", "images"];
 
 /// What opening a file-based dataset may choose beyond its [`DatasetSpec`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,6 +100,11 @@ pub struct OpenOptions {
     pub synthia_labels: SynthiaLabels,
 }
 
+/// Whether `kind` names the built-in generator.
+pub fn is_synthetic(kind: &str) -> bool {
+    matches!(kind, "synthetic" | "synthetic-source" | "synthetic-target")
+}
+
 /// Opens the dataset a spec names.
 pub fn open(spec: &DatasetSpec) -> Result<Arc<dyn Dataset>> {
     open_with(spec, &OpenOptions::default())
@@ -105,9 +113,9 @@ pub fn open(spec: &DatasetSpec) -> Result<Arc<dyn Dataset>> {
 /// Opens the dataset a spec names, with options (evaluation loads labels at their native
 /// size: `LabelSize::Native`).
 pub fn open_with(spec: &DatasetSpec, options: &OpenOptions) -> Result<Arc<dyn Dataset>> {
-    match spec.kind.as_str() {
-        "synthetic" | "synthetic-source" | "synthetic-target" => Ok(Arc::new(synthetic::SyntheticScenes::new(spec)?)),
-        _ => Ok(Arc::new(open_files(spec, options)?)),
+    match is_synthetic(&spec.kind) {
+        true => Ok(Arc::new(synthetic::SyntheticScenes::new(spec)?)),
+        false => Ok(Arc::new(open_files(spec, options)?)),
     }
 }
 
@@ -132,6 +140,7 @@ pub fn layout_of(
         "synthia" => Box::new(synthia::Synthia::new(root, synthia_labels)),
         "cityscapes" => Box::new(cityscapes::Cityscapes { root, split }),
         "foggy-cityscapes" => Box::new(foggy::FoggyCityscapes { root, split, beta: foggy_beta }),
+        "images" => Box::new(images::Images { root }),
         other => bail!("unknown dataset `{other}` (known: {}, synthetic)", FILE_KINDS.join(", ")),
     })
 }

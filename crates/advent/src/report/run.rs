@@ -198,7 +198,7 @@ pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Resul
 
 fn samples_section(config: &Config, model: &SegModel, count: usize) -> Result<String> {
     let mut spec = config.dataset_spec(false);
-    spec.labels = spec.kind.starts_with("synthetic");
+    spec.labels = dataset::is_synthetic(&spec.kind);
     let set = dataset::open(&spec).context("the run's target dataset")?;
     let n = count.min(set.len());
     let headers: Vec<String> = ["target image"]
