@@ -16,7 +16,8 @@
 # --release -p advent --test cuda --no-run), torch_reference.py (../shared/bench),
 # tiny_init.pth (a demo source-only checkpoint), cpu_metrics.jsonl (the CPU run of the
 # tracking command below) and cs/ (the Cityscapes frames of ../shared/data, val included).
-# Results go to $OUT.
+# Results go to $OUT; `python3 tools/gpu/summarize.py OUT` (here, afterwards) prints the
+# ratios against the reference for BENCHMARKS.md.
 #
 # Prepared for the next device session (written 2026-11-27 without a GPU):
 #  1. the graph of the training step with its gradients freed before the capture

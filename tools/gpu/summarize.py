@@ -1,0 +1,136 @@
+"""The ratios of a device session, from what tools/gpu/session.sh wrote to its $OUT folder, for
+BENCHMARKS.md: each advent figure beside the reference's from the same run.
+
+    python3 tools/gpu/summarize.py OUT_FOLDER
+
+timing: per round, the AdvEnt step (median, minimum, peak memory) of each advent
+configuration against the reference's tf32 step of that round, and every evaluation figure
+against the reference's tf32 evaluation (the median of the rounds' figures); goals: step
+<= 0.75x, evaluation >= 1.5x, peak memory <= the reference's. correctness: the CUDA tests'
+summary and the tracking checks. pipeline: images/s end to end from the two list lengths
+(the difference cancels start-up). singles: each training change against the graphed
+held-gradient step of the timing rounds, when those are in the same folder.
+"""
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+
+def lines(path):
+    """The JSON objects of a file, one per line (other lines skipped)."""
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def first(path, **match):
+    for obj in lines(path) if path.is_file() else []:
+        if all(str(obj.get(k, "")).startswith(v) for k, v in match.items()):
+            return obj
+    return None
+
+
+def main(out):
+    gpu = sorted(out.glob("gpu_*.txt"))
+    if gpu:
+        print("card:", gpu[0].read_text().strip())
+
+    parity = out / "parity.txt"
+    if parity.is_file():
+        print("\n## correctness")
+        for line in parity.read_text().splitlines():
+            if "test result" in line or "panicked" in line or "FAILED" in line:
+                print(" ", line.strip())
+        for g in ["false", "true"]:
+            t = out / f"track_{g}.txt"
+            if t.is_file():
+                text = t.read_text().strip().splitlines()
+                print(f"  tracking, cuda_graph={g}: " + (text[-1] if text else "(empty)"))
+
+    rounds = sorted({int(m.group(1)) for p in out.glob("r*_torch_tf32.jsonl") if (m := re.match(r"r(\d+)_", p.name))})
+    ref_eval = []
+    held = []
+    if rounds:
+        print("\n## AdvEnt step, tf32 (goal: <= 0.75x the reference's time, peak memory <= the reference's)")
+        print("| round | configuration | median ms | min ms | peak GiB | reference median ms | ratio | peak vs reference |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rounds:
+            ref = first(out / f"r{r}_torch_tf32.jsonl", what="train-advent")
+            ev = first(out / f"r{r}_torch_tf32.jsonl", what="eval")
+            if ev:
+                ref_eval.append(ev["images_per_s"])
+            for name in ["held", "all"]:
+                a = first(out / f"r{r}_tf32_cl_graph_{name}.jsonl")
+                if not (a and ref):
+                    continue
+                if name == "held":
+                    held.append(a["median_ms"])
+                ratio = a["median_ms"] / ref["median_ms"]
+                peak = f"{a.get('peak_gib', 0) - (ref.get('peak_gib') or 0):+.2f} GiB"
+                print(f"| {r} | {name} | {a['median_ms']} | {a['min_ms']} | {a.get('peak_gib')} | {ref['median_ms']} "
+                      f"| **{ratio:.3f}x** | {peak} |")
+
+    evals = sorted(out.glob("eval_*.jsonl"))
+    if evals:
+        ref = statistics.median(ref_eval) if ref_eval else None
+        print(f"\n## evaluation, 1024x512 in, 2048x1024 out (goal: >= 1.5x the reference's tf32 images/s; "
+              f"reference: {ref_eval} images/s, median {ref})")
+        print("| configuration | ms per pass | images/s | vs reference |")
+        print("|---|---|---|---|")
+        for p in evals:
+            a = first(p)
+            if not a:
+                print(f"| {p.stem[5:]} | (no result) | | |")
+                continue
+            vs = f"**{a['images_per_s'] / ref:.2f}x**" if ref else ""
+            print(f"| {p.stem[5:]} | {a['median_ms']} | {a['images_per_s']} | {vs} |")
+
+    singles = [p for p in sorted(out.glob("*_cl_graph_*.jsonl")) if not p.name.startswith(("r", "eval_"))]
+    if singles:
+        base = statistics.median(held) if held else None
+        print(f"\n## each change alone (against the held-gradient graphed tf32 step: {held} ms)")
+        print("| configuration | median ms | min ms | peak GiB | vs held |")
+        print("|---|---|---|---|---|")
+        for p in singles:
+            a = first(p)
+            if not a:
+                print(f"| {p.stem} | (no result) | | | |")
+                continue
+            vs = f"{a['median_ms'] / base:.3f}x" if base and p.name.startswith("tf32") else ""
+            print(f"| {p.stem} | {a['median_ms']} | {a['min_ms']} | {a.get('peak_gib')} | {vs} |")
+
+    for name in ["eval_cli.txt", "predict_cli.txt"]:
+        p = out / name
+        if not p.is_file():
+            continue
+        print(f"\n## {name[:-8]} end to end: images/s = the long run's extra images / its extra time")
+        runs = {}
+        for line in p.read_text().splitlines():
+            m = re.match(r"(.*?): (\d+) images in (\d+) ms", line)
+            if m:
+                runs.setdefault(m.group(1), {})[int(m.group(2))] = int(m.group(3))
+        for opts, t in runs.items():
+            if len(t) == 2:
+                (n0, t0), (n1, t1) = sorted(t.items())
+                rate = (n1 - n0) / max(t1 - t0, 1) * 1e3
+                print(f"  {opts}: {n0} images {t0} ms, {n1} images {t1} ms: {rate:.1f} images/s")
+            else:
+                print(f"  {opts}: {t} (incomplete)")
+
+    dil = out / "dilation_probe.txt"
+    if dil.is_file():
+        print("\n## dilation probe\n" + dil.read_text().rstrip())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]))
