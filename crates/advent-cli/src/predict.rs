@@ -16,7 +16,7 @@ pub struct Args {
     /// Segmentation network checkpoint: .pth (PyTorch zip or legacy format) or .safetensors.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// An image, or a folder of images (.png, .jpg, .jpeg).
+    /// An image, or a folder of images (.png, .jpg, .jpeg; hidden files skipped).
     #[arg(long)]
     input: PathBuf,
     /// Folder for the outputs (created if needed).
@@ -246,16 +246,17 @@ fn is_image(p: &Path) -> bool {
 /// work starts.
 pub fn collect_inputs(input: &Path, recursive: bool) -> Result<Vec<Job>> {
     let meta = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?;
-    let mut paths = Vec::new();
-    if meta.is_dir() {
-        walk(input, recursive, &mut paths)?;
+    let paths = if meta.is_dir() {
+        let mut paths: Vec<PathBuf> =
+            advent::fs::files_under(input, recursive)?.into_iter().filter(|p| is_image(p)).collect();
         paths.sort();
         if paths.is_empty() {
             bail!("no images (.png, .jpg, .jpeg) in {}", input.display());
         }
+        paths
     } else {
-        paths.push(input.to_path_buf());
-    }
+        vec![input.to_path_buf()]
+    };
     let mut seen: HashMap<(PathBuf, String), PathBuf> = HashMap::new();
     let mut jobs = Vec::new();
     for path in paths {
@@ -270,20 +271,6 @@ pub fn collect_inputs(input: &Path, recursive: bool) -> Result<Vec<Job>> {
         jobs.push(Job { path, rel_dir, stem });
     }
     Ok(jobs)
-}
-
-fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))? {
-        let path = entry.with_context(|| format!("reading folder {}", dir.display()))?.path();
-        if path.is_dir() {
-            if recursive {
-                walk(&path, recursive, out)?;
-            }
-        } else if is_image(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

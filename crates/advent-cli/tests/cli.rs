@@ -368,7 +368,8 @@ fn a_folder_of_own_images_is_a_target_domain() {
     assert!(saved.contains("dataset = \"images\""), "{saved}");
     let o = advent(&["report", s(&run), "--samples", "3"]);
     assert_success(&o);
-    assert!(run.join("report.html").is_file());
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("target image") && !html.contains("No sample images"), "the report shows no frames");
 
     let o = advent(&["data", "check", "--dataset", "images", "--root", s(&frames)]);
     assert_success(&o);

@@ -1,10 +1,13 @@
-//! File writing that never leaves a half-written output behind.
+//! Files: writing that never leaves a half-written output behind, and finding the files of a
+//! folder.
 //!
 //! Every output of the program goes through [`write_atomic`]: the bytes are written to a
 //! temporary file in the destination folder, flushed to disk, and renamed over the target.
 //! A crash, a full disk or a bad input therefore leaves either the old file or the new one.
+//!
+//! Every folder of inputs (a dataset's, predict's, score's) is read by [`files_under`].
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -68,6 +71,42 @@ fn temporary_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{stem}.tmp-{}-{n}{ext}", std::process::id()))
 }
 
+/// Every file under `dir` (with `recursive`, in its subfolders too), following links;
+/// hidden entries (`.name`) skipped; in no particular order.
+///
+/// # Errors
+///
+/// An unreadable folder, or a link that leads back to a folder it is in (a loop), named.
+pub fn files_under(dir: &Path, recursive: bool) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    walk(dir, recursive, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+/// [`files_under`] below `dir`, whose enclosing folders (resolved) are `ancestors`.
+fn walk(dir: &Path, recursive: bool, ancestors: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let real = fs::canonicalize(dir).with_context(|| format!("listing folder {}", dir.display()))?;
+    if ancestors.contains(&real) {
+        bail!("folder {} leads back to {} (a link loop)", dir.display(), real.display());
+    }
+    ancestors.push(real);
+    for entry in fs::read_dir(dir).with_context(|| format!("listing folder {}", dir.display()))? {
+        let path = entry.with_context(|| format!("listing folder {}", dir.display()))?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        if path.is_dir() {
+            if recursive {
+                walk(&path, recursive, ancestors, out)?;
+            }
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    ancestors.pop();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +124,37 @@ mod tests {
         assert!(format!("{err:#}").contains("disk full"));
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn files_under_skips_hidden_entries_follows_links_and_refuses_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for f in ["a.png", "sub/b.png", "sub/deep/c.png", ".hidden.png", ".cache/d.png", "other/e.png"] {
+            let path = root.join(f);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, b"x").unwrap();
+        }
+        // A link to a folder elsewhere in the tree is followed (not a loop).
+        std::os::unix::fs::symlink(root.join("other"), root.join("sub/to-other")).unwrap();
+        let names = |recursive| {
+            let mut n: Vec<String> = files_under(&root, recursive)
+                .unwrap()
+                .iter()
+                .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(false), ["a.png"]);
+        assert_eq!(names(true), ["a.png", "other/e.png", "sub/b.png", "sub/deep/c.png", "sub/to-other/e.png"]);
+        // A link back to a folder it is in would be walked for ever.
+        std::os::unix::fs::symlink(&root, root.join("sub/deep/up")).unwrap();
+        let e = format!("{:#}", files_under(&root, true).unwrap_err());
+        assert!(e.contains("sub/deep/up") && e.contains("link loop"), "{e}");
+        assert_eq!(names(false), ["a.png"]);
+        let e = format!("{:#}", files_under(&dir.path().join("nowhere"), true).unwrap_err());
+        assert!(e.contains("listing folder") && e.contains("nowhere"), "{e}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn items_spread_over_workers_and_each_is_taken_once() {
+    fn each_item_is_taken_by_exactly_one_worker() {
         let (tx, rx) = channel::<usize>(2);
         let taken = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..3)
@@ -61,7 +61,7 @@ mod tests {
         let worker = rx.clone();
         drop(rx);
         std::thread::spawn(move || drop(worker)).join().unwrap();
-        // With a receiver left, the second send would block forever on the full queue.
+        // With a receiver left the send would be queued and succeed; with none it fails.
         assert!(tx.send(1).is_err());
     }
 }

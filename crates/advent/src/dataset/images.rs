@@ -1,5 +1,5 @@
 //! A folder of one's own images (`images`): every `.png`, `.jpg` and `.jpeg` under `<root>`,
-//! subfolders included, in name order, without labels. Not in the reference, which knows
+//! subfolders included, hidden ones (`.name`) skipped, in name order, without labels. Not in the reference, which knows
 //! only its four datasets: this is how a target domain of one's own (a fleet's camera
 //! frames, another city) is adapted to. It can only be a target domain; `split` is
 //! ignored, and a list file names images relative to `<root>`.
@@ -27,9 +27,9 @@ impl Layout for Images {
     fn has_labels(&self) -> bool {
         false
     }
-    /// Never read ([`Layout::has_labels`] is false): where a label would be.
+    /// Never read ([`Layout::has_labels`] is false): a path that is not the image.
     fn label_path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.root.join(".no-labels").join(name)
     }
     fn label_encoding(&self) -> LabelEncoding {
         LabelEncoding::Ids8

@@ -2,7 +2,7 @@
 //! file in the reference's format), and loading one item the way the reference does
 //! (SPEC §5.1).
 //!
-//! Each dataset file (`gta5.rs`, `synthia.rs`, `cityscapes.rs`, `foggy.rs`) only answers the
+//! Each dataset file (`gta5.rs`, `synthia.rs`, `cityscapes.rs`, `foggy.rs`, `images.rs`) only answers the
 //! questions of [`Layout`]: where its images are, where the label of an image is, how labels
 //! are stored and which table maps their ids to train ids.
 //!
@@ -145,9 +145,10 @@ pub fn list_names(layout: &dyn Layout, list: &Path) -> Result<Vec<String>> {
 /// A missing or unreadable image folder.
 pub fn walk_names(layout: &dyn Layout) -> Result<Vec<String>> {
     check_image_dir(layout)?;
-    let mut names = Vec::new();
-    walk(&layout.image_dir(), "", &mut names)?;
-    names.retain(|n| layout.is_image(n));
+    let dir = layout.image_dir();
+    let files = crate::fs::files_under(&dir, true)?;
+    let mut names: Vec<String> =
+        files.iter().filter_map(|p| relative_name(&dir, p)).filter(|n| layout.is_image(n)).collect();
     names.sort();
     Ok(names)
 }
@@ -158,28 +159,11 @@ fn check_image_dir(layout: &dyn Layout) -> Result<()> {
     Ok(())
 }
 
-/// Every file under `dir` (following links), as `/`-separated paths after `prefix`; hidden
-/// entries (`.name`) are skipped.
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("listing folder {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing folder {}", dir.display()))?;
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue; // not UTF-8: no dataset names its files so
-        };
-        if file_name.starts_with('.') {
-            continue;
-        }
-        let name = format!("{prefix}{file_name}");
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, &format!("{name}/"), out)?;
-        } else if path.is_file() {
-            out.push(name);
-        }
-    }
-    Ok(())
+/// `path` below `root` as a `/`-separated name; `None` if a part is not UTF-8 (no dataset
+/// names its files so).
+fn relative_name(root: &Path, path: &Path) -> Option<String> {
+    let parts: Option<Vec<&str>> = path.strip_prefix(root).ok()?.iter().map(|c| c.to_str()).collect();
+    Some(parts?.join("/"))
 }
 
 /// Reads stored ids, resizes them with Pillow's nearest rule for their sample size and maps
@@ -221,8 +205,9 @@ impl FileDataset {
         ensure!(size.0 > 0 && size.1 > 0, "{}: image size {}x{} is empty", layout.name(), size.0, size.1);
         ensure!(
             label_size.is_none() || layout.has_labels(),
-            "{}: a folder of images has no labels: it can only be the target domain",
-            layout.name()
+            "{}: {} has no labels: it can only be the target domain",
+            layout.name(),
+            layout.image_dir().display()
         );
         let lookup = layout.ids().lookup(num_classes)?;
         let dir = layout.image_dir();

@@ -82,7 +82,7 @@ pub fn ground_truth_frames(root: &Path, split: &str) -> Result<Vec<(String, Path
     let dir = root.join("gtFine").join(split);
     ensure!(dir.is_dir(), "no ground-truth folder {} (is --gt the Cityscapes root?)", dir.display());
     let mut frames = Vec::new();
-    for path in walk_files(&dir)? {
+    for path in crate::fs::files_under(&dir, true)? {
         let name = file_name(&path);
         if let Some(key) = name.strip_suffix(GT_SUFFIX) {
             frames.push((key.to_string(), path));
@@ -106,7 +106,7 @@ fn is_picture(name: &str) -> bool {
 /// several.
 pub fn match_predictions(pred_dir: &Path, frames: &[(String, PathBuf)]) -> Result<Vec<Frame>> {
     ensure!(pred_dir.is_dir(), "no prediction folder {}", pred_dir.display());
-    let mut found: Vec<(String, PathBuf)> = walk_files(pred_dir)?
+    let mut found: Vec<(String, PathBuf)> = crate::fs::files_under(pred_dir, true)?
         .into_iter()
         .map(|p| (file_name(&p).to_string(), p))
         .filter(|(n, _)| n.ends_with(".png"))
@@ -318,24 +318,4 @@ fn known_label_ids(pixels: &[u64]) -> Result<()> {
 
 fn file_name(path: &Path) -> &str {
     path.file_name().and_then(|n| n.to_str()).unwrap_or("")
-}
-
-/// Every file under `dir`, recursively, following links; hidden entries skipped.
-fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("listing folder {}", d.display()))? {
-            let path = entry.with_context(|| format!("listing folder {}", d.display()))?.path();
-            if file_name(&path).starts_with('.') {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.is_file() {
-                out.push(path);
-            }
-        }
-    }
-    Ok(out)
 }
