@@ -1,12 +1,17 @@
 """Whether cuDNN runs ResNet-101's dilated 3x3 convolutions slower than plain ones of the same
-arithmetic, measured in PyTorch before building anything into advent (BENCHMARKS.md).
+arithmetic, measured in PyTorch before building anything into advent (the result goes to
+BENCHMARKS.md).
 
 A dilated convolution (stride 1, padding = dilation d) equals a plain 3x3 convolution
 (padding 1) on the input rearranged "space to batch": the d x d phases of the feature map
-become d*d images of (H/d) x (W/d) (TensorFlow's atrous_conv2d). It is exact, and only the
-3x3 convolutions mix neighbouring positions, so a whole dilated stage (layer3: 23 blocks at
-d=2, layer4: 3 at d=4) could run rearranged, with one rearrangement at each end. Worth
-building only if the plain convolution is clearly faster on the GPU.
+become d*d images of (H/d) x (W/d) (TensorFlow's atrous_conv2d), zero-padded to multiples
+of d. For one convolution it is exact. Only the 3x3 convolutions mix neighbouring
+positions, so a whole dilated stage (layer3: 23 blocks at d=2, layer4: 3 at d=4) could run
+rearranged with one rearrangement at each end, but at 65x129 (not a multiple of 2 or 4)
+the padded positions stop being zero after a batch norm's bias, so they would have to be
+zeroed again before each 3x3 convolution (a few rows and columns), and training's batch
+statistics would have to leave them out. Worth building only if the plain convolution is
+clearly faster on the GPU.
 
 Expected before measuring: no gain (cuDNN's implicit-GEMM kernels take the dilation in their
 address arithmetic; on the development VM's CPU, oneDNN: 53 ms dilated, 56 ms rearranged for

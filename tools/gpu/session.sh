@@ -209,5 +209,5 @@ echo "== where the reference's tf32 channels-last step spends its GPU time"
 timeout 90 python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 > "$OUT/profile_tf32_cl.txt" 2>&1
 grep -v Warning "$OUT/profile_tf32_cl.txt" | head -60
 echo "== dilated 3x3 convolutions against plain ones on the space-to-batch rearranged map"
-timeout 90 python3 tools/gpu/dilation_probe.py 2>&1 | tee "$OUT/dilation_probe.txt"
+timeout 90 python3 -u tools/gpu/dilation_probe.py 2>&1 | tee "$OUT/dilation_probe.txt"
 echo "== done"
