@@ -107,21 +107,23 @@ def main(out):
             vs = f"{a['median_ms'] / base:.3f}x" if base and p.name.startswith("tf32") else ""
             print(f"| {p.stem} | {a['median_ms']} | {a['min_ms']} | {a.get('peak_gib')} | {vs} |")
 
-    for name in ["eval_cli.txt", "predict_cli.txt"]:
+    for name in ["eval_cli.txt", "predict_cli.txt", "train_cli.txt"]:
         p = out / name
         if not p.is_file():
             continue
-        print(f"\n## {name[:-8]} end to end: images/s = the long run's extra images / its extra time")
+        print(f"\n## {name[:-8]} end to end: the long run's extra work over its extra time")
         runs = {}
         for line in p.read_text().splitlines():
-            m = re.match(r"(.*?): (\d+) images in (\d+) ms", line)
+            m = re.match(r"(.*?): (\d+) (images|iterations) in (\d+) ms", line)
             if m:
-                runs.setdefault(m.group(1), {})[int(m.group(2))] = int(m.group(3))
-        for opts, t in runs.items():
+                runs.setdefault((m.group(1), m.group(3)), {})[int(m.group(2))] = int(m.group(4))
+        for (opts, unit), t in runs.items():
             if len(t) == 2:
                 (n0, t0), (n1, t1) = sorted(t.items())
-                rate = (n1 - n0) / max(t1 - t0, 1) * 1e3
-                print(f"  {opts}: {n0} images {t0} ms, {n1} images {t1} ms: {rate:.1f} images/s")
+                rate = f"{(n1 - n0) / max(t1 - t0, 1) * 1e3:.1f} images/s"
+                if unit == "iterations":
+                    rate = f"{(t1 - t0) / (n1 - n0):.1f} ms/iteration"
+                print(f"  {opts}: {n0} {unit} {t0} ms, {n1} {unit} {t1} ms: {rate}")
             else:
                 print(f"  {opts}: {t} (incomplete)")
 
