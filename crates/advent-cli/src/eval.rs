@@ -218,19 +218,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         subset.len(),
         describe_sizes(a)
     );
-    let options = EvalOptions {
-        input_size: Some(a.input_size),
-        output_size: a.output_size.0,
-        subset,
-        save_predictions: a.save_predictions.clone(),
-        workers: a.workers,
-        progress: true,
-        precision: a.precision.parse()?,
-        channels_last: a.channels_last,
-        cuda_graph: a.cuda_graph,
-        fold_bn: a.fold_bn,
-        batch: usize::from(a.batch),
-    };
+    let options = eval_options(a, subset, a.save_predictions.clone())?;
     let pairs: Vec<(&SegModel, f64)> = models.iter().zip(weights).collect();
     let images = dataset.len();
     let started = std::time::Instant::now();
@@ -247,6 +235,23 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         eprintln!("wrote predictions to {}", dir.display());
     }
     Ok(())
+}
+
+/// The evaluation settings the arguments give, for the classes `subset`.
+fn eval_options(a: &Args, subset: Vec<usize>, save_predictions: Option<PathBuf>) -> Result<EvalOptions> {
+    Ok(EvalOptions {
+        input_size: Some(a.input_size),
+        output_size: a.output_size.0,
+        subset,
+        save_predictions,
+        workers: a.workers,
+        progress: true,
+        precision: a.precision.parse()?,
+        channels_last: a.channels_last,
+        cuda_graph: a.cuda_graph,
+        fold_bn: a.fold_bn,
+        batch: usize::from(a.batch),
+    })
 }
 
 fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
@@ -277,19 +282,7 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
     );
     let options = SweepOptions {
         key,
-        eval: EvalOptions {
-            input_size: Some(a.input_size),
-            output_size: a.output_size.0,
-            subset,
-            save_predictions: None,
-            workers: a.workers,
-            progress: true,
-            precision: a.precision.parse()?,
-            channels_last: a.channels_last,
-            cuda_graph: a.cuda_graph,
-            fold_bn: a.fold_bn,
-            batch: usize::from(a.batch),
-        },
+        eval: eval_options(a, subset, None)?,
         device,
         overrides: overrides(a),
         wait: a.wait,
