@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// One seed and shorter training (about 3 minutes on 2 CPU cores instead of 15).
+    /// One seed and shorter training (about 1 minute on 2 CPU cores instead of 10).
     #[arg(long)]
     quick: bool,
     /// Output folder: results.json, report.html and every run (replaced when the demo ends;
