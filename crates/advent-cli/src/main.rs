@@ -34,7 +34,7 @@ enum Command {
     Train(train::Args),
     /// Evaluate networks on Cityscapes val with the paper's protocol: ensembles, snapshot sweeps.
     Eval(eval::Args),
-    /// Score prediction PNGs of any model against Cityscapes ground truth (as cityscapesScripts matches them).
+    /// Score prediction PNGs of any model against Cityscapes ground truth (as cityscapesScripts matches them) or labels of your own.
     Score(score::Args),
     /// Segment images with a trained network: train ids, colours, entropy maps.
     Predict(predict::Args),

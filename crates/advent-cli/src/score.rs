@@ -1,8 +1,9 @@
-//! `advent score`: prediction PNGs of any model against Cityscapes ground truth.
+//! `advent score`: prediction PNGs of any model against Cityscapes ground truth, or labels of
+//! one's own.
 
 use advent::eval::score::{score, ScoreOptions};
 use advent::eval::subset_for;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -13,18 +14,28 @@ matched to the one PNG under --pred, searched recursively, whose name starts wit
 <city>_<seq>_<frame>, as cityscapesScripts' evalPixelLevelSemanticLabeling matches them; \
 `advent predict`'s <stem>_trainids.png qualify (its _color.png and _entropy.png pictures are \
 passed over). A frame without a prediction is an error. Scores are those of `advent eval`: one \
-confusion matrix over all frames, IoU per class, classes without pixels skipped in the mean.")]
+confusion matrix over all frames, IoU per class, classes without pixels skipped in the mean.
+
+With --dataset folder, --gt is a folder of label PNGs of one's own (Cityscapes label ids, or \
+train ids with --gt-train-ids): each <sub>/<name>.png under it, searched recursively, is \
+matched to <sub>/<name>_trainids.png (what `advent predict --recursive` writes for an image \
+<sub>/<name>.*) or <sub>/<name>.png under --pred.")]
 pub struct Args {
     /// Folder of prediction PNGs (8-bit, one value per pixel).
     #[arg(long, value_name = "DIR")]
     pred: PathBuf,
-    /// The Cityscapes root holding gtFine/.
+    /// The Cityscapes root holding gtFine/ (with --dataset folder: a folder of label PNGs).
     #[arg(long, value_name = "ROOT")]
     gt: PathBuf,
-    /// cityscapes or foggy-cityscapes (both are scored against gtFine).
+    /// cityscapes or foggy-cityscapes (both are scored against gtFine), or folder (label
+    /// PNGs of one's own under --gt, matched by name).
     #[arg(long, default_value = "cityscapes")]
     dataset: String,
-    /// Split of the ground truth.
+    /// With --dataset folder: the labels hold train ids (255: ignored) instead of Cityscapes
+    /// label ids.
+    #[arg(long)]
+    gt_train_ids: bool,
+    /// Split of the ground truth (Cityscapes).
     #[arg(long, default_value = "val")]
     split: String,
     /// Classes: 19 (Cityscapes), 16 (SYNTHIA → Cityscapes: predictions are 16-class train
@@ -44,6 +55,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    ensure!(
+        !a.gt_train_ids || a.dataset == "folder",
+        "--gt-train-ids is for --dataset folder (Cityscapes' gtFine holds label ids)"
+    );
     let classes: usize = a.classes.parse().expect("validated by clap");
     let num_classes = if classes == 13 { 16 } else { classes };
     let options = ScoreOptions {
@@ -52,6 +67,7 @@ pub fn run(a: Args) -> Result<()> {
         num_classes,
         subset: subset_for(classes, num_classes)?,
         label_ids: a.label_ids,
+        gt_train_ids: a.gt_train_ids,
         threads: a.threads.unwrap_or(0),
     };
     let bar = ProgressBar::no_length();
@@ -60,13 +76,14 @@ pub fn run(a: Args) -> Result<()> {
     bar.finish_and_clear();
     let s = &report.scores;
     print!("{}", s.table());
+    let gt = if a.dataset == "folder" { a.gt.clone() } else { a.gt.join("gtFine").join(&a.split) };
     println!(
         "{} {:.2} over {} classes, {} frames of {}",
         s.score_name(),
         s.miou,
         s.classes.len(),
         report.frames,
-        a.gt.join("gtFine").join(&a.split).display()
+        gt.display()
     );
     if let Some(path) = &a.json {
         s.write_json(path)?;

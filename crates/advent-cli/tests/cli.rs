@@ -123,6 +123,39 @@ fn predict_pipeline_gives_each_image_its_outputs_and_names_failures_in_order() {
     }
 }
 
+/// Labels of one's own: `advent predict --recursive` on a folder of images, then `advent
+/// score --dataset folder` against label PNGs of the same names. Every label pixel is road
+/// (id 7), so road's IoU, the only class with pixels, is the share of pixels predicted 0,
+/// counted here from the prediction files.
+#[test]
+fn predictions_of_a_folder_score_against_labels_of_the_same_names() {
+    let s = setup();
+    let (images, labels, out) = (s.root.join("images"), s.root.join("labels"), s.root.join("out"));
+    for dir in [&images, &labels] {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+    }
+    write_image(&images.join("a.png"), 48, 40);
+    write_image(&images.join("sub/b.png"), 40, 32);
+    image::GrayImage::from_pixel(48, 40, image::Luma([7])).save(labels.join("a.png")).unwrap();
+    image::GrayImage::from_pixel(40, 32, image::Luma([7])).save(labels.join("sub/b.png")).unwrap();
+    let (c, i, o) = (s.checkpoint.to_str().unwrap(), images.to_str().unwrap(), out.to_str().unwrap());
+    assert_success(&advent(&["predict", "--checkpoint", c, "--input", i, "--output", o, "--recursive"]));
+    let mut road = 0;
+    for f in ["a_trainids.png", "sub/b_trainids.png"] {
+        road += image::open(out.join(f)).unwrap().into_luma8().pixels().filter(|p| p.0[0] == 0).count();
+    }
+    let want = 100.0 * road as f64 / (48.0 * 40.0 + 40.0 * 32.0);
+    let json = s.root.join("scores.json");
+    let (l, j) = (labels.to_str().unwrap(), json.to_str().unwrap());
+    let run = advent(&["score", "--dataset", "folder", "--gt", l, "--pred", o, "--json", j]);
+    assert_success(&run);
+    assert!(String::from_utf8_lossy(&run.stdout).contains("2 frames of"), "{}", String::from_utf8_lossy(&run.stdout));
+    let scores: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!((scores["miou"].as_f64().unwrap() - want).abs() < 1e-9, "{} against {want}", scores["miou"]);
+    let run = advent(&["score", "--gt-train-ids", "--gt", l, "--pred", o]);
+    assert_clean_failure(&run, "--gt-train-ids is for --dataset folder");
+}
+
 #[test]
 fn predict_defaults_to_the_image_size_and_detects_the_architecture() {
     let s = setup();

@@ -103,6 +103,7 @@ fn score_fixture(pred: &str, label_ids: bool) -> anyhow::Result<Scores> {
         num_classes: 19,
         subset: Vec::new(),
         label_ids,
+        gt_train_ids: false,
         threads: 0,
     };
     Ok(score(&common::fixture(&format!("eval/{pred}")), &common::fixture("eval"), &options, &|| ())?.scores)
@@ -182,6 +183,7 @@ fn score_dir(pred: &Path) -> anyhow::Result<Scores> {
         num_classes: 19,
         subset: Vec::new(),
         label_ids: false,
+        gt_train_ids: false,
         threads: 0,
     };
     Ok(score(pred, &common::fixture("eval"), &options, &|| ())?.scores)
@@ -237,6 +239,61 @@ fn a_prediction_of_the_wrong_size_or_format_names_the_file() {
     assert!(err.contains("munster_000070_000019_leftImg8bit_trainids.png") && err.contains("RGB"), "{err}");
 }
 
+fn write_gray(path: &Path, w: u32, values: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::GrayImage::from_raw(w, values.len() as u32 / w, values.to_vec()).unwrap().save(path).unwrap();
+}
+
+/// `advent score --dataset folder`: labels of one's own, matched by name and subfolder to
+/// `advent predict --recursive`'s `_trainids.png` or a PNG of the same name. Scores by hand:
+/// day1/a: road (id 7 → 0) at pixels 0, 1, 4, car (26 → 13) at 2, 3, 6, 7, pixel 5 ignored
+/// (id 0); predicted road at 0, 4, 5, 6, car at 1, 2, 3, 7. Road: TP 2, FN 1 (pixel 1),
+/// FP 1 (pixel 6): IoU 1/2; car: TP 3, FN 1, FP 1: IoU 3/5. b: sidewalk (8 → 1) both pixels,
+/// predicted: IoU 1. mIoU = (1/2 + 1 + 3/5) / 3 = 70 %.
+#[test]
+fn labels_of_ones_own_are_scored_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gt, pred) = (dir.path().join("labels"), dir.path().join("preds"));
+    write_gray(&gt.join("day1/a.png"), 4, &[7, 7, 26, 26, 7, 0, 26, 26]);
+    write_gray(&gt.join("b.png"), 2, &[8, 8]);
+    write_gray(&pred.join("day1/a_trainids.png"), 4, &[0, 13, 13, 13, 0, 0, 0, 13]);
+    write_gray(&pred.join("b.png"), 2, &[1, 1]);
+    // What `advent predict` writes beside its train ids, and an image elsewhere: not read.
+    image::RgbImage::new(4, 2).save(pred.join("day1/a_color.png")).unwrap();
+    write_gray(&pred.join("a_trainids.png"), 1, &[200]);
+    let options = ScoreOptions { dataset: "folder".into(), ..ScoreOptions::default() };
+    let report = score(&pred, &gt, &options, &|| ()).unwrap();
+    assert_eq!(report.frames, 2);
+    let s = &report.scores;
+    assert!((s.miou - 70.0).abs() < 1e-9, "{}", s.miou);
+    assert!((s.iou["road"].unwrap() - 50.0).abs() < 1e-9 && (s.iou["car"].unwrap() - 60.0).abs() < 1e-9);
+    assert_eq!(s.iou["building"], None);
+
+    // The same labels as train ids (255 ignored) give the same scores.
+    let gt_train = dir.path().join("labels_train");
+    write_gray(&gt_train.join("day1/a.png"), 4, &[0, 0, 13, 13, 0, 255, 13, 13]);
+    write_gray(&gt_train.join("b.png"), 2, &[1, 1]);
+    let train_ids = ScoreOptions { gt_train_ids: true, ..options.clone() };
+    assert_eq!(&score(&pred, &gt_train, &train_ids, &|| ()).unwrap().scores, s);
+    // A value that is no train id nor 255 names the file; so does a label id above 33.
+    write_gray(&gt_train.join("b.png"), 2, &[1, 40]);
+    let e = format!("{:#}", score(&pred, &gt_train, &train_ids, &|| ()).unwrap_err());
+    assert!(e.contains("labels_train/b.png") && e.contains("40 (1 px)"), "{e}");
+    write_gray(&gt.join("b.png"), 2, &[8, 40]);
+    let e = format!("{:#}", score(&pred, &gt, &options, &|| ()).unwrap_err());
+    assert!(e.contains("labels/b.png") && e.contains("40 (1 px)"), "{e}");
+    write_gray(&gt.join("b.png"), 2, &[8, 8]);
+
+    // Both candidates present, or none: errors naming them.
+    write_gray(&pred.join("b_trainids.png"), 2, &[1, 1]);
+    let e = format!("{:#}", score(&pred, &gt, &options, &|| ()).unwrap_err());
+    assert!(e.contains("two predictions for") && e.contains("b_trainids.png"), "{e}");
+    std::fs::remove_file(pred.join("b_trainids.png")).unwrap();
+    std::fs::remove_file(pred.join("day1/a_trainids.png")).unwrap();
+    let e = format!("{:#}", score(&pred, &gt, &options, &|| ()).unwrap_err());
+    assert!(e.contains("1 of 2 ground-truth frames have no prediction") && e.contains("day1/a"), "{e}");
+}
+
 #[test]
 fn unknown_datasets_are_clear_errors() {
     let options = ScoreOptions {
@@ -245,12 +302,16 @@ fn unknown_datasets_are_clear_errors() {
         num_classes: 19,
         subset: Vec::new(),
         label_ids: false,
+        gt_train_ids: false,
         threads: 0,
     };
     let err = score(&common::fixture("eval/pred_trainids"), &common::fixture("eval"), &options, &|| ())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unknown dataset `mapillary`") && err.contains("cityscapes, foggy-cityscapes"), "{err}");
+    assert!(
+        err.contains("unknown dataset `mapillary`") && err.contains("cityscapes, foggy-cityscapes, folder"),
+        "{err}"
+    );
     let set = EvalSet {
         kind: "gta6".into(),
         root: "nowhere".into(),
@@ -274,6 +335,7 @@ fn sixteen_and_thirteen_classes_map_the_ground_truth_to_the_synthia_protocol() {
         num_classes: 16,
         subset,
         label_ids: true,
+        gt_train_ids: false,
         threads: 1,
     };
     let dir = common::fixture("eval/pred_labelids");
@@ -427,6 +489,7 @@ fn evaluates_a_real_cityscapes_val_frame_end_to_end() {
         num_classes: 19,
         subset: Vec::new(),
         label_ids: false,
+        gt_train_ids: false,
         threads: 0,
     };
     let scored = score(&preds, &root, &options, &|| ()).unwrap();

@@ -9,13 +9,19 @@
 //! `_entropy.png` pictures beside them are not predictions and are passed over. Predictions
 //! that match no frame are ignored, as there.
 //!
+//! Ground truth of one's own (`dataset = "folder"`, not in the reference): every PNG under the
+//! ground-truth folder, `<sub>/<name>.png`, holding Cityscapes label ids (or train ids, with
+//! `gt_train_ids`), is scored against `<sub>/<name>_trainids.png` (what `advent predict
+//! --recursive` writes for an image `<sub>/<name>.*`) or `<sub>/<name>.png` under the
+//! prediction folder: names match exactly, subfolders included.
+//!
 //! Prediction values are train ids, or Cityscapes label ids (`label_ids`, cityscapesScripts'
 //! own format): mapped to train ids, where an ignored label id counts as a miss for the
 //! pixel's class, as cityscapesScripts counts it. Frames are read and counted in parallel
 //! (rayon), into one confusion matrix.
 
 use super::confusion::{ConfusionMatrix, PairCounts, IDENTITY};
-use super::{class_names, Scores, EVAL_DATASETS};
+use super::{class_names, Scores};
 use crate::dataset::cityscapes::LABEL_IDS;
 use crate::dataset::label::{read_label, LabelEncoding, Samples, IGNORE};
 use anyhow::{bail, ensure, Context, Result};
@@ -29,7 +35,8 @@ pub const GT_SUFFIX: &str = "_gtFine_labelIds.png";
 /// How [`score`] reads and averages.
 #[derive(Debug, Clone)]
 pub struct ScoreOptions {
-    /// `cityscapes` or `foggy-cityscapes` (both read `gtFine`).
+    /// `cityscapes` or `foggy-cityscapes` (both read `gtFine`), or `folder` (label PNGs of
+    /// one's own, see the module's documentation).
     pub dataset: String,
     pub split: String,
     /// The class set ids are mapped to: 19, or 16 (SYNTHIA protocol).
@@ -38,6 +45,8 @@ pub struct ScoreOptions {
     pub subset: Vec<usize>,
     /// Predictions hold Cityscapes label ids instead of train ids.
     pub label_ids: bool,
+    /// `folder` ground truth holds train ids (255: ignored) instead of Cityscapes label ids.
+    pub gt_train_ids: bool,
     /// Threads reading and counting frames; 0: rayon's global pool (one per core).
     pub threads: usize,
 }
@@ -51,15 +60,20 @@ impl Default for ScoreOptions {
             num_classes: 19,
             subset: Vec::new(),
             label_ids: false,
+            gt_train_ids: false,
             threads: 0,
         }
     }
 }
 
+/// What [`score`] scores against: Cityscapes' and Foggy Cityscapes' `gtFine` (the datasets of
+/// [`super::EVAL_DATASETS`]) and label PNGs of one's own.
+pub const SCORE_DATASETS: [&str; 3] = ["cityscapes", "foggy-cityscapes", "folder"];
+
 /// A ground-truth frame and its prediction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// `<city>_<seq>_<frame>`.
+    /// `<city>_<seq>_<frame>`; for `folder` ground truth, `<sub>/<name>`.
     pub key: String,
     pub ground_truth: PathBuf,
     pub prediction: PathBuf,
@@ -133,19 +147,67 @@ pub fn match_predictions(pred_dir: &Path, frames: &[(String, PathBuf)]) -> Resul
         }
     }
     if !missing.is_empty() {
-        const SHOWN: usize = 10;
-        bail!(
-            "{} of {} ground-truth frames have no prediction in {} (a prediction is a PNG named \
-             <city>_<seq>_<frame>*.png, searched recursively{}): {}{}",
-            missing.len(),
-            frames.len(),
-            pred_dir.display(),
-            if only_pictures { "; _color.png and _entropy.png pictures are not predictions" } else { "" },
-            missing[..missing.len().min(SHOWN)].join(", "),
-            if missing.len() > SHOWN { format!(", ... and {} more", missing.len() - SHOWN) } else { String::new() }
+        let what = format!(
+            "a PNG named <city>_<seq>_<frame>*.png, searched recursively{}",
+            if only_pictures { "; _color.png and _entropy.png pictures are not predictions" } else { "" }
         );
+        return Err(missing_predictions(&missing, frames.len(), pred_dir, &what));
     }
     Ok(matched)
+}
+
+/// The error for ground-truth frames without a prediction: how many, the first ones, and
+/// `what` a prediction is.
+fn missing_predictions(missing: &[&str], total: usize, pred_dir: &Path, what: &str) -> anyhow::Error {
+    const SHOWN: usize = 10;
+    anyhow::anyhow!(
+        "{} of {total} ground-truth frames have no prediction in {} (a prediction is {what}): {}{}",
+        missing.len(),
+        pred_dir.display(),
+        missing[..missing.len().min(SHOWN)].join(", "),
+        if missing.len() > SHOWN { format!(", ... and {} more", missing.len() - SHOWN) } else { String::new() }
+    )
+}
+
+/// Label PNGs of one's own under `gt_dir` (recursively, hidden entries skipped), each with its
+/// prediction under `pred_dir`: for `<sub>/<name>.png`, `<sub>/<name>_trainids.png` or
+/// `<sub>/<name>.png` there. Sorted by name.
+///
+/// # Errors
+///
+/// A missing folder, no PNGs under `gt_dir`, frames without a prediction (how many, the
+/// first ones) or with both candidates.
+pub fn folder_frames(gt_dir: &Path, pred_dir: &Path) -> Result<Vec<Frame>> {
+    ensure!(gt_dir.is_dir(), "no ground-truth folder {}", gt_dir.display());
+    ensure!(pred_dir.is_dir(), "no prediction folder {}", pred_dir.display());
+    let mut labels: Vec<PathBuf> =
+        crate::fs::files_under(gt_dir, true)?.into_iter().filter(|p| file_name(p).ends_with(".png")).collect();
+    labels.sort();
+    ensure!(!labels.is_empty(), "no label PNGs under {}", gt_dir.display());
+    let mut frames = Vec::with_capacity(labels.len());
+    let mut missing = Vec::new();
+    for gt in labels {
+        let rel = gt.strip_prefix(gt_dir).expect("found under the folder");
+        let key = rel.with_extension("").to_string_lossy().into_owned();
+        let stem = rel.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let sub = pred_dir.join(rel.parent().unwrap_or(Path::new("")));
+        let found: Vec<PathBuf> = [sub.join(format!("{stem}_trainids.png")), pred_dir.join(rel)]
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+        match &found[..] {
+            [one] => frames.push(Frame { key, ground_truth: gt.clone(), prediction: one.clone() }),
+            [] => missing.push(key),
+            [a, b] => bail!("two predictions for {}: {} and {}", gt.display(), a.display(), b.display()),
+            _ => unreachable!("two candidates"),
+        }
+    }
+    if !missing.is_empty() {
+        let missing: Vec<&str> = missing.iter().map(String::as_str).collect();
+        let what = "<sub>/<name>_trainids.png or <sub>/<name>.png for a label <sub>/<name>.png";
+        return Err(missing_predictions(&missing, frames.len() + missing.len(), pred_dir, what));
+    }
+    Ok(frames)
 }
 
 /// Scores the predictions under `pred_dir` against the ground truth under `gt_root`;
@@ -163,10 +225,10 @@ pub fn score(
     progress: &(dyn Fn() + Sync),
 ) -> Result<ScoreReport> {
     ensure!(
-        EVAL_DATASETS.contains(&options.dataset.as_str()),
+        SCORE_DATASETS.contains(&options.dataset.as_str()),
         "unknown dataset `{}` to score against (expected one of: {})",
         options.dataset,
-        EVAL_DATASETS.join(", ")
+        SCORE_DATASETS.join(", ")
     );
     let n = options.num_classes;
     // Label id → train id, every other byte value ignored (unknown ids are caught first).
@@ -177,12 +239,16 @@ pub fn score(
     if let Some(c) = options.subset.iter().find(|&&c| c >= n) {
         bail!("class {c} of the evaluated subset is not one of the {n} classes");
     }
-    let frames = match_predictions(pred_dir, &ground_truth_frames(gt_root, &options.split)?)?;
+    let frames = match options.dataset.as_str() {
+        "folder" => folder_frames(gt_root, pred_dir)?,
+        _ => match_predictions(pred_dir, &ground_truth_frames(gt_root, &options.split)?)?,
+    };
+    let gt_train_ids = options.gt_train_ids && options.dataset == "folder";
     let count = || {
         frames
             .par_iter()
             .map(|frame| {
-                let cm = score_frame(frame, n, &lookup, options.label_ids);
+                let cm = score_frame(frame, n, &lookup, options.label_ids, gt_train_ids);
                 progress();
                 cm
             })
@@ -275,17 +341,29 @@ fn stream_pair_counts(frame: &Frame) -> Result<Option<PairCounts>> {
 }
 
 /// One frame's confusion matrix: the raw values' pair counts, mapped through the tables.
-fn score_frame(frame: &Frame, num_classes: usize, lookup: &[u8; 256], label_ids: bool) -> Result<ConfusionMatrix> {
+fn score_frame(
+    frame: &Frame,
+    num_classes: usize,
+    lookup: &[u8; 256],
+    label_ids: bool,
+    gt_train_ids: bool,
+) -> Result<ConfusionMatrix> {
     let counts = pair_counts(frame)?;
-    known_label_ids(&counts.ground_truth_values())
-        .with_context(|| format!("ground truth {}", frame.ground_truth.display()))?;
+    let gt_context = || format!("ground truth {}", frame.ground_truth.display());
+    let gt_map = if gt_train_ids {
+        known_train_ids(&counts.ground_truth_values(), num_classes).with_context(gt_context)?;
+        &IDENTITY
+    } else {
+        known_label_ids(&counts.ground_truth_values()).with_context(gt_context)?;
+        lookup
+    };
     let mut cm = ConfusionMatrix::new(num_classes);
     let context = || format!("prediction {}", frame.prediction.display());
     if label_ids {
         known_label_ids(&counts.prediction_values()).with_context(context)?;
-        cm.add_counts(&counts, lookup, lookup, true).with_context(context)?;
+        cm.add_counts(&counts, gt_map, lookup, true).with_context(context)?;
     } else {
-        cm.add_counts(&counts, lookup, &IDENTITY, false).with_context(|| {
+        cm.add_counts(&counts, gt_map, &IDENTITY, false).with_context(|| {
             let max = counts.prediction_values().iter().rposition(|&c| c > 0).unwrap_or(0);
             let hint = if max < LABEL_IDS.known() { " (label-id predictions need --label-ids)" } else { "" };
             format!("{}{hint}", context())
@@ -309,6 +387,25 @@ fn known_label_ids(pixels: &[u64]) -> Result<()> {
             "ids outside the {} table (0..={}): {}{}",
             LABEL_IDS.name,
             LABEL_IDS.known() - 1,
+            unknown[..unknown.len().min(8)].join(", "),
+            if unknown.len() > 8 { ", ..." } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// Fails on values that are neither a train id of the `n` classes nor 255 (ignored).
+fn known_train_ids(pixels: &[u64], n: usize) -> Result<()> {
+    let unknown: Vec<String> = pixels
+        .iter()
+        .enumerate()
+        .filter(|&(v, &c)| c > 0 && v >= n && v != usize::from(IGNORE))
+        .map(|(v, c)| format!("{v} ({c} px)"))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "values that are no train id of the {n} classes (0..={}) nor 255 (ignored): {}{}",
+            n - 1,
             unknown[..unknown.len().min(8)].join(", "),
             if unknown.len() > 8 { ", ..." } else { "" }
         );
