@@ -16,7 +16,7 @@ pub struct Args {
     /// Segmentation network checkpoint: .pth (PyTorch zip or legacy format) or .safetensors.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// An image, or a folder of images (.png, .jpg, .jpeg; hidden files skipped).
+    /// An image, or a folder of images (.png, .jpg, .jpeg; hidden files and folders skipped).
     #[arg(long)]
     input: PathBuf,
     /// Folder for the outputs (created if needed).

@@ -32,7 +32,8 @@ pub struct Args {
     #[arg(long, default_value = "cityscapes")]
     dataset: String,
     /// With --dataset folder: the labels hold train ids (255: ignored) instead of Cityscapes
-    /// label ids.
+    /// label ids, in the order of --classes (19: Cityscapes' train ids; 16 and 13: the
+    /// 16-class SYNTHIA protocol's).
     #[arg(long)]
     gt_train_ids: bool,
     /// Split of the ground truth (Cityscapes).

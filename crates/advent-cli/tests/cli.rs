@@ -124,9 +124,9 @@ fn predict_pipeline_gives_each_image_its_outputs_and_names_failures_in_order() {
 }
 
 /// Labels of one's own: `advent predict --recursive` on a folder of images, then `advent
-/// score --dataset folder` against label PNGs of the same names. Every label pixel is road
-/// (id 7), so road's IoU, the only class with pixels, is the share of pixels predicted 0,
-/// counted here from the prediction files.
+/// score --dataset folder` against label PNGs of the same names (left half building, id 11
+/// → train id 2; right half road, id 7 → 0; the top row ignored, id 0). The expected IoUs
+/// are counted here from the labels and the prediction files.
 #[test]
 fn predictions_of_a_folder_score_against_labels_of_the_same_names() {
     let s = setup();
@@ -134,23 +134,53 @@ fn predictions_of_a_folder_score_against_labels_of_the_same_names() {
     for dir in [&images, &labels] {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
     }
-    write_image(&images.join("a.png"), 48, 40);
-    write_image(&images.join("sub/b.png"), 40, 32);
-    image::GrayImage::from_pixel(48, 40, image::Luma([7])).save(labels.join("a.png")).unwrap();
-    image::GrayImage::from_pixel(40, 32, image::Luma([7])).save(labels.join("sub/b.png")).unwrap();
+    let sizes = [("a", 48, 40), ("sub/b", 40, 32)];
+    let train_id = |x: u32, y: u32, w: u32| match (y, x < w / 2) {
+        (0, _) => 255,
+        (_, true) => 2,
+        (_, false) => 0,
+    };
+    for (name, w, h) in sizes {
+        write_image(&images.join(format!("{name}.png")), w, h);
+        let label_id = |x, y| match train_id(x, y, w) {
+            255 => 0,
+            2 => 11,
+            _ => 7,
+        };
+        image::GrayImage::from_fn(w, h, |x, y| image::Luma([label_id(x, y)]))
+            .save(labels.join(format!("{name}.png")))
+            .unwrap();
+    }
     let (c, i, o) = (s.checkpoint.to_str().unwrap(), images.to_str().unwrap(), out.to_str().unwrap());
     assert_success(&advent(&["predict", "--checkpoint", c, "--input", i, "--output", o, "--recursive"]));
-    let mut road = 0;
-    for f in ["a_trainids.png", "sub/b_trainids.png"] {
-        road += image::open(out.join(f)).unwrap().into_luma8().pixels().filter(|p| p.0[0] == 0).count();
+    // Per class: true positives, and pixels labelled or predicted as it (the union).
+    let (mut tp, mut union) = ([0u64; 256], [0u64; 256]);
+    for (name, w, _) in sizes {
+        let pred = image::open(out.join(format!("{name}_trainids.png"))).unwrap().into_luma8();
+        for (x, y, p) in pred.enumerate_pixels() {
+            let (g, p) = (train_id(x, y, w), usize::from(p.0[0]));
+            if g == 255 {
+                continue;
+            }
+            if g == p {
+                tp[g] += 1;
+                union[g] += 1;
+            } else {
+                union[g] += 1;
+                union[p] += 1;
+            }
+        }
     }
-    let want = 100.0 * road as f64 / (48.0 * 40.0 + 40.0 * 32.0);
+    let ious: Vec<f64> = (0..256).filter(|&k| union[k] > 0).map(|k| 100.0 * tp[k] as f64 / union[k] as f64).collect();
+    let want = ious.iter().sum::<f64>() / ious.len() as f64;
     let json = s.root.join("scores.json");
     let (l, j) = (labels.to_str().unwrap(), json.to_str().unwrap());
     let run = advent(&["score", "--dataset", "folder", "--gt", l, "--pred", o, "--json", j]);
     assert_success(&run);
     assert!(String::from_utf8_lossy(&run.stdout).contains("2 frames of"), "{}", String::from_utf8_lossy(&run.stdout));
     let scores: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let building = 100.0 * tp[2] as f64 / union[2] as f64;
+    assert!((scores["iou"]["building"].as_f64().unwrap() - building).abs() < 1e-9, "{}", scores["iou"]);
     assert!((scores["miou"].as_f64().unwrap() - want).abs() < 1e-9, "{} against {want}", scores["miou"]);
     let run = advent(&["score", "--gt-train-ids", "--gt", l, "--pred", o]);
     assert_clean_failure(&run, "--gt-train-ids is for --dataset folder");

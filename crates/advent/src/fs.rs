@@ -92,7 +92,7 @@ fn walk(dir: &Path, recursive: bool, ancestors: &mut Vec<PathBuf>, out: &mut Vec
     ancestors.push(real);
     for entry in fs::read_dir(dir).with_context(|| format!("listing folder {}", dir.display()))? {
         let path = entry.with_context(|| format!("listing folder {}", dir.display()))?.path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+        if path.file_name().is_some_and(|n| n.as_encoded_bytes().first() == Some(&b'.')) {
             continue;
         }
         if path.is_dir() {

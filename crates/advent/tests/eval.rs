@@ -284,6 +284,18 @@ fn labels_of_ones_own_are_scored_by_name() {
     assert!(e.contains("labels/b.png") && e.contains("40 (1 px)"), "{e}");
     write_gray(&gt.join("b.png"), 2, &[8, 8]);
 
+    // Labels named .PNG count; a folder inside the other is refused (a label would be its
+    // own prediction).
+    std::fs::rename(gt.join("b.png"), gt.join("b.PNG")).unwrap();
+    std::fs::rename(pred.join("b.png"), pred.join("b.PNG")).unwrap();
+    assert_eq!(&score(&pred, &gt, &options, &|| ()).unwrap().scores, s);
+    std::fs::rename(gt.join("b.PNG"), gt.join("b.png")).unwrap();
+    std::fs::rename(pred.join("b.PNG"), pred.join("b.png")).unwrap();
+    for (p, g) in [(&gt, &gt), (&pred, &dir.path().to_path_buf())] {
+        let e = format!("{:#}", score(p, g, &options, &|| ()).unwrap_err());
+        assert!(e.contains("must be apart"), "{e}");
+    }
+
     // Both candidates present, or none: errors naming them.
     write_gray(&pred.join("b_trainids.png"), 2, &[1, 1]);
     let e = format!("{:#}", score(&pred, &gt, &options, &|| ()).unwrap_err());

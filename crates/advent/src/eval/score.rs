@@ -169,19 +169,28 @@ fn missing_predictions(missing: &[&str], total: usize, pred_dir: &Path, what: &s
     )
 }
 
-/// Label PNGs of one's own under `gt_dir` (recursively, hidden entries skipped), each with its
-/// prediction under `pred_dir`: for `<sub>/<name>.png`, `<sub>/<name>_trainids.png` or
-/// `<sub>/<name>.png` there. Sorted by name.
+/// Label PNGs of one's own under `gt_dir` (recursively, hidden entries skipped, `.png` in any
+/// case), each with its prediction under `pred_dir`: for `<sub>/<name>.png`,
+/// `<sub>/<name>_trainids.png` or `<sub>/<name>.png` there. Sorted by name.
 ///
 /// # Errors
 ///
-/// A missing folder, no PNGs under `gt_dir`, frames without a prediction (how many, the
-/// first ones) or with both candidates.
+/// A missing folder, folders one inside the other, no PNGs under `gt_dir`, frames without a
+/// prediction (how many, the first ones) or with both candidates.
 pub fn folder_frames(gt_dir: &Path, pred_dir: &Path) -> Result<Vec<Frame>> {
     ensure!(gt_dir.is_dir(), "no ground-truth folder {}", gt_dir.display());
     ensure!(pred_dir.is_dir(), "no prediction folder {}", pred_dir.display());
-    let mut labels: Vec<PathBuf> =
-        crate::fs::files_under(gt_dir, true)?.into_iter().filter(|p| file_name(p).ends_with(".png")).collect();
+    let real = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("reading {}", p.display()));
+    let (gt_real, pred_real) = (real(gt_dir)?, real(pred_dir)?);
+    ensure!(
+        !gt_real.starts_with(&pred_real) && !pred_real.starts_with(&gt_real),
+        "the prediction folder {} and the ground-truth folder {} must be apart (neither inside the other): \
+         a label would be read as its own prediction",
+        pred_dir.display(),
+        gt_dir.display()
+    );
+    let is_png = |p: &PathBuf| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let mut labels: Vec<PathBuf> = crate::fs::files_under(gt_dir, true)?.into_iter().filter(is_png).collect();
     labels.sort();
     ensure!(!labels.is_empty(), "no label PNGs under {}", gt_dir.display());
     let mut frames = Vec::with_capacity(labels.len());
