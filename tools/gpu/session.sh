@@ -4,7 +4,8 @@
 #   session.sh correctness  the CUDA tests and the 200-iteration tracking (about 5 minutes);
 #   session.sh timing       the 0.75x comparison twice beside the reference, then evaluation
 #                           (folded, fused, channels-last, batches, bf16; 8-10 minutes);
-#   session.sh pipeline     advent eval, predict and train end to end (about 5 minutes);
+#   session.sh pipeline     advent eval and advent predict end to end (about 3 minutes);
+#   session.sh train        advent train end to end at the paper's sizes (about 2 minutes);
 #   session.sh singles      each training change alone, the autotuner limit, the reference's
 #                           profile, the dilation probe (about 7 minutes).
 # With 15 minutes of device time a session, start-up included, one session gets through
@@ -79,7 +80,7 @@
 #     2048x1024 output (reading and resizing ~35 ms, three PNGs ~45 ms, examples/
 #     host_costs.rs; the host's argmax), ~10 images/s; expected 80-200 images/s, bound by
 #     the readers or the writers (~35 and ~45 ms an image) over 4 or 8 threads.
-#  11b. `advent train` end to end at the paper's sizes with PNG files (pipeline): the
+#  11b. `advent train` end to end at the paper's sizes with PNG files (train): the
 #     workers decode and resize a source and a target frame per iteration (~20-35 ms each on
 #     one core of the development VM) while the step runs; expected within 5 % of the
 #     bench's graphed channels-last step (~77 ms on the H200), i.e. the loading hidden.
@@ -94,7 +95,7 @@ export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
 A=.gpu/advent
 OUT=${OUT:-/tmp/out}
 PART=${1:-}
-case "$PART" in correctness|timing|pipeline|singles) ;; *) echo "usage: $0 correctness|timing|pipeline|singles" >&2; exit 2 ;; esac
+case "$PART" in correctness|timing|pipeline|train|singles) ;; *) echo "usage: $0 correctness|timing|pipeline|train|singles" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$PART.txt"
 
@@ -107,6 +108,7 @@ timeout 300 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_tr
 
 echo "== 200 AdvEnt iterations from a trained init (demo scale), CUDA tf32 eager and graphed, against the CPU"
 for g in false true; do
+  rm -rf /tmp/track_$g
   timeout 90 $A train --config configs/demo.toml --set train.method=advent --set model.init=.gpu/tiny_init.pth \
     --set train.early_stop=199 --set train.max_iters=4000 --set train.save_every=100000 --set train.precision=tf32 \
     --set train.tensorboard=false --set train.cuda_graph=$g --run-dir /tmp/track_$g --device cuda 2>&1 | tail -2 \
@@ -157,14 +159,37 @@ ev tf32_cl_graph_fused_aspp24 --precision tf32 --channels-last --cuda-graph --fo
 exit 0
 fi
 
-if [ "$PART" = pipeline ]; then
-echo "== advent eval end to end (loading, network, scoring): R101 (reference_nets.py's random init), tf32,"
-echo "   graphed, a 2048x1024 frame with the val label listed 40 and 440 times: images/s = 400 / the difference"
-python3 -c "import sys, types; sys.path.insert(0, 'tools/fixtures'); import torch
+# A DeepLab-V2 R101 in the reference's keys (reference_nets.py's random initialisation), made
+# on the device once: the network of the pipeline and train parts.
+r101() {
+  [ -f /tmp/r101.pth ] && return
+  python3 -c "import sys, types; sys.path.insert(0, 'tools/fixtures'); import torch
 try: import numpy  # reference_nets.py needs it only for its fixture fills, not used here
 except ImportError: sys.modules['numpy'] = types.ModuleType('numpy')
 from reference_nets import ResNetMulti
 torch.manual_seed(0); torch.save(ResNetMulti((3, 4, 23, 3), 19, True).state_dict(), '/tmp/r101.pth')"
+}
+# timed FILE LABEL COUNT UNIT COMMAND...: runs the command and appends "LABEL: COUNT UNIT in T ms"
+# (with advent eval's own "evaluated ..." line) to $OUT/FILE, or "LABEL: COUNT UNIT FAILED"
+# and the command's last line, which summarize.py leaves out.
+timed() {
+  local file=$1 label=$2 n=$3 unit=$4
+  shift 4
+  local t0
+  t0=$(date +%s%N)
+  if "$@" > /tmp/timed.out 2>&1; then
+    local own
+    own=$(grep -o 'evaluated .*' /tmp/timed.out)
+    echo "$label: $n $unit in $(( ($(date +%s%N) - t0) / 1000000 )) ms${own:+; $own}" | tee -a "$OUT/$file"
+  else
+    echo "$label: $n $unit FAILED: $(tail -1 /tmp/timed.out)" | tee -a "$OUT/$file"
+  fi
+}
+
+if [ "$PART" = pipeline ]; then
+echo "== advent eval end to end (loading, network, scoring): R101 (reference_nets.py's random init), tf32,"
+echo "   graphed, a 2048x1024 frame with the val label listed 40 and 440 times: images/s = 400 / the difference"
+r101
 # A full-size (2048x1024) image under the val frame's name, so that loading costs what a real
 # Cityscapes val image costs (the val frame of ../shared/data is 256x128, as is its label,
 # which the scorers resize to the 2048x1024 output).
@@ -179,10 +204,8 @@ done
 EV="$A eval --device cuda --checkpoint /tmp/r101.pth --dataset cityscapes --root $F --precision tf32 --cuda-graph"
 for opts in "--batch 1" "--batch 1 --fold-bn fused" "--batch 4 --fold-bn fused" "--batch 1 --save-predictions /tmp/preds"; do
   for n in 40 440; do
-    t0=$(date +%s%N)
-    timeout 60 $EV --workers 8 $opts --list /tmp/list_$n.txt > /tmp/evalcli.out 2>&1 || tail -3 /tmp/evalcli.out
-    echo "$opts: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms; $(grep -o 'evaluated .*' /tmp/evalcli.out)" \
-      | tee -a "$OUT/eval_cli.txt"
+    # shellcheck disable=SC2086
+    timed eval_cli.txt "$opts" $n images timeout 45 $EV --workers 8 $opts --list /tmp/list_$n.txt
   done
 done
 echo "== advent predict end to end (readers, network, writers), a 2048x1024 frame copied 30 and 150 times,"
@@ -191,14 +214,19 @@ for n in 30 150; do
   mkdir -p /tmp/pin_$n
   for i in $(seq $n); do cp $F/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png /tmp/pin_$n/f$i.png; done
   for w in 4 8; do
-    t0=$(date +%s%N)
-    timeout 60 $A predict --device cuda --checkpoint /tmp/r101.pth --input /tmp/pin_$n --output /tmp/pout_${n}_$w \
-      --input-size 1024x512 --output-size 2048x1024 --workers $w > /tmp/predcli.out 2>&1 || tail -3 /tmp/predcli.out
-    echo "predict --workers $w: $n images in $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUT/predict_cli.txt"
+    rm -rf /tmp/pout_${n}_$w
+    timed predict_cli.txt "predict --workers $w" $n images timeout 50 $A predict --device cuda \
+      --checkpoint /tmp/r101.pth --input /tmp/pin_$n --output /tmp/pout_${n}_$w \
+      --input-size 1024x512 --output-size 2048x1024 --workers $w
   done
 done
+exit 0
+fi
+
+if [ "$PART" = train ]; then
 echo "== advent train end to end (PNG loading on the workers, the step, metrics, TensorBoard, one checkpoint),"
 echo "   AdvEnt R101 tf32 channels-last graphed, 20 and 80 iterations: ms/iteration = the difference / 60"
+r101
 # A GTA5 layout of the four 2048x1024 train frames (a GTA5 frame is 1914x1052: decoding them
 # costs a little more) with the val frame's 256x128 label ids as every label (lighter than a
 # GTA5 label), and the Cityscapes train frames as the target.
@@ -211,12 +239,11 @@ for f in .gpu/cs/leftImg8bit/train/*/*_leftImg8bit.png; do
   cp .gpu/cs/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png $G/labels/0000$k.png
 done
 for n in 20 80; do
-  t0=$(date +%s%N)
-  timeout 150 $A train --config configs/gta2cityscapes_advent.toml --set model.init=/tmp/r101.pth \
-    --set source.root=$G --set target.root=.gpu/cs --set train.early_stop=$n --set train.save_every=100000 \
-    --set train.channels_last=true --set train.cuda_graph=true --run-dir /tmp/train_$n --device cuda \
-    > /tmp/traincli.out 2>&1 || tail -3 /tmp/traincli.out
-  echo "train: $n iterations in $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUT/train_cli.txt"
+  rm -rf /tmp/train_$n
+  timed train_cli.txt train $n iterations timeout 150 $A train --config configs/gta2cityscapes_advent.toml \
+    --set model.init=/tmp/r101.pth --set source.root=$G --set target.root=.gpu/cs --set train.early_stop=$n \
+    --set train.save_every=100000 --set train.channels_last=true --set train.cuda_graph=true \
+    --run-dir /tmp/train_$n --device cuda
 done
 exit 0
 fi

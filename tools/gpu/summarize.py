@@ -8,7 +8,7 @@ configuration against the reference's tf32 step of that round, and every evaluat
 against the reference's tf32 evaluation (the median of the rounds' figures); goals: step
 <= 0.75x, evaluation >= 1.5x, peak memory <= the reference's. correctness: the CUDA tests'
 summary and the tracking checks. pipeline: images/s end to end from the two list lengths
-(the difference cancels start-up). singles: each training change against the graphed
+(the difference cancels start-up; a rerun's lines replace the earlier ones). singles: each training change against the graphed
 held-gradient step of the timing rounds, when those are in the same folder.
 """
 import json
@@ -74,7 +74,9 @@ def main(out):
                 if name == "held":
                     held.append(a["median_ms"])
                 ratio = a["median_ms"] / ref["median_ms"]
-                peak = f"{a.get('peak_gib', 0) - (ref.get('peak_gib') or 0):+.2f} GiB"
+                peak = "n/a"
+                if a.get("peak_gib") is not None and ref.get("peak_gib") is not None:
+                    peak = f"{a['peak_gib'] - ref['peak_gib']:+.2f} GiB"
                 print(f"| {r} | {name} | {a['median_ms']} | {a['min_ms']} | {a.get('peak_gib')} | {ref['median_ms']} "
                       f"| **{ratio:.3f}x** | {peak} |")
 
@@ -120,9 +122,12 @@ def main(out):
         for (opts, unit), t in runs.items():
             if len(t) == 2:
                 (n0, t0), (n1, t1) = sorted(t.items())
-                rate = f"{(n1 - n0) / max(t1 - t0, 1) * 1e3:.1f} images/s"
-                if unit == "iterations":
+                if t1 <= t0:
+                    rate = "n/a (the longer run took no longer)"
+                elif unit == "iterations":
                     rate = f"{(t1 - t0) / (n1 - n0):.1f} ms/iteration"
+                else:
+                    rate = f"{(n1 - n0) / (t1 - t0) * 1e3:.1f} images/s"
                 print(f"  {opts}: {n0} {unit} {t0} ms, {n1} {unit} {t1} ms: {rate}")
             else:
                 print(f"  {opts}: {t} (incomplete)")
