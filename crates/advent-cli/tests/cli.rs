@@ -449,6 +449,32 @@ fn a_folder_of_own_images_is_a_target_domain() {
     assert!(!r2.exists());
 }
 
+/// MinEnt+ER (`train.entropy_ranking`): at iteration 0 both runs see the same network and
+/// target image, so the entropy averaged over the 30 % most uncertain pixels is above the
+/// mean over all of them; the rest of the run trains (later losses differ).
+#[test]
+fn entropy_ranking_averages_the_most_uncertain_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "minent");
+    let first_losses = |ranking: &str| {
+        let run = dir.path().join(format!("er{ranking}"));
+        let set = format!("train.entropy_ranking={ranking}");
+        let args =
+            ["train", "--config", s(&config), "--run-dir", s(&run), "--set", "train.early_stop=1", "--set", &set];
+        assert_success(&advent(&args));
+        let m = metrics(&run);
+        let row = |i: usize| serde_json::from_str::<serde_json::Value>(&m[i]).unwrap();
+        (row(0), row(1))
+    };
+    let ((all0, all1), (er0, er1)) = (first_losses("1.0"), first_losses("0.3"));
+    for head in ["loss_ent_main", "loss_ent_aux"] {
+        let (all, er) = (all0[head].as_f64().unwrap(), er0[head].as_f64().unwrap());
+        assert!(er > all && er <= 1.0, "{head}: ranked {er}, all pixels {all}");
+    }
+    assert_eq!(all0["loss_seg_src_main"], er0["loss_seg_src_main"], "the same network and images at iteration 0");
+    assert_ne!(all1["loss_seg_src_main"], er1["loss_seg_src_main"], "other gradients, other weights");
+}
+
 #[test]
 fn config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -114,6 +114,7 @@ pub struct TrainSection {
     pub lambda_adv_aux: f64,
     pub lambda_ent_main: f64,
     pub lambda_ent_aux: f64,
+    pub entropy_ranking: f64,
     pub save_every: u64,
     pub keep_checkpoints: usize,
     pub seed: u64,
@@ -191,6 +192,19 @@ impl Config {
                 ("lambda_ent_aux", t.lambda_ent_aux),
             ],
         )?;
+        ensure!(
+            t.entropy_ranking > 0.0 && t.entropy_ranking <= 1.0,
+            "train.entropy_ranking must be in (0, 1] (the share of each image's pixels the entropy losses \
+             average over), got {}",
+            t.entropy_ranking
+        );
+        ensure!(
+            t.entropy_ranking == 1.0 || t.method.entropy(),
+            "train.entropy_ranking = {} applies to the entropy losses of minent and advent_minent; \
+             train.method = {} has none",
+            t.entropy_ranking,
+            t.method.name()
+        );
         if t.cuda_graph {
             ensure!(
                 !t.reference_duplicate_params,
@@ -474,6 +488,19 @@ mod tests {
         let c = Config::parse("[target]\ndataset = \"images\"\nroot = \"frames\"\n", &[]).unwrap();
         let spec = c.dataset_spec(false);
         assert_eq!((spec.kind.as_str(), spec.labels), ("images", false));
+    }
+
+    #[test]
+    fn entropy_ranking_is_a_share_for_the_entropy_methods() {
+        assert_eq!(Config::defaults().train.entropy_ranking, 1.0, "every pixel, as the reference code");
+        let c = Config::parse("[train]\nmethod = \"minent\"\nentropy_ranking = 0.3\n", &[]).unwrap();
+        assert_eq!(c.train.entropy_ranking, 0.3);
+        for bad in ["0.0", "1.5", "-0.3"] {
+            let e = err(&format!("[train]\nmethod = \"minent\"\nentropy_ranking = {bad}\n"));
+            assert!(e.contains("train.entropy_ranking must be in (0, 1]"), "{e}");
+        }
+        let e = err("[train]\nmethod = \"advent\"\nentropy_ranking = 0.3\n");
+        assert!(e.contains("train.entropy_ranking = 0.3 applies to the entropy losses") && e.contains("advent"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::optim::{poly_lr, Adam, Group, Param, Sgd};
 use crate::config::{Config, Method};
-use crate::loss::{bce_loss, cross_entropy_2d, entropy_loss, self_information, upsample_with};
+use crate::loss::{bce_loss, cross_entropy_2d, entropy_loss_ranked, self_information, upsample_with};
 use crate::model::{Arch, Discriminator, LoadOptions, SegModel};
 use crate::weights::StateDict;
 use anyhow::{Context, Result};
@@ -470,11 +470,11 @@ impl Trainer {
             }
         }
         if self.method.entropy() {
-            let ent = entropy_loss(&prob_main)?;
+            let ent = entropy_loss_ranked(&prob_main, t.entropy_ranking)?;
             loss = loss.f_add(&ent.f_mul_scalar(t.lambda_ent_main)?)?;
             losses.push(("loss_ent_main", ent.detach()));
             if let Some(p) = &prob_aux {
-                let ent = entropy_loss(p)?;
+                let ent = entropy_loss_ranked(p, t.entropy_ranking)?;
                 loss = loss.f_add(&ent.f_mul_scalar(t.lambda_ent_aux)?)?;
                 losses.push(("loss_ent_aux", ent.detach()));
             }
