@@ -475,6 +475,46 @@ fn entropy_ranking_averages_the_most_uncertain_pixels() {
     assert_ne!(all1["loss_seg_src_main"], er1["loss_seg_src_main"], "other gradients, other weights");
 }
 
+/// The class-ratio prior: `advent data check --json` on a source's labels gives p_s (here
+/// half road, half car), training adds `loss_cp_main` (with cp_mu 0.5 each class's
+/// threshold is 0.25, so the loss lies in [0, 0.5]); a prior of another class count and a
+/// missing file are refused, naming the key, before the run folder is made.
+#[test]
+fn the_class_ratio_prior_comes_from_a_data_check_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let gta = dir.path().join("gta");
+    std::fs::create_dir_all(gta.join("images")).unwrap();
+    std::fs::create_dir_all(gta.join("labels")).unwrap();
+    write_image(&gta.join("images/00001.png"), 8, 6);
+    image::GrayImage::from_fn(8, 6, |x, _| image::Luma([if x < 4 { 7 } else { 26 }]))
+        .save(gta.join("labels/00001.png"))
+        .unwrap();
+    let prior = dir.path().join("prior.json");
+    assert_success(&advent(&["data", "check", "--dataset", "gta5", "--root", s(&gta), "--json", s(&prior)]));
+    let config = tiny_config(dir.path(), "minent");
+    let train = |run: &Path, extra: &[&str]| {
+        let cp = format!("train.class_prior={:?}", s(&prior));
+        let mut args = vec!["train", "--config", s(&config), "--run-dir", s(run), "--set", "train.early_stop=1"];
+        args.extend(["--set", "train.lambda_cp_main=0.5", "--set", &cp]);
+        args.extend(extra);
+        advent(&args)
+    };
+    let run = dir.path().join("cp");
+    assert_success(&train(&run, &[]));
+    let m = metrics(&run);
+    let row: serde_json::Value = serde_json::from_str(&m[0]).unwrap();
+    let cp = row["loss_cp_main"].as_f64().unwrap();
+    assert!((0.0..=0.5).contains(&cp), "{cp}");
+    assert!(row.get("loss_cp_aux").is_none(), "aux weight 0: not computed");
+
+    let other = dir.path().join("other");
+    assert_clean_failure(&train(&other, &["--set", "model.num_classes=16"]), "train.class_prior");
+    assert!(!other.exists());
+    std::fs::remove_file(&prior).unwrap();
+    assert_clean_failure(&train(&other, &[]), "prior.json");
+    assert!(!other.exists());
+}
+
 #[test]
 fn config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();

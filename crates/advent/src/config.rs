@@ -115,6 +115,10 @@ pub struct TrainSection {
     pub lambda_ent_main: f64,
     pub lambda_ent_aux: f64,
     pub entropy_ranking: f64,
+    pub lambda_cp_main: f64,
+    pub lambda_cp_aux: f64,
+    pub cp_mu: f64,
+    pub class_prior: String,
     pub save_every: u64,
     pub keep_checkpoints: usize,
     pub seed: u64,
@@ -190,8 +194,23 @@ impl Config {
                 ("lambda_adv_aux", t.lambda_adv_aux),
                 ("lambda_ent_main", t.lambda_ent_main),
                 ("lambda_ent_aux", t.lambda_ent_aux),
+                ("lambda_cp_main", t.lambda_cp_main),
+                ("lambda_cp_aux", t.lambda_cp_aux),
             ],
         )?;
+        if t.lambda_cp_main > 0.0 || t.lambda_cp_aux > 0.0 {
+            ensure!(
+                t.method.uses_target(),
+                "train.lambda_cp_main/lambda_cp_aux: the class-ratio prior is a target loss; train.method = {} has none",
+                t.method.name()
+            );
+            ensure!(
+                !t.class_prior.is_empty(),
+                "train.lambda_cp_main/lambda_cp_aux > 0 needs train.class_prior: the source's pixels per class, the \
+                 JSON report of `advent data check --dataset <source> --root <root> --json FILE`"
+            );
+            ensure!(t.cp_mu > 0.0 && t.cp_mu <= 1.0, "train.cp_mu must be in (0, 1], got {}", t.cp_mu);
+        }
         ensure!(
             t.entropy_ranking > 0.0 && t.entropy_ranking <= 1.0,
             "train.entropy_ranking must be in (0, 1] (the share of each image's pixels the entropy losses \
@@ -501,6 +520,21 @@ mod tests {
         }
         let e = err("[train]\nmethod = \"advent\"\nentropy_ranking = 0.3\n");
         assert!(e.contains("train.entropy_ranking = 0.3 applies to the entropy losses") && e.contains("advent"), "{e}");
+    }
+
+    #[test]
+    fn the_class_ratio_prior_needs_a_target_method_and_a_prior() {
+        let c = Config::defaults();
+        assert_eq!((c.train.lambda_cp_main, c.train.lambda_cp_aux, c.train.cp_mu), (0.0, 0.0, 0.5));
+        let e = err("[train]\nlambda_cp_main = 0.1\n");
+        assert!(e.contains("needs train.class_prior") && e.contains("advent data check"), "{e}");
+        let e = err("[train]\nmethod = \"source_only\"\nlambda_cp_aux = 0.1\nclass_prior = \"p.json\"\n");
+        assert!(e.contains("train.method = source_only has none"), "{e}");
+        let e = err("[train]\nlambda_cp_main = 0.1\nclass_prior = \"p.json\"\ncp_mu = 0.0\n");
+        assert!(e.contains("train.cp_mu must be in (0, 1]"), "{e}");
+        let e = err("[train]\nlambda_cp_main = -1.0\n");
+        assert!(e.contains("train.lambda_cp_main must be a finite non-negative number"), "{e}");
+        assert!(Config::parse("[train]\nlambda_cp_main = 0.1\nclass_prior = \"p.json\"\n", &[]).is_ok());
     }
 
     #[test]

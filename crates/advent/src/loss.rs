@@ -48,6 +48,15 @@ pub fn entropy_loss_ranked(prob: &Tensor, share: f64) -> Result<Tensor> {
     Ok(top.f_mean(Kind::Float)?)
 }
 
+/// The paper's class-ratio prior loss (CP): `Σ_c max(0, threshold_c − mean_{h,w} P_c)` per
+/// image, averaged over the N images, with `threshold = μ · p_s` (`[C]`, the source's class
+/// shares scaled). It pushes up the classes a prediction gives too little of. A scalar.
+pub fn class_ratio_prior_loss(prob: &Tensor, threshold: &Tensor) -> Result<Tensor> {
+    let shares = prob.f_mean_dim(&[2i64, 3][..], false, Kind::Float)?;
+    let short = threshold.f_view([1, -1])?.f_sub(&shares)?.f_relu()?;
+    Ok(short.f_sum_dim_intlist(1, false, Kind::Float)?.f_mean(Kind::Float)?)
+}
+
 /// `BCEWithLogits(mean)` of discriminator outputs against a constant domain label
 /// (source 0, target 1). A scalar.
 pub fn bce_loss(logits: &Tensor, label: f64) -> Result<Tensor> {
@@ -215,6 +224,25 @@ mod tests {
         let g: Vec<f32> =
             Vec::try_from(logits.grad().abs().sum_dim_intlist(1, false, Kind::Float).flatten(0, -1)).unwrap();
         assert!(g[0] > 0.0 && g[3] > 0.0 && g[1] == 0.0 && g[2] == 0.0, "{g:?}");
+    }
+
+    #[test]
+    fn class_ratio_prior_by_hand() {
+        // One image, two classes, two pixels: P(class 0) = 0.2 and 0.4, so the shares are
+        // 0.3 and 0.7. Thresholds μ·p_s = 0.4 and 0.1: class 0 is 0.1 short, class 1 over.
+        let p0 = Tensor::from_slice(&[0.2f32, 0.4]).view([1, 1, 1, 2]);
+        let prob = Tensor::cat(&[&p0, &(1.0 - &p0)], 1).set_requires_grad(true);
+        let threshold = Tensor::from_slice(&[0.4f32, 0.1]);
+        let l = class_ratio_prior_loss(&prob, &threshold).unwrap();
+        assert!(close(l.double_value(&[]), 0.1), "{l}");
+        // Its gradient: −1/(H·W) on the short class's probabilities, 0 on the other's.
+        l.backward();
+        let g: Vec<f32> = Vec::try_from(prob.grad().flatten(0, -1)).unwrap();
+        assert_eq!(g, [-0.5, -0.5, 0.0, 0.0]);
+        // Two images: the mean of their losses (the second 0.4 − 0.1 = 0.3 short on class 0).
+        let p1 = Tensor::from_slice(&[0.2f32, 0.4, 0.1, 0.1]).view([2, 1, 1, 2]);
+        let prob = Tensor::cat(&[&p1, &(1.0 - &p1)], 1);
+        assert!(close(class_ratio_prior_loss(&prob, &threshold).unwrap().double_value(&[]), 0.2));
     }
 
     #[test]

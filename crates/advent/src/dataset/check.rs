@@ -5,9 +5,9 @@ use super::label::{read_label, IdTable, LabelError, IGNORE};
 use super::layout::{list_names, walk_names, Layout};
 use crate::classes::class_names;
 use crate::image::read_rgb;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +48,7 @@ impl std::fmt::Display for Problem {
 }
 
 /// Pixels of one train id over the whole dataset (at native resolution).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassPixels {
     pub train_id: usize,
     /// cityscapesScripts spelling.
@@ -81,6 +81,44 @@ pub struct CheckReport {
     pub unknown_pixels: u64,
     /// Every problem, in item order.
     pub problems: Vec<Problem>,
+}
+
+/// The share of each class among a report's labelled pixels (ignored and unknown ids left
+/// out), read from the JSON `advent data check --json` writes: the source's class prior
+/// `p_s` of the paper's class-ratio prior.
+///
+/// # Errors
+///
+/// An unreadable file or not such a report, another class count than `num_classes`, or no
+/// labelled pixels (labels not checked), each naming the file.
+pub fn class_shares(path: &Path, num_classes: usize) -> Result<Vec<f64>> {
+    #[derive(Deserialize)]
+    struct Report {
+        num_classes: usize,
+        labels_checked: bool,
+        class_pixels: Vec<ClassPixels>,
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not the JSON report of `advent data check`", path.display()))?;
+    ensure!(
+        report.num_classes == num_classes && report.class_pixels.len() == num_classes,
+        "{} counts pixels of {} classes, the network has {num_classes}",
+        path.display(),
+        report.num_classes
+    );
+    let total: u64 = report.class_pixels.iter().map(|c| c.pixels).sum();
+    ensure!(
+        report.labels_checked && total > 0,
+        "{} has no labelled pixels (checked with --images-only?)",
+        path.display()
+    );
+    let mut shares = vec![0.0; num_classes];
+    for c in &report.class_pixels {
+        ensure!(c.train_id < num_classes, "{}: train id {} of {num_classes} classes", path.display(), c.train_id);
+        shares[c.train_id] = c.pixels as f64 / total as f64;
+    }
+    Ok(shares)
 }
 
 /// A dataset about to be checked: its items are known, none is read yet.
@@ -270,5 +308,45 @@ fn root_cause(e: &anyhow::Error) -> String {
         e.to_string()
     } else {
         inner.join(": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(num_classes: usize, pixels: &[u64], labels_checked: bool) -> String {
+        let classes: Vec<String> = (0..num_classes)
+            .map(|i| {
+                format!(r#"{{"train_id": {i}, "name": "c{i}", "pixels": {}}}"#, pixels.get(i).copied().unwrap_or(0))
+            })
+            .collect();
+        format!(
+            r#"{{"dataset": "GTA5", "images": 2, "labels_checked": {labels_checked}, "num_classes": {num_classes},
+                "class_pixels": [{}], "ignored_pixels": 999, "unknown_pixels": 0, "problems": []}}"#,
+            classes.join(", ")
+        )
+    }
+
+    #[test]
+    fn class_shares_of_a_report_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        // 300 road, 100 sidewalk pixels (the 999 ignored ones do not count): 3/4 and 1/4.
+        std::fs::write(&path, report(19, &[300, 100], true)).unwrap();
+        let shares = class_shares(&path, 19).unwrap();
+        assert_eq!(shares.len(), 19);
+        assert_eq!((shares[0], shares[1]), (0.75, 0.25));
+        assert!(shares[2..].iter().all(|&s| s == 0.0));
+        let e = format!("{:#}", class_shares(&path, 16).unwrap_err());
+        assert!(e.contains("report.json counts pixels of 19 classes, the network has 16"), "{e}");
+        std::fs::write(&path, report(19, &[], false)).unwrap();
+        let e = format!("{:#}", class_shares(&path, 19).unwrap_err());
+        assert!(e.contains("no labelled pixels"), "{e}");
+        std::fs::write(&path, "{\"miou\": 40.0}").unwrap();
+        let e = format!("{:#}", class_shares(&path, 19).unwrap_err());
+        assert!(e.contains("is not the JSON report of `advent data check`"), "{e}");
+        let e = format!("{:#}", class_shares(&dir.path().join("missing.json"), 19).unwrap_err());
+        assert!(e.contains("reading") && e.contains("missing.json"), "{e}");
     }
 }

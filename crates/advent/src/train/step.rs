@@ -3,7 +3,9 @@
 
 use super::optim::{poly_lr, Adam, Group, Param, Sgd};
 use crate::config::{Config, Method};
-use crate::loss::{bce_loss, cross_entropy_2d, entropy_loss_ranked, self_information, upsample_with};
+use crate::loss::{
+    bce_loss, class_ratio_prior_loss, cross_entropy_2d, entropy_loss_ranked, self_information, upsample_with,
+};
 use crate::model::{Arch, Discriminator, LoadOptions, SegModel};
 use crate::weights::StateDict;
 use anyhow::{Context, Result};
@@ -144,6 +146,9 @@ pub struct Trainer {
     pub d_main: Option<DomainDiscriminator>,
     /// On the aux head's output (adversarial methods, multi-level).
     pub d_aux: Option<DomainDiscriminator>,
+    /// The class-ratio prior's thresholds `cp_mu · p_s` (`[C]` on the device), when a CP
+    /// weight is above 0.
+    cp_threshold: Option<Tensor>,
     /// `train.cuda_graph`: the captured step, once [`GRAPH_WARMUP`] eager steps have run.
     graph: Option<StepGraph>,
     /// `train.cuda_graph`: how the captured step holds its gradients.
@@ -183,7 +188,19 @@ impl Trainer {
         };
         let d_main = adversarial.then(discriminator).transpose()?;
         let d_aux = (adversarial && model_config.multi_level).then(discriminator).transpose()?;
+        let cp_threshold = if t.lambda_cp_main > 0.0 || t.lambda_cp_aux > 0.0 {
+            let shares = crate::dataset::check::class_shares(
+                std::path::Path::new(&t.class_prior),
+                model_config.num_classes as usize,
+            )
+            .context("train.class_prior")?;
+            let threshold: Vec<f32> = shares.iter().map(|p| (t.cp_mu * p) as f32).collect();
+            Some(Tensor::f_from_slice(&threshold)?.f_to_device(device)?)
+        } else {
+            None
+        };
         Ok(Trainer {
+            cp_threshold,
             config: config.clone(),
             method: t.method,
             model,
@@ -477,6 +494,17 @@ impl Trainer {
                 let ent = entropy_loss_ranked(p, t.entropy_ranking)?;
                 loss = loss.f_add(&ent.f_mul_scalar(t.lambda_ent_aux)?)?;
                 losses.push(("loss_ent_aux", ent.detach()));
+            }
+        }
+        if let Some(threshold) = &self.cp_threshold {
+            for (name, prob, weight) in [
+                ("loss_cp_main", Some(&prob_main), t.lambda_cp_main),
+                ("loss_cp_aux", prob_aux.as_ref(), t.lambda_cp_aux),
+            ] {
+                let Some(prob) = prob.filter(|_| weight > 0.0) else { continue };
+                let cp = class_ratio_prior_loss(prob, threshold)?;
+                loss = loss.f_add(&cp.f_mul_scalar(weight)?)?;
+                losses.push((name, cp.detach()));
             }
         }
         loss.f_backward()?;
