@@ -488,13 +488,26 @@ fn cuda_graph_training_matches_eager() {
         all
     };
     use advent::train::GraphGrads::{Freed, Held};
+    // The paper's extensions in the captured step too: the entropy ranking (a topk) and the
+    // class-ratio prior (its thresholds a tensor the trainer holds).
+    let dir = tempfile::tempdir().unwrap();
+    let prior = dir.path().join("prior.json");
+    let classes: Vec<String> =
+        (0..19).map(|i| format!(r#"{{"train_id": {i}, "name": "c{i}", "pixels": {}}}"#, 100 * (i + 1))).collect();
+    let report = format!(r#"{{"labels_checked": true, "num_classes": 19, "class_pixels": [{}]}}"#, classes.join(", "));
+    std::fs::write(&prior, report).unwrap();
+    let extensions = format!(
+        "entropy_ranking = 0.3\nlambda_cp_main = 0.1\nlambda_cp_aux = 0.02\nclass_prior = {:?}\n",
+        prior.to_str().unwrap()
+    );
     let cases = [
-        (Precision::Fp32, false, true, 1e-4, Held),
-        (Precision::Fp32, false, true, 1e-4, Freed),
-        (Precision::Bf16, true, false, 2e-2, Held),
-        (Precision::Bf16, true, false, 2e-2, Freed),
+        (Precision::Fp32, false, true, 1e-4, Held, ""),
+        (Precision::Fp32, false, true, 1e-4, Freed, ""),
+        (Precision::Bf16, true, false, 2e-2, Held, ""),
+        (Precision::Bf16, true, false, 2e-2, Freed, ""),
+        (Precision::Fp32, false, true, 1e-4, Held, extensions.as_str()),
     ];
-    for (precision, channels_last, deterministic, floor, grads) in cases {
+    for (precision, channels_last, deterministic, floor, grads, extra) in cases {
         advent::device::set_precision(precision).unwrap();
         advent::device::set_cudnn_deterministic(deterministic).unwrap();
         advent::device::set_cudnn_benchmark(!deterministic).unwrap();
@@ -503,7 +516,7 @@ fn cuda_graph_training_matches_eager() {
             let text = format!(
                 "[train]\nmethod = \"advent_minent\"\nprecision = \"{p}\"\nchannels_last = {channels_last}\n\
                  cuda_graph = {graph}\nlearning_rate = 0.000244140625\nlearning_rate_d = 0.00006103515625\n\
-                 power = 1.0\nmax_iters = 16\nearly_stop = 16\nlambda_ent_main = 0.1\nlambda_ent_aux = 0.02\n"
+                 power = 1.0\nmax_iters = 16\nearly_stop = 16\nlambda_ent_main = 0.1\nlambda_ent_aux = 0.02\n{extra}"
             );
             Config::parse(&text, &[]).unwrap()
         };
@@ -557,8 +570,10 @@ fn cuda_graph_training_matches_eager() {
         let loss_gap =
             losses[0].iter().zip(&losses[1]).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0.0, f64::max);
         println!(
-            "cuda graph training {precision:?} channels_last {channels_last} grads {grads:?}: one step from one state, update \
-             eager/eager {eager_gap:.1e}, graph/eager {graph_gap:.1e} (of the update); losses graph/eager {loss_gap:.1e}"
+            "cuda graph training {precision:?} channels_last {channels_last} grads {grads:?} extensions {}: one step \
+             from one state, update \
+             eager/eager {eager_gap:.1e}, graph/eager {graph_gap:.1e} (of the update); losses graph/eager {loss_gap:.1e}",
+            !extra.is_empty()
         );
         assert!(graph_gap <= 10.0 * eager_gap + floor, "graph {graph_gap:e}, eager {eager_gap:e}");
     }
