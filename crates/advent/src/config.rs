@@ -209,8 +209,12 @@ impl Config {
                 "train.lambda_cp_main/lambda_cp_aux > 0 needs train.class_prior: the source's pixels per class, the \
                  JSON report of `advent data check --dataset <source> --root <root> --json FILE`"
             );
-            ensure!(t.cp_mu > 0.0 && t.cp_mu <= 1.0, "train.cp_mu must be in (0, 1], got {}", t.cp_mu);
+            ensure!(
+                t.lambda_cp_aux == 0.0 || self.model.multi_level,
+                "train.lambda_cp_aux > 0 needs the aux head (model.multi_level = true)"
+            );
         }
+        ensure!(t.cp_mu > 0.0 && t.cp_mu <= 1.0, "train.cp_mu must be in (0, 1], got {}", t.cp_mu);
         ensure!(
             t.entropy_ranking > 0.0 && t.entropy_ranking <= 1.0,
             "train.entropy_ranking must be in (0, 1] (the share of each image's pixels the entropy losses \
@@ -532,6 +536,8 @@ mod tests {
         assert!(e.contains("train.method = source_only has none"), "{e}");
         let e = err("[train]\nlambda_cp_main = 0.1\nclass_prior = \"p.json\"\ncp_mu = 0.0\n");
         assert!(e.contains("train.cp_mu must be in (0, 1]"), "{e}");
+        let e = err("[model]\nmulti_level = false\n[train]\nlambda_cp_aux = 0.1\nclass_prior = \"p.json\"\n");
+        assert!(e.contains("train.lambda_cp_aux > 0 needs the aux head"), "{e}");
         let e = err("[train]\nlambda_cp_main = -1.0\n");
         assert!(e.contains("train.lambda_cp_main must be a finite non-negative number"), "{e}");
         assert!(Config::parse("[train]\nlambda_cp_main = 0.1\nclass_prior = \"p.json\"\n", &[]).is_ok());

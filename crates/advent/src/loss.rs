@@ -32,10 +32,12 @@ pub fn entropy_loss(prob: &Tensor) -> Result<Tensor> {
     Ok(self_information(prob)?.f_sum(Kind::Float)?.f_div_scalar(pixels)?)
 }
 
-/// MinEnt+ER's loss: the mean normalised entropy of the `share` of each image's pixels
-/// with the highest entropy (`ceil(share · H·W)` of them, at least one); the gradient
-/// reaches those pixels only. `share = 1` is [`entropy_loss`] itself (the reference code;
-/// the paper's entropy ranking uses 0.3). A scalar.
+/// MinEnt+ER's loss: [`entropy_loss`] with only the `share` of each image's pixels of
+/// highest entropy left in (`ceil(share · H·W)` of them, at least one): their normalised
+/// entropies summed and divided by all N·H·W pixels, so that each selected pixel weighs
+/// what it weighs in MinEnt's loss and `λ_ent` keeps its meaning. The gradient reaches the
+/// selected pixels only. `share = 1` is [`entropy_loss`] itself (the reference code; the
+/// paper's entropy ranking uses 0.3). A scalar.
 pub fn entropy_loss_ranked(prob: &Tensor, share: f64) -> Result<Tensor> {
     if share >= 1.0 {
         return entropy_loss(prob);
@@ -43,9 +45,9 @@ pub fn entropy_loss_ranked(prob: &Tensor, share: f64) -> Result<Tensor> {
     let s = prob.size();
     let pixels = s[2] * s[3];
     let k = ((share * pixels as f64).ceil() as i64).clamp(1, pixels);
-    let per_pixel = entropy_map(prob)?.f_view([s[0], pixels])?;
+    let per_pixel = entropy_map(prob)?.f_reshape([s[0], pixels])?;
     let (top, _) = per_pixel.f_topk(k, 1, true, false)?;
-    Ok(top.f_mean(Kind::Float)?)
+    Ok(top.f_sum(Kind::Float)?.f_div_scalar((s[0] * pixels) as f64)?)
 }
 
 /// The paper's class-ratio prior loss (CP): `Σ_c max(0, threshold_c − mean_{h,w} P_c)` per
@@ -209,11 +211,19 @@ mod tests {
         let h = |p: f64| -p * p.log2() - (1.0 - p) * (1.0 - p).log2();
         let all = entropy_loss_ranked(&prob, 1.0).unwrap().double_value(&[]);
         assert!(close(all, (h(0.5) + h(0.9) + h(0.99) + h(0.7)) / 4.0), "{all}");
+        // The two most uncertain pixels' entropies over all four pixels.
         let half = entropy_loss_ranked(&prob, 0.5).unwrap().double_value(&[]);
-        assert!(close(half, (1.0 + h(0.7)) / 2.0), "{half}");
+        assert!(close(half, (1.0 + h(0.7)) / 4.0), "{half}");
         // 0.3 of 4 pixels: ceil(1.2) = 2 pixels; a tiny share keeps one.
         assert!(close(entropy_loss_ranked(&prob, 0.3).unwrap().double_value(&[]), half));
-        assert!(close(entropy_loss_ranked(&prob, 1e-6).unwrap().double_value(&[]), 1.0));
+        assert!(close(entropy_loss_ranked(&prob, 1e-6).unwrap().double_value(&[]), 0.25));
+        // Ranked per image, not over the batch: of two images (P = 0.5, 0.7 and 0.99, 0.95)
+        // each keeps its own most uncertain pixel, (1 + h(0.95)) / 4; over the batch it
+        // would be (1 + h(0.7)) / 4.
+        let p0 = Tensor::from_slice(&[0.5f32, 0.7, 0.99, 0.95]).view([2, 1, 1, 2]);
+        let two = Tensor::cat(&[&p0, &(1.0 - &p0)], 1);
+        let per_image = entropy_loss_ranked(&two, 0.5).unwrap().double_value(&[]);
+        assert!(close(per_image, (1.0 + h(0.95)) / 4.0), "{per_image}");
         // The gradient reaches the selected pixels only: P(class 0) = 0.6, 0.9, 0.99, 0.7
         // (logits ln(p / (1 − p)) against 0), entropies 0.971, 0.469, 0.081, 0.881: the
         // first and the last.

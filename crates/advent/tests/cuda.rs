@@ -494,7 +494,10 @@ fn cuda_graph_training_matches_eager() {
     let prior = dir.path().join("prior.json");
     let classes: Vec<String> =
         (0..19).map(|i| format!(r#"{{"train_id": {i}, "name": "c{i}", "pixels": {}}}"#, 100 * (i + 1))).collect();
-    let report = format!(r#"{{"labels_checked": true, "num_classes": 19, "class_pixels": [{}]}}"#, classes.join(", "));
+    let report = format!(
+        r#"{{"images": 1, "labels_read": 1, "labels_checked": true, "num_classes": 19, "class_pixels": [{}]}}"#,
+        classes.join(", ")
+    );
     std::fs::write(&prior, report).unwrap();
     let extensions = format!(
         "entropy_ranking = 0.3\nlambda_cp_main = 0.1\nlambda_cp_aux = 0.02\nclass_prior = {:?}\n",
@@ -506,6 +509,7 @@ fn cuda_graph_training_matches_eager() {
         (Precision::Bf16, true, false, 2e-2, Held, ""),
         (Precision::Bf16, true, false, 2e-2, Freed, ""),
         (Precision::Fp32, false, true, 1e-4, Held, extensions.as_str()),
+        (Precision::Bf16, true, false, 2e-2, Held, extensions.as_str()),
     ];
     for (precision, channels_last, deterministic, floor, grads, extra) in cases {
         advent::device::set_precision(precision).unwrap();

@@ -94,6 +94,8 @@ pub struct CheckReport {
 pub fn class_shares(path: &Path, num_classes: usize) -> Result<Vec<f64>> {
     #[derive(Deserialize)]
     struct Report {
+        images: usize,
+        labels_read: usize,
         num_classes: usize,
         labels_checked: bool,
         class_pixels: Vec<ClassPixels>,
@@ -112,6 +114,14 @@ pub fn class_shares(path: &Path, num_classes: usize) -> Result<Vec<f64>> {
         report.labels_checked && total > 0,
         "{} has no labelled pixels (checked with --images-only?)",
         path.display()
+    );
+    ensure!(
+        report.labels_read == report.images,
+        "{}: only {} of {} labels were read (the shares would leave the others out): fix the dataset or check \
+         a list of the readable ones",
+        path.display(),
+        report.labels_read,
+        report.images
     );
     let mut shares = vec![0.0; num_classes];
     for c in &report.class_pixels {
@@ -322,7 +332,7 @@ mod tests {
             })
             .collect();
         format!(
-            r#"{{"dataset": "GTA5", "images": 2, "labels_checked": {labels_checked}, "num_classes": {num_classes},
+            r#"{{"dataset": "GTA5", "images": 2, "labels_read": 2, "labels_checked": {labels_checked}, "num_classes": {num_classes},
                 "class_pixels": [{}], "ignored_pixels": 999, "unknown_pixels": 0, "problems": []}}"#,
             classes.join(", ")
         )
@@ -343,6 +353,10 @@ mod tests {
         std::fs::write(&path, report(19, &[], false)).unwrap();
         let e = format!("{:#}", class_shares(&path, 19).unwrap_err());
         assert!(e.contains("no labelled pixels"), "{e}");
+        std::fs::write(&path, report(19, &[300, 100], true).replace("\"labels_read\": 2", "\"labels_read\": 1"))
+            .unwrap();
+        let e = format!("{:#}", class_shares(&path, 19).unwrap_err());
+        assert!(e.contains("only 1 of 2 labels were read"), "{e}");
         std::fs::write(&path, "{\"miou\": 40.0}").unwrap();
         let e = format!("{:#}", class_shares(&path, 19).unwrap_err());
         assert!(e.contains("is not the JSON report of `advent data check`"), "{e}");
