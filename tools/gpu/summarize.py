@@ -38,6 +38,15 @@ def first(path, **match):
     return None
 
 
+def table(header, rows, cells):
+    """A markdown table: each row's name, then `cells(result)`, or "(no result)"."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, result in rows:
+        values = cells(result) if result else ["(no result)"] + [""] * (len(header) - 2)
+        print("| " + " | ".join(str(v) for v in [name, *values]) + " |")
+
+
 def main(out):
     gpu = sorted(out.glob("gpu_*.txt"))
     if gpu:
@@ -85,29 +94,17 @@ def main(out):
         ref = statistics.median(ref_eval) if ref_eval else None
         print(f"\n## evaluation, 1024x512 in, 2048x1024 out (goal: >= 1.5x the reference's tf32 images/s; "
               f"reference: {ref_eval} images/s, median {ref})")
-        print("| configuration | ms per pass | images/s | vs reference |")
-        print("|---|---|---|---|")
-        for p in evals:
-            a = first(p)
-            if not a:
-                print(f"| {p.stem[5:]} | (no result) | | |")
-                continue
-            vs = f"**{a['images_per_s'] / ref:.2f}x**" if ref else ""
-            print(f"| {p.stem[5:]} | {a['median_ms']} | {a['images_per_s']} | {vs} |")
+        table(["configuration", "ms per pass", "images/s", "vs reference"], [(p.stem[5:], first(p)) for p in evals],
+              lambda a: [a["median_ms"], a["images_per_s"], f"**{a['images_per_s'] / ref:.2f}x**" if ref else ""])
 
     singles = [p for p in sorted(out.glob("*_cl_graph_*.jsonl")) if not p.name.startswith(("r", "eval_"))]
     if singles:
         base = statistics.median(held) if held else None
         print(f"\n## each change alone (against the held-gradient graphed tf32 step: {held} ms)")
-        print("| configuration | median ms | min ms | peak GiB | vs held |")
-        print("|---|---|---|---|---|")
-        for p in singles:
-            a = first(p)
-            if not a:
-                print(f"| {p.stem} | (no result) | | | |")
-                continue
-            vs = f"{a['median_ms'] / base:.3f}x" if base and p.name.startswith("tf32") else ""
-            print(f"| {p.stem} | {a['median_ms']} | {a['min_ms']} | {a.get('peak_gib')} | {vs} |")
+        rows = [(p.stem, first(p)) for p in singles]
+        table(["configuration", "median ms", "min ms", "peak GiB", "vs held"], rows,
+              lambda a: [a["median_ms"], a["min_ms"], a.get("peak_gib"),
+                         f"{a['median_ms'] / base:.3f}x" if base and a.get("precision") != "bf16" else ""])
 
     for name in ["eval_cli.txt", "predict_cli.txt", "train_cli.txt"]:
         p = out / name
