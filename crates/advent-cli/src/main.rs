@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a segmentation network with source-only, MinEnt, AdvEnt or AdvEnt+MinEnt.
+    /// Train a segmentation network with source-only, MinEnt (+ER, +CP), AdvEnt or AdvEnt+MinEnt.
     Train(train::Args),
     /// Evaluate networks on Cityscapes val with the paper's protocol: ensembles, snapshot sweeps.
     Eval(eval::Args),
