@@ -188,7 +188,7 @@ impl Trainer {
         };
         let d_main = adversarial.then(discriminator).transpose()?;
         let d_aux = (adversarial && model_config.multi_level).then(discriminator).transpose()?;
-        let cp_threshold = if t.lambda_cp_main > 0.0 || t.lambda_cp_aux > 0.0 {
+        let cp_threshold = if config.train.method.uses_target() && (t.lambda_cp_main > 0.0 || t.lambda_cp_aux > 0.0) {
             let shares = crate::dataset::check::class_shares(
                 std::path::Path::new(&t.class_prior),
                 model_config.num_classes as usize,
