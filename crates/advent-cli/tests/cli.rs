@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{advent, assert_clean_failure, assert_success, metrics, s, stderr, tiny_config, write_image};
+use common::{advent, assert_clean_failure, assert_success, files_below, metrics, s, stderr, tiny_config, write_image};
 
 use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
 use advent::weights::{self, StateDict};
@@ -703,10 +703,10 @@ fn detect_predict_writes_boxes() {
     ]);
     assert_success(&o);
     let pngs: Vec<PathBuf> =
-        walk_files(&out).into_iter().filter(|p| p.to_string_lossy().ends_with("_boxes.png")).collect();
+        files_below(&out).into_iter().filter(|p| p.to_string_lossy().ends_with("_boxes.png")).collect();
     assert_eq!(pngs.len(), 1);
     let img = advent::image::read_rgb(&pngs[0]).unwrap();
-    let original = walk_files(&input).into_iter().find(|p| p.to_string_lossy().ends_with(".png")).unwrap();
+    let original = files_below(&input).into_iter().find(|p| p.to_string_lossy().ends_with(".png")).unwrap();
     let original = advent::image::read_rgb(&original).unwrap();
     let (w, h) = (original.width() as f64, original.height() as f64);
     assert_eq!((img.width(), img.height()), (original.width(), original.height()));
@@ -730,19 +730,6 @@ fn detect_predict_writes_boxes() {
         "2",
     ]);
     assert_clean_failure(&o, "--min-score");
-}
-
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{advent, advent_with_file_limit, assert_clean_failure, assert_success, s, stderr, stdout};
+use common::{advent, advent_with_file_limit, assert_clean_failure, assert_success, files_below, s, stderr, stdout};
 
 use advent::model::{Arch, AsppSum, ModelConfig, SegModel};
 use advent::weights;
@@ -334,7 +334,7 @@ fn a_full_disk_stops_eval_and_predict_cleanly_and_keeps_earlier_outputs() {
     let out = dir.path().join("out");
     let images = root.join("leftImg8bit/val");
     // An earlier output of the first image, where this run writes it again.
-    let first = walk(&images).into_iter().min().unwrap();
+    let first = files_below(&images).into_iter().min().unwrap();
     let rel = first.strip_prefix(&images).unwrap();
     let stem = rel.file_stem().unwrap().to_str().unwrap();
     let earlier = out.join(rel.parent().unwrap()).join(format!("{stem}_trainids.png"));
@@ -346,22 +346,8 @@ fn a_full_disk_stops_eval_and_predict_cleanly_and_keeps_earlier_outputs() {
     let o = advent_with_file_limit(&predict, 1024);
     assert_clean_failure(&o, "6 of 6 images failed");
     assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
-    let mut left: Vec<_> = walk(&out);
+    let mut left: Vec<_> = files_below(&out);
     left.sort();
     assert_eq!(left, std::slice::from_ref(&earlier), "only the earlier file, nothing half-written");
     assert_eq!(std::fs::read(&earlier).unwrap(), b"an earlier prediction");
-}
-
-/// Every file below `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }

@@ -384,42 +384,32 @@ fn score_frame(
 /// Fails on values that are no Cityscapes label id (`pixels[value]` > 0 beyond 33), as
 /// [`crate::dataset::label::IdTable::validate`] does for a dataset's labels.
 fn known_label_ids(pixels: &[u64]) -> Result<()> {
-    let unknown: Vec<String> = pixels
-        .iter()
-        .enumerate()
-        .skip(LABEL_IDS.known())
-        .filter(|&(_, &n)| n > 0)
-        .map(|(id, n)| format!("{id} ({n} px)"))
-        .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "ids outside the {} table (0..={}): {}{}",
-            LABEL_IDS.name,
-            LABEL_IDS.known() - 1,
-            unknown[..unknown.len().min(8)].join(", "),
-            if unknown.len() > 8 { ", ..." } else { "" }
-        );
+    match values_outside(pixels, |v| v < LABEL_IDS.known()) {
+        Some(list) => bail!("ids outside the {} table (0..={}): {list}", LABEL_IDS.name, LABEL_IDS.known() - 1),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Fails on values that are neither a train id of the `n` classes nor 255 (ignored).
 fn known_train_ids(pixels: &[u64], n: usize) -> Result<()> {
-    let unknown: Vec<String> = pixels
+    match values_outside(pixels, |v| v < n || v == usize::from(IGNORE)) {
+        Some(list) => bail!("values that are no train id of the {n} classes (0..={}) nor 255 (ignored): {list}", n - 1),
+        None => Ok(()),
+    }
+}
+
+/// The values with pixels (`pixels[value]` > 0) that `allowed` refuses, as `"40 (12 px), ..."`
+/// (the first 8); `None` if there are none.
+fn values_outside(pixels: &[u64], allowed: impl Fn(usize) -> bool) -> Option<String> {
+    let outside: Vec<String> = pixels
         .iter()
         .enumerate()
-        .filter(|&(v, &c)| c > 0 && v >= n && v != usize::from(IGNORE))
-        .map(|(v, c)| format!("{v} ({c} px)"))
+        .filter(|&(v, &n)| n > 0 && !allowed(v))
+        .map(|(v, n)| format!("{v} ({n} px)"))
         .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "values that are no train id of the {n} classes (0..={}) nor 255 (ignored): {}{}",
-            n - 1,
-            unknown[..unknown.len().min(8)].join(", "),
-            if unknown.len() > 8 { ", ..." } else { "" }
-        );
-    }
-    Ok(())
+    (!outside.is_empty()).then(|| {
+        format!("{}{}", outside[..outside.len().min(8)].join(", "), if outside.len() > 8 { ", ..." } else { "" })
+    })
 }
 
 fn file_name(path: &Path) -> &str {
