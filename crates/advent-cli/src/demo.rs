@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// One seed and shorter training (about 1 minute on 2 CPU cores instead of 10).
+    /// One seed and shorter training (1 to 3 minutes on 2 CPU cores instead of 10 to 25).
     #[arg(long)]
     quick: bool,
     /// Output folder: results.json, report.html and every run (replaced when the demo ends;
@@ -71,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
         let results = demo::run(&options, &say)?;
         println!("{}", demo::table(&results));
         println!();
-        println!("{:.0} s; results: {}", results.seconds, out.join("results.json").display());
+        println!("{:.0} s on {}; results: {}", results.seconds, results.device, out.join("results.json").display());
         return Ok(());
     }
     let options = DemoOptions {
@@ -91,8 +91,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!();
     println!(
-        "{:.0} s; results: {}, report: {}",
+        "{:.0} s on {}; results: {}, report: {}",
         results.seconds,
+        results.device,
         out.join("results.json").display(),
         out.join("report.html").display()
     );

@@ -562,6 +562,39 @@ fn bench_times_evaluation_in_batches() {
     assert!((per_s - 3000.0 / median).abs() <= 0.05 + 3000.0 * 0.05 / (median * (median - 0.05)), "{line}");
 }
 
+/// The bench's JSON names the CPU and the kernels libtorch dispatched to: figures from two
+/// machines differ by those (README, "Reliability"). `ATEN_CPU_CAPABILITY`, libtorch's own
+/// override, must show up in what is reported.
+#[test]
+fn bench_names_the_cpu_and_its_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.jsonl");
+    let args = ["bench", "--arch", "deeplabv2-tiny", "--what", "eval", "--eval-size", "64x32"];
+    let run = |capability: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_advent"));
+        cmd.args(args).args(["--iters", "1", "--warmup", "0", "--json", s(&json)]);
+        if let Some(c) = capability {
+            cmd.env("ATEN_CPU_CAPABILITY", c);
+        }
+        let _ = std::fs::remove_file(&json);
+        assert_success(&cmd.output().unwrap());
+        let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().trim()).unwrap();
+        line["device"].as_str().unwrap().to_string()
+    };
+    let device = run(None);
+    assert!(device.starts_with("cpu (") && device.ends_with(" threads)"), "{device}");
+    if cfg!(target_arch = "x86_64") {
+        let model = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let model = model.lines().find(|l| l.starts_with("model name")).unwrap().split_once(':').unwrap().1.trim();
+        assert!(device.contains(&model.split_whitespace().collect::<Vec<_>>().join(" ")), "{device} vs {model}");
+        assert!(
+            ["kernels DEFAULT;", "kernels AVX2;", "kernels AVX512;"].iter().any(|k| device.contains(k)),
+            "{device}"
+        );
+        assert!(run(Some("default")).contains("; kernels DEFAULT; "), "ATEN_CPU_CAPABILITY=default");
+    }
+}
+
 #[test]
 fn bench_detection_arguments_are_checked() {
     let o = advent(&["bench", "--task", "detection", "--what", "bogus", "--iters", "1", "--warmup", "0"]);

@@ -143,7 +143,7 @@ fn round1(x: f64) -> f64 {
 
 pub fn device_name(device: Device) -> String {
     match device {
-        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cpu => crate::device::cpu_description(),
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}"),
     }

@@ -91,6 +91,40 @@ mod context {
     type Nesting = unsafe extern "C" fn() -> i64;
     type Plain = unsafe extern "C" fn();
 
+    /// libstdc++'s `std::string` (C++11 ABI): data pointer, length, then a 16-byte buffer
+    /// that holds strings of up to 15 bytes in place.
+    #[repr(C)]
+    struct CxxString {
+        data: *const u8,
+        len: usize,
+        _local: [u8; 16],
+    }
+
+    /// `at::get_cpu_capability()`: returns a `std::string` through the slot its caller
+    /// provides (x86-64 System V: a hidden first argument).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    pub fn cpu_capability() -> Option<String> {
+        type Capability = unsafe extern "C" fn(*mut CxxString) -> *mut CxxString;
+        let f = symbol(c"_ZN2at18get_cpu_capabilityB5cxx11Ev").ok()?;
+        let mut out = std::mem::MaybeUninit::<CxxString>::uninit();
+        // SAFETY: libtorch 2.11's signature, `std::string at::get_cpu_capability()`, with the
+        // result slot passed as the hidden first argument; the function fills the slot.
+        // `out` stays where it is: a short string's data pointer points into it.
+        let s = unsafe {
+            let get: Capability = std::mem::transmute(f);
+            get(out.as_mut_ptr());
+            out.assume_init_ref()
+        };
+        if s.data.is_null() || s.len > 64 {
+            return None;
+        }
+        // SAFETY: the string's `len` bytes at `data` (in its own buffer for the short names
+        // this returns; a longer one is read and its heap block left to the process).
+        let bytes = unsafe { std::slice::from_raw_parts(s.data, s.len) };
+        let name = String::from_utf8(bytes.to_vec()).ok()?;
+        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(name)
+    }
+
     /// c10::DeviceType of CPU and CUDA; c10::ScalarType::BFloat16.
     pub const CPU: i8 = 0;
     pub const CUDA: i8 = 1;
@@ -195,6 +229,48 @@ pub fn set_flush_denormal(on: bool) -> Result<()> {
     context::set(c"_ZN2at7Context16setFlushDenormalEb", on)
 }
 
+/// The CPU as results should name it: its model, the vector instructions libtorch's own
+/// kernels were dispatched to, and the threads, e.g. `cpu (Intel(R) Xeon(R) Processor @
+/// 2.50GHz; kernels AVX512; 2 threads)`. Training on the CPU is bit-repeatable on one machine
+/// and thread count, but libtorch (ATen, oneDNN, MKL) picks its kernels by instruction set,
+/// so the same run on another CPU rounds differently, and a network trained from scratch
+/// amplifies that (README, "Reliability"): figures from two machines compare only with this.
+pub fn cpu_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu_model(&cpuinfo).unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let kernels = match cpu_capability() {
+        Some(c) => format!("; kernels {c}"),
+        None => String::new(),
+    };
+    format!("cpu ({model}{kernels}; {} threads)", tch::get_num_threads())
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text.
+pub fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name" && !value.trim().is_empty())
+            .then(|| value.split_whitespace().collect::<Vec<_>>().join(" "))
+    })
+}
+
+/// ATen's CPU capability (`DEFAULT`, `AVX2`, `AVX512`, ...; what
+/// `torch.backends.cpu.get_cpu_capability()` says, `ATEN_CPU_CAPABILITY` overriding it),
+/// read from libtorch's `at::get_cpu_capability()`. `None` where that cannot be called
+/// safely: its `std::string` result is returned through a caller-provided slot, which this
+/// passes as the first argument, as the x86-64 System V ABI does (not aarch64's).
+pub fn cpu_capability() -> Option<String> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    {
+        static CAPABILITY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        CAPABILITY.get_or_init(context::cpu_capability).clone()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// Keeps the memory that CPU tensors free inside the process, for the next tensors to reuse.
 ///
 /// glibc's malloc serves every block above 32 MiB with its own `mmap` and unmaps it when it
@@ -297,6 +373,26 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn cpu_model_is_the_first_model_name() {
+        let two = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7B13 64-Core Processor\n\n\
+                   processor\t: 1\nmodel name\t: other\n";
+        assert_eq!(cpu_model(two).as_deref(), Some("AMD EPYC 7B13 64-Core Processor"));
+        assert_eq!(cpu_model("processor\t: 0\nmodel name\t:\n"), None);
+        assert_eq!(cpu_model(""), None);
+        let d = cpu_description();
+        assert!(d.starts_with("cpu (") && d.ends_with(&format!("; {} threads)", tch::get_num_threads())), "{d}");
+    }
+
+    #[test]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    fn cpu_capability_is_one_of_atens_names() {
+        // ATen's names for x86-64 (aten/src/ATen/native/DispatchStub.cpp); the same twice.
+        let c = cpu_capability().expect("libtorch 2.11 exports at::get_cpu_capability");
+        assert!(["DEFAULT", "AVX2", "AVX512"].contains(&c.as_str()), "{c}");
+        assert_eq!(cpu_capability().as_deref(), Some(c.as_str()));
+    }
 
     #[test]
     fn names() {

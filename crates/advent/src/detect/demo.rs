@@ -104,6 +104,8 @@ pub struct DetDemoResults {
     /// Each seed's scores.
     pub per_seed: Vec<BTreeMap<String, DetScores>>,
     pub seconds: f64,
+    /// Where it ran ([`crate::bench::device_name`]: on the CPU its model and kernels).
+    pub device: String,
 }
 
 /// Mean (and sample standard deviation) of values that all exist.
@@ -196,6 +198,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
             methods,
             per_seed,
             seconds: began.elapsed().as_secs_f64(),
+            device: crate::bench::device_name(options.device),
         };
         let json = serde_json::to_vec_pretty(&results)?;
         crate::fs::write_bytes_atomic(&tmp.join("results.json"), &json)?;
