@@ -3,8 +3,16 @@
 //! images; and the gradient isolation of SPEC §3 (discriminators frozen during the
 //! segmentation update, segmentation outputs detached for the discriminator update).
 //!
-//! Tolerance: relative 1e-4 on each loss (float32 CPU kernels in both; the second
-//! iteration's losses depend on every gradient and optimiser update of the first).
+//! Tolerance: relative 1e-4 on each loss of the first iteration (float32 CPU kernels in
+//! both). The second iteration's losses depend on every gradient and optimiser update of the
+//! first, and this fixture (random weights, logits in the thousands) amplifies rounding: the
+//! reference itself, run on an AMD EPYC (the committed fixture) and on an Intel Xeon with
+//! AVX-512, gives first-iteration losses within 7e-6 of each other but second-iteration
+//! losses up to 2.8e-2 apart (`make_train_fixtures.py` on both; ours matches each machine's
+//! reference within 1e-5 on its own machine). So the second iteration is held to 5e-2 (CPUs
+//! other than the fixture's): enough to catch a missing update or a wrong learning rate
+//! (iteration 0 to 1 moves the losses by 10 % to 90 %), not a 1 % term such as MinEnt's
+//! pull on the segmentation loss.
 
 mod common;
 
@@ -15,6 +23,8 @@ use std::collections::HashMap;
 use tch::{Device, Tensor};
 
 const TOL: f64 = 1e-4;
+/// The second iteration, on any CPU (see the module's notes).
+const TOL_SECOND: f64 = 5e-2;
 
 /// The fixture script's settings.
 fn fixture_config(method: &str, duplicates: bool) -> Config {
@@ -66,7 +76,8 @@ fn check_method(method: &str, duplicates: bool, want: &HashMap<String, Tensor>) 
                 want.get(&format!("{prefix}{name}")).unwrap_or_else(|| panic!("{prefix}{name} not in the reference"));
             let (ours, theirs) = (value.double_value(&[]), r.double_value(&[0]));
             let rel = (ours - theirs).abs() / theirs.abs().max(1e-3);
-            assert!(rel < TOL, "{prefix}{name}: ours {ours}, reference {theirs} (relative {rel:e})");
+            let tol = if i == 0 { TOL } else { TOL_SECOND };
+            assert!(rel < tol, "{prefix}{name}: ours {ours}, reference {theirs} (relative {rel:e})");
         }
     }
 }
@@ -187,8 +198,9 @@ fn bf16_autocast_step_stays_near_the_reference() {
 /// of the fused kernels (the default, used by every test above), and with the upsampling
 /// done by products (`train.upsampling = "matmul"`, NCHW and channels-last), AdvEnt's first
 /// two iterations still give the reference's losses. Tolerance: 1e-4 relative on the first
-/// iteration (other convolution kernels: oneDNN's NHWC ones); 2e-2 on the second, which
-/// inherits the fixture's ill-conditioning (one CPU thread instead of two moves it by 4e-2).
+/// iteration (other convolution kernels: oneDNN's NHWC ones); [`TOL_SECOND`] on the second,
+/// which inherits the fixture's ill-conditioning (one CPU thread instead of two moves it by
+/// 4e-2 on the fixture's machine; channels-last reached 2.0e-2 on an AVX-512 Xeon).
 #[test]
 fn speed_options_keep_the_reference_losses() {
     let want = read_fixture("train/steps.safetensors");
@@ -213,7 +225,7 @@ fn speed_options_keep_the_reference_losses() {
             for (name, value) in t.step(i, &xs, &ys, Some(&xt)).unwrap() {
                 let r = want[&format!("advent.iter{i}.{name}")].double_value(&[0]);
                 let rel = (value.double_value(&[]) - r).abs() / r.abs().max(1e-3);
-                let tol = if i == 0 { TOL } else { 2e-2 };
+                let tol = if i == 0 { TOL } else { TOL_SECOND };
                 let case = format!("channels_last {channels_last} fused {fused} {upsampling:?}");
                 println!("{case} iteration {i} {name}: {rel:.1e}");
                 assert!(rel < tol, "{case} iteration {i} {name}: {rel:e}");
