@@ -16,7 +16,8 @@
 # machine, stripped), `cuda_tests` (the crates/advent/tests/cuda.rs test binary: cargo test
 # --release -p advent --test cuda --no-run), torch_reference.py (../shared/bench),
 # tiny_init.pth (a demo source-only checkpoint), cpu_metrics.jsonl (the CPU run of the
-# tracking command below) and cs/ (the Cityscapes frames of ../shared/data, val included).
+# tracking command below) and cs/ (the Cityscapes frames of ../shared/data, val included);
+# `bash tools/gpu/prepare.sh` makes all of it here (a fresh checkout has no .gpu/).
 # Results go to $OUT; `python3 tools/gpu/summarize.py OUT` (here, afterwards) prints the
 # ratios against the reference for BENCHMARKS.md.
 #
