@@ -93,6 +93,7 @@ mod context {
 
     /// libstdc++'s `std::string` (C++11 ABI): data pointer, length, then a 16-byte buffer
     /// that holds strings of up to 15 bytes in place.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
     #[repr(C)]
     struct CxxString {
         data: *const u8,
