@@ -1,25 +1,35 @@
 #!/bin/bash
-# The device session of BENCHMARKS.md's GPU section, in four parts, each one call (under the
-# device's 10-minute limit per command), most wanted first:
-#   session.sh correctness  the CUDA tests and the 200-iteration tracking (about 5 minutes);
-#   session.sh timing       the 0.75x comparison twice beside the reference, then evaluation
-#                           (folded, fused, channels-last, batches, bf16; 8-10 minutes);
-#   session.sh pipeline     advent eval and advent predict end to end (about 3 minutes);
-#   session.sh train        advent train end to end at the paper's sizes (about 2 minutes);
-#   session.sh singles      each training change alone, the autotuner limit, the reference's
-#                           profile, the dilation probe (about 7 minutes).
-# With 15 minutes of device time a session, start-up included, one session gets through
-# correctness and most of timing; give each part the time that remains and run the rest in
-# the next session. Every result is written to $OUT as it comes, so a cut run still returns
-# what it measured. Each step is bounded. Run from the repository root on the
-# GPU machine with, in .gpu/: `advent` (the release binary built on the development
-# machine, stripped), `cuda_tests` (the crates/advent/tests/cuda.rs test binary: cargo test
-# --release -p advent --test cuda --no-run), torch_reference.py (../shared/bench),
-# tiny_init.pth (a demo source-only checkpoint), cpu_metrics.jsonl (the CPU run of the
-# tracking command below) and cs/ (the Cityscapes frames of ../shared/data, val included);
-# `bash tools/gpu/prepare.sh` makes all of it here (a fresh checkout has no .gpu/).
-# Results go to $OUT; `python3 tools/gpu/summarize.py OUT` (here, afterwards) prints the
-# ratios against the reference for BENCHMARKS.md.
+# The device session of BENCHMARKS.md's GPU section: steps, most wanted first, run within a
+# time budget in one call (the device gives 15 minutes a session, start-up included, and 10
+# minutes a command):
+#
+#   BUDGET=540 bash tools/gpu/session.sh all      # every step that fits in 540 s, in order
+#   bash tools/gpu/session.sh STEP...             # named steps (no budget unless BUDGET is set)
+#
+# Steps (about how long each took or is expected to take on an H200):
+#   tests      the CUDA tests of the new options (graph with gradients held and freed, upsampling
+#              by products, folded/fused evaluation, classifier padding, evaluation graph)
+#   round1     the AdvEnt step beside the reference, tf32 channels-last graphed: the last
+#              session's configuration and every candidate at once (round2: again)
+#   evalcore   evaluation, tf32: graphed, folded/fused, channels-last, batches of 4, bf16
+#   track      200 AdvEnt iterations on CUDA (tf32, eager and graphed) against the CPU run
+#   singles    each training change alone; limit0: the autotuner timing every algorithm
+#   (all: tests round1 evalcore track singles round2 evalcli train predict evalmore limit0
+#   profile dilation)
+#   evalcli    advent eval end to end; predict: advent predict end to end; train: advent train
+#   evalmore   the remaining evaluation variants; profile: the reference's step under the
+#              profiler; dilation: tools/gpu/dilation_probe.py
+# A step runs only if its estimate fits in what is left of BUDGET, and its commands' timeouts
+# are cut to the time left. Results go to /tmp/res as they come, with steps.txt (each step's
+# wall time, or why it was skipped), and are packed after every step into $OUT/results.tgz
+# (the device returns at most 8 files), so a cut run still returns what it measured.
+# Run from the repository root on the GPU machine with, in .gpu/: `advent` (the release binary
+# built on the development machine, stripped), `cuda_tests` (the crates/advent/tests/cuda.rs
+# test binary), torch_reference.py (../shared/bench), tiny_init.pth (a demo source-only
+# checkpoint), cpu_metrics.jsonl (the CPU run of the tracking command below) and cs/ (the
+# Cityscapes frames of ../shared/data, val included); `bash tools/gpu/prepare.sh` makes all of
+# it on the development machine (a fresh checkout has no .gpu/). Afterwards, here:
+# `mkdir r && tar xzf results.tgz -C r && python3 tools/gpu/summarize.py r`.
 #
 # Prepared for the next device session (written 2026-11-27 without a GPU):
 #  1. the graph of the training step with its gradients freed before the capture
@@ -93,75 +103,112 @@
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
-A=.gpu/advent
-OUT=${OUT:-/tmp/out}
-PART=${1:-}
-case "$PART" in correctness|timing|pipeline|train|singles) ;; *) echo "usage: $0 correctness|timing|pipeline|train|singles" >&2; exit 2 ;; esac
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$PART.txt"
+A=${ADVENT_BIN:-.gpu/advent}
+DEV=${DEVICE:-cuda}  # DEVICE=cpu: a smoke run of the commands on the development machine
+CG=--cuda-graph CGT=true  # the end-to-end steps' CUDA graphs (none on the CPU)
+[ "$DEV" = cuda ] || CG= CGT=false
+PACK=${OUT:-/tmp/out}
+OUT=/tmp/res
+mkdir -p "$OUT" "$PACK"
+START=$(date +%s)
+DEADLINE=$((START + ${BUDGET:-100000}))
+[ $# -gt 0 ] || { echo "usage: [BUDGET=seconds] $0 all|STEP..." >&2; exit 2; }
 
-if [ "$PART" = correctness ]; then
-echo "== correctness on CUDA: the graphed training step against the eager one (gradients held and freed),"
-echo "   the upsampling by products, evaluation with the batch norms folded and fused (eager and graphed)"
-timeout 300 .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
-  folded_evaluation cuda_graph_evaluation classifier_padding 2>&1 \
-  | grep -E "cuda |update differs|test result|panicked|warning:" | tee "$OUT/parity.txt"
-
-echo "== 200 AdvEnt iterations from a trained init (demo scale), CUDA tf32 eager and graphed, against the CPU"
-for g in false true; do
-  rm -rf /tmp/track_$g
-  timeout 90 $A train --config configs/demo.toml --set train.method=advent --set model.init=.gpu/tiny_init.pth \
-    --set train.early_stop=199 --set train.max_iters=4000 --set train.save_every=100000 --set train.precision=tf32 \
-    --set train.tensorboard=false --set train.cuda_graph=$g --run-dir /tmp/track_$g --device cuda 2>&1 | tail -2 \
-    | tee "$OUT/track_$g.log"
-  cp /tmp/track_$g/metrics.jsonl "$OUT/track_${g}_metrics.jsonl"
-  python3 tools/gpu/compare_losses.py .gpu/cpu_metrics.jsonl /tmp/track_$g/metrics.jsonl \
-    --bound-first 4e-4 --bound-median 1.1e-2 --bound-window 2e-2 --bound 0.19 | tee "$OUT/track_$g.txt"
-done
-
-exit 0
-fi
-
-if [ "$PART" = timing ]; then
-echo "== advent bench against the reference, AdvEnt, twice"
-B="$A bench --device cuda --iters 15 --warmup 4 --what advent"
-for r in 1 2; do
-  timeout 60 $B --precision tf32 --channels-last --cuda-graph --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
-  timeout 90 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul --d-pad 32 \
-    --aspp-pad 24 --cudnn-benchmark-limit 0 --json "$OUT/r${r}_tf32_cl_graph_all.jsonl"
-  timeout 60 python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
-    | grep -E "train|eval" | tee "$OUT/r${r}_torch_tf32.jsonl"
-done
-echo "== evaluation (1024x512 in, 2048x1024 argmax out), batch norms folded and fused; the reference's"
-echo "   tf32 evaluation is in r1_torch_tf32.jsonl and r2_torch_tf32.jsonl"
-E="$A bench --device cuda --iters 30 --warmup 5 --what eval"
-ev() { # name, then bench arguments
-  local name=$1; shift
-  timeout 40 $E "$@" --json "$OUT/eval_$name.jsonl"
+pack() {
+  tar czf "$PACK/results.tgz.part" -C "$OUT" . && mv "$PACK/results.tgz.part" "$PACK/results.tgz"
 }
-# Most wanted first: the tf32 baseline and fused folding in both layouts, then batches.
-ev tf32_graph_off --precision tf32 --cuda-graph
-ev tf32_graph_fused --precision tf32 --cuda-graph --fold-bn fused
-ev tf32_cl_graph_fused --precision tf32 --channels-last --cuda-graph --fold-bn fused
-echo "== evaluation in batches of 2 and 4 images (--batch; times per pass, images/s per image)"
-ev tf32_graph_fused_b4 --precision tf32 --cuda-graph --fold-bn fused --batch 4
-ev tf32_cl_graph_fused_b4 --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch 4
-ev tf32_cl_graph_off --precision tf32 --channels-last --cuda-graph
-ev bf16_cl_graph_off --precision bf16 --channels-last --cuda-graph
-ev bf16_cl_graph_fused --precision bf16 --channels-last --cuda-graph --fold-bn fused
-ev bf16_cl_graph_fused_b4 --precision bf16 --channels-last --cuda-graph --fold-bn fused --batch 4
-ev tf32_graph_fused_b2 --precision tf32 --cuda-graph --fold-bn fused --batch 2
-ev tf32_cl_graph_fused_b2 --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch 2
-ev tf32_graph_off_b4 --precision tf32 --cuda-graph --batch 4
-ev tf32_graph_on --precision tf32 --cuda-graph --fold-bn on
-ev tf32_cl_graph_on --precision tf32 --channels-last --cuda-graph --fold-bn on
-ev tf32_cl_eager_fused --precision tf32 --channels-last --fold-bn fused
-ev tf32_cl_graph_fused_aspp24 --precision tf32 --channels-last --cuda-graph --fold-bn fused --aspp-pad 24
-exit 0
-fi
+left() { echo $((DEADLINE - $(date +%s))); }
+# T SECONDS: a command's timeout, cut to the time left (at least 1: timeout 0 would not bound it).
+# TMAX caps every timeout (a smoke run: DEVICE=cpu TMAX=20).
+T() {
+  local l
+  l=$(left)
+  [ "$l" -gt "${TMAX:-100000}" ] && l=${TMAX:-100000}
+  [ "$l" -lt "$1" ] && { [ "$l" -ge 1 ] && echo "$l" || echo 1; } || echo "$1"
+}
+
+# --- steps -------------------------------------------------------------------------------
+
+step_tests() {
+  timeout "$(T 200)" .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
+    folded_evaluation cuda_graph_evaluation classifier_padding 2>&1 \
+    | grep -E "cuda |update differs|test result|panicked|warning:|^test " | tee "$OUT/parity.txt"
+}
+
+step_track() {
+  for g in true false; do
+    rm -rf /tmp/track_$g
+    timeout "$(T 90)" $A train --config configs/demo.toml --set train.method=advent --set model.init=.gpu/tiny_init.pth \
+      --set train.early_stop=199 --set train.max_iters=4000 --set train.save_every=100000 --set train.precision=tf32 \
+      --set train.tensorboard=false --set train.cuda_graph=$g --run-dir /tmp/track_$g --device $DEV 2>&1 | tail -2 \
+      | tee "$OUT/track_$g.log"
+    cp /tmp/track_$g/metrics.jsonl "$OUT/track_${g}_metrics.jsonl"
+    python3 tools/gpu/compare_losses.py .gpu/cpu_metrics.jsonl /tmp/track_$g/metrics.jsonl \
+      --bound-first 4e-4 --bound-median 1.1e-2 --bound-window 2e-2 --bound 0.19 | tee "$OUT/track_$g.txt"
+  done
+}
+
+B="$A bench --device $DEV --iters 15 --warmup 4 --what advent"
+round() {
+  local r=$1
+  timeout "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
+  timeout "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul \
+    --d-pad 32 --aspp-pad 24 --cudnn-benchmark-limit 0 --json "$OUT/r${r}_tf32_cl_graph_all.jsonl"
+  timeout "$(T 70)" python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
+    | grep -E "train|eval" | tee "$OUT/r${r}_torch_tf32.jsonl"
+}
+step_round1() { round 1; }
+step_round2() { round 2; }
+
+# ev NAME BENCH-ARGS...: evaluation (1024x512 in, 2048x1024 argmax out); the reference's tf32
+# evaluation is in the rounds' r*_torch_tf32.jsonl.
+ev() {
+  local name=$1
+  shift
+  timeout "$(T 40)" $A bench --device $DEV --iters 30 --warmup 5 --what eval "$@" --json "$OUT/eval_$name.jsonl"
+}
+step_evalcore() {
+  ev tf32_graph_off --precision tf32 --cuda-graph
+  ev tf32_graph_fused --precision tf32 --cuda-graph --fold-bn fused
+  ev tf32_cl_graph_fused --precision tf32 --channels-last --cuda-graph --fold-bn fused
+  ev tf32_graph_fused_b4 --precision tf32 --cuda-graph --fold-bn fused --batch 4
+  ev tf32_cl_graph_fused_b4 --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch 4
+  ev tf32_graph_off_b4 --precision tf32 --cuda-graph --batch 4
+  ev bf16_cl_graph_fused --precision bf16 --channels-last --cuda-graph --fold-bn fused
+}
+step_evalmore() {
+  ev tf32_cl_graph_off --precision tf32 --channels-last --cuda-graph
+  ev bf16_cl_graph_off --precision bf16 --channels-last --cuda-graph
+  ev bf16_cl_graph_fused_b4 --precision bf16 --channels-last --cuda-graph --fold-bn fused --batch 4
+  ev tf32_graph_fused_b2 --precision tf32 --cuda-graph --fold-bn fused --batch 2
+  ev tf32_cl_graph_fused_b2 --precision tf32 --channels-last --cuda-graph --fold-bn fused --batch 2
+  ev tf32_graph_on --precision tf32 --cuda-graph --fold-bn on
+  ev tf32_cl_graph_on --precision tf32 --channels-last --cuda-graph --fold-bn on
+  ev tf32_cl_eager_fused --precision tf32 --channels-last --fold-bn fused
+  ev tf32_cl_graph_fused_aspp24 --precision tf32 --channels-last --cuda-graph --fold-bn fused --aspp-pad 24
+}
+
+step_singles() {
+  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
+  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
+  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --aspp-pad 24 --json "$OUT/tf32_cl_graph_aspp24.jsonl"
+  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --d-pad 32 --json "$OUT/tf32_cl_graph_dpad32.jsonl"
+  timeout "$(T 50)" $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
+}
+step_limit0() {
+  timeout "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --cudnn-benchmark-limit 0 \
+    --json "$OUT/tf32_cl_graph_limit0.jsonl"
+}
+step_profile() {
+  timeout "$(T 90)" python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 > "$OUT/profile_tf32_cl.txt" 2>&1
+  grep -v Warning "$OUT/profile_tf32_cl.txt" | head -60
+}
+step_dilation() {
+  timeout "$(T 90)" python3 -u tools/gpu/dilation_probe.py 2>&1 | tee "$OUT/dilation_probe.txt"
+}
 
 # A DeepLab-V2 R101 in the reference's keys (reference_nets.py's random initialisation), made
-# on the device once: the network of the pipeline and train parts.
+# on the device once: the network of the end-to-end steps.
 r101() {
   [ -f /tmp/r101.pth ] && return
   python3 -c "import sys, types; sys.path.insert(0, 'tools/fixtures'); import torch
@@ -170,97 +217,104 @@ except ImportError: sys.modules['numpy'] = types.ModuleType('numpy')
 from reference_nets import ResNetMulti
 torch.manual_seed(0); torch.save(ResNetMulti((3, 4, 23, 3), 19, True).state_dict(), '/tmp/r101.pth')"
 }
-# timed FILE LABEL COUNT UNIT COMMAND...: runs the command and appends "LABEL: COUNT UNIT in T ms"
-# (with advent eval's own "evaluated ..." line) to $OUT/FILE, or "LABEL: COUNT UNIT FAILED"
-# and the command's last line, which summarize.py leaves out.
+# timed FILE LABEL COUNT UNIT SECONDS COMMAND...: runs the command (timeout cut to the time
+# left) and appends "LABEL: COUNT UNIT in T ms" (with advent eval's own "evaluated ..." line) to
+# $OUT/FILE, or "LABEL: COUNT UNIT FAILED" and the command's last line, which summarize.py
+# leaves out.
 timed() {
-  local file=$1 label=$2 n=$3 unit=$4
-  shift 4
-  local t0
+  local file=$1 label=$2 n=$3 unit=$4 secs=$5
+  shift 5
+  local t0 own
   t0=$(date +%s%N)
-  if "$@" > /tmp/timed.out 2>&1; then
-    local own
+  if timeout "$(T "$secs")" "$@" > /tmp/timed.out 2>&1; then
     own=$(grep -o 'evaluated .*' /tmp/timed.out)
     echo "$label: $n $unit in $(( ($(date +%s%N) - t0) / 1000000 )) ms${own:+; $own}" | tee -a "$OUT/$file"
   else
     echo "$label: $n $unit FAILED: $(tail -1 /tmp/timed.out)" | tee -a "$OUT/$file"
   fi
 }
-
-if [ "$PART" = pipeline ]; then
-echo "== advent eval end to end (loading, network, scoring): R101 (reference_nets.py's random init), tf32,"
-echo "   graphed, a 2048x1024 frame with the val label listed 40 and 440 times: images/s = 400 / the difference"
-r101
 # A full-size (2048x1024) image under the val frame's name, so that loading costs what a real
 # Cityscapes val image costs (the val frame of ../shared/data is 256x128, as is its label,
 # which the scorers resize to the 2048x1024 output).
 F=/tmp/csfull
-mkdir -p $F/leftImg8bit/val/frankfurt $F/gtFine/val
-cp .gpu/cs/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png \
-  $F/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png
-cp -r .gpu/cs/gtFine/val/frankfurt $F/gtFine/val/
-for n in 40 440; do
-  for i in $(seq $n); do echo frankfurt/frankfurt_000000_000294_leftImg8bit.png; done > /tmp/list_$n.txt
-done
-EV="$A eval --device cuda --checkpoint /tmp/r101.pth --dataset cityscapes --root $F --precision tf32 --cuda-graph"
-for opts in "--batch 1" "--batch 1 --fold-bn fused" "--batch 4 --fold-bn fused" "--batch 1 --save-predictions /tmp/preds"; do
+full_frame() {
+  mkdir -p $F/leftImg8bit/val/frankfurt $F/gtFine/val
+  cp .gpu/cs/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png \
+    $F/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png
+  cp -r .gpu/cs/gtFine/val/frankfurt $F/gtFine/val/
+}
+# advent eval end to end (loading, network, scoring): R101, tf32, graphed, the frame listed 40
+# and 440 times: images/s = 400 / the difference.
+step_evalcli() {
+  r101
+  full_frame
   for n in 40 440; do
-    # shellcheck disable=SC2086
-    timed eval_cli.txt "$opts" $n images timeout 45 $EV --workers 8 $opts --list /tmp/list_$n.txt
+    for i in $(seq $n); do echo frankfurt/frankfurt_000000_000294_leftImg8bit.png; done > /tmp/list_$n.txt
   done
-done
-echo "== advent predict end to end (readers, network, writers), a 2048x1024 frame copied 30 and 150 times,"
-echo "   1024x512 in, 2048x1024 out, tf32: images/s = 120 / the difference"
-for n in 30 150; do
-  mkdir -p /tmp/pin_$n
-  for i in $(seq $n); do cp $F/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png /tmp/pin_$n/f$i.png; done
-  for w in 4 8; do
-    rm -rf /tmp/pout_${n}_$w
-    timed predict_cli.txt "predict --workers $w" $n images timeout 50 $A predict --device cuda \
-      --checkpoint /tmp/r101.pth --input /tmp/pin_$n --output /tmp/pout_${n}_$w \
-      --input-size 1024x512 --output-size 2048x1024 --workers $w
+  local EV="$A eval --device $DEV --checkpoint /tmp/r101.pth --dataset cityscapes --root $F --precision tf32 $CG"
+  for opts in "--batch 4 --fold-bn fused" "--batch 1" "--batch 1 --save-predictions /tmp/preds"; do
+    for n in 40 440; do
+      # shellcheck disable=SC2086
+      timed eval_cli.txt "$opts" $n images 45 $EV --workers 8 $opts --list /tmp/list_$n.txt
+    done
   done
-done
-exit 0
+}
+# advent predict end to end (readers, network, writers), the frame copied 30 and 150 times,
+# 1024x512 in, 2048x1024 out, tf32: images/s = 120 / the difference.
+step_predict() {
+  r101
+  full_frame
+  for n in 30 150; do
+    mkdir -p /tmp/pin_$n
+    for i in $(seq $n); do cp $F/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png /tmp/pin_$n/f$i.png; done
+    rm -rf /tmp/pout_$n
+    timed predict_cli.txt "predict --workers 8" $n images 50 $A predict --device $DEV --checkpoint /tmp/r101.pth \
+      --input /tmp/pin_$n --output /tmp/pout_$n --input-size 1024x512 --output-size 2048x1024 --workers 8
+  done
+}
+# advent train end to end (PNG loading on the workers, the step, metrics, TensorBoard, one
+# checkpoint), AdvEnt R101 tf32 channels-last graphed, 20 and 80 iterations: ms/iteration = the
+# difference / 60. A GTA5 layout of the four 2048x1024 train frames (a GTA5 frame is 1914x1052)
+# with the val frame's 256x128 label ids as every label, the Cityscapes train frames as target.
+step_train() {
+  r101
+  local G=/tmp/gta k=0
+  mkdir -p $G/images $G/labels
+  for f in .gpu/cs/leftImg8bit/train/*/*_leftImg8bit.png; do
+    k=$((k + 1))
+    cp "$f" $G/images/0000$k.png
+    cp .gpu/cs/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png $G/labels/0000$k.png
+  done
+  for n in 20 80; do
+    rm -rf /tmp/train_$n
+    timed train_cli.txt train $n iterations 150 $A train --config configs/gta2cityscapes_advent.toml \
+      --set model.init=/tmp/r101.pth --set source.root=$G --set target.root=.gpu/cs --set train.early_stop=$n \
+      --set train.save_every=100000 --set train.channels_last=true --set train.cuda_graph=$CGT \
+      --run-dir /tmp/train_$n --device $DEV
+  done
+}
+
+# --- the plan ------------------------------------------------------------------------------
+
+# Each step's estimate in seconds: it starts only if that much is left.
+declare -A EST=([tests]=150 [round1]=150 [evalcore]=120 [track]=60 [round2]=150 [singles]=150 [evalcli]=120
+  [train]=120 [predict]=60 [evalmore]=150 [limit0]=60 [profile]=60 [dilation]=60)
+if [ "$1" = all ]; then
+  set -- tests round1 evalcore track singles round2 evalcli train predict evalmore limit0 profile dilation
 fi
-
-if [ "$PART" = train ]; then
-echo "== advent train end to end (PNG loading on the workers, the step, metrics, TensorBoard, one checkpoint),"
-echo "   AdvEnt R101 tf32 channels-last graphed, 20 and 80 iterations: ms/iteration = the difference / 60"
-r101
-# A GTA5 layout of the four 2048x1024 train frames (a GTA5 frame is 1914x1052: decoding them
-# costs a little more) with the val frame's 256x128 label ids as every label (lighter than a
-# GTA5 label), and the Cityscapes train frames as the target.
-G=/tmp/gta
-mkdir -p $G/images $G/labels
-k=0
-for f in .gpu/cs/leftImg8bit/train/*/*_leftImg8bit.png; do
-  k=$((k + 1))
-  cp "$f" $G/images/0000$k.png
-  cp .gpu/cs/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png $G/labels/0000$k.png
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+for s in "$@"; do
+  [ -n "${EST[$s]:-}" ] || { echo "unknown step $s" >&2; exit 2; }
+  if [ "$(left)" -lt "${EST[$s]}" ]; then
+    echo "$s: skipped, $(left) s left of the budget, estimate ${EST[$s]} s" | tee -a "$OUT/steps.txt"
+    continue
+  fi
+  echo "== $s ($(left) s left)"
+  t0=$(date +%s)
+  "step_$s"
+  echo "$s: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/steps.txt"
+  pack
 done
-for n in 20 80; do
-  rm -rf /tmp/train_$n
-  timed train_cli.txt train $n iterations timeout 150 $A train --config configs/gta2cityscapes_advent.toml \
-    --set model.init=/tmp/r101.pth --set source.root=$G --set target.root=.gpu/cs --set train.early_stop=$n \
-    --set train.save_every=100000 --set train.channels_last=true --set train.cuda_graph=true \
-    --run-dir /tmp/train_$n --device cuda
-done
-exit 0
-fi
-
-B="$A bench --device cuda --iters 15 --warmup 4 --what advent"
-echo "== each change alone"
-timeout 50 $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
-timeout 50 $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
-timeout 50 $B --precision tf32 --channels-last --cuda-graph --aspp-pad 24 --json "$OUT/tf32_cl_graph_aspp24.jsonl"
-timeout 50 $B --precision tf32 --channels-last --cuda-graph --d-pad 32 --json "$OUT/tf32_cl_graph_dpad32.jsonl"
-timeout 50 $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
-timeout 90 $B --precision tf32 --channels-last --cuda-graph --cudnn-benchmark-limit 0 --json "$OUT/tf32_cl_graph_limit0.jsonl"
-
-echo "== where the reference's tf32 channels-last step spends its GPU time"
-timeout 90 python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 > "$OUT/profile_tf32_cl.txt" 2>&1
-grep -v Warning "$OUT/profile_tf32_cl.txt" | head -60
-echo "== dilated 3x3 convolutions against plain ones on the space-to-batch rearranged map"
-timeout 90 python3 -u tools/gpu/dilation_probe.py 2>&1 | tee "$OUT/dilation_probe.txt"
-echo "== done"
+pack
+echo "== done in $(( $(date +%s) - START )) s"

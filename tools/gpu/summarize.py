@@ -48,9 +48,12 @@ def table(header, rows, cells):
 
 
 def main(out):
-    gpu = sorted(out.glob("gpu_*.txt"))
+    gpu = sorted(out.glob("gpu*.txt"))
     if gpu:
         print("card:", gpu[0].read_text().strip())
+    steps = out / "steps.txt"
+    if steps.is_file():
+        print("steps:", "; ".join(steps.read_text().strip().splitlines()))
 
     parity = out / "parity.txt"
     if parity.is_file():
