@@ -61,8 +61,9 @@ pub struct Args {
     cuda_graph: bool,
     /// With --cuda-graph, training: `held` keeps the gradients allocated between steps and
     /// zeroes them in place; `freed` frees them before the capture, which then allocates them
-    /// in the graph's memory pool (PyTorch's recipe; lower peak memory).
-    #[arg(long, default_value = "held")]
+    /// in the graph's memory pool (PyTorch's recipe; lower peak memory; the default, as in
+    /// `advent train`).
+    #[arg(long, default_value = "freed")]
     graph_grads: advent::train::GraphGrads,
     /// Training: how logits are upsampled (`train.upsampling`): kernel (libtorch's bilinear
     /// kernel, the reference's) or matmul (two float32 products; fp32 and tf32 only).

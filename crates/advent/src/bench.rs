@@ -86,7 +86,7 @@ impl Default for Tuning {
             channels_last: false,
             fused_optimizer: true,
             cuda_graph: false,
-            graph_grads: crate::train::GraphGrads::Held,
+            graph_grads: crate::train::GraphGrads::default(),
             upsampling: crate::loss::Upsampling::Kernel,
             d_pad: None,
             aspp_pad: None,
