@@ -14,7 +14,7 @@
 #   evalcore   evaluation, tf32: graphed, folded/fused, channels-last, batches of 4, bf16
 #   track      200 AdvEnt iterations on CUDA (tf32, eager and graphed) against the CPU run
 #   singles    each training change alone; limit0: the autotuner timing every algorithm
-#   (all: tests round1 evalcore track singles round2 evalcli train predict evalmore limit0
+#   (all: round1 train tests evalcli singles round2 track evalcore predict evalmore limit0
 #   profile dilation)
 #   evalcli    advent eval end to end; predict: advent predict end to end; train: advent train
 #   evalmore   the remaining evaluation variants; profile: the reference's step under the
@@ -31,75 +31,25 @@
 # it on the development machine (a fresh checkout has no .gpu/). Afterwards, here:
 # `mkdir r && tar xzf results.tgz -C r && python3 tools/gpu/summarize.py r`.
 #
-# Prepared for the next device session (written 2026-11-27 without a GPU):
-#  1. the graph of the training step with its gradients freed before the capture
-#     (`--graph-grads freed`, GraphGrads::Freed): correctness (one step from one state, fp32
-#     and bf16) and its peak memory against the held gradients and the reference;
-#  2. the 200-iteration tf32 tracking against the CPU with the tolerances derived from
-#     `advent train --emulate-tf32` (BENCHMARKS.md), the GPU's metrics kept;
-#  3. the upsampling by products (`train.upsampling = "matmul"`, `--upsampling matmul`):
-#     kernel against products timed at the paper's sizes, fixture parity, bit-identical
-#     deterministic training; expected before measuring: -1 to -4 ms per AdvEnt step if the
-#     kernel's atomic backward is as contended as measured elsewhere, +0.5 ms for the
-#     float32 products of the forward passes;
-#  4. the discriminators' 19-channel input zero-padded to 32 channels (`--d-pad 32`; the
-#     same results, tested on the CPU), a count cuDNN's tensor-core kernels take whole:
-#     expected 0 to -1 ms (the first discriminator layer is ~77 GFLOP per step: ~1.5 ms if
-#     cuDNN runs 19 channels without tensor cores, ~0.3 ms with them);
-#  4b. the segmentation classifiers' 19 output channels zero-padded to 24 (`--aspp-pad 24`;
-#     the same logits and gradients, tested on the CPU), a count tf32 (4) and bf16 (8)
-#     tensor-core kernels take whole: expected 0 to -5 ms per AdvEnt step (the eight ASPP
-#     convolutions, 2048 and 1024 -> 19 channels, dilated 3x3, are ~290 GFLOP of the step's
-#     ~6 TFLOP; if cuDNN runs 19 output channels off the tensor cores they cost ~5x their
-#     share), 0 to -0.5 ms per evaluation (~35 GFLOP);
-#  5. cuDNN's autotuner timing every algorithm (`--cudnn-benchmark-limit 0`, PyTorch's
-#     default 10): expected 0 to -3 % (the heuristics' top 10 may miss the fastest kernel
-#     for the dilated convolutions), a longer first iteration;
-#  6. tf32 channels-last step, graphed, against the reference, twice (the 0.75x margin):
-#     the last session's configuration, and every candidate above at once;
-#  7. where the reference's tf32 channels-last step spends its GPU time (the next speed work);
-#  8. evaluation with the batch norms folded into the convolutions (`--fold-bn on`) and with
-#     cuDNN's fused convolution + bias (+ residual) + ReLU (`--fold-bn fused`): parity with
-#     the fixture and the graph's labels (CUDA tests), then tf32 and bf16 timings, graphed,
-#     both layouts, beside the reference's evaluation in the same run. Expected before
-#     measuring: `on` about 0 (libtorch adds a convolution's bias in a pass of its own, which
-#     takes the batch norm's place; only the allocations of ReLU and addition go); `fused`
-#     -2 to -3 ms in tf32: at 1024x512 the batch-norm, ReLU and residual passes move ~11 GB
-#     per image (tools/bench/resnet_counts.py), ~3 ms at the H200's bandwidth, and fused
-#     into the convolutions' epilogue only the residual reads remain (~1.2 GB); so 9.8 ms
-#     graphed -> 7-8 ms, at or near the 1.5x goal (7.2 ms against the reference's 10.8);
-#     channels-last tf32 evaluation (16 ms eager last time, against 10.6 contiguous, with its
-#     eval-mode batch norms) may then gain as the training step did (-10 to -20 %).
-#     Evaluation now skips the aux classifier it does not use (the reference runs it): 1.6 %
-#     of the forward pass's arithmetic, 0.1 to 0.3 ms, in every advent eval figure.
-#  9. evaluation in batches (`--batch 2|4`): expected -10 to -25 % per image in tf32. At batch
-#     1, 1024x512, layers 3 and 4 work on 64x128 = 8192 positions: a 1x1 or 3x3 convolution
-#     with 256 output channels is an 8192 x 256 product, 128 tiles of 128x128 for the H200's
-#     132 SMs, under one wave for most of ResNet-101's 23 layer3 blocks; four images fill four
-#     waves. bf16 (4.9 ms graphed) less, its kernels are shorter but equally starved;
-#  10. `advent eval` end to end on the GPU (not only the network): loading, the network,
-#     scoring and the prediction files now run as a pipeline (scoring threads count the
-#     confusion pairs and write the PNGs while the network runs the next batch). Before, the
-#     host's ~3.5 ms per 2048x1024 image (label bytes, the pair counts) and, with
-#     --save-predictions, ~12 ms of PNG encoding ran between the GPU's passes (examples/
-#     host_costs.rs, on the development VM): expected
-#     images/s end to end within 10 % of the bench figure (was ~25 % under without
-#     predictions, ~2x under with them);
-#  11. `advent predict` end to end: readers and writers around the network, softmax, argmax
-#     and entropy on the GPU, the 160 MB of probabilities no longer brought back unless
-#     --save-prob. Before: ~10 ms of network and over 100 ms of host work in series per
-#     2048x1024 output (reading and resizing ~35 ms, three PNGs ~45 ms, examples/
-#     host_costs.rs; the host's argmax), ~10 images/s; expected 80-200 images/s, bound by
-#     the readers or the writers (~35 and ~45 ms an image) over 4 or 8 threads.
-#  11b. `advent train` end to end at the paper's sizes with PNG files (train): the
-#     workers decode and resize a source and a target frame per iteration (~20-35 ms each on
-#     one core of the development VM) while the step runs; expected within 5 % of the
-#     bench's graphed channels-last step (~77 ms on the H200), i.e. the loading hidden.
-#  12. (singles) whether cuDNN runs the dilated 3x3 convolutions of layers 3 and 4 slower
-#     than plain ones of the same arithmetic (tools/gpu/dilation_probe.py: the same
-#     convolution on the feature map rearranged space-to-batch, exact). Expected: no gain
-#     (on the CPU the rearranged one is 0-15 % slower); a stage run rearranged would be worth
-#     building only if the plain convolution were clearly faster.
+# Measured in the second device session of 2026-11-27 (BENCHMARKS.md, "The candidates
+# measured"): every item prepared before it. Prepared since, for the next device session:
+#  1. upsampling by products without the broadcast copy of the width matrix (its first GPU
+#     run peaked 0.13 GiB above the kernel's): steps round1/round2 ("all") and singles
+#     (matmul). Expected: peak 7.29 -> ~7.16 GiB held, "all" 7.11 -> ~6.98 GiB (the
+#     reference 7.06), time unchanged or -0.5 ms (one product instead of 90 small ones).
+#  2. advent train end to end (step train): batches in page-locked memory from the loader
+#     threads, copied to the device without waiting (the graph's inputs and the eager
+#     step's), a batch of one no longer copied by the stacking, and the losses of iteration
+#     i read once iteration i+1 is queued. Before: 87.5 ms/iteration against the bench's 80.0
+#     (the pageable copies of ~25 MB and the read of the losses each made the host wait for
+#     the device, which then idled while the host copied). Expected: within 2 % of the
+#     bench step (79.5 ms with the gradients freed, now the default).
+#  3. the bf16 folded evaluation's parity (step tests; the test's bound for the unfolded bf16
+#     pass was too tight and stopped it last time), and the graph with freed gradients with
+#     the entropy ranking and the class-ratio prior.
+#  4. advent eval end to end with channels-last and 16 loader threads (step evalcli): last
+#     time 118.8 images/s contiguous with 8 threads, the network alone 161 (contiguous) and
+#     252 (channels-last) images/s in batches of 4.
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -252,10 +202,11 @@ step_evalcli() {
     for i in $(seq $n); do echo frankfurt/frankfurt_000000_000294_leftImg8bit.png; done > /tmp/list_$n.txt
   done
   local EV="$A eval --device $DEV --checkpoint /tmp/r101.pth --dataset cityscapes --root $F --precision tf32 $CG"
-  for opts in "--batch 4 --fold-bn fused" "--batch 1" "--batch 1 --save-predictions /tmp/preds"; do
+  for opts in "--batch 4 --fold-bn fused --channels-last --workers 16" "--batch 4 --fold-bn fused --workers 8" \
+    "--batch 1 --workers 8" "--batch 1 --save-predictions /tmp/preds --workers 8"; do
     for n in 40 440; do
       # shellcheck disable=SC2086
-      timed eval_cli.txt "$opts" $n images 45 $EV --workers 8 $opts --list /tmp/list_$n.txt
+      timed eval_cli.txt "$opts" $n images 45 $EV $opts --list /tmp/list_$n.txt
     done
   done
 }
@@ -296,11 +247,12 @@ step_train() {
 
 # --- the plan ------------------------------------------------------------------------------
 
-# Each step's estimate in seconds: it starts only if that much is left.
-declare -A EST=([tests]=150 [round1]=150 [evalcore]=120 [track]=60 [round2]=150 [singles]=150 [evalcli]=120
-  [train]=120 [predict]=60 [evalmore]=150 [limit0]=60 [profile]=60 [dilation]=60)
+# Each step's estimate in seconds (its wall time on the H200 in the second device session of
+# 2026-11-27, a little more): it starts only if that much is left.
+declare -A EST=([tests]=130 [round1]=110 [evalcore]=40 [track]=30 [round2]=90 [singles]=95 [evalcli]=60
+  [train]=45 [predict]=20 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15)
 if [ "$1" = all ]; then
-  set -- tests round1 evalcore track singles round2 evalcli train predict evalmore limit0 profile dilation
+  set -- round1 train tests evalcli singles round2 track evalcore predict evalmore limit0 profile dilation
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"

@@ -158,6 +158,13 @@ char* advent_zero_grads(const tensor* ts, size_t n) {
   });
 }
 
+// `dst.copy_(src, non_blocking=True)`: from page-locked host memory to a CUDA tensor the
+// copy is queued on the current stream and the call returns at once (tch binds copy_ only
+// with non_blocking=False, which waits for the stream).
+char* advent_copy_async(tensor dst, tensor src) {
+  return guarded([&] { dst->copy_(*src, /*non_blocking=*/true); });
+}
+
 // Bytes held by the CUDA caching allocator on `device`: out[0] allocated now, out[1] peak
 // allocated (torch.cuda.max_memory_allocated), out[2] reserved now, out[3] peak reserved.
 char* advent_cuda_memory(int device, int64_t* out) {

@@ -41,6 +41,7 @@ extern "C" {
     ) -> *mut c_char;
     fn advent_clear_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
     fn advent_zero_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
+    fn advent_copy_async(dst: *const C_tensor, src: *const C_tensor) -> *mut c_char;
     fn advent_tf32_operand(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn advent_tf32_output(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn advent_graphs_supported() -> c_int;
@@ -210,6 +211,15 @@ pub fn zero_grads(tensors: &[&Tensor]) -> Result<()> {
     let p = ptrs(tensors);
     // SAFETY: valid tensor pointers, alive for the call.
     check(unsafe { advent_zero_grads(p.as_ptr(), p.len()) })
+}
+
+/// `dst.copy_(src, non_blocking=true)`: the values of `src` into `dst` (same shape, or
+/// broadcast), without waiting for the copy when it can be queued (page-locked host memory
+/// to a CUDA device: stream order keeps every later use of `dst` after it, and libtorch's
+/// host allocator keeps `src`'s memory until it is done). Elsewhere an ordinary copy.
+pub fn copy_async(dst: &Tensor, src: &Tensor) -> Result<()> {
+    // SAFETY: valid tensor pointers, alive for the call.
+    check(unsafe { advent_copy_async(dst.as_ptr(), src.as_ptr()) })
 }
 
 /// A float32 convolution operand as a TF32 tensor core reads it: rounded to a 10-bit
@@ -394,5 +404,19 @@ mod tests {
         (&w * 2.0).sum(Kind::Float).backward();
         assert_eq!(w.grad().double_value(&[0]), 2.0);
         assert_eq!(w.grad().data_ptr(), before);
+    }
+
+    /// The values land in the destination's own memory (what a CUDA graph's input slot
+    /// needs); a shape that does not broadcast is an error, not a crash.
+    #[test]
+    fn an_async_copy_writes_in_place() {
+        let dst = Tensor::zeros([2, 3], (tch::Kind::Float, Device::Cpu));
+        let before = dst.data_ptr();
+        let src = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape([2, 3]);
+        copy_async(&dst, &src).unwrap();
+        assert_eq!(dst.data_ptr(), before);
+        assert_eq!(Vec::<f32>::try_from(dst.flatten(0, -1)).unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let e = copy_async(&dst, &Tensor::zeros([4], (tch::Kind::Float, Device::Cpu))).unwrap_err().to_string();
+        assert!(e.contains("size"), "{e}");
     }
 }

@@ -559,7 +559,7 @@ fn loader_over_a_real_layout() {
     let root = dir.path();
     let items = cityscapes_tree(root, "val", 8, 6);
     let ds = dataset::open(&spec("cityscapes", root, "val", (4, 3), 19)).unwrap();
-    let cfg = LoaderConfig { batch_size: 2, shuffle: true, seed: 1, workers: 2, prefetch: 4 };
+    let cfg = LoaderConfig { batch_size: 2, shuffle: true, seed: 1, workers: 2, prefetch: 4, pin_memory: false };
     let mut l = Loader::new(ds.clone(), cfg, OrderState::default()).unwrap();
     let b = l.next_batch().unwrap();
     assert_eq!(b.images.size(), vec![2, 3, 3, 4]);
@@ -650,7 +650,7 @@ fn real_train_frames_as_target() {
             "hamburg_000000_046078_leftImg8bit",
         ]
     );
-    let cfg = LoaderConfig { batch_size: 2, shuffle: true, seed: 0, workers: 2, prefetch: 2 };
+    let cfg = LoaderConfig { batch_size: 2, shuffle: true, seed: 0, workers: 2, prefetch: 2, pin_memory: false };
     let b = Loader::new(ds, cfg, OrderState::default()).unwrap().next_batch().unwrap();
     assert_eq!(b.images.size(), vec![2, 3, 512, 1024]);
     assert!(b.labels.is_none());
@@ -678,7 +678,7 @@ fn bench_gta5_loading() {
     let n: usize = std::env::var("ADVENT_BENCH_N").map_or(40, |v| v.parse().unwrap());
     let ds = dataset::open(&spec("gta5", &root, "all", (1280, 720), 19)).unwrap();
     for workers in [0, 1, 2] {
-        let cfg = LoaderConfig { batch_size: 1, shuffle: true, seed: 0, workers, prefetch: 4 };
+        let cfg = LoaderConfig { batch_size: 1, shuffle: true, seed: 0, workers, prefetch: 4, pin_memory: false };
         let mut l = Loader::new(ds.clone(), cfg, OrderState::default()).unwrap();
         l.next_batch().unwrap(); // warm-up
         let t = std::time::Instant::now();

@@ -128,7 +128,7 @@ mod tests {
     #[test]
     fn batches_resume_where_they_stopped() {
         let set: Arc<dyn DetDataset> = Arc::new(SyntheticDetection::scenes(4, Domain::Source, 3));
-        let config = LoaderConfig { batch_size: 2, shuffle: true, seed: 9, workers: 1, prefetch: 2 };
+        let config = LoaderConfig { batch_size: 2, shuffle: true, seed: 9, workers: 1, prefetch: 2, pin_memory: false };
         for augment in [Augment::Flip, Augment::Ssd] {
             let mut a = DetLoader::new(set.clone(), config, OrderState::default(), augment).unwrap();
             let first = a.next_batch().unwrap();
@@ -151,7 +151,8 @@ mod tests {
     #[test]
     fn ssd_augmentation_changes_frames_and_none_leaves_them() {
         let set: Arc<dyn DetDataset> = Arc::new(SyntheticDetection::scenes(4, Domain::Source, 4));
-        let config = LoaderConfig { batch_size: 4, shuffle: false, seed: 2, workers: 0, prefetch: 1 };
+        let config =
+            LoaderConfig { batch_size: 4, shuffle: false, seed: 2, workers: 0, prefetch: 1, pin_memory: false };
         let batch = |augment| {
             DetLoader::new(set.clone(), config, OrderState::default(), augment).unwrap().next_batch().unwrap()
         };

@@ -81,7 +81,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     }
     let (start, source_order, target_order) =
         resume_point(resume_state.as_ref(), &options.start, method.name(), |ckpt| load_checkpoint(&mut trainer, ckpt))?;
-    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed);
+    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, false);
     let mut source = DetLoader::new(
         open_set(config, true)?,
         settings(config.source.batch_size, t.seed),

@@ -178,9 +178,16 @@ pub(crate) fn resume_point(
     }
 }
 
-/// A training loader's settings: shuffled, seeded, `workers` threads `prefetch` ahead.
-pub(crate) fn loader_config(workers: usize, prefetch: usize, batch_size: usize, seed: u64) -> LoaderConfig {
-    LoaderConfig { batch_size, shuffle: true, seed, workers, prefetch }
+/// A training loader's settings: shuffled, seeded, `workers` threads `prefetch` ahead,
+/// batches in page-locked memory if `pin_memory` (CUDA).
+pub(crate) fn loader_config(
+    workers: usize,
+    prefetch: usize,
+    batch_size: usize,
+    seed: u64,
+    pin_memory: bool,
+) -> LoaderConfig {
+    LoaderConfig { batch_size, shuffle: true, seed, workers, prefetch, pin_memory }
 }
 
 /// Trains as configured; returns when `train.early_stop` is reached.
@@ -198,7 +205,8 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     let method = trainer.method.name();
     let (start, source_order, target_order) =
         resume_point(resume_state.as_ref(), &options.start, method, |ckpt| load_checkpoint(&mut trainer, ckpt))?;
-    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed);
+    let pin = options.device.is_cuda();
+    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, pin);
     let source_set: Arc<dyn Dataset> = dataset::open(&config.dataset_spec(true)).context("source dataset")?;
     let mut source = Loader::new(source_set, settings(config.source.batch_size, t.seed), source_order)?;
     let mut target = if trainer.method.uses_target() {
@@ -236,7 +244,8 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         metrics.push(i, lr, lr_d, losses);
         let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
         if save || (i + 1) % t.log_every == 0 {
-            let rows = metrics.flush()?;
+            // This iteration's losses are read at the next log (or now, before a checkpoint).
+            let rows = if save { metrics.flush()? } else { metrics.flush_before(i)? };
             if let Some(board) = &mut board {
                 for (iter, row) in &rows {
                     for (name, v) in row {
@@ -368,6 +377,22 @@ impl MetricsLog {
     /// Writes the pending rows and returns them. A non-finite loss stops training with an
     /// error naming the iteration and the loss (rows before it are written).
     pub(crate) fn flush(&mut self) -> Result<Vec<MetricsRow>> {
+        self.flush_before(u64::MAX)
+    }
+
+    /// [`MetricsLog::flush`] for the rows of iterations before `iter`; later ones stay
+    /// pending. The training loop reads the previous iteration's losses once the current
+    /// one is queued: reading values waits for the device to finish what was queued before,
+    /// and the device then has the current step to run meanwhile.
+    pub(crate) fn flush_before(&mut self, iter: u64) -> Result<Vec<MetricsRow>> {
+        let later = self.pending.iter().position(|(i, ..)| *i >= iter).unwrap_or(self.pending.len());
+        let kept = self.pending.split_off(later);
+        let rows = self.flush_pending();
+        self.pending = kept;
+        rows
+    }
+
+    fn flush_pending(&mut self) -> Result<Vec<MetricsRow>> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -559,6 +584,28 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1, "only the rows before the bad one are kept: {text}");
         assert!(text.starts_with(r#"{"iter":0,"loss_seg_src_main":1.5,"loss_ent_main":0.5,"lr":0.1"#), "{text}");
+    }
+
+    /// The training loop's lagged read: the current iteration's row waits for the next
+    /// flush, and the file ends up as if every row had been written at once.
+    #[test]
+    fn rows_of_later_iterations_wait_for_the_next_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        log.push(0, 0.1, 0.01, vec![("loss_seg_src_main", scalar(3.0))]);
+        assert!(log.flush_before(0).unwrap().is_empty(), "iteration 0 is not before 0");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        log.push(1, 0.1, 0.01, vec![("loss_seg_src_main", scalar(2.0))]);
+        let rows = log.flush_before(1).unwrap();
+        assert_eq!(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(rows[0].1[0], ("loss_seg_src_main".to_string(), 3.0));
+        log.push(2, 0.1, 0.01, vec![("loss_seg_src_main", scalar(f32::INFINITY))]);
+        assert_eq!(log.flush_before(2).unwrap().len(), 1, "iteration 1 only");
+        assert_eq!(log.flush().unwrap_err().to_string(), "iteration 2: loss_seg_src_main is inf; training stopped");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let iters: Vec<&str> = text.lines().map(|l| &l[..9]).collect();
+        assert_eq!(iters, vec![r#"{"iter":0"#, r#"{"iter":1"#], "{text}");
     }
 
     #[test]
