@@ -9,8 +9,9 @@
 # Steps (about how long each took or is expected to take on an H200):
 #   tests      the CUDA tests of the new options (graph with gradients held and freed, upsampling
 #              by products, folded/fused evaluation, classifier padding, evaluation graph)
-#   round1     the AdvEnt step beside the reference, tf32 channels-last graphed: the last
-#              session's configuration and every candidate at once (round2: again)
+#   round1     the AdvEnt step beside the reference, tf32 channels-last graphed: gradients
+#              held (the first measured configuration), every candidate at once, and the
+#              defaults with the upsampling by products (round2: again)
 #   evalcore   evaluation, tf32: graphed, folded/fused, channels-last, batches of 4, bf16
 #   track      200 AdvEnt iterations on CUDA (tf32, eager and graphed) against the CPU run
 #   singles    each training change alone; limit0: the autotuner timing every algorithm
@@ -101,9 +102,12 @@ step_track() {
 B="$A bench --device $DEV --iters 15 --warmup 4 --what advent"
 round() {
   local r=$1
-  timeout "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
+  timeout "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held \
+    --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
   timeout "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul \
     --d-pad 32 --aspp-pad 24 --cudnn-benchmark-limit 0 --json "$OUT/r${r}_tf32_cl_graph_all.jsonl"
+  timeout "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --upsampling matmul \
+    --json "$OUT/r${r}_tf32_cl_graph_freed_matmul.jsonl"
   timeout "$(T 70)" python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
     | grep -E "train|eval" | tee "$OUT/r${r}_torch_tf32.jsonl"
 }
@@ -138,15 +142,20 @@ step_evalmore() {
   ev tf32_cl_graph_fused_aspp24 --precision tf32 --channels-last --cuda-graph --fold-bn fused --aspp-pad 24
 }
 
+# The single changes against the held gradients (the configuration they were first measured
+# against), each alone.
 step_singles() {
   timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
-  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --upsampling matmul --json "$OUT/tf32_cl_graph_matmul.jsonl"
-  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --aspp-pad 24 --json "$OUT/tf32_cl_graph_aspp24.jsonl"
-  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --d-pad 32 --json "$OUT/tf32_cl_graph_dpad32.jsonl"
+  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --upsampling matmul \
+    --json "$OUT/tf32_cl_graph_matmul.jsonl"
+  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --aspp-pad 24 \
+    --json "$OUT/tf32_cl_graph_aspp24.jsonl"
+  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --d-pad 32 \
+    --json "$OUT/tf32_cl_graph_dpad32.jsonl"
   timeout "$(T 50)" $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
 }
 step_limit0() {
-  timeout "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --cudnn-benchmark-limit 0 \
+  timeout "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --cudnn-benchmark-limit 0 \
     --json "$OUT/tf32_cl_graph_limit0.jsonl"
 }
 step_profile() {
@@ -249,7 +258,7 @@ step_train() {
 
 # Each step's estimate in seconds (its wall time on the H200 in the second device session of
 # 2026-11-27, a little more): it starts only if that much is left.
-declare -A EST=([tests]=130 [round1]=110 [evalcore]=40 [track]=30 [round2]=90 [singles]=95 [evalcli]=60
+declare -A EST=([tests]=130 [round1]=140 [evalcore]=40 [track]=30 [round2]=120 [singles]=95 [evalcli]=60
   [train]=45 [predict]=20 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15)
 if [ "$1" = all ]; then
   set -- round1 train tests evalcli singles round2 track evalcore predict evalmore limit0 profile dilation

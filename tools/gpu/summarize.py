@@ -79,7 +79,7 @@ def main(out):
             ev = first(out / f"r{r}_torch_tf32.jsonl", what="eval")
             if ev:
                 ref_eval.append(ev["images_per_s"])
-            for name in ["held", "all"]:
+            for name in ["held", "all", "freed_matmul"]:
                 a = first(out / f"r{r}_tf32_cl_graph_{name}.jsonl")
                 if not (a and ref):
                     continue
