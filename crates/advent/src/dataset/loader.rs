@@ -416,17 +416,24 @@ fn normalize(s: OrderState, len: usize) -> OrderState {
     }
 }
 
+/// A copy of `t` in page-locked host memory (CUDA's host allocator).
+fn page_locked(t: &Tensor) -> Result<Tensor> {
+    t.f_pin_memory(tch::Device::Cuda(0)).context("copying a batch into page-locked memory")
+}
+
 /// A sample with its tensors copied into page-locked host memory.
 fn pinned(s: Sample) -> Result<Sample> {
-    let pin = |t: &Tensor| t.f_pin_memory(tch::Device::Cuda(0)).context("copying a sample into page-locked memory");
-    Ok(Sample { image: pin(&s.image)?, label: s.label.as_ref().map(pin).transpose()?, name: s.name })
+    Ok(Sample { image: page_locked(&s.image)?, label: s.label.as_ref().map(page_locked).transpose()?, name: s.name })
 }
 
 /// A stacked batch copied into page-locked host memory (a batch of one is its sample's
 /// tensors, already there).
 fn pinned_batch(b: Batch) -> Result<Batch> {
-    let pin = |t: &Tensor| t.f_pin_memory(tch::Device::Cuda(0)).context("copying a batch into page-locked memory");
-    Ok(Batch { images: pin(&b.images)?, labels: b.labels.as_ref().map(pin).transpose()?, names: b.names })
+    Ok(Batch {
+        images: page_locked(&b.images)?,
+        labels: b.labels.as_ref().map(page_locked).transpose()?,
+        names: b.names,
+    })
 }
 
 /// Stacks samples into a batch; one sample's tensors are viewed with a batch dimension, not
@@ -522,6 +529,27 @@ mod tests {
                 name: format!("item{index}"),
             })
         }
+    }
+
+    /// A batch of one is its sample's tensors with a batch dimension (no copy on the training
+    /// thread); two samples are stacked.
+    #[test]
+    fn a_batch_of_one_shares_its_samples_memory() {
+        let sample = |v: f32| Sample {
+            image: Tensor::full([3, 4, 5], f64::from(v), (tch::Kind::Float, tch::Device::Cpu)),
+            label: Some(Tensor::full([4, 5], 7, (tch::Kind::Int64, tch::Device::Cpu))),
+            name: format!("s{v}"),
+        };
+        let one = sample(1.0);
+        let (image, label) = (one.image.data_ptr(), one.label.as_ref().unwrap().data_ptr());
+        let b = collate(vec![one]).unwrap();
+        assert_eq!(b.images.size(), [1, 3, 4, 5]);
+        assert_eq!(b.labels.as_ref().unwrap().size(), [1, 4, 5]);
+        assert_eq!((b.images.data_ptr(), b.labels.as_ref().unwrap().data_ptr()), (image, label));
+        let b = collate(vec![sample(1.0), sample(2.0)]).unwrap();
+        assert_eq!(b.images.size(), [2, 3, 4, 5]);
+        assert_eq!(b.images.double_value(&[1, 0, 0, 0]), 2.0);
+        assert_eq!(b.names, ["s1", "s2"]);
     }
 
     fn config(batch_size: usize, workers: usize) -> LoaderConfig {
