@@ -34,9 +34,10 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Samples loaded ahead of the consumer at most (at least 1 is used with workers).
     pub prefetch: usize,
-    /// Batches in page-locked host memory (training on CUDA): the loading threads copy each
-    /// sample there, so that the step's copy to the device can be asynchronous and fast.
-    /// Needs a CUDA device.
+    /// Batches in page-locked host memory (training on CUDA), so that the step's copy to the
+    /// device can be asynchronous and fast: at batch size 1 the loading threads copy each
+    /// sample there (the batch is the sample); larger batches are stacked, then copied there
+    /// once. Needs a CUDA device.
     pub pin_memory: bool,
 }
 
@@ -374,7 +375,8 @@ impl Loader {
     pub fn new(dataset: Arc<dyn Dataset>, config: LoaderConfig, start: OrderState) -> Result<Loader> {
         ensure!(config.batch_size > 0, "batch size must be at least 1");
         let len = dataset.len();
-        let get: LoadFn<Sample> = if config.pin_memory {
+        // Pinning a sample that stacking copies again would be wasted: only at batch size 1.
+        let get: LoadFn<Sample> = if config.pin_memory && config.batch_size == 1 {
             Arc::new(move |i| dataset.get(i).and_then(pinned))
         } else {
             Arc::new(move |i| dataset.get(i))
@@ -427,7 +429,7 @@ fn pinned(s: Sample) -> Result<Sample> {
 }
 
 /// A stacked batch copied into page-locked host memory (a batch of one is its sample's
-/// tensors, already there).
+/// tensors, which the loading threads pinned).
 fn pinned_batch(b: Batch) -> Result<Batch> {
     Ok(Batch {
         images: page_locked(&b.images)?,
