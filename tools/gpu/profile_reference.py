@@ -46,7 +46,8 @@ def cuda_us(e):
 
 
 total = sum(cuda_us(e) for e in prof.key_averages()) / steps
-print(f"== {precision} channels_last={channels_last}: {total / 1e3:.1f} ms of CUDA time per step (self times)")
+print(f"== {precision} channels_last={channels_last}: {total / 1e3:.1f} ms of CUDA time per step (self times of "
+      "operators and of kernels both, so most GPU time counts twice: compare operators with operators)")
 print("== by operator (self CUDA time per step)")
 ops = sorted(prof.key_averages(), key=cuda_us, reverse=True)
 for e in ops[:25]:
