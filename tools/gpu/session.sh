@@ -15,7 +15,7 @@
 #   evalcore   evaluation, tf32: graphed, folded/fused, channels-last, batches of 4, bf16
 #   track      200 AdvEnt iterations on CUDA (tf32, eager and graphed) against the CPU run
 #   singles    each training change alone; limit0: the autotuner timing every algorithm
-#   (all: round1 train tests evalcli singles round2 track evalcore predict evalmore limit0
+#   (all: round1 train tests evalcli predict track singles round2 evalcore evalmore limit0
 #   profile dilation)
 #   evalcli    advent eval end to end; predict: advent predict end to end; train: advent train
 #   evalmore   the remaining evaluation variants; profile: the reference's step under the
@@ -51,6 +51,18 @@
 #  4. advent eval end to end with channels-last and 16 loader threads (step evalcli): last
 #     time 118.8 images/s contiguous with 8 threads, the network alone 161 (contiguous) and
 #     252 (channels-last) images/s in batches of 4.
+#  5. queued copies to the host (native.rs HostCopy: a copy into page-locked memory and an
+#     event, waited for later). advent eval (step evalcli): each batch stacked into
+#     page-locked memory, copied in and launched without waiting, its train ids' copy back
+#     queued behind it; the host waits for the previous batch only after queueing the next.
+#     Before, between two passes the device waited for a pageable copy back (~8 MB) and a
+#     pageable copy in (~25 MB) at batch 4. Expected: 118.8 -> 140-155 images/s (90-96 % of
+#     the bench's 161) unless the loaders bound it. advent predict (step predict): inputs
+#     pinned by the reader threads, the pass and its copies queued, the writer threads wait.
+#     Expected 85.8 -> 95-105 images/s. advent train (step train): the losses' copy queued
+#     behind each step, so the lagged read no longer waits for the next step too: on top of
+#     item 2, within 1 % of the bench step. Correctness: tests queued_host_copies_on_cuda,
+#     queued_predictions_on_cuda_match_one_at_a_time, and the evaluation-graph tests.
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -230,6 +242,10 @@ step_predict() {
     rm -rf /tmp/pout_$n
     timed predict_cli.txt "predict --workers 8" $n images 50 $A predict --device $DEV --checkpoint /tmp/r101.pth \
       --input /tmp/pin_$n --output /tmp/pout_$n --input-size 1024x512 --output-size 2048x1024 --workers 8
+    rm -rf /tmp/pout_$n
+    timed predict_cli.txt "predict --workers 8 --channels-last --fold-bn fused" $n images 50 $A predict \
+      --device $DEV --checkpoint /tmp/r101.pth --input /tmp/pin_$n --output /tmp/pout_$n --input-size 1024x512 \
+      --output-size 2048x1024 --workers 8 --channels-last --fold-bn fused
   done
 }
 # advent train end to end (PNG loading on the workers, the step, metrics, TensorBoard, one
@@ -259,9 +275,9 @@ step_train() {
 # Each step's estimate in seconds (its wall time on the H200 in the second device session of
 # 2026-11-27, a little more): it starts only if that much is left.
 declare -A EST=([tests]=130 [round1]=140 [evalcore]=40 [track]=30 [round2]=120 [singles]=95 [evalcli]=60
-  [train]=45 [predict]=20 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15)
+  [train]=45 [predict]=35 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15)
 if [ "$1" = all ]; then
-  set -- round1 train tests evalcli singles round2 track evalcore predict evalmore limit0 profile dilation
+  set -- round1 train tests evalcli predict track singles round2 evalcore evalmore limit0 profile dilation
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"

@@ -124,13 +124,19 @@ pub fn run(a: Args) -> Result<()> {
         usize::from(a.workers),
         |job| {
             let img = advent::image::read_rgb(&job.path)?;
-            prepare(&img, &options).with_context(|| format!("preparing {}", job.path.display()))
+            prepare(&img, &options)
+                .and_then(|p| p.pinned(device))
+                .with_context(|| format!("preparing {}", job.path.display()))
         },
+        // Queued on a GPU: the writer thread waits for the outputs, the network goes on.
         |job, prepared| {
-            advent::predict::run(&model, &prepared, options.precision, a.save_prob)
+            advent::predict::launch(&model, &prepared, options.precision, a.save_prob)
                 .with_context(|| format!("predicting {}", job.path.display()))
         },
-        |job, out_dir, p| write_prediction(out_dir, &job.stem, &p, a.save_prob),
+        |job, out_dir, launched| {
+            let p = launched.wait().with_context(|| format!("predicting {}", job.path.display()))?;
+            write_prediction(out_dir, &job.stem, &p, a.save_prob)
+        },
     )
 }
 

@@ -11,9 +11,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <vector>
 
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #ifdef ADVENT_CUDA_GRAPHS
@@ -163,6 +166,50 @@ char* advent_zero_grads(const tensor* ts, size_t n) {
 // with non_blocking=False, which waits for the stream).
 char* advent_copy_async(tensor dst, tensor src) {
   return guarded([&] { dst->copy_(*src, /*non_blocking=*/true); });
+}
+
+// Copies to the host that are queued, not waited for. `src` goes into new page-locked host
+// memory on its device's current stream, followed by an event (device-generic: c10::Event
+// finds the CUDA backend at run time, no CUDA headers needed); the values are there once
+// advent_event_synchronize returns. Stream order keeps the copy ahead of everything queued
+// after it, so `src` may be overwritten (a CUDA graph's next replay) once it is queued.
+struct AdventEvent {
+  c10::Event event;
+};
+
+char* advent_host_copy_start(tensor src, tensor* host, AdventEvent** event) {
+  return guarded([&] {
+    auto device = src->device();
+    TORCH_CHECK(!device.is_cpu(), "a queued copy to the host needs a tensor on a device, not on the CPU");
+    at::Tensor out = at::empty(src->sizes(), src->options().device(at::kCPU).pinned_memory(true));
+    out.copy_(*src, /*non_blocking=*/true);
+    auto e = std::make_unique<AdventEvent>(AdventEvent{c10::Event(device.type())});
+    c10::impl::VirtualGuardImpl impl(device.type());
+    e->event.record(impl.getStream(device));
+    *host = new at::Tensor(std::move(out));
+    *event = e.release();
+  });
+}
+
+char* advent_event_synchronize(AdventEvent* e) {
+  return guarded([&] { e->event.synchronize(); });
+}
+
+void advent_event_free(AdventEvent* e) { delete e; }
+
+// `ts` stacked along a new first dimension into new page-locked host memory, from which a
+// copy to a device can be queued without waiting (advent_copy_async).
+char* advent_stack_pinned(const tensor* ts, size_t n, tensor* out) {
+  return guarded([&] {
+    TORCH_CHECK(n > 0, "nothing to stack");
+    auto parts = list(ts, n);
+    std::vector<int64_t> shape{static_cast<int64_t>(n)};
+    auto first = parts[0].sizes();
+    shape.insert(shape.end(), first.begin(), first.end());
+    at::Tensor stacked = at::empty(shape, parts[0].options().device(at::kCPU).pinned_memory(true));
+    at::stack_out(stacked, parts, 0);
+    *out = new at::Tensor(std::move(stacked));
+  });
 }
 
 // Bytes held by the CUDA caching allocator on `device`: out[0] allocated now, out[1] peak

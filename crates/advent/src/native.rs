@@ -1,10 +1,16 @@
 //! Safe wrappers of `csrc/native.cpp`: libtorch's fused optimiser kernels and the CUDA
 //! caching allocator's statistics, which tch does not bind.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::ffi::{c_char, c_int, CStr};
 use tch::{Device, Tensor};
 use torch_sys::C_tensor;
+
+/// Opaque `AdventEvent` of native.cpp.
+#[repr(C)]
+struct RawEvent {
+    _private: [u8; 0],
+}
 
 /// Opaque `AdventGraph` of native.cpp.
 #[repr(C)]
@@ -42,6 +48,11 @@ extern "C" {
     fn advent_clear_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
     fn advent_zero_grads(ts: *const *const C_tensor, n: usize) -> *mut c_char;
     fn advent_copy_async(dst: *const C_tensor, src: *const C_tensor) -> *mut c_char;
+    fn advent_host_copy_start(src: *const C_tensor, host: *mut *mut C_tensor, event: *mut *mut RawEvent)
+        -> *mut c_char;
+    fn advent_event_synchronize(e: *mut RawEvent) -> *mut c_char;
+    fn advent_event_free(e: *mut RawEvent);
+    fn advent_stack_pinned(ts: *const *const C_tensor, n: usize, out: *mut *mut C_tensor) -> *mut c_char;
     fn advent_tf32_operand(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn advent_tf32_output(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn advent_graphs_supported() -> c_int;
@@ -220,6 +231,76 @@ pub fn zero_grads(tensors: &[&Tensor]) -> Result<()> {
 pub fn copy_async(dst: &Tensor, src: &Tensor) -> Result<()> {
     // SAFETY: valid tensor pointers, alive for the call.
     check(unsafe { advent_copy_async(dst.as_ptr(), src.as_ptr()) })
+}
+
+/// A tensor's values on its way to the host: on a CUDA device the copy (into page-locked
+/// memory) and an event after it are queued on the current stream and the host goes on;
+/// [`HostCopy::wait`] waits for that event only, not for the work queued after the copy. So
+/// the host can queue the next pass of a network before it needs the last one's results,
+/// and the device is not left idle while the host reads them. Stream order keeps the copy
+/// ahead of whatever is queued later, so the source may be overwritten by later work (a CUDA
+/// graph's next replay). On the CPU there is nothing to wait for: the tensor itself.
+pub struct HostCopy {
+    host: Tensor,
+    /// Null on the CPU.
+    event: *mut RawEvent,
+}
+
+// SAFETY: the tensor is Send (tch); the event is owned by this value alone and CUDA's event
+// calls (synchronize, destroy) may come from any thread.
+unsafe impl Send for HostCopy {}
+
+impl HostCopy {
+    /// Queues the copy of `t` to the host.
+    pub fn start(t: &Tensor) -> Result<Self> {
+        if t.device() == Device::Cpu {
+            return Ok(HostCopy { host: t.shallow_clone(), event: std::ptr::null_mut() });
+        }
+        let mut host: *mut C_tensor = std::ptr::null_mut();
+        let mut event = std::ptr::null_mut();
+        // SAFETY: a valid tensor pointer; on success both outputs are new objects we own.
+        check(unsafe { advent_host_copy_start(t.as_ptr(), &mut host, &mut event) })?;
+        // SAFETY: as above.
+        Ok(HostCopy { host: unsafe { Tensor::from_ptr(host) }, event })
+    }
+
+    /// The values on the host, once the copy is done.
+    pub fn wait(self) -> Result<Tensor> {
+        if !self.event.is_null() {
+            // SAFETY: a live event from advent_host_copy_start (freed by Drop).
+            check(unsafe { advent_event_synchronize(self.event) })?;
+        }
+        Ok(self.host.shallow_clone())
+    }
+}
+
+impl Drop for HostCopy {
+    fn drop(&mut self) {
+        if !self.event.is_null() {
+            // SAFETY: from advent_host_copy_start, freed once. (The pending copy itself is
+            // safe to abandon: libtorch's host allocator keeps its memory until it is done.)
+            unsafe { advent_event_free(self.event) }
+        }
+    }
+}
+
+/// `Tensor::stack(ts, 0)` for a copy to `device`: into page-locked host memory when `device`
+/// is a CUDA device (its copy can then be queued without waiting, [`copy_async`] or a
+/// non-blocking `to`), an ordinary stack elsewhere.
+pub fn stack_for(ts: &[&Tensor], device: Device) -> Result<Tensor> {
+    if !device.is_cuda() || ts.iter().any(|t| t.device() != Device::Cpu) {
+        return Ok(Tensor::f_stack(ts, 0)?);
+    }
+    let first = ts.first().context("nothing to stack")?;
+    if let Some(t) = ts.iter().find(|t| (t.size(), t.kind()) != (first.size(), first.kind())) {
+        bail!("cannot stack a {:?} {:?} tensor with a {:?} {:?} one", t.size(), t.kind(), first.size(), first.kind());
+    }
+    let p = ptrs(ts);
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: valid tensor pointers, alive for the call; on success out is a new tensor we own.
+    check(unsafe { advent_stack_pinned(p.as_ptr(), p.len(), &mut out) })?;
+    // SAFETY: as above.
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// A float32 convolution operand as a TF32 tensor core reads it: rounded to a 10-bit
@@ -418,5 +499,25 @@ mod tests {
         assert_eq!(Vec::<f32>::try_from(dst.flatten(0, -1)).unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let e = copy_async(&dst, &Tensor::zeros([4], (tch::Kind::Float, Device::Cpu))).unwrap_err().to_string();
         assert!(e.contains("size"), "{e}");
+    }
+
+    /// On the CPU a host copy is the tensor itself, and stacking for the CPU is a stack;
+    /// tensors that cannot be stacked are an error naming their shapes, not a crash.
+    #[test]
+    fn host_copies_and_stacks_on_the_cpu() {
+        let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let copy = HostCopy::start(&t).unwrap();
+        assert_eq!(Vec::<f32>::try_from(copy.wait().unwrap()).unwrap(), [1.0, 2.0, 3.0]);
+        let a = Tensor::from_slice(&[1.0f32, 2.0]);
+        let b = Tensor::from_slice(&[3.0f32, 4.0]);
+        let cuda = if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu };
+        for device in [Device::Cpu, cuda] {
+            let s = stack_for(&[&a, &b], device).unwrap();
+            assert_eq!(s.size(), [2, 2]);
+            assert_eq!(Vec::<f32>::try_from(s.flatten(0, -1)).unwrap(), [1.0, 2.0, 3.0, 4.0]);
+        }
+        let c = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        let e = stack_for(&[&a, &c], cuda).unwrap_err().to_string();
+        assert!(e.contains("[3]") && e.contains("[2]"), "{e}");
     }
 }

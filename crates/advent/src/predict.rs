@@ -6,6 +6,7 @@ use crate::classes;
 use crate::image::{self, colormap, RgbImage};
 use crate::loss;
 use crate::model::SegModel;
+use crate::native::HostCopy;
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -68,6 +69,18 @@ pub fn prepare(img: &RgbImage, options: &PredictOptions) -> Result<Prepared> {
     Ok(Prepared { input: image::to_input_tensor(net_input, image::IMG_MEAN_BGR), output_size: (w_out, h_out) })
 }
 
+impl Prepared {
+    /// The input in page-locked memory when it is for a CUDA device (copied there without
+    /// waiting, by [`launch`]); as it is otherwise.
+    pub fn pinned(self, device: tch::Device) -> Result<Self> {
+        if !device.is_cuda() {
+            return Ok(self);
+        }
+        let input = self.input.f_pin_memory(device).context("copying an image into page-locked memory")?;
+        Ok(Prepared { input, ..self })
+    }
+}
+
 /// Runs the network on one image, with its probabilities.
 pub fn predict(model: &SegModel, img: &RgbImage, options: &PredictOptions) -> Result<Prediction> {
     run(model, &prepare(img, options)?, options.precision, true)
@@ -81,10 +94,25 @@ pub fn run(
     precision: crate::device::Precision,
     keep_prob: bool,
 ) -> Result<Prediction> {
+    launch(model, prepared, precision, keep_prob)?.wait()
+}
+
+/// [`run`] without waiting for the device: the network's pass and the copies of its outputs
+/// to the host are queued (on a GPU; on the CPU they are done), and [`Launched::wait`] gives
+/// the prediction. A GPU can so compute one image while the host, possibly on another
+/// thread, writes the last one's files, and the next image is queued without waiting for
+/// either. Its input is copied without waiting when it is in page-locked memory
+/// ([`Prepared::pinned`]).
+pub fn launch(
+    model: &SegModel,
+    prepared: &Prepared,
+    precision: crate::device::Precision,
+    keep_prob: bool,
+) -> Result<Launched> {
     let num_classes = model.config.num_classes;
     ensure!(num_classes <= 256, "more than 256 classes do not fit 8-bit train-id images");
     let (w_out, h_out) = prepared.output_size;
-    let x = prepared.input.f_to_device(model.device())?;
+    let x = prepared.input.f_to_device_(model.device(), prepared.input.kind(), true, false)?;
     let (prob, entropy, ids) = tch::no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
         let main = {
             let _autocast = crate::device::autocast(model.device(), precision)?;
@@ -96,16 +124,40 @@ pub fn run(
         let ids = prob.f_argmax(0, false)?.f_to_kind(Kind::Uint8)?;
         Ok((prob, entropy, ids))
     })?;
-    let cpu = |t: Tensor| -> Result<Tensor> { Ok(t.f_to_device(tch::Device::Cpu)?.f_contiguous()?) };
-    let train_ids = Vec::<u8>::try_from(cpu(ids)?.f_flatten(0, -1)?)?;
-    Ok(Prediction {
+    Ok(Launched {
         width: w_out,
         height: h_out,
         num_classes: num_classes as usize,
-        prob: if keep_prob { Some(cpu(prob)?) } else { None },
-        entropy: cpu(entropy)?,
-        train_ids,
+        prob: if keep_prob { Some(HostCopy::start(&prob)?) } else { None },
+        entropy: HostCopy::start(&entropy)?,
+        ids: HostCopy::start(&ids)?,
     })
+}
+
+/// A prediction on its way to the host ([`launch`]).
+pub struct Launched {
+    width: u32,
+    height: u32,
+    num_classes: usize,
+    prob: Option<HostCopy>,
+    entropy: HostCopy,
+    ids: HostCopy,
+}
+
+impl Launched {
+    /// The prediction, once its copies are done.
+    pub fn wait(self) -> Result<Prediction> {
+        let contiguous = |c: HostCopy| -> Result<Tensor> { Ok(c.wait()?.f_contiguous()?) };
+        let train_ids = Vec::<u8>::try_from(contiguous(self.ids)?.f_flatten(0, -1)?)?;
+        Ok(Prediction {
+            width: self.width,
+            height: self.height,
+            num_classes: self.num_classes,
+            prob: self.prob.map(contiguous).transpose()?,
+            entropy: contiguous(self.entropy)?,
+            train_ids,
+        })
+    }
 }
 
 /// Writes `<stem>_trainids.png`, `<stem>_color.png`, `<stem>_entropy.png` and, with

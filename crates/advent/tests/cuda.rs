@@ -344,6 +344,70 @@ fn device_sync(device: Device) {
     }
 }
 
+/// A queued copy to the host (what `advent eval` and the training log read results with)
+/// gives the values the source had when it was queued, though the source is overwritten by
+/// work queued after it and before the wait; a stack for the device is in page-locked memory.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn queued_host_copies_on_cuda() {
+    use advent::native::{stack_for, HostCopy};
+    let Some(device) = cuda() else { return };
+    let n = 1 << 22;
+    let mut src = Tensor::arange(n, (Kind::Float, device));
+    // Enough queued work ahead of the copy that the host reaches `wait` before it runs.
+    let mut busy = Tensor::ones([4096, 4096], (Kind::Float, device));
+    for _ in 0..20 {
+        busy = busy.matmul(&busy).clamp(-1.0, 1.0);
+    }
+    let _ = src.g_add_(&busy.mean(Kind::Float));
+    let copy = HostCopy::start(&src).unwrap();
+    let _ = src.fill_(-1.0);
+    let host = copy.wait().unwrap();
+    assert_eq!(host.device(), Device::Cpu);
+    let expected = Tensor::arange(n, (Kind::Float, Device::Cpu)) + 1.0;
+    let diff = (&host - &expected).abs().max().double_value(&[]);
+    println!("queued host copy: max difference {diff:e} from the values at queueing");
+    assert_eq!(diff, 0.0);
+    assert_eq!(src.double_value(&[0]), -1.0);
+    let a = Tensor::from_slice(&[1.0f32, 2.0]);
+    let b = Tensor::from_slice(&[3.0f32, 4.0]);
+    let s = stack_for(&[&a, &b], device).unwrap();
+    assert!(s.is_pinned(device), "a stack for {device:?} is page-locked");
+    assert_eq!(Vec::<f32>::try_from(s.flatten(0, -1)).unwrap(), [1.0, 2.0, 3.0, 4.0]);
+}
+
+/// `advent predict`'s queued passes: two images launched (inputs in page-locked memory)
+/// before either is waited for give what each gives alone, one pass at a time (tolerance:
+/// 0.1 % of the pixels may change class, entropies within 1e-4).
+#[test]
+#[ignore = "needs a CUDA device"]
+fn queued_predictions_on_cuda_match_one_at_a_time() {
+    use advent::predict::{launch, prepare, run, PredictOptions};
+    let Some(device) = cuda_for_evaluation() else { return };
+    tch::manual_seed(8);
+    let model = SegModel::new(ModelConfig::deeplabv2_r101(19), device).unwrap();
+    let options =
+        PredictOptions { input_size: Some((256, 128)), output_size: Some((512, 256)), precision: Precision::Tf32 };
+    let images: Vec<_> = (0..2u8)
+        .map(|k| advent::image::RgbImage::from_fn(300, 150, |x, y| image::Rgb([(x as u8) ^ k, (y as u8) * 3, k * 90])))
+        .collect();
+    let prepared: Vec<_> = images.iter().map(|i| prepare(i, &options).unwrap().pinned(device).unwrap()).collect();
+    assert!(prepared.iter().all(|p| p.input.is_pinned(device)));
+    let alone: Vec<_> = prepared.iter().map(|p| run(&model, p, options.precision, true).unwrap()).collect();
+    let launched: Vec<_> = prepared.iter().map(|p| launch(&model, p, options.precision, true).unwrap()).collect();
+    for (k, (l, a)) in launched.into_iter().zip(&alone).enumerate() {
+        let q = l.wait().unwrap();
+        let moved = q.train_ids.iter().zip(&a.train_ids).filter(|(x, y)| x != y).count();
+        let entropy = (&q.entropy - &a.entropy).abs().max().double_value(&[]);
+        let prob = (q.prob.as_ref().unwrap() - a.prob.as_ref().unwrap()).abs().max().double_value(&[]);
+        println!(
+            "queued prediction {k}: {moved} of {} pixels differ, entropy {entropy:e}, prob {prob:e}",
+            a.train_ids.len()
+        );
+        assert!(moved * 1000 <= a.train_ids.len() && entropy <= 1e-4 && prob <= 1e-4);
+    }
+}
+
 /// The CUDA device for the evaluation tests, with cuDNN's autotuner and tf32 as `advent eval`
 /// sets them; `None` without a device.
 fn cuda_for_evaluation() -> Option<Device> {

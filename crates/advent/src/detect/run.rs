@@ -130,7 +130,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
             .with_context(|| format!("iteration {i}"))?;
         let lr = super::train::detector_lr(&trainer.config, i);
         let lr_d = poly_lr(t.learning_rate_d, i, t.max_iters, t.power);
-        metrics.push(i, lr, lr_d, losses);
+        metrics.push(i, lr, lr_d, losses)?;
         let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
         if save || (i + 1) % t.log_every == 0 {
             let rows = metrics.flush()?;

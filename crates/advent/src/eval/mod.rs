@@ -23,6 +23,7 @@ use crate::dataset::{self, Dataset, DatasetSpec, LabelSize, OpenOptions, Sample}
 use crate::image::{self, colormap};
 use crate::loss;
 use crate::model::SegModel;
+use crate::native::HostCopy;
 use crate::queue::SharedReceiver;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -317,11 +318,11 @@ struct Feeder<'a> {
     in_flight: Option<InFlight>,
 }
 
-/// A launched batch: its images and its train ids on the device (on a GPU, possibly still
-/// being computed).
+/// A launched batch: its images and its train ids on their way to the host (on a GPU,
+/// possibly still being computed).
 struct InFlight {
     batch: Vec<Pending>,
-    ids: Tensor,
+    ids: HostCopy,
 }
 
 impl Feeder<'_> {
@@ -380,41 +381,39 @@ impl Feeder<'_> {
         Ok(Pending { index, name, image: sample.image, label, size })
     }
 
-    /// Launches the batch's prediction and empties it, after bringing back the batch launched
-    /// before; that one's images then go to the scoring threads while the device works on
-    /// this one. On a GPU the host's part between two passes is then the copies only: the
-    /// next batch is stacked while the device computes, the previous one's bytes are split
-    /// and sent while it computes again. (A CUDA graph writes every replay into the same
-    /// output, so the previous batch is always brought back before the next launch.)
+    /// Launches the batch's prediction and empties it, then brings back the batch launched
+    /// before; that one's images go to the scoring threads while the device works on this
+    /// one. On a GPU the host never waits for the device with nothing queued: the batch is
+    /// stacked into page-locked memory while the device computes the one before, copied in
+    /// and launched without waiting, its train ids' copy back queued behind it; only then
+    /// does the host wait, for the previous batch's copy back (stream order keeps that copy
+    /// ahead of this launch, which a CUDA graph writes into the same output).
     fn flush(&mut self, batch: &mut Vec<Pending>, tx: &SyncSender<Scored>) -> Result<(), IndexedError> {
         let batch = std::mem::take(batch);
         let Some(first) = batch.first() else { return Ok(()) };
         let (index, size) = (first.index, first.size);
         let what = describe(&batch);
         let images: Vec<&Tensor> = batch.iter().map(|p| &p.image).collect();
-        let x = match Tensor::f_stack(&images, 0) {
+        let x = match crate::native::stack_for(&images, self.models[0].0.device()) {
             Ok(x) => x,
             Err(e) => {
                 // The batch in flight holds earlier images: theirs are scored first.
                 self.land(tx)?;
-                return Err((index, anyhow::Error::from(e).context(format!("predicting {what}"))));
+                return Err((index, e.context(format!("predicting {what}"))));
             }
         };
-        let landed = self.bring_back()?;
-        let launched = self.launch(&x, size).with_context(|| format!("predicting {what}"));
+        let launched =
+            self.launch(&x, size).and_then(|ids| HostCopy::start(&ids)).with_context(|| format!("predicting {what}"));
         // The earlier images are sent even when this launch failed: an error of theirs comes
         // first.
-        if let Some(landed) = landed {
-            if !send(landed, tx) {
-                return Ok(());
-            }
-        }
+        self.land(tx)?;
         let ids = launched.map_err(|e| (index, e))?;
         self.in_flight = Some(InFlight { batch, ids });
         Ok(())
     }
 
-    /// Brings back the batch in flight, if any, and sends its images to the scoring threads.
+    /// Brings back the batch in flight, if any, and sends its images to the scoring threads
+    /// (unless they have all stopped: one failed, and reports it).
     fn land(&mut self, tx: &SyncSender<Scored>) -> Result<(), IndexedError> {
         if let Some(landed) = self.bring_back()? {
             send(landed, tx);
@@ -425,7 +424,7 @@ impl Feeder<'_> {
     /// The batch in flight with its train ids on the host.
     fn bring_back(&mut self) -> Result<Option<Landed>, IndexedError> {
         let Some(InFlight { batch, ids }) = self.in_flight.take() else { return Ok(None) };
-        match host_bytes(&ids) {
+        match ids.wait().and_then(|ids| host_bytes(&ids)) {
             Ok(host) => Ok(Some((batch, host))),
             Err(e) => Err((batch[0].index, e.context(format!("predicting {}", describe(&batch))))),
         }
@@ -549,7 +548,7 @@ impl Drop for Staging {
 
 /// A tensor's bytes on the host, row-major (uint8 tensors: train ids).
 fn host_bytes(t: &Tensor) -> Result<Vec<u8>> {
-    Ok(Vec::<u8>::try_from(t.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?)
+    Ok(Vec::<u8>::try_from(t.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?)?)
 }
 
 /// The ensemble's train ids for preprocessed images `x` (`[n, 3, H, W]`, BGR minus the
@@ -567,7 +566,8 @@ fn ids_on_device(
         for (model, weight) in models {
             let main = {
                 let _autocast = crate::device::autocast(model.device(), precision)?;
-                model.forward_main(&x.f_to_device(model.device())?)?
+                // Without waiting from page-locked memory (the batch was stacked there).
+                model.forward_main(&x.f_to_device_(model.device(), x.kind(), true, false)?)?
             };
             let logits = loss::upsample(&main.f_to_kind(Kind::Float)?, i64::from(height), i64::from(width))?;
             let weighted = if *weight == 1.0 { logits } else { logits.f_mul_scalar(*weight)? };
@@ -644,7 +644,7 @@ impl Graphed {
             self.current = Some(Capture { key, input, output, graph });
         }
         let c = self.current.as_mut().expect("captured above");
-        c.input.f_narrow(0, 0, n)?.f_copy_(x)?;
+        crate::native::copy_async(&c.input.f_narrow(0, 0, n)?, x)?;
         if n < capacity as i64 {
             let _ = c.input.f_narrow(0, n, capacity as i64 - n)?.f_zero_()?;
         }

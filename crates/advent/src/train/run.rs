@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::dataset::loader::{Loader, LoaderConfig, OrderState};
 use crate::dataset::{self, Dataset};
 use crate::image::colormap;
+use crate::native::HostCopy;
 use crate::tensorboard::EventWriter;
 use crate::weights::{self, StateDict};
 use anyhow::{bail, ensure, Context, Result};
@@ -241,7 +242,7 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
             .step(i, &src.images, labels, trg.as_ref().map(|b| &b.images))
             .with_context(|| format!("iteration {i}"))?;
         let (lr, lr_d) = trainer.learning_rates(i);
-        metrics.push(i, lr, lr_d, losses);
+        metrics.push(i, lr, lr_d, losses)?;
         let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
         if save || (i + 1) % t.log_every == 0 {
             // This iteration's losses are read at the next log (or now, before a checkpoint).
@@ -337,12 +338,23 @@ fn short_losses(row: &[(String, f32)]) -> String {
 /// One logged iteration: its number and (name, value) pairs.
 pub(crate) type MetricsRow = (u64, Vec<(String, f32)>);
 
-/// Per-iteration losses, held on the device and read in one transfer per flush, so that the
-/// training step never waits for the host; checked for NaN and infinity when read.
+/// Per-iteration losses, copied to the host without waiting (on a GPU the copy is queued
+/// behind the step and read once done, so that the training step never waits for the host
+/// nor the device for the host's reading); checked for NaN and infinity when read.
 pub(crate) struct MetricsLog {
     path: PathBuf,
     file: File,
-    pending: Vec<(u64, f64, f64, Losses)>,
+    pending: Vec<PendingRow>,
+}
+
+/// An iteration's row whose losses are on their way to the host.
+struct PendingRow {
+    iter: u64,
+    lr: f64,
+    lr_d: f64,
+    names: Vec<&'static str>,
+    /// The losses in `names`' order, float32.
+    values: HostCopy,
 }
 
 impl MetricsLog {
@@ -370,8 +382,17 @@ impl MetricsLog {
         Ok(MetricsLog { path: path.to_path_buf(), file, pending: Vec::new() })
     }
 
-    pub(crate) fn push(&mut self, iter: u64, lr: f64, lr_d: f64, losses: Losses) {
-        self.pending.push((iter, lr, lr_d, losses));
+    /// Queues the copy of an iteration's losses to the host (call it right after the step,
+    /// before a CUDA graph's next replay overwrites them).
+    pub(crate) fn push(&mut self, iter: u64, lr: f64, lr_d: f64, losses: Losses) -> Result<()> {
+        let names = losses.iter().map(|(n, _)| *n).collect();
+        let scalars: Vec<Tensor> = losses.iter().map(|(_, t)| t.f_reshape([1])).collect::<Result<_, _>>()?;
+        let values = match scalars.is_empty() {
+            true => Tensor::f_zeros([0], (Kind::Float, Device::Cpu))?,
+            false => Tensor::f_cat(&scalars, 0)?.f_to_kind(Kind::Float)?,
+        };
+        self.pending.push(PendingRow { iter, lr, lr_d, names, values: HostCopy::start(&values)? });
+        Ok(())
     }
 
     /// Writes the pending rows and returns them. A non-finite loss stops training with an
@@ -382,10 +403,10 @@ impl MetricsLog {
 
     /// [`MetricsLog::flush`] for the rows of iterations before `iter`; later ones stay
     /// pending. The training loop reads the previous iteration's losses once the current
-    /// one is queued: reading values waits for the device to finish what was queued before,
-    /// and the device then has the current step to run meanwhile.
+    /// one is queued: reading them waits for their copy, queued behind the previous step,
+    /// while the device has the current step to run.
     pub(crate) fn flush_before(&mut self, iter: u64) -> Result<Vec<MetricsRow>> {
-        let later = self.pending.iter().position(|(i, ..)| *i >= iter).unwrap_or(self.pending.len());
+        let later = self.pending.iter().position(|p| p.iter >= iter).unwrap_or(self.pending.len());
         let kept = self.pending.split_off(later);
         let rows = self.flush_pending();
         self.pending = kept;
@@ -396,23 +417,15 @@ impl MetricsLog {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
-        let scalars: Vec<Tensor> = self
-            .pending
-            .iter()
-            .flat_map(|(_, _, _, l)| l.iter().map(|(_, t)| t.f_reshape([1])))
-            .collect::<Result<_, _>>()?;
-        let values =
-            Vec::<f32>::try_from(Tensor::f_cat(&scalars, 0)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?)?;
-        let mut values = values.into_iter();
         let mut text = String::new();
         let mut rows = Vec::new();
         let mut failure = None;
-        for (iter, lr, lr_d, losses) in self.pending.drain(..) {
+        for PendingRow { iter, lr, lr_d, names, values } in std::mem::take(&mut self.pending) {
+            let values = Vec::<f32>::try_from(values.wait()?)?;
             let mut row = serde_json::Map::new();
             row.insert("iter".into(), iter.into());
             let mut named = Vec::new();
-            for (name, _) in &losses {
-                let v = values.next().expect("one value per loss");
+            for (name, v) in names.into_iter().zip(values) {
                 if !v.is_finite() && failure.is_none() {
                     failure = Some(format!("iteration {iter}: {name} is {v}; training stopped"));
                 }
@@ -576,9 +589,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
         let mut log = MetricsLog::open(&path, 0).unwrap();
-        log.push(0, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.5)), ("loss_ent_main", scalar(0.5))]);
-        log.push(1, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.25)), ("loss_ent_main", scalar(f32::NAN))]);
-        log.push(2, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.0)), ("loss_ent_main", scalar(0.4))]);
+        log.push(0, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.5)), ("loss_ent_main", scalar(0.5))]).unwrap();
+        log.push(1, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.25)), ("loss_ent_main", scalar(f32::NAN))]).unwrap();
+        log.push(2, 0.1, 0.01, vec![("loss_seg_src_main", scalar(1.0)), ("loss_ent_main", scalar(0.4))]).unwrap();
         let err = log.flush().unwrap_err().to_string();
         assert_eq!(err, "iteration 1: loss_ent_main is NaN; training stopped");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -593,14 +606,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
         let mut log = MetricsLog::open(&path, 0).unwrap();
-        log.push(0, 0.1, 0.01, vec![("loss_seg_src_main", scalar(3.0))]);
+        log.push(0, 0.1, 0.01, vec![("loss_seg_src_main", scalar(3.0))]).unwrap();
         assert!(log.flush_before(0).unwrap().is_empty(), "iteration 0 is not before 0");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
-        log.push(1, 0.1, 0.01, vec![("loss_seg_src_main", scalar(2.0))]);
+        log.push(1, 0.1, 0.01, vec![("loss_seg_src_main", scalar(2.0))]).unwrap();
         let rows = log.flush_before(1).unwrap();
         assert_eq!(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0]);
         assert_eq!(rows[0].1[0], ("loss_seg_src_main".to_string(), 3.0));
-        log.push(2, 0.1, 0.01, vec![("loss_seg_src_main", scalar(f32::INFINITY))]);
+        log.push(2, 0.1, 0.01, vec![("loss_seg_src_main", scalar(f32::INFINITY))]).unwrap();
         assert_eq!(log.flush_before(2).unwrap().len(), 1, "iteration 1 only");
         assert_eq!(log.flush().unwrap_err().to_string(), "iteration 2: loss_seg_src_main is inf; training stopped");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -614,7 +627,7 @@ mod tests {
         let path = dir.path().join("metrics.jsonl");
         let mut log = MetricsLog::open(&path, 0).unwrap();
         for i in 0..5 {
-            log.push(i, 0.1, 0.01, vec![("loss_seg_src_main", scalar(i as f32))]);
+            log.push(i, 0.1, 0.01, vec![("loss_seg_src_main", scalar(i as f32))]).unwrap();
         }
         log.flush().unwrap();
         drop(log);
