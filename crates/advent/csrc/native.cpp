@@ -181,6 +181,7 @@ char* advent_host_copy_start(tensor src, tensor* host, AdventEvent** event) {
   return guarded([&] {
     auto device = src->device();
     TORCH_CHECK(!device.is_cpu(), "a queued copy to the host needs a tensor on a device, not on the CPU");
+    at::NoGradGuard no_grad;  // a copy of values: no autograd history from `src`
     at::Tensor out = at::empty(src->sizes(), src->options().device(at::kCPU).pinned_memory(true));
     out.copy_(*src, /*non_blocking=*/true);
     auto e = std::make_unique<AdventEvent>(AdventEvent{c10::Event(device.type())});
