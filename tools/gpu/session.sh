@@ -8,7 +8,8 @@
 #
 # Steps (about how long each took or is expected to take on an H200):
 #   tests      the CUDA tests of the new options (graph with gradients held and freed, upsampling
-#              by products, folded/fused evaluation, classifier padding, evaluation graph)
+#              by products, folded/fused evaluation, classifier padding, evaluation graph,
+#              queued copies to the host and queued predictions)
 #   round1     the AdvEnt step beside the reference, tf32 channels-last graphed: gradients
 #              held (the first measured configuration), every candidate at once, and the
 #              defaults with the upsampling by products (round2: again)
@@ -94,8 +95,8 @@ T() {
 
 step_tests() {
   timeout "$(T 200)" .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
-    folded_evaluation cuda_graph_evaluation classifier_padding 2>&1 \
-    | grep -E "cuda |update differs|test result|panicked|warning:|^test " | tee "$OUT/parity.txt"
+    folded_evaluation cuda_graph_evaluation classifier_padding queued 2>&1 \
+    | grep -E "cuda |update differs|queued|test result|panicked|warning:|^test " | tee "$OUT/parity.txt"
 }
 
 step_track() {
