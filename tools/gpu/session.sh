@@ -58,7 +58,8 @@
 #     queued behind it; the host waits for the previous batch only after queueing the next.
 #     Before, between two passes the device waited for a pageable copy back (~8 MB) and a
 #     pageable copy in (~25 MB) at batch 4. Expected: 118.8 -> 140-155 images/s (90-96 % of
-#     the bench's 161) unless the loaders bound it. advent predict (step predict): inputs
+#     the bench's 161) unless the loaders bound it (their bicubic resize is 2.6x faster since,
+#     ~15 -> ~6 ms a frame on the EPYC's scale). advent predict (step predict): inputs
 #     pinned by the reader threads, the pass and its copies queued, the writer threads wait.
 #     Expected 85.8 -> 95-105 images/s. advent train (step train): the losses' copy queued
 #     behind each step, so the lagged read no longer waits for the next step too: on top of
