@@ -140,7 +140,7 @@ fn clip8(acc: i32) -> u8 {
 }
 
 /// `out[i] = clip8(HALF + Σ_k w[k] · src[(start + k) · stride + i])` for `i < out.len()`
-/// (`acc`: scratch of the same length): the inner loop of both passes, one tap's run of
+/// (`acc`: scratch, at least as long): the inner loop of both passes, one tap's run of
 /// contiguous bytes at a time. Compiled twice: with AVX2 (eight 32-bit products per
 /// instruction), used when the CPU has it, and for the build's baseline (x86-64's SSE2 has
 /// no 32-bit vector product, so that loop runs a few times slower). The same integer sums
@@ -446,6 +446,24 @@ mod tests {
         check::<3>(2048, 1024, 1024, 0, 1024);
         check::<3>(640, 40, 1000, 7, 21);
         check::<1>(300, 37, 77, 1, 35);
+    }
+
+    /// The baseline build of the inner loop (what a CPU without AVX2 runs) gives the bytes
+    /// of the dispatched one (this machine's), and both the sums by hand.
+    #[test]
+    fn both_builds_of_the_inner_loop_agree() {
+        let src: Vec<u8> = (0..40u32 * 53).map(|i| (i * 97 % 251) as u8).collect();
+        let w = [-70_000, 1_300_000, 3_200_000, -236_304];
+        let (mut a, mut b) = (vec![0u8; 53], vec![0u8; 53]);
+        let mut acc = vec![0i32; 60];
+        resample_run(&mut a, &mut acc, &src, 5, 53, &w);
+        resample_run_baseline(&mut b, &mut acc, &src, 5, 53, &w);
+        assert_eq!(a, b);
+        for (i, &got) in a.iter().enumerate() {
+            let sum: i64 = w.iter().enumerate().map(|(k, &wk)| i64::from(src[(5 + k) * 53 + i]) * i64::from(wk)).sum();
+            let want = ((sum + i64::from(HALF)) >> PRECISION_BITS).clamp(0, 255) as u8;
+            assert_eq!(got, want, "byte {i}");
+        }
     }
 
     #[test]
