@@ -233,6 +233,14 @@ pub fn copy_async(dst: &Tensor, src: &Tensor) -> Result<()> {
     check(unsafe { advent_copy_async(dst.as_ptr(), src.as_ptr()) })
 }
 
+/// `t` on `device`, the copy queued without waiting for it when `t` is in page-locked
+/// memory (as the training loaders, [`stack_for`] and `Prepared::pinned` give it on CUDA):
+/// the host goes on while it runs; stream order keeps every use after the copy, and
+/// libtorch keeps the host memory until it is done. From pageable memory, an ordinary copy.
+pub fn to_device_async(t: &Tensor, device: Device) -> Result<Tensor> {
+    Ok(t.f_to_device_(device, t.kind(), true, false)?)
+}
+
 /// A tensor's values on its way to the host: on a CUDA device the copy (into page-locked
 /// memory) and an event after it are queued on the current stream and the host goes on;
 /// [`HostCopy::wait`] waits for that event only, not for the work queued after the copy. So

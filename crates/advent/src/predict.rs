@@ -112,7 +112,7 @@ pub fn launch(
     let num_classes = model.config.num_classes;
     ensure!(num_classes <= 256, "more than 256 classes do not fit 8-bit train-id images");
     let (w_out, h_out) = prepared.output_size;
-    let x = prepared.input.f_to_device_(model.device(), prepared.input.kind(), true, false)?;
+    let x = crate::native::to_device_async(&prepared.input, model.device())?;
     let (prob, entropy, ids) = tch::no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
         let main = {
             let _autocast = crate::device::autocast(model.device(), precision)?;

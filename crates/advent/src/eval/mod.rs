@@ -567,7 +567,7 @@ fn ids_on_device(
             let main = {
                 let _autocast = crate::device::autocast(model.device(), precision)?;
                 // Without waiting from page-locked memory (the batch was stacked there).
-                model.forward_main(&x.f_to_device_(model.device(), x.kind(), true, false)?)?
+                model.forward_main(&crate::native::to_device_async(x, model.device())?)?
             };
             let logits = loss::upsample(&main.f_to_kind(Kind::Float)?, i64::from(height), i64::from(width))?;
             let weighted = if *weight == 1.0 { logits } else { logits.f_mul_scalar(*weight)? };

@@ -139,13 +139,6 @@ enum Rates<'a> {
     Tensors(&'a Tensor, &'a Tensor),
 }
 
-/// `t` on `device`, the copy queued without waiting for it (a batch in page-locked memory,
-/// as the training loaders give it on CUDA, is copied while the host goes on; stream order
-/// keeps every use after the copy, and libtorch keeps the host memory until it is done).
-fn to_device_async(t: &Tensor, device: Device) -> Result<Tensor> {
-    Ok(t.f_to_device_(device, t.kind(), true, false)?)
-}
-
 /// The networks and optimisers of a run.
 pub struct Trainer {
     pub config: Config,
@@ -451,8 +444,8 @@ impl Trainer {
         let mut losses: Losses = Vec::new();
 
         // Supervised source loss.
-        let x = to_device_async(source_images, device)?;
-        let y = to_device_async(source_labels, device)?;
+        let x = crate::native::to_device_async(source_images, device)?;
+        let y = crate::native::to_device_async(source_labels, device)?;
         let (h, w) = (x.size()[2], x.size()[3]);
         let heads = self.model.forward_t(&x, true)?;
         let main = upsample_with(&heads.main, h, w, t.upsampling)?;
@@ -478,7 +471,7 @@ impl Trainer {
             return Ok((losses, None));
         };
         // Target loss: fool the discriminators (into "source") and/or minimise entropy.
-        let x = to_device_async(target_images, device)?;
+        let x = crate::native::to_device_async(target_images, device)?;
         let (h, w) = (x.size()[2], x.size()[3]);
         let heads = self.model.forward_t(&x, true)?;
         let prob_main = upsample_with(&heads.main, h, w, t.upsampling)?.f_softmax(1, Kind::Float)?;
