@@ -292,6 +292,12 @@ impl Drop for HostCopy {
     }
 }
 
+/// A copy of the host tensor `t` in page-locked memory (CUDA's host allocator), from which
+/// a copy to a CUDA device can be queued without waiting. Needs a CUDA device.
+pub fn page_locked(t: &Tensor) -> Result<Tensor> {
+    Ok(t.f_pin_memory(Device::Cuda(0))?)
+}
+
 /// `Tensor::stack(ts, 0)` for a copy to `device`: into page-locked host memory when `device`
 /// is a CUDA device (its copy can then be queued without waiting, [`copy_async`] or a
 /// non-blocking `to`), an ordinary stack elsewhere.

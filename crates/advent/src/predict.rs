@@ -76,7 +76,7 @@ impl Prepared {
         if !device.is_cuda() {
             return Ok(self);
         }
-        let input = self.input.f_pin_memory(device).context("copying an image into page-locked memory")?;
+        let input = crate::native::page_locked(&self.input).context("copying an image into page-locked memory")?;
         Ok(Prepared { input, ..self })
     }
 }

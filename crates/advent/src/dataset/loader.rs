@@ -36,8 +36,8 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Batches in page-locked host memory (training on CUDA), so that the step's copy to the
     /// device can be asynchronous and fast: at batch size 1 the loading threads copy each
-    /// sample there (the batch is the sample); larger batches are stacked, then copied there
-    /// once. Needs a CUDA device.
+    /// sample there (the batch is the sample); larger batches are stacked there. Needs a
+    /// CUDA device.
     pub pin_memory: bool,
 }
 
@@ -395,11 +395,8 @@ impl Loader {
     /// (the rest of its batch is dropped): a further call continues with the sample after it.
     pub fn next_batch(&mut self) -> Result<Batch> {
         let samples = self.items.next_items(self.config.batch_size)?;
-        let batch = collate(samples.into_iter().map(|(_, _, s)| s).collect())?;
-        if self.config.pin_memory && self.config.batch_size > 1 {
-            return pinned_batch(batch);
-        }
-        Ok(batch)
+        let to = if self.config.pin_memory { tch::Device::Cuda(0) } else { tch::Device::Cpu };
+        collate(samples.into_iter().map(|(_, _, s)| s).collect(), to)
     }
 
     /// State after the last delivered batch: a loader created with it delivers exactly the
@@ -418,29 +415,17 @@ fn normalize(s: OrderState, len: usize) -> OrderState {
     }
 }
 
-/// A copy of `t` in page-locked host memory (CUDA's host allocator).
-fn page_locked(t: &Tensor) -> Result<Tensor> {
-    t.f_pin_memory(tch::Device::Cuda(0)).context("copying a batch into page-locked memory")
-}
-
 /// A sample with its tensors copied into page-locked host memory.
 fn pinned(s: Sample) -> Result<Sample> {
-    Ok(Sample { image: page_locked(&s.image)?, label: s.label.as_ref().map(page_locked).transpose()?, name: s.name })
+    let pin = |t: &Tensor| crate::native::page_locked(t).context("copying a sample into page-locked memory");
+    Ok(Sample { image: pin(&s.image)?, label: s.label.as_ref().map(pin).transpose()?, name: s.name })
 }
 
-/// A stacked batch copied into page-locked host memory (a batch of one is its sample's
-/// tensors, which the loading threads pinned).
-fn pinned_batch(b: Batch) -> Result<Batch> {
-    Ok(Batch {
-        images: page_locked(&b.images)?,
-        labels: b.labels.as_ref().map(page_locked).transpose()?,
-        names: b.names,
-    })
-}
-
-/// Stacks samples into a batch; one sample's tensors are viewed with a batch dimension, not
-/// copied (the paper's batch size, 1: no 25 MB copy on the training thread per iteration).
-fn collate(samples: Vec<Sample>) -> Result<Batch> {
+/// Stacks samples into a batch for device `to` (for a CUDA device into page-locked memory,
+/// in one copy: [`crate::native::stack_for`]); one sample's tensors are viewed with a batch
+/// dimension, not copied (the paper's batch size, 1: no 25 MB copy on the training thread
+/// per iteration; the loading threads pinned them).
+fn collate(samples: Vec<Sample>, to: tch::Device) -> Result<Batch> {
     let names: Vec<String> = samples.iter().map(|s| s.name.clone()).collect();
     let first = samples[0].image.size();
     if let Some(s) = samples.iter().find(|s| s.image.size() != first) {
@@ -459,7 +444,7 @@ fn collate(samples: Vec<Sample>) -> Result<Batch> {
             names,
         });
     }
-    let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0);
+    let images = crate::native::stack_for(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), to)?;
     let with_labels = samples.iter().filter(|s| s.label.is_some()).count();
     let labels = if with_labels == 0 {
         None
@@ -471,7 +456,7 @@ fn collate(samples: Vec<Sample>) -> Result<Batch> {
         if let Some((s, l)) = samples.iter().zip(&labels).find(|(_, l)| l.size() != first) {
             bail!("cannot batch labels of different sizes: {} is {:?}, {} is {:?}", names[0], first, s.name, l.size());
         }
-        Some(Tensor::stack(&labels, 0))
+        Some(crate::native::stack_for(&labels, to)?)
     };
     Ok(Batch { images, labels, names })
 }
@@ -544,11 +529,11 @@ mod tests {
         };
         let one = sample(1.0);
         let (image, label) = (one.image.data_ptr(), one.label.as_ref().unwrap().data_ptr());
-        let b = collate(vec![one]).unwrap();
+        let b = collate(vec![one], tch::Device::Cpu).unwrap();
         assert_eq!(b.images.size(), [1, 3, 4, 5]);
         assert_eq!(b.labels.as_ref().unwrap().size(), [1, 4, 5]);
         assert_eq!((b.images.data_ptr(), b.labels.as_ref().unwrap().data_ptr()), (image, label));
-        let b = collate(vec![sample(1.0), sample(2.0)]).unwrap();
+        let b = collate(vec![sample(1.0), sample(2.0)], tch::Device::Cpu).unwrap();
         assert_eq!(b.images.size(), [2, 3, 4, 5]);
         assert_eq!(b.images.double_value(&[1, 0, 0, 0]), 2.0);
         assert_eq!(b.names, ["s1", "s2"]);
