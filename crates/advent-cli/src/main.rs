@@ -71,6 +71,8 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
         }
     };
+    // First: MKL reads its reproducibility mode when first called.
+    advent::device::repeatable_blas();
     if std::env::var_os("ADVENT_KEEP_DENORMALS").is_none() {
         let _ = advent::device::set_flush_denormal(true);
     }

@@ -230,12 +230,31 @@ pub fn set_flush_denormal(on: bool) -> Result<()> {
     context::set(c"_ZN2at7Context16setFlushDenormalEb", on)
 }
 
+/// Make MKL's matrix products repeat bit for bit from one run to the next: Intel's
+/// conditional numerical reproducibility in its automatic mode (`MKL_CBWR=AUTO`: the code
+/// path of this CPU, with the work split among threads the same way on every run), unless
+/// the environment already names a mode. libtorch runs some convolutions through MKL's
+/// products (the small ones: SSD's extra layers, a discriminator's last layers on small
+/// inputs); without this, on an Intel Xeon with AVX-512 and two threads, two identical
+/// `advent detect train` runs came out with weights up to 1e-6 apart after two iterations,
+/// and a resumed run could not repeat the uninterrupted one. Products measured as fast
+/// either way (BENCHMARKS.md). MKL reads the variable at its first call: call this at the
+/// start of `main`, before any tensor work and before other threads start (it sets the
+/// process's environment). Returns whether it set the variable.
+pub fn repeatable_blas() -> bool {
+    if std::env::var_os("MKL_CBWR").is_some() {
+        return false;
+    }
+    std::env::set_var("MKL_CBWR", "AUTO");
+    true
+}
+
 /// The CPU as results should name it: its model, the vector instructions libtorch's own
 /// kernels were dispatched to, and the threads, e.g. `cpu (Intel(R) Xeon(R) Processor @
 /// 2.50GHz; kernels AVX512; 2 threads)`. Training on the CPU is bit-repeatable on one machine
-/// and thread count, but libtorch (ATen, oneDNN, MKL) picks its kernels by instruction set,
-/// so the same run on another CPU rounds differently, and a network trained from scratch
-/// amplifies that (README, "Reliability"): figures from two machines compare only with this.
+/// and thread count (with [`repeatable_blas`]), but libtorch (ATen, oneDNN, MKL) picks its
+/// kernels by instruction set, so the same run on another CPU rounds differently, and a
+/// network trained from scratch amplifies that (README, "Reliability"): figures from two machines compare only with this.
 pub fn cpu_description() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu_model(&cpuinfo).unwrap_or_else(|| std::env::consts::ARCH.to_string());
