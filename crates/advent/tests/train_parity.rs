@@ -23,11 +23,16 @@
 //!   on layer6; the auxiliary ones 1.2e-3 to 1.0 on layer5), weight decay 4e-3 and 5.9e-4 on
 //!   their biases: each is caught, MinEnt's and AdvEnt's 1 % terms included.
 //! - discriminators (their last convolution; Adam): rounding ≤ 3.9e-4; tolerance 2e-3.
-//!   Catches a swapped domain label, a wrong rate or a missing update (each ≥ 0.5).
+//!   Adam's first step is about ± its rate on every element, so a swapped domain label
+//!   (sign flipped: error 2), a missing update (1) or a rate off by 2x (1) shows; a scale
+//!   of the loss (the reference's halving) cancels in that step and does not.
 //! - backbone (conv1, layer4.2.conv3; 1x rate): the gradient crosses 100 BatchNorm layers
 //!   in training mode, whose backward subtracts batch means: float64 moves the update by
-//!   4.0e-2. Tolerance 0.1: catches a wrong rate group or a missing segmentation loss (≥ 0.98),
-//!   not a term of a few percent (those the heads catch).
+//!   4.0e-2. Tolerance 0.1: catches a missing segmentation loss (measured 0.98 and 1.0) or
+//!   the heads' 10x rate (error 9), not a term of a few percent (those the heads catch).
+//!
+//! Dropping AdvEnt's main adversarial term from our side (λ = 0) fails the test, on layer6
+//! (1.0e-3), as the study predicts.
 mod common;
 
 use advent::config::{Config, Method};
