@@ -96,7 +96,7 @@ T() {
 
 step_tests() {
   timeout "$(T 200)" .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
-    folded_evaluation cuda_graph_evaluation classifier_padding queued 2>&1 \
+    folded_evaluation cuda_graph_evaluation classifier_padding queued cuda_detection 2>&1 \
     | grep -E "cuda |update differs|queued|test result|panicked|warning:|^test " | tee "$OUT/parity.txt"
 }
 

@@ -655,3 +655,14 @@ fn cuda_graph_training_matches_eager() {
     advent::device::set_cudnn_deterministic(false).unwrap();
     advent::device::set_precision(Precision::Tf32).unwrap();
 }
+
+/// SSD's training objective with the network's outputs, targets and loss on the device
+/// (float32; no convolution or product, so TF32 plays no part): the fixture and tolerances of
+/// `multibox_objective_matches_ssd_pytorch` (tests/detection.rs), the mined boxes identical.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_detection_objective_matches_ssd_pytorch() {
+    let Some(device) = cuda() else { return };
+    check_multibox_objective(device);
+    println!("cuda detection objective: as ssd.pytorch (targets, mined boxes, losses, gradients)");
+}

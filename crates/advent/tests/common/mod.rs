@@ -129,3 +129,71 @@ pub fn fixture_trainer(settings: &str, device: tch::Device) -> advent::train::Tr
     }
     t
 }
+
+/// The check of `multibox_objective_matches_ssd_pytorch` (tests/detection.rs, where its
+/// fixture and tolerances are described) with the network's outputs, the targets and the loss
+/// on `device`; the default boxes and the matching are host code.
+pub fn check_multibox_objective(device: tch::Device) {
+    use advent::detect::{loss, matching, priors::PriorConfig};
+    use tch::Device;
+
+    let want = read_fixture("detection/multibox.safetensors");
+    let floats = |key: &str| Vec::<f32>::try_from(want[key].flatten(0, -1)).unwrap();
+    let close = |ours: &[f32], theirs: &[f32], what: &str| {
+        assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let worst = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "{what}: off by {worst:e} (scale {scale:e})");
+    };
+    let config = PriorConfig::ssd300();
+    let priors = config.priors();
+    let reference_priors = floats("priors");
+    let worst = priors.as_flattened().iter().zip(&reference_priors).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert_eq!(priors.len() * 4, reference_priors.len());
+    assert!(worst <= 1e-7, "default boxes off by {worst:e}");
+
+    let (n, p, c) = (2i64, priors.len() as i64, 9i64);
+    let (mut loc_t, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let truths: Vec<[f32; 4]> = floats(&format!("truths{i}")).chunks(4).map(|b| [b[0], b[1], b[2], b[3]]).collect();
+        // The reference's annotations are 0-based and its match adds 1; ours takes 1..=C.
+        let classes: Vec<i64> =
+            Vec::<i64>::try_from(&want[&format!("labels{i}")]).unwrap().iter().map(|l| l + 1).collect();
+        let (l, t) = matching::match_priors(&truths, &classes, &priors, matching::MATCH_THRESHOLD, config.variance);
+        loc_t.extend(l);
+        labels.extend(t);
+    }
+    let reference_labels: Vec<i64> =
+        Vec::<u8>::try_from(want["conf_t"].flatten(0, -1)).unwrap().into_iter().map(i64::from).collect();
+    assert_eq!(labels.len(), reference_labels.len());
+    let wrong: Vec<usize> = (0..labels.len()).filter(|&k| labels[k] != reference_labels[k]).collect();
+    assert!(wrong.is_empty(), "class targets differ at {} boxes, first {:?}", wrong.len(), wrong.first());
+    let positives: Vec<f32> = loc_t.iter().zip(&labels).filter(|(_, &l)| l > 0).flat_map(|(b, _)| *b).collect();
+    close(&positives, &floats("loc_t_pos"), "location targets of the positives");
+
+    let on_device = |v: &[f32], shape: [i64; 3]| Tensor::from_slice(v).reshape(shape).to_device(device);
+    let loc = on_device(&uniform("multibox-loc", (n * p * 4) as usize, -2.0, 2.0), [n, p, 4]).set_requires_grad(true);
+    let conf = on_device(&uniform("multibox-conf", (n * p * c) as usize, -4.0, 4.0), [n, p, c]).set_requires_grad(true);
+    let loc_targets = on_device(loc_t.as_flattened(), [n, p, 4]);
+    let label_tensor = Tensor::from_slice(&labels).reshape([n, p]);
+    let labels_on_device = label_tensor.to_device(device);
+    let l = loss::multibox_loss(&loc, &conf, &loc_targets, &labels_on_device, 3).unwrap();
+    close(&[l.loc.double_value(&[]) as f32], &floats("loss_l"), "loss_l");
+    close(&[l.conf.double_value(&[]) as f32], &floats("loss_c"), "loss_c");
+    (&l.loc + &l.conf).backward();
+
+    // The boxes the class loss reads: those whose class scores got a gradient.
+    let conf_grad = conf.grad().to_device(Device::Cpu);
+    let loc_grad = loc.grad().to_device(Device::Cpu);
+    let chosen = conf_grad.abs().amax([2i64].as_slice(), false).gt(0.0);
+    let reference_chosen = want["chosen"].to_kind(Kind::Bool).reshape([n, p]);
+    assert!(chosen.equal(&reference_chosen), "positives and mined negatives differ");
+    let rows = |g: &Tensor, mask: &Tensor, width: i64| -> Vec<f32> {
+        Vec::<f32>::try_from(g.masked_select(&mask.unsqueeze(2).expand([n, p, width], false))).unwrap()
+    };
+    close(&rows(&conf_grad, &chosen, c), &floats("grad_conf_chosen"), "class-score gradients");
+    let positive = label_tensor.gt(0);
+    close(&rows(&loc_grad, &positive, 4), &floats("grad_loc_pos"), "location gradients");
+    let elsewhere = loc_grad.masked_select(&positive.logical_not().unsqueeze(2).expand([n, p, 4], false));
+    assert_eq!(elsewhere.abs().max().double_value(&[]), 0.0, "location gradient outside the positives");
+}
