@@ -254,7 +254,8 @@ pub fn repeatable_blas() -> bool {
 /// 2.50GHz; kernels AVX512; 2 threads)`. Training on the CPU is bit-repeatable on one machine
 /// and thread count (with [`repeatable_blas`]), but libtorch (ATen, oneDNN, MKL) picks its
 /// kernels by instruction set, so the same run on another CPU rounds differently, and a
-/// network trained from scratch amplifies that (README, "Reliability"): figures from two machines compare only with this.
+/// network trained from scratch amplifies that (README, "Reliability"): figures from two
+/// machines compare only with this.
 pub fn cpu_description() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu_model(&cpuinfo).unwrap_or_else(|| std::env::consts::ARCH.to_string());
