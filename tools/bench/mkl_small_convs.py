@@ -1,13 +1,14 @@
-"""Times the small convolutions that libtorch runs through MKL's products (SSD's extra layers
-at batch 1, forward and backward) and a 1024x1024 product, for BENCHMARKS.md's row on MKL's
-reproducible mode. Run in alternation:
+"""Times SSD's six extra convolutions at batch 1, forward and backward (the last three, on
+maps of 10x10 and smaller, run through MKL's products: `MKL_VERBOSE=1` lists their SGEMM
+calls; the first three go to oneDNN) and a 1024x1024 product, for BENCHMARKS.md's row on
+MKL's reproducible mode. Run in alternation:
     .venv/bin/python tools/bench/mkl_small_convs.py
     MKL_CBWR=AUTO .venv/bin/python tools/bench/mkl_small_convs.py
 """
 import torch, time, statistics, os
 torch.set_num_threads(2)
 torch.manual_seed(0)
-# Small convolutions that libtorch sends through MKL's products at batch 1 (SSD's extra layers)
+# SSD's extra layers at batch 1; the last three (inputs of up to 12800 values) use MKL's products
 convs = [torch.nn.Conv2d(1024, 256, 1), torch.nn.Conv2d(256, 512, 3, 2, 1), torch.nn.Conv2d(512, 128, 1),
          torch.nn.Conv2d(128, 256, 3, 2, 1), torch.nn.Conv2d(256, 128, 1), torch.nn.Conv2d(128, 256, 3)]
 sizes = [19, 19, 10, 10, 5, 5]

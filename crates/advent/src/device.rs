@@ -233,14 +233,15 @@ pub fn set_flush_denormal(on: bool) -> Result<()> {
 /// Make MKL's matrix products repeat bit for bit from one run to the next: Intel's
 /// conditional numerical reproducibility in its automatic mode (`MKL_CBWR=AUTO`: the code
 /// path of this CPU, with the work split among threads the same way on every run), unless
-/// the environment already names a mode. libtorch runs some convolutions through MKL's
-/// products (the small ones: SSD's extra layers, a discriminator's last layers on small
-/// inputs); without this, on an Intel Xeon with AVX-512 and two threads, two identical
-/// `advent detect train` runs came out with weights up to 1e-6 apart after two iterations,
-/// and a resumed run could not repeat the uninterrupted one. Products measured as fast
-/// either way (BENCHMARKS.md). MKL reads the variable at its first call: call this at the
-/// start of `main`, before any tensor work and before other threads start (it sets the
-/// process's environment). Returns whether it set the variable.
+/// the environment already names a mode. At batch 1, libtorch runs convolutions on small
+/// maps through MKL's products (SSD's extra layers on maps of 10x10 and smaller, inputs of up
+/// to 12800 values; larger ones go to oneDNN; checked with `MKL_VERBOSE=1`). Without this, on
+/// an Intel Xeon with AVX-512 and two threads, two identical `advent detect train` runs came
+/// out with weights up to 1e-6 apart after two iterations, and a resumed run could not repeat
+/// the uninterrupted one. No cost measured beyond the machine's noise (BENCHMARKS.md). MKL
+/// reads the variable at its first call: call this at the start of `main`, before any tensor
+/// work and before other threads start (it sets the process's environment). Returns whether
+/// it set the variable.
 pub fn repeatable_blas() -> bool {
     if std::env::var_os("MKL_CBWR").is_some() {
         return false;
