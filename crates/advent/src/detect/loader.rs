@@ -13,7 +13,7 @@ use anyhow::{ensure, Result};
 use std::sync::Arc;
 use tch::{Device, Tensor};
 
-/// A training batch, on the CPU.
+/// A training batch, on the CPU (in page-locked memory when the loader's `pin_memory` is on).
 #[derive(Debug)]
 pub struct DetBatch {
     /// `[N, 3, S, S]` float32, RGB minus ssd.pytorch's mean.
@@ -28,6 +28,8 @@ pub struct DetBatch {
 pub struct DetLoader {
     items: Endless<DetSample>,
     batch_size: usize,
+    /// Where the batches go: on a CUDA device they are made in page-locked memory.
+    device: Device,
     priors: Vec<[f32; 4]>,
     variance: [f32; 2],
 }
@@ -63,6 +65,7 @@ impl DetLoader {
         Ok(DetLoader {
             items: Endless::placed(len, get, &config, start)?,
             batch_size: config.batch_size,
+            device: if config.pin_memory { Device::Cuda(0) } else { Device::Cpu },
             priors: priors.priors(),
             variance: priors.variance,
         })
@@ -72,7 +75,7 @@ impl DetLoader {
         let samples: Vec<DetSample> =
             self.items.next_items(self.batch_size)?.into_iter().map(|(_, _, sample)| sample).collect();
         let names = samples.iter().map(|s| s.name.clone()).collect();
-        let (images, loc, labels) = super::train::collate(&samples, &self.priors, self.variance, Device::Cpu)?;
+        let (images, loc, labels) = super::train::collate(&samples, &self.priors, self.variance, self.device)?;
         Ok(DetBatch { images, loc, labels, names })
     }
 

@@ -7,9 +7,17 @@
 //! most `P − 1`, as the reference does; ties are broken by box index (a stable sort: the
 //! reference's `sort` leaves them to the kernel). A batch without any positive gives zero
 //! losses where the reference divides by zero (NaN).
+//!
+//! The selections are masks over all boxes, not compactions (the reference's
+//! `masked_select`): a compaction's size is data, which on a CUDA device the host must read
+//! back, waiting for the network's forward pass before it can queue the rest of the step.
+//! The sums are those of the selected boxes; only the order of the additions differs.
 
 use anyhow::{ensure, Result};
 use tch::{Kind, Reduction, Tensor};
+
+/// The class target of the boxes that take no part in the confidence loss.
+const IGNORED: i64 = -100;
 
 /// The two terms, each already divided by the number of positive boxes in the batch.
 #[derive(Debug)]
@@ -36,12 +44,10 @@ pub fn multibox_loss(
     let positive = labels.f_gt(0)?;
     let num_pos = positive.f_sum_dim_intlist([1i64].as_slice(), true, Kind::Int64)?;
 
-    let pos_boxes = positive.f_unsqueeze(2)?.f_expand_as(loc)?;
-    let loss_l = loc.f_masked_select(&pos_boxes)?.f_smooth_l1_loss(
-        &loc_targets.f_masked_select(&pos_boxes)?,
-        Reduction::Sum,
-        1.0,
-    )?;
+    let loss_l = loc
+        .f_smooth_l1_loss(loc_targets, Reduction::None, 1.0)?
+        .f_masked_fill(&positive.f_logical_not()?.f_unsqueeze(2)?, 0.0)?
+        .f_sum(Kind::Float)?;
 
     // Mining: each box's cross-entropy against its label, positives set to 0 so they rank
     // last among the candidates; no gradient flows through the ranking.
@@ -57,10 +63,11 @@ pub fn multibox_loss(
         let num_neg = num_pos.f_mul_scalar(negpos_ratio)?.f_clamp_max(p - 1)?;
         Ok(rank.f_lt_tensor(&num_neg)?)
     })?;
+    // Boxes neither positive nor mined take the ignored label: no term, no gradient.
     let chosen = positive.f_logical_or(&negatives)?;
-    let scores = conf.f_masked_select(&chosen.f_unsqueeze(2)?.f_expand_as(conf)?)?.f_reshape([-1, c])?;
-    let targets = labels.f_masked_select(&chosen)?;
-    let loss_c = scores.f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?;
+    let targets = labels.f_masked_fill(&chosen.f_logical_not()?, IGNORED)?.f_reshape([-1])?;
+    let loss_c =
+        conf.f_reshape([-1, c])?.f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, IGNORED, 0.0)?;
 
     let total = num_pos.f_sum(Kind::Float)?.f_clamp_min(1.0)?;
     Ok(MultiboxLoss { loc: loss_l.f_div(&total)?, conf: loss_c.f_div(&total)? })

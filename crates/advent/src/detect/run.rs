@@ -16,6 +16,7 @@ use super::data::{DetDataset, DetectionSet, SyntheticDetection};
 use super::loader::DetLoader;
 use super::train::{DetMethod, DetTrainer};
 use crate::dataset::synthetic::Domain;
+use crate::native::to_device_async;
 use crate::tensorboard::EventWriter;
 use crate::train::optim::poly_lr;
 use crate::train::run::{
@@ -27,6 +28,7 @@ use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use tch::Tensor;
 
 /// The detection set of one domain of `config` (images prepared at 300x300).
 pub fn open_set(config: &DetConfig, source: bool) -> Result<Arc<dyn DetDataset>> {
@@ -81,7 +83,10 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     }
     let (start, source_order, target_order) =
         resume_point(resume_state.as_ref(), &options.start, method.name(), |ckpt| load_checkpoint(&mut trainer, ckpt))?;
-    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, false);
+    // On CUDA the batches come in page-locked memory and their copies are queued without
+    // waiting (as a segmentation run's), the losses read an iteration later (MetricsLog).
+    let pin = device.is_cuda();
+    let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, pin);
     let mut source = DetLoader::new(
         open_set(config, true)?,
         settings(config.source.batch_size, t.seed),
@@ -118,22 +123,19 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
             Some(l) => Some(l.next_batch().with_context(|| format!("iteration {i}: loading a target batch"))?),
             None => None,
         };
-        let trg_images = trg.as_ref().map(|b| b.images.f_to_device(device)).transpose()?;
+        let to_device = |t: &Tensor| to_device_async(t, device);
+        let trg_images = trg.as_ref().map(|b| to_device(&b.images)).transpose()?;
         let losses = trainer
-            .step(
-                i,
-                &src.images.f_to_device(device)?,
-                &src.loc.f_to_device(device)?,
-                &src.labels.f_to_device(device)?,
-                trg_images.as_ref(),
-            )
+            .step(i, &to_device(&src.images)?, &to_device(&src.loc)?, &to_device(&src.labels)?, trg_images.as_ref())
             .with_context(|| format!("iteration {i}"))?;
         let lr = super::train::detector_lr(&trainer.config, i);
         let lr_d = poly_lr(t.learning_rate_d, i, t.max_iters, t.power);
         metrics.push(i, lr, lr_d, losses)?;
         let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
         if save || (i + 1) % t.log_every == 0 {
-            let rows = metrics.flush()?;
+            // This iteration's losses are read at the next log (or now, before a checkpoint):
+            // on CUDA the host queues iteration i + 1 while the device runs iteration i.
+            let rows = if save { metrics.flush()? } else { metrics.flush_before(i)? };
             if let Some(board) = &mut board {
                 for (iter, row) in &rows {
                     for (name, v) in row {

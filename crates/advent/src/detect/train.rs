@@ -260,7 +260,8 @@ pub fn detector_lr(c: &DetTrainConfig, iter: u64) -> f64 {
 
 /// A training batch from prepared samples: images `[N, 3, S, S]`, and each sample's boxes
 /// matched to the default boxes (threshold 0.5) as encoded offsets `[N, P, 4]` and labels
-/// `[N, P]`, on `device`.
+/// `[N, P]`, on the host, for a copy to `device`: on a CUDA device in page-locked memory,
+/// so that the copy can be queued without waiting ([`crate::native::to_device_async`]).
 pub fn collate(
     samples: &[super::data::DetSample],
     priors: &[[f32; 4]],
@@ -276,10 +277,11 @@ pub fn collate(
         labels.extend(c);
     }
     let n = samples.len() as i64;
+    let staged = |t: Tensor| if device.is_cuda() { crate::native::page_locked(&t) } else { Ok(t) };
     Ok((
-        Tensor::f_stack(&images, 0)?.f_to_device(device)?,
-        Tensor::from_slice(&loc).f_reshape([n, -1, 4])?.f_to_device(device)?,
-        Tensor::from_slice(&labels).f_reshape([n, -1])?.f_to_device(device)?,
+        crate::native::stack_for(&images, device)?,
+        staged(Tensor::from_slice(&loc).f_reshape([n, -1, 4])?)?,
+        staged(Tensor::from_slice(&labels).f_reshape([n, -1])?)?,
     ))
 }
 
