@@ -16,8 +16,9 @@
 #   evalcore   evaluation, tf32: graphed, folded/fused, channels-last, batches of 4, bf16
 #   track      200 AdvEnt iterations on CUDA (tf32, eager and graphed) against the CPU run
 #   singles    each training change alone; limit0: the autotuner timing every algorithm
-#   (all: round1 train tests evalcli predict track singles round2 evalcore evalmore limit0
-#   profile dilation)
+#   detect     SSD-300 on CUDA: the bench's steps and advent detect train end to end
+#   (all: round1 train tests evalcli predict track detect singles round2 evalcore evalmore
+#   limit0 profile dilation)
 #   evalcli    advent eval end to end; predict: advent predict end to end; train: advent train
 #   evalmore   the remaining evaluation variants; profile: the reference's step under the
 #              profiler; dilation: tools/gpu/dilation_probe.py
@@ -272,14 +273,38 @@ step_train() {
   done
 }
 
+# Detection on CUDA (prepared on 2026-11-28): SSD-300 at full width, batches of 32 per domain,
+# tf32. The bench's step (inputs on the device, the device waited for after each step; H200
+# before: source-only 53.3 ms, AdvEnt 106.4 ms), then advent detect train end to end (AdvEnt on
+# the built-in scenes with the bench's settings, the loader's 12 threads drawing and matching,
+# one checkpoint), 20 and 80 iterations: ms/iteration = the difference / 60. Before, each step
+# waited three times for the forward pass (the loss's masked_select) and copied ~76 MB of
+# pageable batches with blocking copies, and each iteration's losses were read at once.
+# Expected: the bench step -0.5 to -1 ms (the waits inside it); end to end within 3 % of the
+# bench's AdvEnt step (the copies queued from page-locked memory, ~1.5 ms, and the losses read
+# an iteration later), unless the loader threads bind it. Correctness: the tests step's
+# cuda_detection tests.
+step_detect() {
+  timeout "$(T 60)" $A bench --device $DEV --task detection --what source_only,advent --batch 32 --iters 10 \
+    --warmup 3 --json "$OUT/detect_bench.jsonl"
+  for n in 20 80; do
+    rm -rf /tmp/detect_$n
+    timed detect_cli.txt "detect train advent, batch 32" $n iterations 90 $A detect train \
+      --config configs/detection/demo.toml --set model.width=64 --set source.batch_size=32 \
+      --set target.batch_size=32 --set train.method=advent --set train.discriminator_width=64 \
+      --set train.clip_grad_norm=0 --set train.workers=12 --set train.max_iters=1000 --set train.early_stop=$n \
+      --run-dir /tmp/detect_$n --device $DEV
+  done
+}
+
 # --- the plan ------------------------------------------------------------------------------
 
 # Each step's estimate in seconds (its wall time on the H200 in the second device session of
 # 2026-11-27, a little more): it starts only if that much is left.
 declare -A EST=([tests]=130 [round1]=140 [evalcore]=40 [track]=30 [round2]=120 [singles]=95 [evalcli]=60
-  [train]=45 [predict]=35 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15)
+  [train]=45 [predict]=35 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15 [detect]=60)
 if [ "$1" = all ]; then
-  set -- round1 train tests evalcli predict track singles round2 evalcore evalmore limit0 profile dilation
+  set -- round1 train tests evalcli predict track detect singles round2 evalcore evalmore limit0 profile dilation
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"

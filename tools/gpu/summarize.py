@@ -109,7 +109,14 @@ def main(out):
               lambda a: [a["median_ms"], a["min_ms"], a.get("peak_gib"),
                          f"{a['median_ms'] / base:.3f}x" if base and a.get("precision") != "bf16" else ""])
 
-    for name in ["eval_cli.txt", "predict_cli.txt", "train_cli.txt"]:
+    det = out / "detect_bench.jsonl"
+    if det.is_file():
+        print("\n## detection, SSD-300, batch 32, tf32 (H200 before the queued input path: source-only 53.3 ms, "
+              "AdvEnt 106.4 ms)")
+        table(["what", "median ms", "min ms", "images/s", "peak GiB"], [(a["what"], a) for a in lines(det)],
+              lambda a: [a["median_ms"], a["min_ms"], a["images_per_s"], a.get("peak_gib")])
+
+    for name in ["eval_cli.txt", "predict_cli.txt", "train_cli.txt", "detect_cli.txt"]:
         p = out / name
         if not p.is_file():
             continue
