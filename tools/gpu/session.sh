@@ -283,7 +283,9 @@ step_train() {
 # Expected: the bench step -0.5 to -1 ms (the waits inside it); end to end within 3 % of the
 # bench's AdvEnt step (the copies queued from page-locked memory, ~1.5 ms, and the losses read
 # an iteration later), unless the loader threads bind it. Correctness: the tests step's
-# cuda_detection tests.
+# cuda_detection tests. advent detect eval read each frame on the network's thread: ~30 ms a
+# 2048x1024 frame (PNG decoding 21 ms, preparation 9 ms on the EPYC) against a ~3 ms pass;
+# with 12 threads reading ahead, expected >= 5x the images/s of --workers 0.
 step_detect() {
   timeout "$(T 60)" $A bench --device $DEV --task detection --what source_only,advent --batch 32 --iters 10 \
     --warmup 3 --json "$OUT/detect_bench.jsonl"
@@ -295,6 +297,23 @@ step_detect() {
       --set train.clip_grad_norm=0 --set train.workers=12 --set train.max_iters=1000 --set train.early_stop=$n \
       --run-dir /tmp/detect_$n --device $DEV
   done
+  # advent detect eval of that detector on a full-size frame (2048x1024, a train frame under the
+  # val frame's name, with tools/gpu/instance_map.py's boxes) listed 20 and 100 times: frames
+  # read on the network's thread (--workers 0, as before 2026-11-28) and by 12 threads ahead.
+  local D=/tmp/csdet
+  mkdir -p $D/leftImg8bit/val/frankfurt $D/gtFine/val/frankfurt
+  cp .gpu/cs/leftImg8bit/train/aachen/aachen_000001_000019_leftImg8bit.png \
+    $D/leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png
+  python3 tools/gpu/instance_map.py $D/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_instanceIds.png
+  for n in 20 100; do
+    for i in $(seq $n); do echo frankfurt/frankfurt_000000_000294_leftImg8bit.png; done > /tmp/dlist_$n.txt
+  done
+  for w in 0 12; do
+    for n in 20 100; do
+      timed detect_cli.txt "detect eval --workers $w" $n images 40 $A detect eval --device $DEV --dataset cityscapes \
+        --root $D --list /tmp/dlist_$n.txt --workers $w --checkpoint /tmp/detect_20/checkpoints/iter_000020/model.pth
+    done
+  done
 }
 
 # --- the plan ------------------------------------------------------------------------------
@@ -302,7 +321,7 @@ step_detect() {
 # Each step's estimate in seconds (its wall time on the H200 in the second device session of
 # 2026-11-27, a little more): it starts only if that much is left.
 declare -A EST=([tests]=130 [round1]=140 [evalcore]=40 [track]=30 [round2]=120 [singles]=95 [evalcli]=60
-  [train]=45 [predict]=35 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15 [detect]=60)
+  [train]=45 [predict]=35 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15 [detect]=80)
 if [ "$1" = all ]; then
   set -- round1 train tests evalcli predict track detect singles round2 evalcore evalmore limit0 profile dilation
 fi

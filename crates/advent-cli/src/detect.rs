@@ -55,6 +55,9 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Threads reading and preparing frames ahead of the network.
+    #[arg(long, default_value_t = crate::args::default_workers().into())]
+    workers: usize,
     /// Also write the scores as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -154,7 +157,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let set = DetectionSet::open(&a.dataset, &a.root, &a.split, a.beta, a.list.as_deref(), 300, options)?;
     let priors = PriorConfig::default().priors();
     let progress = std::io::stderr().is_terminal();
-    let r = evaluate_set(&ssd, &set, &priors, &DetectConfig::default(), &MapConfig::default(), progress)?;
+    let frames = set.len();
+    let (cfg, map) = (DetectConfig::default(), MapConfig::default());
+    let r = evaluate_set(&ssd, std::sync::Arc::new(set), &priors, &cfg, &map, a.workers, progress)?;
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
     println!("{:<12} {:>7} {:>7} {:>9}", "class", "AP", "AP(11)", "objects");
     let mut ap = serde_json::Map::new();
@@ -165,14 +170,14 @@ fn eval(a: EvalArgs) -> Result<()> {
         ap.insert(name.into(), c.ap.map(|v| 100.0 * v).into());
         ap_11.insert(name.into(), c.ap_11.map(|v| 100.0 * v).into());
     }
-    println!("{:<12} {:>7} {:>7}   ({} frames)", "mAP", pct(r.map), pct(r.map_11), set.len());
+    println!("{:<12} {:>7} {:>7}   ({frames} frames)", "mAP", pct(r.map), pct(r.map_11));
     if let Some(path) = &a.json {
         let json = serde_json::json!({
             "map": r.map.map(|v| 100.0 * v),
             "map_11": r.map_11.map(|v| 100.0 * v),
             "ap": ap,
             "ap_11": ap_11,
-            "frames": set.len(),
+            "frames": frames,
         });
         advent::fs::write_bytes_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;

@@ -12,7 +12,7 @@ use advent::detect::data::{DetDataset, SyntheticDetection};
 use advent::detect::{matching, priors::PriorConfig, ssd::Ssd};
 use tch::{Device, Kind, Tensor};
 fn main() {
-    let val = SyntheticDetection::scenes(advent::detect::demo::VAL_SEED, Domain::Target, 150);
+    let val = std::sync::Arc::new(SyntheticDetection::scenes(advent::detect::demo::VAL_SEED, Domain::Target, 150));
     let pc = PriorConfig::ssd300();
     let priors = pc.priors();
     let header = ["matched: P(bg)", "P(class)", "H", "others: P(bg)", "H", "boxes > 0.5", "mAP"];

@@ -470,7 +470,16 @@ pub fn sequential(
     prefetch: usize,
 ) -> impl Iterator<Item = Result<(usize, Sample)>> {
     let len = dataset.len();
-    let get: LoadFn<Sample> = Arc::new(move |i| dataset.get(i));
+    in_order(len, Arc::new(move |i| dataset.get(i)), workers, prefetch)
+}
+
+/// [`sequential`] for any loading function: `get(0)`, ..., `get(len - 1)` in that order.
+pub fn in_order<T: Send + 'static>(
+    len: usize,
+    get: LoadFn<T>,
+    workers: usize,
+    prefetch: usize,
+) -> impl Iterator<Item = Result<(usize, T)>> {
     let mut prefetcher = Prefetcher::new(get, Box::new(0..len), workers, prefetch);
     std::iter::from_fn(move || {
         prefetcher

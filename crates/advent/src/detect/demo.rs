@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The demo's settings over `configs/detection/defaults.toml`.
@@ -28,6 +29,8 @@ pub const DEMO_CONFIG: &str = include_str!("../../../../configs/detection/demo.t
 
 /// Seed of the held-out target scenes (the training scenes use `synthetic.seed`).
 pub const VAL_SEED: u64 = 7_000_001;
+/// Threads drawing the held-out scenes ahead of the detector.
+const EVAL_WORKERS: usize = 2;
 
 /// How long a demo trains and how much it evaluates.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -143,8 +146,8 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
     let schedule = options.schedule.unwrap_or_else(|| DetSchedule::new(options.quick));
     crate::demo::staged_output(&options.out, |tmp: &Path| -> Result<DetDemoResults> {
         let base = DetConfig::parse(DEMO_CONFIG, &options.overrides).context("configs/detection/demo.toml")?;
-        let val = SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes);
-        let val_source = SyntheticDetection::scenes(VAL_SEED, Domain::Source, schedule.val_scenes);
+        let val = Arc::new(SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes));
+        let val_source = Arc::new(SyntheticDetection::scenes(VAL_SEED, Domain::Source, schedule.val_scenes));
         let scores = |model: &Path, secs: f64| score(model, &val, Some(&val_source), options.device, secs);
         anyhow::ensure!(options.seeds >= 1, "the demo needs at least one seed");
         let mut per_seed = Vec::new();
@@ -210,15 +213,15 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
 /// held-out source scenes (`source_map`); the checkpoint is loaded once.
 pub fn score(
     model: &Path,
-    val: &SyntheticDetection,
-    source: Option<&SyntheticDetection>,
+    val: &Arc<SyntheticDetection>,
+    source: Option<&Arc<SyntheticDetection>>,
     device: tch::Device,
     seconds: f64,
 ) -> Result<DetScores> {
     let ssd = Ssd::from_checkpoint(model, device)?;
     let priors = PriorConfig::default().priors();
-    let map_of = |set: &SyntheticDetection| -> Result<MapResult> {
-        evaluate_set(&ssd, set, &priors, &DetectConfig::default(), &MapConfig::default(), false)
+    let map_of = |set: &Arc<SyntheticDetection>| -> Result<MapResult> {
+        evaluate_set(&ssd, set.clone(), &priors, &DetectConfig::default(), &MapConfig::default(), EVAL_WORKERS, false)
     };
     let r = map_of(val)?;
     let pct = |v: Option<f64>| v.map(|x| (x * 1000.0).round() / 10.0);

@@ -2,12 +2,14 @@
 //! NMS, as ssd.pytorch's `Detect`) in the pixel frame of the original image, and VOC mAP at
 //! IoU 0.5 over a set ([`super::map`]).
 
-use super::data::DetDataset;
-use super::map::{evaluate, MapConfig, MapResult};
+use super::data::{DetDataset, DetSample};
+use super::map::{evaluate, GroundTruth, MapConfig, MapResult};
 use super::nms::{detect, DetectConfig, Detection};
 use super::ssd::Ssd;
+use crate::dataset::loader::{in_order, LoadFn};
 use anyhow::{ensure, Context, Result};
 use indicatif::ProgressBar;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// One image's detections from its outputs `loc` `[P, 4]` and class logits `conf` `[P, C]`,
@@ -33,19 +35,25 @@ pub fn detections(
     Ok(dets)
 }
 
-/// VOC mAP of `ssd` on every frame of `set`, one image at a time.
-pub fn evaluate_set(
+/// Each frame's detections and ground truth, in a set's order.
+pub type PerFrame = (Vec<Vec<Detection>>, Vec<Vec<GroundTruth>>);
+
+/// Every frame's detections (boxes in its pixels) and ground truth, in the set's order: the
+/// frames read and prepared ahead by `workers` threads (0: on this thread), the network run
+/// on one image at a time (so that a frame's detections do not depend on the others').
+pub fn detect_set(
     ssd: &Ssd,
-    set: &dyn DetDataset,
+    set: Arc<dyn DetDataset>,
     priors: &[[f32; 4]],
     cfg: &DetectConfig,
-    map: &MapConfig,
-    progress: bool,
-) -> Result<MapResult> {
-    let bar = if progress { ProgressBar::new(set.len() as u64) } else { ProgressBar::hidden() };
-    let (mut all_dets, mut all_truth) = (Vec::new(), Vec::new());
-    for i in 0..set.len() {
-        let s = set.get(i)?;
+    workers: usize,
+    bar: &ProgressBar,
+) -> Result<PerFrame> {
+    let len = set.len();
+    let get: LoadFn<DetSample> = Arc::new(move |i| set.get(i));
+    let (mut all_dets, mut all_truth) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    for item in in_order(len, get, workers, 2 * workers.max(1)) {
+        let (_, s) = item?;
         let out = tch::no_grad(|| ssd.forward(&s.image.f_unsqueeze(0)?.f_to_device(ssd.vs.device())?))
             .with_context(|| format!("detecting in {}", s.name))?;
         let (w, h) = (s.frame.width, s.frame.height);
@@ -53,6 +61,21 @@ pub fn evaluate_set(
         all_truth.push(s.frame.ground_truth());
         bar.inc(1);
     }
+    Ok((all_dets, all_truth))
+}
+
+/// VOC mAP of `ssd` on every frame of `set` ([`detect_set`]).
+pub fn evaluate_set(
+    ssd: &Ssd,
+    set: Arc<dyn DetDataset>,
+    priors: &[[f32; 4]],
+    cfg: &DetectConfig,
+    map: &MapConfig,
+    workers: usize,
+    progress: bool,
+) -> Result<MapResult> {
+    let bar = if progress { ProgressBar::new(set.len() as u64) } else { ProgressBar::hidden() };
+    let (all_dets, all_truth) = detect_set(ssd, set, priors, cfg, workers, &bar)?;
     bar.finish_and_clear();
     Ok(evaluate(&all_dets, &all_truth, (ssd.num_classes - 1) as usize, map))
 }
@@ -106,6 +129,32 @@ mod tests {
     }
 
     #[test]
+    fn frames_read_ahead_keep_their_order_and_their_detections() {
+        use crate::dataset::synthetic::Domain;
+        use crate::detect::data::SyntheticDetection;
+        let set = Arc::new(SyntheticDetection::scenes(5, Domain::Target, 6));
+        tch::manual_seed(3);
+        let ssd = Ssd::with_width(9, 8, Device::Cpu).unwrap();
+        let (priors, cfg, bar) = (PriorConfig::default().priors(), DetectConfig::default(), ProgressBar::hidden());
+        // Each frame alone, in order, without the loader (the independent computation).
+        let (mut alone, mut truth) = (Vec::new(), Vec::new());
+        for i in 0..set.len() {
+            let s = set.get(i).unwrap();
+            let out = tch::no_grad(|| ssd.forward(&s.image.unsqueeze(0))).unwrap();
+            let (w, h) = (s.frame.width, s.frame.height);
+            alone.push(detections(&out.loc.squeeze_dim(0), &out.conf.squeeze_dim(0), &priors, &cfg, w, h).unwrap());
+            truth.push(s.frame.ground_truth());
+        }
+        // The frames differ, so a frame scored with another's detections or truth would show.
+        assert!(alone.windows(2).all(|p| p[0] != p[1]), "two consecutive frames gave the same detections");
+        assert!(truth.windows(2).any(|p| p[0] != p[1]));
+        for workers in [0, 3] {
+            let (dets, gt) = detect_set(&ssd, set.clone(), &priors, &cfg, workers, &bar).unwrap();
+            assert!(dets == alone && gt == truth, "{workers} workers");
+        }
+    }
+
+    #[test]
     fn an_untrained_network_on_the_real_frame() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cityscapes-mini");
         if !root.join("gtFine/val").is_dir() {
@@ -117,7 +166,8 @@ mod tests {
         tch::manual_seed(0);
         let ssd = Ssd::new(9, Device::Cpu).unwrap();
         let priors = PriorConfig::default().priors();
-        let r = evaluate_set(&ssd, &set, &priors, &DetectConfig::default(), &MapConfig::default(), false).unwrap();
+        let r = evaluate_set(&ssd, Arc::new(set), &priors, &DetectConfig::default(), &MapConfig::default(), 1, false)
+            .unwrap();
         // The frame's 7 objects are counted as positives; an untrained network finds few.
         assert_eq!(r.per_class.iter().map(|c| c.num_positives).sum::<usize>(), 7);
         let map = r.map.unwrap();
