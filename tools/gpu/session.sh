@@ -283,9 +283,11 @@ step_train() {
 # Expected: the bench step -0.5 to -1 ms (the waits inside it); end to end within 3 % of the
 # bench's AdvEnt step (the copies queued from page-locked memory, ~1.5 ms, and the losses read
 # an iteration later), unless the loader threads bind it. Correctness: the tests step's
-# cuda_detection tests. advent detect eval read each frame on the network's thread: ~30 ms a
-# 2048x1024 frame (PNG decoding 21 ms, preparation 9 ms on the EPYC) against a ~3 ms pass;
-# with 12 threads reading ahead, expected >= 5x the images/s of --workers 0.
+# cuda_detection tests. advent detect eval read each frame on the network's thread (~30 ms a
+# 2048x1024 frame: PNG decoding 21 ms, preparation 9 ms on the EPYC) against a ~3 ms pass, and
+# waited for each pass before decoding its boxes on the host; now frames are read ahead, in
+# page-locked memory, and a frame's boxes are decoded while the next pass runs. Expected: with
+# 12 threads >= 5x the images/s of --workers 0 (which keeps the queued passes).
 step_detect() {
   timeout "$(T 60)" $A bench --device $DEV --task detection --what source_only,advent --batch 32 --iters 10 \
     --warmup 3 --json "$OUT/detect_bench.jsonl"

@@ -710,3 +710,39 @@ fn cuda_detection_batches_are_page_locked_and_queued() {
     println!("cuda detection input: page-locked batches, queued copies; losses {queued:?}, off by {worst:.1e}");
     assert!(worst <= 1e-5, "{blocking:?} against {queued:?}");
 }
+
+/// `advent detect eval`'s queued passes on CUDA (frames page-locked by the reading threads,
+/// each pass and its outputs' copies queued, a frame's boxes decoded while the next runs)
+/// give each frame the detections of that frame run alone with blocking copies. cuDNN in
+/// deterministic mode without the autotuner: the same kernels on the same values, so the
+/// detections must be identical.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_detection_evaluation_queued_matches_one_at_a_time() {
+    use advent::dataset::synthetic::Domain;
+    use advent::detect::data::{DetDataset, SyntheticDetection};
+    use advent::detect::eval::{detect_set, detections};
+    use advent::detect::nms::DetectConfig;
+    use advent::detect::priors::PriorConfig;
+    use advent::detect::ssd::Ssd;
+    let Some(device) = cuda() else { return };
+    advent::device::set_cudnn_benchmark(false).unwrap();
+    advent::device::set_cudnn_deterministic(true).unwrap();
+    let set = std::sync::Arc::new(SyntheticDetection::scenes(5, Domain::Target, 6));
+    tch::manual_seed(3);
+    let ssd = Ssd::with_width(9, 16, device).unwrap();
+    let (priors, cfg) = (PriorConfig::default().priors(), DetectConfig::default());
+    let alone: Vec<_> = (0..set.len())
+        .map(|i| {
+            let s = set.get(i).unwrap();
+            let out = tch::no_grad(|| ssd.forward(&s.image.unsqueeze(0).to_device(device))).unwrap();
+            let (w, h) = (s.frame.width, s.frame.height);
+            detections(&out.loc.squeeze_dim(0), &out.conf.squeeze_dim(0), &priors, &cfg, w, h).unwrap()
+        })
+        .collect();
+    let (queued, _) = detect_set(&ssd, set.clone(), &priors, &cfg, 2, &indicatif::ProgressBar::hidden()).unwrap();
+    let same = queued.iter().zip(&alone).filter(|(q, a)| q == a).count();
+    println!("cuda detection evaluation: queued passes, {same} of {} frames identical to one at a time", alone.len());
+    assert_eq!(same, alone.len());
+    advent::device::set_cudnn_deterministic(false).unwrap();
+}

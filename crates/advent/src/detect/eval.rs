@@ -7,10 +7,11 @@ use super::map::{evaluate, GroundTruth, MapConfig, MapResult};
 use super::nms::{detect, DetectConfig, Detection};
 use super::ssd::Ssd;
 use crate::dataset::loader::{in_order, LoadFn};
+use crate::native::{page_locked, to_device_async, HostCopy};
 use anyhow::{ensure, Context, Result};
 use indicatif::ProgressBar;
 use std::sync::Arc;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// One image's detections from its outputs `loc` `[P, 4]` and class logits `conf` `[P, C]`,
 /// boxes in pixels (inclusive maxima) of a `width x height` image.
@@ -22,17 +23,36 @@ pub fn detections(
     width: u32,
     height: u32,
 ) -> Result<Vec<Detection>> {
-    let p = priors.len() as i64;
-    ensure!(loc.size() == [p, 4], "box offsets must be [{p}, 4], got {:?}", loc.size());
-    ensure!(conf.dim() == 2 && conf.size()[0] == p, "class scores must be [{p}, C], got {:?}", conf.size());
-    let loc = Vec::<f32>::try_from(loc.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
-    let loc: Vec<[f32; 4]> = loc.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
-    let probs = conf.f_softmax(-1, Kind::Float)?.f_to_device(Device::Cpu)?.f_flatten(0, -1)?;
-    let mut dets = detect(&loc, &Vec::<f32>::try_from(probs)?, priors, cfg);
-    for d in &mut dets {
-        d.bbox = super::boxes::to_pixels(d.bbox, width, height);
+    Outputs::start(loc, conf, priors.len())?.finish(priors, cfg, width, height)
+}
+
+/// An image's box offsets and class probabilities on their way to the host: on CUDA the
+/// copies are queued behind the network's pass and the host goes on until it needs them.
+struct Outputs {
+    loc: HostCopy,
+    probs: HostCopy,
+}
+
+impl Outputs {
+    fn start(loc: &Tensor, conf: &Tensor, priors: usize) -> Result<Self> {
+        let p = priors as i64;
+        ensure!(loc.size() == [p, 4], "box offsets must be [{p}, 4], got {:?}", loc.size());
+        ensure!(conf.dim() == 2 && conf.size()[0] == p, "class scores must be [{p}, C], got {:?}", conf.size());
+        let probs = conf.f_softmax(-1, Kind::Float)?;
+        Ok(Outputs { loc: HostCopy::start(&loc.f_to_kind(Kind::Float)?)?, probs: HostCopy::start(&probs)? })
     }
-    Ok(dets)
+
+    /// Decoding and per-class NMS on the host, once the copies are done.
+    fn finish(self, priors: &[[f32; 4]], cfg: &DetectConfig, width: u32, height: u32) -> Result<Vec<Detection>> {
+        let loc = Vec::<f32>::try_from(self.loc.wait()?.f_flatten(0, -1)?)?;
+        let loc: Vec<[f32; 4]> = loc.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+        let probs = Vec::<f32>::try_from(self.probs.wait()?.f_flatten(0, -1)?)?;
+        let mut dets = detect(&loc, &probs, priors, cfg);
+        for d in &mut dets {
+            d.bbox = super::boxes::to_pixels(d.bbox, width, height);
+        }
+        Ok(dets)
+    }
 }
 
 /// Each frame's detections and ground truth, in a set's order.
@@ -40,7 +60,9 @@ pub type PerFrame = (Vec<Vec<Detection>>, Vec<Vec<GroundTruth>>);
 
 /// Every frame's detections (boxes in its pixels) and ground truth, in the set's order: the
 /// frames read and prepared ahead by `workers` threads (0: on this thread), the network run
-/// on one image at a time (so that a frame's detections do not depend on the others').
+/// on one image at a time (so that a frame's detections do not depend on the others'). On
+/// CUDA the frames come in page-locked memory, each pass and its outputs' copies are queued
+/// without waiting, and the host decodes a frame's boxes while the device runs the next one.
 pub fn detect_set(
     ssd: &Ssd,
     set: Arc<dyn DetDataset>,
@@ -50,17 +72,32 @@ pub fn detect_set(
     bar: &ProgressBar,
 ) -> Result<PerFrame> {
     let len = set.len();
-    let get: LoadFn<DetSample> = Arc::new(move |i| set.get(i));
+    let device = ssd.vs.device();
+    let get: LoadFn<DetSample> = Arc::new(move |i| {
+        let mut s = set.get(i)?;
+        if device.is_cuda() {
+            s.image = page_locked(&s.image).context("copying a frame into page-locked memory")?;
+        }
+        Ok(s)
+    });
     let (mut all_dets, mut all_truth) = (Vec::with_capacity(len), Vec::with_capacity(len));
+    let mut finish = |pending: Option<(Outputs, u32, u32)>| -> Result<()> {
+        if let Some((outputs, w, h)) = pending {
+            all_dets.push(outputs.finish(priors, cfg, w, h)?);
+            bar.inc(1);
+        }
+        Ok(())
+    };
+    let mut pending = None;
     for item in in_order(len, get, workers, 2 * workers.max(1)) {
         let (_, s) = item?;
-        let out = tch::no_grad(|| ssd.forward(&s.image.f_unsqueeze(0)?.f_to_device(ssd.vs.device())?))
+        let out = tch::no_grad(|| ssd.forward(&to_device_async(&s.image.f_unsqueeze(0)?, device)?))
             .with_context(|| format!("detecting in {}", s.name))?;
-        let (w, h) = (s.frame.width, s.frame.height);
-        all_dets.push(detections(&out.loc.f_squeeze_dim(0)?, &out.conf.f_squeeze_dim(0)?, priors, cfg, w, h)?);
+        let outputs = Outputs::start(&out.loc.f_squeeze_dim(0)?, &out.conf.f_squeeze_dim(0)?, priors.len())?;
         all_truth.push(s.frame.ground_truth());
-        bar.inc(1);
+        finish(pending.replace((outputs, s.frame.width, s.frame.height)))?;
     }
+    finish(pending)?;
     Ok((all_dets, all_truth))
 }
 
@@ -87,6 +124,7 @@ mod tests {
     use crate::detect::map::GroundTruth;
     use crate::detect::matching::{match_priors, MATCH_THRESHOLD};
     use crate::detect::priors::PriorConfig;
+    use tch::Device;
 
     #[test]
     fn outputs_that_encode_the_truth_exactly_score_ap_1() {
