@@ -685,14 +685,13 @@ fn cuda_detection_batches_are_page_locked_and_queued() {
     let set: std::sync::Arc<dyn DetDataset> = std::sync::Arc::new(SyntheticDetection::scenes(5, Domain::Source, 4));
     let batch = |pin_memory| {
         let config = LoaderConfig { batch_size: 4, shuffle: true, seed: 3, workers: 2, prefetch: 2, pin_memory };
-        DetLoader::new(set.clone(), config, OrderState::default(), Augment::Flip).unwrap().next_batch().unwrap()
+        DetLoader::new(set.clone(), config, OrderState::default(), Augment::Flip, true).unwrap().next_batch().unwrap()
     };
     let (plain, pinned) = (batch(false), batch(true));
-    for (name, a, b) in [
-        ("images", &plain.images, &pinned.images),
-        ("loc", &plain.loc, &pinned.loc),
-        ("labels", &plain.labels, &pinned.labels),
-    ] {
+    let (pt, qt) = (plain.targets.as_ref().unwrap(), pinned.targets.as_ref().unwrap());
+    for (name, a, b) in
+        [("images", &plain.images, &pinned.images), ("loc", &pt.loc, &qt.loc), ("labels", &pt.labels, &qt.labels)]
+    {
         assert!(b.is_pinned(device) && !a.is_pinned(device), "{name}: page-locked only for the device");
         assert!(a.equal(b), "{name}: same values");
     }
@@ -701,8 +700,8 @@ fn cuda_detection_batches_are_page_locked_and_queued() {
         let config = DetTrainConfig { method: DetMethod::SourceOnly, width: 8, ..Default::default() };
         let mut trainer = DetTrainer::new(config, 9, device).unwrap();
         let to = |t: &Tensor| if queued { to_device_async(t, device).unwrap() } else { t.to_device(device) };
-        let b = if queued { &pinned } else { &plain };
-        let losses = trainer.step(0, &to(&b.images), &to(&b.loc), &to(&b.labels), None).unwrap();
+        let (b, t) = if queued { (&pinned, qt) } else { (&plain, pt) };
+        let losses = trainer.step(0, &to(&b.images), &to(&t.loc), &to(&t.labels), None).unwrap();
         losses.iter().map(|(_, v)| v.double_value(&[])).collect::<Vec<f64>>()
     };
     let (blocking, queued) = (step(false), step(true));

@@ -2,13 +2,15 @@
 //! segmentation loader ([`crate::dataset::loader::Endless`]), each frame augmented on the
 //! loader's worker threads ([`Augment`]: ssd.pytorch's `SSDAugmentation`, a mirror, or
 //! nothing) with random numbers seeded by its place in the order, so that a resumed run sees
-//! the same frames; then its boxes matched to the default boxes.
+//! the same frames, and (for a source set) its boxes matched to the default boxes there too.
 
 use super::augment::{ssd_augment, Augment};
 use super::data::{DetDataset, DetSample};
+use super::matching::{match_priors, MATCH_THRESHOLD};
 use super::priors::PriorConfig;
 use crate::dataset::loader::{Endless, LoaderConfig, OrderState, Placed, PlacedLoadFn};
 use crate::dataset::synthetic::Rng;
+use crate::native::{page_locked, stack_for};
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 use tch::{Device, Tensor};
@@ -18,65 +20,108 @@ use tch::{Device, Tensor};
 pub struct DetBatch {
     /// `[N, 3, S, S]` float32, RGB minus ssd.pytorch's mean.
     pub images: Tensor,
-    /// Matched, encoded box offsets `[N, P, 4]` and labels `[N, P]` (0: background).
-    pub loc: Tensor,
-    pub labels: Tensor,
+    /// The frames' boxes matched to the default boxes (a loader made with `match_boxes`).
+    pub targets: Option<BoxTargets>,
     pub names: Vec<String>,
+}
+
+/// A batch's boxes matched to the default boxes.
+#[derive(Debug)]
+pub struct BoxTargets {
+    /// Encoded offsets `[N, P, 4]`.
+    pub loc: Tensor,
+    /// Labels `[N, P]` (int64, 0: background).
+    pub labels: Tensor,
+}
+
+/// One frame's boxes matched to the default boxes (threshold 0.5): encoded offsets and a
+/// label per default box.
+pub type Matched = (Vec<[f32; 4]>, Vec<i64>);
+
+/// `s`'s boxes matched to `priors` as ssd.pytorch's `match` does.
+pub fn match_boxes(s: &DetSample, priors: &[[f32; 4]], variance: [f32; 2]) -> Matched {
+    match_priors(&s.boxes, &s.labels, priors, MATCH_THRESHOLD, variance)
+}
+
+/// Frames' matched boxes as a batch's tensors, on the host for a copy to `device` (on a CUDA
+/// device in page-locked memory, so that the copy can be queued without waiting).
+pub fn box_targets(matched: &[&Matched], device: Device) -> Result<BoxTargets> {
+    let n = matched.len() as i64;
+    let loc: Vec<f32> = matched.iter().flat_map(|(l, _)| l.as_flattened()).copied().collect();
+    let labels: Vec<i64> = matched.iter().flat_map(|(_, c)| c).copied().collect();
+    let staged = |t: Tensor| if device.is_cuda() { page_locked(&t) } else { Ok(t) };
+    Ok(BoxTargets {
+        loc: staged(Tensor::from_slice(&loc).f_reshape([n, -1, 4])?)?,
+        labels: staged(Tensor::from_slice(&labels).f_reshape([n, -1])?)?,
+    })
+}
+
+/// A frame as the loader's threads deliver it, with its matched boxes if asked for.
+struct Loaded {
+    sample: DetSample,
+    matched: Option<Matched>,
 }
 
 /// Endless batches of a detection set.
 pub struct DetLoader {
-    items: Endless<DetSample>,
+    items: Endless<Loaded>,
     batch_size: usize,
     /// Where the batches go: on a CUDA device they are made in page-locked memory.
     device: Device,
-    priors: Vec<[f32; 4]>,
-    variance: [f32; 2],
 }
 
 impl DetLoader {
     /// Batches of `config.batch_size` from `start`, each frame augmented by `augment` with
-    /// random numbers drawn from `(config.seed, epoch, position)`.
+    /// random numbers drawn from `(config.seed, epoch, position)` and, if `match_boxes`, its
+    /// boxes matched to SSD-300's default boxes (a target set's boxes are never read).
     pub fn new(
         dataset: Arc<dyn DetDataset>,
         config: LoaderConfig,
         start: OrderState,
         augment: Augment,
+        match_boxes: bool,
     ) -> Result<Self> {
         ensure!(config.batch_size > 0, "batch size must be at least 1");
         let len = dataset.len();
         let seed = config.seed;
-        let get: PlacedLoadFn<DetSample> = Arc::new(move |p: Placed| match augment {
-            Augment::None => dataset.get(p.index),
-            Augment::Flip => {
-                let sample = dataset.get(p.index)?;
-                if coin(seed, p.at) {
-                    flipped(sample)
-                } else {
-                    Ok(sample)
-                }
-            }
-            Augment::Ssd => {
-                let raw = dataset.raw(p.index)?;
-                ssd_augment(&raw.image, raw.frame, raw.name, dataset.size(), frame_seed(seed, p.at))
-            }
-        });
         let priors = PriorConfig::ssd300();
+        let (default_boxes, variance) = (priors.priors(), priors.variance);
+        let get: PlacedLoadFn<Loaded> = Arc::new(move |p: Placed| {
+            let sample = match augment {
+                Augment::None => dataset.get(p.index)?,
+                Augment::Flip => {
+                    let sample = dataset.get(p.index)?;
+                    if coin(seed, p.at) {
+                        flipped(sample)?
+                    } else {
+                        sample
+                    }
+                }
+                Augment::Ssd => {
+                    let raw = dataset.raw(p.index)?;
+                    ssd_augment(&raw.image, raw.frame, raw.name, dataset.size(), frame_seed(seed, p.at))?
+                }
+            };
+            let matched = match_boxes.then(|| self::match_boxes(&sample, &default_boxes, variance));
+            Ok(Loaded { sample, matched })
+        });
         Ok(DetLoader {
             items: Endless::placed(len, get, &config, start)?,
             batch_size: config.batch_size,
             device: if config.pin_memory { Device::Cuda(0) } else { Device::Cpu },
-            priors: priors.priors(),
-            variance: priors.variance,
         })
     }
 
     pub fn next_batch(&mut self) -> Result<DetBatch> {
-        let samples: Vec<DetSample> =
-            self.items.next_items(self.batch_size)?.into_iter().map(|(_, _, sample)| sample).collect();
-        let names = samples.iter().map(|s| s.name.clone()).collect();
-        let (images, loc, labels) = super::train::collate(&samples, &self.priors, self.variance, self.device)?;
-        Ok(DetBatch { images, loc, labels, names })
+        let frames: Vec<Loaded> =
+            self.items.next_items(self.batch_size)?.into_iter().map(|(_, _, loaded)| loaded).collect();
+        let names = frames.iter().map(|f| f.sample.name.clone()).collect();
+        let images = stack_for(&frames.iter().map(|f| &f.sample.image).collect::<Vec<_>>(), self.device)?;
+        let targets = match frames.iter().map(|f| f.matched.as_ref()).collect::<Option<Vec<_>>>() {
+            Some(matched) => Some(box_targets(&matched, self.device)?),
+            None => None,
+        };
+        Ok(DetBatch { images, targets, names })
     }
 
     pub fn state(&self) -> OrderState {
@@ -133,22 +178,47 @@ mod tests {
         let set: Arc<dyn DetDataset> = Arc::new(SyntheticDetection::scenes(4, Domain::Source, 3));
         let config = LoaderConfig { batch_size: 2, shuffle: true, seed: 9, workers: 1, prefetch: 2, pin_memory: false };
         for augment in [Augment::Flip, Augment::Ssd] {
-            let mut a = DetLoader::new(set.clone(), config, OrderState::default(), augment).unwrap();
+            let mut a = DetLoader::new(set.clone(), config, OrderState::default(), augment, true).unwrap();
             let first = a.next_batch().unwrap();
             assert_eq!(first.images.size(), [2, 3, 300, 300]);
-            assert_eq!(first.loc.size(), [2, 8732, 4]);
-            assert_eq!(first.labels.size(), [2, 8732]);
+            let t = first.targets.unwrap();
+            assert_eq!((t.loc.size(), t.labels.size()), (vec![2, 8732, 4], vec![2, 8732]));
             let state = a.state();
             let second = a.next_batch().unwrap();
-            let mut b = DetLoader::new(set.clone(), config, state, augment).unwrap();
+            let mut b = DetLoader::new(set.clone(), config, state, augment, true).unwrap();
             let resumed = b.next_batch().unwrap();
             assert_eq!(second.names, resumed.names);
-            assert!(second.images.equal(&resumed.images) && second.loc.equal(&resumed.loc), "{augment:?}");
-            assert!(second.labels.equal(&resumed.labels));
+            let (t2, tr) = (second.targets.unwrap(), resumed.targets.unwrap());
+            assert!(second.images.equal(&resumed.images) && t2.loc.equal(&tr.loc), "{augment:?}");
+            assert!(t2.labels.equal(&tr.labels));
         }
         // Over many frames the coin comes up both ways.
         let heads = (0..64).filter(|&p| coin(9, OrderState { epoch: 0, position: p })).count();
         assert!((16..=48).contains(&heads), "{heads} of 64");
+    }
+
+    #[test]
+    fn the_loader_threads_match_each_frame_to_the_default_boxes() {
+        let set: Arc<dyn DetDataset> = Arc::new(SyntheticDetection::scenes(6, Domain::Source, 3));
+        let config =
+            LoaderConfig { batch_size: 3, shuffle: false, seed: 1, workers: 2, prefetch: 3, pin_memory: false };
+        let batch = DetLoader::new(set.clone(), config, OrderState::default(), Augment::None, true)
+            .unwrap()
+            .next_batch()
+            .unwrap();
+        let t = batch.targets.unwrap();
+        let prior_config = PriorConfig::ssd300();
+        let priors = prior_config.priors();
+        for i in 0..3 {
+            // Independently: the frame's boxes through ssd.pytorch's match (matching.rs).
+            let s = set.get(i).unwrap();
+            let (loc, labels) = match_priors(&s.boxes, &s.labels, &priors, 0.5, prior_config.variance);
+            assert!(labels.iter().any(|&l| l > 0), "frame {i} has objects");
+            let got_labels = Vec::<i64>::try_from(t.labels.get(i as i64)).unwrap();
+            let got_loc = Vec::<f32>::try_from(t.loc.get(i as i64).flatten(0, -1)).unwrap();
+            assert_eq!(got_labels, labels, "frame {i}");
+            assert_eq!(got_loc, loc.as_flattened(), "frame {i}");
+        }
     }
 
     #[test]
@@ -157,12 +227,13 @@ mod tests {
         let config =
             LoaderConfig { batch_size: 4, shuffle: false, seed: 2, workers: 0, prefetch: 1, pin_memory: false };
         let batch = |augment| {
-            DetLoader::new(set.clone(), config, OrderState::default(), augment).unwrap().next_batch().unwrap()
+            DetLoader::new(set.clone(), config, OrderState::default(), augment, false).unwrap().next_batch().unwrap()
         };
         let plain = batch(Augment::None);
         for i in 0..4 {
             assert!(plain.images.get(i).equal(&set.get(i as usize).unwrap().image));
         }
+        assert!(plain.targets.is_none(), "boxes matched though not asked for");
         let ssd = batch(Augment::Ssd);
         let changed = (0..4).filter(|&i| !ssd.images.get(i).equal(&plain.images.get(i))).count();
         // A frame comes out as evaluation prepares it only when none of its seven coins

@@ -92,6 +92,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         settings(config.source.batch_size, t.seed),
         source_order,
         config.augment(true)?,
+        true,
     )?;
     let mut target = if method != DetMethod::SourceOnly {
         let seed = t.seed.wrapping_add(1);
@@ -100,6 +101,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
             settings(config.target.batch_size, seed),
             target_order,
             config.augment(false)?,
+            false,
         )?)
     } else {
         None
@@ -125,8 +127,9 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         };
         let to_device = |t: &Tensor| to_device_async(t, device);
         let trg_images = trg.as_ref().map(|b| to_device(&b.images)).transpose()?;
+        let boxes = src.targets.as_ref().context("a source batch without matched boxes")?;
         let losses = trainer
-            .step(i, &to_device(&src.images)?, &to_device(&src.loc)?, &to_device(&src.labels)?, trg_images.as_ref())
+            .step(i, &to_device(&src.images)?, &to_device(&boxes.loc)?, &to_device(&boxes.labels)?, trg_images.as_ref())
             .with_context(|| format!("iteration {i}"))?;
         let lr = super::train::detector_lr(&trainer.config, i);
         let lr_d = poly_lr(t.learning_rate_d, i, t.max_iters, t.power);

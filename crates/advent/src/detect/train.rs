@@ -258,33 +258,6 @@ pub fn detector_lr(c: &DetTrainConfig, iter: u64) -> f64 {
     poly_lr(c.learning_rate, iter, c.max_iters, c.power) * ramp
 }
 
-/// A training batch from prepared samples: images `[N, 3, S, S]`, and each sample's boxes
-/// matched to the default boxes (threshold 0.5) as encoded offsets `[N, P, 4]` and labels
-/// `[N, P]`, on the host, for a copy to `device`: on a CUDA device in page-locked memory,
-/// so that the copy can be queued without waiting ([`crate::native::to_device_async`]).
-pub fn collate(
-    samples: &[super::data::DetSample],
-    priors: &[[f32; 4]],
-    variances: [f32; 2],
-    device: Device,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let images: Vec<&Tensor> = samples.iter().map(|s| &s.image).collect();
-    let (mut loc, mut labels) = (Vec::new(), Vec::new());
-    for s in samples {
-        let (l, c) =
-            super::matching::match_priors(&s.boxes, &s.labels, priors, super::matching::MATCH_THRESHOLD, variances);
-        loc.extend(l.into_iter().flatten());
-        labels.extend(c);
-    }
-    let n = samples.len() as i64;
-    let staged = |t: Tensor| if device.is_cuda() { crate::native::page_locked(&t) } else { Ok(t) };
-    Ok((
-        crate::native::stack_for(&images, device)?,
-        staged(Tensor::from_slice(&loc).f_reshape([n, -1, 4])?)?,
-        staged(Tensor::from_slice(&labels).f_reshape([n, -1])?)?,
-    ))
-}
-
 fn set_trainable(opt: &Adam, on: bool) {
     for p in &opt.params {
         let _ = p.tensor.set_requires_grad(on);
@@ -395,10 +368,14 @@ mod tests {
     #[ignore = "slow on the CPU (SSD-300 at 300x300)"]
     fn detector_learns_the_built_in_scenes() {
         use crate::detect::data::{DetDataset, SyntheticDetection};
+        use crate::detect::loader::{box_targets, match_boxes};
         let set = SyntheticDetection::scenes(1, Domain::Source, 2);
         let samples: Vec<_> = (0..2).map(|i| set.get(i).unwrap()).collect();
-        let config = PriorConfig::default();
-        let (images, loc, labels) = collate(&samples, &config.priors(), config.variance, Device::Cpu).unwrap();
+        let (config, cpu) = (PriorConfig::default(), Device::Cpu);
+        let matched: Vec<_> = samples.iter().map(|s| match_boxes(s, &config.priors(), config.variance)).collect();
+        let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0);
+        let targets = box_targets(&matched.iter().collect::<Vec<_>>(), cpu).unwrap();
+        let (loc, labels) = (targets.loc, targets.labels);
         tch::manual_seed(0);
         let mut t = DetTrainer::new(DetTrainConfig { max_iters: 1000, ..Default::default() }, 9, Device::Cpu).unwrap();
         let total = |l: &[(&str, Tensor)]| l[0].1.double_value(&[]) + l[1].1.double_value(&[]);
