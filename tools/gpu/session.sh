@@ -67,8 +67,8 @@
 #     item 2, within 1 % of the bench step. Correctness: tests queued_host_copies_on_cuda,
 #     queued_predictions_on_cuda_match_one_at_a_time, and the evaluation-graph tests.
 #  6. detection without host waits (2026-11-28, step detect, expectations there): the
-#     multibox loss by masks, advent detect train's batches page-locked and copied without
-#     waiting, advent detect eval reading ahead with queued passes. Correctness: tests
+#     multibox loss by masks, advent detect train's boxes matched by the loader threads, its
+#     batches page-locked and copied without waiting, advent detect eval reading ahead with queued passes. Correctness: tests
 #     cuda_detection_batches_are_page_locked_and_queued, cuda_detection_evaluation_queued_
 #     matches_one_at_a_time, cuda_detection_objective_matches_ssd_pytorch.
 set -u
