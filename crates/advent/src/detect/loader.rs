@@ -10,7 +10,7 @@ use super::matching::{match_priors, MATCH_THRESHOLD};
 use super::priors::PriorConfig;
 use crate::dataset::loader::{Endless, LoaderConfig, OrderState, Placed, PlacedLoadFn};
 use crate::dataset::synthetic::Rng;
-use crate::native::{page_locked, stack_for};
+use crate::native::stack_for;
 use anyhow::{ensure, Result};
 use std::sync::Arc;
 use tch::{Device, Tensor};
@@ -25,41 +25,36 @@ pub struct DetBatch {
     pub names: Vec<String>,
 }
 
-/// A batch's boxes matched to the default boxes.
+/// Boxes matched to the default boxes: a frame's, or a batch's (one more leading dimension).
 #[derive(Debug)]
 pub struct BoxTargets {
-    /// Encoded offsets `[N, P, 4]`.
+    /// Encoded offsets `[(N,) P, 4]`.
     pub loc: Tensor,
-    /// Labels `[N, P]` (int64, 0: background).
+    /// Labels `[(N,) P]` (int64, 0: background).
     pub labels: Tensor,
 }
 
-/// One frame's boxes matched to the default boxes (threshold 0.5): encoded offsets and a
-/// label per default box.
-pub type Matched = (Vec<[f32; 4]>, Vec<i64>);
-
-/// `s`'s boxes matched to `priors` as ssd.pytorch's `match` does.
-pub fn match_boxes(s: &DetSample, priors: &[[f32; 4]], variance: [f32; 2]) -> Matched {
-    match_priors(&s.boxes, &s.labels, priors, MATCH_THRESHOLD, variance)
+/// `s`'s boxes matched to `priors` (threshold 0.5) as ssd.pytorch's `match` does.
+pub fn match_boxes(s: &DetSample, priors: &[[f32; 4]], variance: [f32; 2]) -> Result<BoxTargets> {
+    let (loc, labels) = match_priors(&s.boxes, &s.labels, priors, MATCH_THRESHOLD, variance);
+    Ok(BoxTargets {
+        loc: Tensor::from_slice(loc.as_flattened()).f_reshape([-1, 4])?,
+        labels: Tensor::from_slice(&labels),
+    })
 }
 
-/// Frames' matched boxes as a batch's tensors, on the host for a copy to `device` (on a CUDA
-/// device in page-locked memory, so that the copy can be queued without waiting).
-pub fn box_targets(matched: &[&Matched], device: Device) -> Result<BoxTargets> {
-    let n = matched.len() as i64;
-    let loc: Vec<f32> = matched.iter().flat_map(|(l, _)| l.as_flattened()).copied().collect();
-    let labels: Vec<i64> = matched.iter().flat_map(|(_, c)| c).copied().collect();
-    let staged = |t: Tensor| if device.is_cuda() { page_locked(&t) } else { Ok(t) };
-    Ok(BoxTargets {
-        loc: staged(Tensor::from_slice(&loc).f_reshape([n, -1, 4])?)?,
-        labels: staged(Tensor::from_slice(&labels).f_reshape([n, -1])?)?,
-    })
+/// Frames' matched boxes as a batch, on the host for a copy to `device` (stacked straight
+/// into page-locked memory for a CUDA device, [`stack_for`]).
+pub fn stack_targets(frames: &[&BoxTargets], device: Device) -> Result<BoxTargets> {
+    let loc: Vec<&Tensor> = frames.iter().map(|t| &t.loc).collect();
+    let labels: Vec<&Tensor> = frames.iter().map(|t| &t.labels).collect();
+    Ok(BoxTargets { loc: stack_for(&loc, device)?, labels: stack_for(&labels, device)? })
 }
 
 /// A frame as the loader's threads deliver it, with its matched boxes if asked for.
 struct Loaded {
     sample: DetSample,
-    matched: Option<Matched>,
+    matched: Option<BoxTargets>,
 }
 
 /// Endless batches of a detection set.
@@ -102,7 +97,7 @@ impl DetLoader {
                     ssd_augment(&raw.image, raw.frame, raw.name, dataset.size(), frame_seed(seed, p.at))?
                 }
             };
-            let matched = match_boxes.then(|| self::match_boxes(&sample, &default_boxes, variance));
+            let matched = match_boxes.then(|| self::match_boxes(&sample, &default_boxes, variance)).transpose()?;
             Ok(Loaded { sample, matched })
         });
         Ok(DetLoader {
@@ -118,7 +113,7 @@ impl DetLoader {
         let names = frames.iter().map(|f| f.sample.name.clone()).collect();
         let images = stack_for(&frames.iter().map(|f| &f.sample.image).collect::<Vec<_>>(), self.device)?;
         let targets = match frames.iter().map(|f| f.matched.as_ref()).collect::<Option<Vec<_>>>() {
-            Some(matched) => Some(box_targets(&matched, self.device)?),
+            Some(matched) => Some(stack_targets(&matched, self.device)?),
             None => None,
         };
         Ok(DetBatch { images, targets, names })

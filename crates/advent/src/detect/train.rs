@@ -368,13 +368,14 @@ mod tests {
     #[ignore = "slow on the CPU (SSD-300 at 300x300)"]
     fn detector_learns_the_built_in_scenes() {
         use crate::detect::data::{DetDataset, SyntheticDetection};
-        use crate::detect::loader::{box_targets, match_boxes};
+        use crate::detect::loader::{match_boxes, stack_targets};
         let set = SyntheticDetection::scenes(1, Domain::Source, 2);
         let samples: Vec<_> = (0..2).map(|i| set.get(i).unwrap()).collect();
         let (config, cpu) = (PriorConfig::default(), Device::Cpu);
-        let matched: Vec<_> = samples.iter().map(|s| match_boxes(s, &config.priors(), config.variance)).collect();
+        let matched: Vec<_> =
+            samples.iter().map(|s| match_boxes(s, &config.priors(), config.variance).unwrap()).collect();
         let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0);
-        let targets = box_targets(&matched.iter().collect::<Vec<_>>(), cpu).unwrap();
+        let targets = stack_targets(&matched.iter().collect::<Vec<_>>(), cpu).unwrap();
         let (loc, labels) = (targets.loc, targets.labels);
         tch::manual_seed(0);
         let mut t = DetTrainer::new(DetTrainConfig { max_iters: 1000, ..Default::default() }, 9, Device::Cpu).unwrap();
