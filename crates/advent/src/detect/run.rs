@@ -17,17 +17,14 @@ use super::loader::DetLoader;
 use super::train::{DetMethod, DetTrainer};
 use crate::dataset::synthetic::Domain;
 use crate::native::to_device_async;
-use crate::tensorboard::EventWriter;
 use crate::train::optim::poly_lr;
 use crate::train::run::{
-    loader_config, progress_bar, prune_checkpoints, remove_leftovers, resume_point, start_state, write_checkpoint,
-    MetricsLog, RunOptions, RunSummary, Start, TrainState, STATE_FORMAT,
+    loader_config, resume_point, start_state, RunOptions, RunRecord, RunSummary, Schedule, TrainState,
 };
 use crate::weights::{self, StateDict};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 use tch::Tensor;
 
 /// The detection set of one domain of `config` (images prepared at 300x300).
@@ -84,7 +81,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     let (start, source_order, target_order) =
         resume_point(resume_state.as_ref(), &options.start, method.name(), |ckpt| load_checkpoint(&mut trainer, ckpt))?;
     // On CUDA the batches come in page-locked memory and their copies are queued without
-    // waiting (as a segmentation run's), the losses read an iteration later (MetricsLog).
+    // waiting (as a segmentation run's), the losses read an iteration later (RunRecord::push).
     let pin = device.is_cuda();
     let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, pin);
     let mut source = DetLoader::new(
@@ -107,18 +104,16 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         None
     };
 
-    std::fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
-    remove_leftovers(run_dir)?;
-    crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
-    let mut board = if t.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
-    if let Some(board) = board.as_mut().filter(|_| options.start != Start::New) {
-        board.session_start(start as i64)?;
-    }
-
-    let bar = progress_bar(options.progress, start, t.early_stop, format!("{} {}", config.name, method.name()));
-    let began = Instant::now();
-    let (mut last_checkpoint, mut last_losses) = (None, Vec::new());
+    let mut record = RunRecord::open(
+        &options,
+        &config.to_toml()?,
+        start,
+        Schedule { early_stop: t.early_stop, save_every: t.save_every, log_every: t.log_every },
+        t.tensorboard,
+        format!("{} {}", config.name, method.name()),
+        all_losses,
+    )?;
+    let mut last_checkpoint = None;
     for i in start..=t.early_stop {
         let src = source.next_batch().with_context(|| format!("iteration {i}: loading a source batch"))?;
         let trg = match &mut target {
@@ -133,62 +128,38 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
             .with_context(|| format!("iteration {i}"))?;
         let lr = super::train::detector_lr(&trainer.config, i);
         let lr_d = poly_lr(t.learning_rate_d, i, t.max_iters, t.power);
-        metrics.push(i, lr, lr_d, losses)?;
-        let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
-        if save || (i + 1) % t.log_every == 0 {
-            // This iteration's losses are read at the next log (or now, before a checkpoint):
-            // on CUDA the host queues iteration i + 1 while the device runs iteration i.
-            let rows = if save { metrics.flush()? } else { metrics.flush_before(i)? };
-            if let Some(board) = &mut board {
-                for (iter, row) in &rows {
-                    for (name, v) in row {
-                        board.add_scalar(name, *v, *iter as i64)?;
-                    }
-                }
-                board.flush()?;
-            }
-            if let Some((_, row)) = rows.into_iter().next_back() {
-                let short: Vec<String> = row
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("loss_"))
-                    .map(|(k, v)| format!("{}={v:.3}", k.trim_start_matches("loss_")))
-                    .collect();
-                bar.set_message(short.join(" "));
-                last_losses = row;
-            }
+        record.push(i, lr, lr_d, losses)?;
+        if record.checkpoint_due(i) {
+            let state = TrainState::at(i, method.name(), source.state(), target.as_ref().map(DetLoader::state));
+            last_checkpoint = Some(record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?);
         }
-        if save {
-            let state = TrainState {
-                format: STATE_FORMAT.into(),
-                iteration: i,
-                method: method.name().into(),
-                source_order: source.state(),
-                target_order: target.as_ref().map(DetLoader::state),
-            };
-            metrics.sync()?;
-            let mut files = vec![("model.pth", trainer.ssd.state_dict())];
-            let mut optim = trainer.sgd.state_dict("det.");
-            if let Some(d) = &trainer.discriminators {
-                files.push(("d.pth", StateDict::from_var_store(&d.vs)));
-                for (k, v) in d.opt.state_dict("d.").iter() {
-                    optim.insert(k, v.shallow_clone());
-                }
-            }
-            files.push(("optimizer.safetensors", optim));
-            last_checkpoint = Some(write_checkpoint(run_dir, &state, &files)?);
-            prune_checkpoints(run_dir, t.keep_checkpoints)?;
-        }
-        bar.inc(1);
+        record.advance();
     }
-    bar.finish_and_clear();
-    Ok(RunSummary {
-        run_dir: run_dir.clone(),
-        first_iteration: start,
-        last_iteration: t.early_stop,
-        seconds: began.elapsed().as_secs_f64(),
-        last_losses,
-        last_checkpoint,
-    })
+    record.finish(last_checkpoint)
+}
+
+/// The progress bar's losses of a detection run: every loss (`loc=… conf=… ent=…`).
+fn all_losses(row: &[(String, f32)]) -> String {
+    row.iter()
+        .filter(|(k, _)| k.starts_with("loss_"))
+        .map(|(k, v)| format!("{}={v:.3}", k.trim_start_matches("loss_")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A detection checkpoint's files: the detector, AdvEnt's discriminators, every optimiser's
+/// state (one file, prefixed names).
+fn checkpoint_files(trainer: &DetTrainer) -> Vec<(&'static str, StateDict)> {
+    let mut files = vec![("model.pth", trainer.ssd.state_dict())];
+    let mut optim = trainer.sgd.state_dict("det.");
+    if let Some(d) = &trainer.discriminators {
+        files.push(("d.pth", StateDict::from_var_store(&d.vs)));
+        for (k, v) in d.opt.state_dict("d.").iter() {
+            optim.insert(k, v.shallow_clone());
+        }
+    }
+    files.push(("optimizer.safetensors", optim));
+    files
 }
 
 fn load_checkpoint(trainer: &mut DetTrainer, dir: &Path) -> Result<()> {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-pub(crate) const STATE_FORMAT: &str = "advent-train-state/1";
+const STATE_FORMAT: &str = "advent-train-state/1";
 const CHECKPOINT_PREFIX: &str = "iter_";
 
 /// Where a run stands at a checkpoint (`state.json`).
@@ -45,6 +45,13 @@ pub struct TrainState {
     pub method: String,
     pub source_order: OrderState,
     pub target_order: Option<OrderState>,
+}
+
+impl TrainState {
+    /// The state after iteration `iteration` of a run of `method`.
+    pub fn at(iteration: u64, method: &str, source_order: OrderState, target_order: Option<OrderState>) -> Self {
+        TrainState { format: STATE_FORMAT.into(), iteration, method: method.into(), source_order, target_order }
+    }
 }
 
 /// Where a run starts.
@@ -218,19 +225,16 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     };
 
     // Everything that can fail on a bad config or bad data has been tried: now the folder.
-    fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
-    remove_leftovers(run_dir)?;
-    crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
-    let mut board = if t.tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
-    if let Some(board) = board.as_mut().filter(|_| options.start != Start::New) {
-        board.session_start(start as i64)?;
-    }
-
-    let bar = progress_bar(options.progress, start, t.early_stop, format!("{} {}", config.name, trainer.method.name()));
-    let began = Instant::now();
+    let mut record = RunRecord::open(
+        &options,
+        &config.to_toml()?,
+        start,
+        Schedule { early_stop: t.early_stop, save_every: t.save_every, log_every: t.log_every },
+        t.tensorboard,
+        format!("{} {}", config.name, method),
+        main_losses,
+    )?;
     let mut last_checkpoint = None;
-    let mut last_losses = Vec::new();
     for i in start..=t.early_stop {
         let src = source.next_batch().with_context(|| format!("iteration {i}: loading a source batch"))?;
         let labels = src.labels.as_ref().context("the source dataset gave no labels")?;
@@ -242,61 +246,153 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
             .step(i, &src.images, labels, trg.as_ref().map(|b| &b.images))
             .with_context(|| format!("iteration {i}"))?;
         let (lr, lr_d) = trainer.learning_rates(i);
-        metrics.push(i, lr, lr_d, losses)?;
-        let save = (i % t.save_every == 0 && i != 0) || i == t.early_stop;
-        if save || (i + 1) % t.log_every == 0 {
-            // This iteration's losses are read at the next log (or now, before a checkpoint).
-            let rows = if save { metrics.flush()? } else { metrics.flush_before(i)? };
-            if let Some(board) = &mut board {
-                for (iter, row) in &rows {
-                    for (name, v) in row {
-                        board.add_scalar(name, *v, *iter as i64)?;
-                    }
-                }
-            }
-            if let Some((_, row)) = rows.into_iter().next_back() {
-                bar.set_message(short_losses(&row));
-                last_losses = row;
-            }
-        }
-        if let Some(board) = board.as_mut().filter(|_| i % t.viz_every == t.viz_every - 1) {
+        record.push(i, lr, lr_d, losses)?;
+        if let Some(board) = record.board.as_mut().filter(|_| i % t.viz_every == t.viz_every - 1) {
             visualize(board, &trainer.model, "source", &src.images, i)?;
             if let Some(trg) = &trg {
                 visualize(board, &trainer.model, "target", &trg.images, i)?;
             }
             board.flush()?;
         }
-        if save {
-            let state = TrainState {
-                format: STATE_FORMAT.into(),
-                iteration: i,
-                method: trainer.method.name().into(),
-                source_order: source.state(),
-                target_order: target.as_ref().map(Loader::state),
-            };
-            metrics.sync()?;
-            let dir = save_checkpoint(&trainer, run_dir, &state)?;
-            prune_checkpoints(run_dir, t.keep_checkpoints)?;
-            last_checkpoint = Some(dir);
+        if record.checkpoint_due(i) {
+            let state = TrainState::at(i, method, source.state(), target.as_ref().map(Loader::state));
+            last_checkpoint = Some(record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?);
         }
-        bar.inc(1);
+        record.advance();
     }
-    bar.finish_and_clear();
-    if let Some(board) = &mut board {
-        board.flush()?;
+    record.finish(last_checkpoint)
+}
+
+/// When a run logs and saves: iterations up to `early_stop` (inclusive), a checkpoint every
+/// `save_every` iterations and at `early_stop`, losses read every `log_every`.
+pub(crate) struct Schedule {
+    pub early_stop: u64,
+    pub save_every: u64,
+    pub log_every: u64,
+}
+
+/// What a run records as it goes, written once for segmentation and detection runs: the
+/// run folder's `config.toml`, `metrics.jsonl`, the TensorBoard log, the progress bar (the
+/// losses as its message), and the checkpoints.
+pub(crate) struct RunRecord {
+    run_dir: PathBuf,
+    schedule: Schedule,
+    metrics: MetricsLog,
+    pub board: Option<EventWriter>,
+    bar: ProgressBar,
+    /// The progress bar's message for a logged row.
+    message: fn(&[(String, f32)]) -> String,
+    first_iteration: u64,
+    last_losses: Vec<(String, f32)>,
+    began: Instant,
+}
+
+impl RunRecord {
+    /// Prepares the run folder (`checkpoints/`, hidden leftovers of killed processes removed,
+    /// the resolved configuration written), opens the logs from iteration `start` and shows
+    /// the progress bar. Call it once nothing that a bad config or bad data fails on is left
+    /// untried, so that such a failure leaves no folder behind.
+    pub(crate) fn open(
+        options: &RunOptions,
+        config_toml: &str,
+        start: u64,
+        schedule: Schedule,
+        tensorboard: bool,
+        prefix: String,
+        message: fn(&[(String, f32)]) -> String,
+    ) -> Result<Self> {
+        let run_dir = &options.run_dir;
+        fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
+        remove_leftovers(run_dir)?;
+        crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())?;
+        let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
+        let mut board = if tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
+        if let Some(board) = board.as_mut().filter(|_| options.start != Start::New) {
+            board.session_start(start as i64)?;
+        }
+        let bar = progress_bar(options.progress, start, schedule.early_stop, prefix);
+        Ok(RunRecord {
+            run_dir: run_dir.clone(),
+            schedule,
+            metrics,
+            board,
+            bar,
+            message,
+            first_iteration: start,
+            last_losses: Vec::new(),
+            began: Instant::now(),
+        })
     }
-    Ok(RunSummary {
-        run_dir: run_dir.clone(),
-        first_iteration: start,
-        last_iteration: t.early_stop,
-        seconds: began.elapsed().as_secs_f64(),
-        last_losses,
-        last_checkpoint,
-    })
+
+    /// Whether iteration `i` ends with a checkpoint.
+    pub(crate) fn checkpoint_due(&self, i: u64) -> bool {
+        let s = &self.schedule;
+        (i.is_multiple_of(s.save_every) && i != 0) || i == s.early_stop
+    }
+
+    /// Records iteration `i`'s losses (queued for the host, see [`MetricsLog`]); at a log
+    /// iteration writes the rows before `i` (all of them before a checkpoint) to
+    /// `metrics.jsonl` and TensorBoard and shows the newest on the progress bar. So on CUDA
+    /// the host queues iteration i + 1 while the device still runs iteration i.
+    pub(crate) fn push(&mut self, i: u64, lr: f64, lr_d: f64, losses: Losses) -> Result<()> {
+        self.metrics.push(i, lr, lr_d, losses)?;
+        let save = self.checkpoint_due(i);
+        if !save && !(i + 1).is_multiple_of(self.schedule.log_every) {
+            return Ok(());
+        }
+        let rows = if save { self.metrics.flush()? } else { self.metrics.flush_before(i)? };
+        if let Some(board) = &mut self.board {
+            for (iter, row) in &rows {
+                for (name, v) in row {
+                    board.add_scalar(name, *v, *iter as i64)?;
+                }
+            }
+            board.flush()?;
+        }
+        if let Some((_, row)) = rows.into_iter().next_back() {
+            self.bar.set_message((self.message)(&row));
+            self.last_losses = row;
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint of `state` with `files` (see [`write_checkpoint`]), the metrics
+    /// up to it synced to disk first, and keeps the newest `keep` checkpoints (0: all).
+    pub(crate) fn checkpoint(
+        &mut self,
+        state: &TrainState,
+        files: &[(&str, StateDict)],
+        keep: usize,
+    ) -> Result<PathBuf> {
+        self.metrics.sync()?;
+        let dir = write_checkpoint(&self.run_dir, state, files)?;
+        prune_checkpoints(&self.run_dir, keep)?;
+        Ok(dir)
+    }
+
+    /// One iteration done.
+    pub(crate) fn advance(&self) {
+        self.bar.inc(1);
+    }
+
+    pub(crate) fn finish(mut self, last_checkpoint: Option<PathBuf>) -> Result<RunSummary> {
+        self.bar.finish_and_clear();
+        if let Some(board) = &mut self.board {
+            board.flush()?;
+        }
+        Ok(RunSummary {
+            run_dir: self.run_dir,
+            first_iteration: self.first_iteration,
+            last_iteration: self.schedule.early_stop,
+            seconds: self.began.elapsed().as_secs_f64(),
+            last_losses: self.last_losses,
+            last_checkpoint,
+        })
+    }
 }
 
 /// The progress bar of a training run: iterations `start..=last`, the losses as message.
-pub(crate) fn progress_bar(shown: bool, start: u64, last: u64, prefix: String) -> ProgressBar {
+fn progress_bar(shown: bool, start: u64, last: u64, prefix: String) -> ProgressBar {
     let bar = if shown { ProgressBar::new(last + 1) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{prefix} {bar:30} {pos}/{len} it, {per_sec}, eta {eta} {msg}")
@@ -327,7 +423,8 @@ fn visualize(
     board.add_image(&format!("{domain}/entropy"), &colormap::heatmap(&entropy, w, h), iter as i64)
 }
 
-fn short_losses(row: &[(String, f32)]) -> String {
+/// The progress bar's losses of a segmentation run: the main heads' (`seg_src=… ent=…`).
+fn main_losses(row: &[(String, f32)]) -> String {
     row.iter()
         .filter(|(k, _)| k.starts_with("loss_") && k.ends_with("_main"))
         .map(|(k, v)| format!("{}={v:.3}", k.trim_start_matches("loss_").trim_end_matches("_main")))
@@ -458,7 +555,9 @@ impl MetricsLog {
     }
 }
 
-fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Result<PathBuf> {
+/// A segmentation checkpoint's files: the network, the discriminators, every optimiser's
+/// state (one file, prefixed names).
+fn checkpoint_files(trainer: &Trainer) -> Vec<(&'static str, StateDict)> {
     let mut files = vec![("model.pth", trainer.model.state_dict())];
     let mut optim = trainer.sgd.state_dict("seg.");
     for (d, file, prefix) in [(&trainer.d_main, "d_main.pth", "d_main."), (&trainer.d_aux, "d_aux.pth", "d_aux.")] {
@@ -470,13 +569,13 @@ fn save_checkpoint(trainer: &Trainer, run_dir: &Path, state: &TrainState) -> Res
         }
     }
     files.push(("optimizer.safetensors", optim));
-    write_checkpoint(run_dir, state, &files)
+    files
 }
 
 /// Writes `<run>/checkpoints/iter_NNNNNN/` with `files` (each state dict in the format of
 /// its extension) and `state.json`: into a hidden folder first, renamed into place when
 /// complete (an existing checkpoint of the same iteration is discarded first).
-pub(crate) fn write_checkpoint(run_dir: &Path, state: &TrainState, files: &[(&str, StateDict)]) -> Result<PathBuf> {
+fn write_checkpoint(run_dir: &Path, state: &TrainState, files: &[(&str, StateDict)]) -> Result<PathBuf> {
     let name = checkpoint_name(state.iteration);
     let parent = run_dir.join("checkpoints");
     let final_dir = parent.join(&name);
@@ -523,7 +622,7 @@ fn load_checkpoint(trainer: &mut Trainer, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
+fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
     if keep == 0 {
         return Ok(());
     }
@@ -551,7 +650,7 @@ fn discard(dir: &Path) -> Result<()> {
 
 /// Removes the hidden checkpoint folders that processes which no longer run left behind
 /// (killed while writing or deleting one). A live process's folders are left alone.
-pub(crate) fn remove_leftovers(run_dir: &Path) -> Result<()> {
+fn remove_leftovers(run_dir: &Path) -> Result<()> {
     let dir = run_dir.join("checkpoints");
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
