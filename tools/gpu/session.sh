@@ -17,8 +17,9 @@
 #   track      200 AdvEnt iterations on CUDA (tf32, eager and graphed) against the CPU run
 #   singles    each training change alone; limit0: the autotuner timing every algorithm
 #   detect     SSD-300 on CUDA: the bench's steps and advent detect train end to end
-#   (all: round1 train tests evalcli predict track detect singles round2 evalcore evalmore
-#   limit0 profile dilation)
+#   detectref  ssd.pytorch's source-only step and forward pass (tools/bench/ssd_reference.py)
+#   (all: round1 train tests evalcli predict track detect detectref singles round2 evalcore
+#   evalmore limit0 profile dilation)
 #   evalcli    advent eval end to end; predict: advent predict end to end; train: advent train
 #   evalmore   the remaining evaluation variants; profile: the reference's step under the
 #              profiler; dilation: tools/gpu/dilation_probe.py
@@ -71,6 +72,8 @@
 #     batches page-locked and copied without waiting, advent detect eval reading ahead with queued passes. Correctness: tests
 #     cuda_detection_batches_are_page_locked_and_queued, cuda_detection_evaluation_queued_
 #     matches_one_at_a_time, cuda_detection_objective_matches_ssd_pytorch.
+#  7. the detection step beside a reference (step detectref, expectations there): ssd.pytorch's
+#     source-only step and forward pass at batch 32 (tools/bench/ssd_reference.py).
 set -u
 TORCH_LIB=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
 export LD_LIBRARY_PATH=$TORCH_LIB:${LD_LIBRARY_PATH:-}
@@ -294,7 +297,7 @@ step_train() {
 # page-locked memory, and a frame's boxes are decoded while the next pass runs. Expected: with
 # 12 threads >= 5x the images/s of --workers 0 (which keeps the queued passes).
 step_detect() {
-  timeout "$(T 60)" $A bench --device $DEV --task detection --what source_only,advent --batch 32 --iters 10 \
+  timeout "$(T 60)" $A bench --device $DEV --task detection --what eval,source_only,advent --batch 32 --iters 10 \
     --warmup 3 --json "$OUT/detect_bench.jsonl"
   for n in 20 80; do
     rm -rf /tmp/detect_$n
@@ -323,14 +326,26 @@ step_detect() {
   done
 }
 
+# The reference beside step detect's bench (prepared on 2026-11-28): ssd.pytorch's source-only
+# step (its network and MultiBoxLoss, transcribed and parity-tested) at batch 32, tf32, its
+# targets matched in the loss image by image as ssd.pytorch does, and matched beforehand (the
+# work of advent's step, whose loader threads match); its forward pass. Expected: advent's
+# source-only step (53.3 ms before) at or below the prematched reference's (same kernels; the
+# fused SGD and the masks instead of masked_select), and well below ssd.pytorch's own, whose
+# per-image matching makes the host wait for the device.
+step_detectref() {
+  timeout "$(T 45)" python3 tools/bench/ssd_reference.py --device $DEV --batch 32 --iters 10 --warmup 3 2>&1 \
+    | grep '^{' | tee "$OUT/detect_reference.jsonl"
+}
+
 # --- the plan ------------------------------------------------------------------------------
 
 # Each step's estimate in seconds (its wall time on the H200 in the second device session of
 # 2026-11-27, a little more): it starts only if that much is left.
 declare -A EST=([tests]=130 [round1]=140 [evalcore]=40 [track]=30 [round2]=120 [singles]=95 [evalcli]=60
-  [train]=45 [predict]=35 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15 [detect]=80)
+  [train]=45 [predict]=35 [evalmore]=35 [limit0]=50 [profile]=60 [dilation]=15 [detect]=80 [detectref]=25)
 if [ "$1" = all ]; then
-  set -- round1 train tests evalcli predict track detect singles round2 evalcore evalmore limit0 profile dilation
+  set -- round1 train tests evalcli predict track detect detectref singles round2 evalcore evalmore limit0 profile dilation
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"

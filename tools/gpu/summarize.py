@@ -116,6 +116,21 @@ def main(out):
         table(["what", "median ms", "min ms", "images/s", "peak GiB"], [(a["what"], a) for a in lines(det)],
               lambda a: [a["median_ms"], a["min_ms"], a["images_per_s"], a.get("peak_gib")])
 
+    ref = out / "detect_reference.jsonl"
+    if ref.is_file():
+        ours = {a["what"].split("-")[3 if a["what"].startswith("detect-train") else 1]: a
+                for a in lines(det)} if det.is_file() else {}
+        print("\n## detection beside ssd.pytorch's step (tools/bench/ssd_reference.py), same batch and precision")
+
+        def against(a):
+            mine = ours.get("eval" if a["what"].startswith("detect-eval") else "source_only")
+            ratio = f"**{mine['median_ms'] / a['median_ms']:.2f}x**" if mine else ""
+            return [a["median_ms"], a["min_ms"], a["images_per_s"], a.get("peak_gib"),
+                    mine["median_ms"] if mine else "", mine.get("peak_gib") if mine else "", ratio]
+
+        table(["reference", "median ms", "min ms", "images/s", "peak GiB", "advent ms", "advent GiB",
+               "advent / reference"], [(a["what"], a) for a in lines(ref) if "what" in a], against)
+
     for name in ["eval_cli.txt", "predict_cli.txt", "train_cli.txt", "detect_cli.txt"]:
         p = out / name
         if not p.is_file():

@@ -2,10 +2,10 @@
 transcribed, compared with advent's outputs (see crates/advent/tests/ssd_parity.rs).
 
 Usage: python tools/parity/ssd_reference.py DIR   (DIR written by the ignored test)
+The network is also the reference of tools/bench/ssd_reference.py (imported: numpy only here).
 """
 import sys
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -90,19 +90,25 @@ class SSD(nn.Module):
         return loc.view(loc.size(0), -1, 4), conf.view(conf.size(0), -1, self.num_classes)
 
 
-d = sys.argv[1]
-net = SSD(9)
-state = torch.load(f"{d}/ssd.pth", weights_only=True)
-net.load_state_dict(state, strict=True)
-net.eval()
-x = torch.from_numpy(np.load(f"{d}/input.npy"))
-with torch.no_grad():
-    loc, conf = net(x)
-for name, ours in [("loc", loc), ("conf", conf)]:
-    theirs = torch.from_numpy(np.load(f"{d}/{name}.npy"))
-    assert theirs.shape == ours.shape, (name, theirs.shape, ours.shape)
-    diff = (theirs - ours).abs().max().item()
-    scale = ours.abs().max().item()
-    print(f"{name}: shape {tuple(ours.shape)}, max |diff| {diff:.3g}, max |value| {scale:.3g}")
-    assert diff <= 1e-4 * max(scale, 1.0), f"{name} differs"
-print("ok")
+def main(d):
+    import numpy as np
+
+    net = SSD(9)
+    state = torch.load(f"{d}/ssd.pth", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    x = torch.from_numpy(np.load(f"{d}/input.npy"))
+    with torch.no_grad():
+        loc, conf = net(x)
+    for name, ours in [("loc", loc), ("conf", conf)]:
+        theirs = torch.from_numpy(np.load(f"{d}/{name}.npy"))
+        assert theirs.shape == ours.shape, (name, theirs.shape, ours.shape)
+        diff = (theirs - ours).abs().max().item()
+        scale = ours.abs().max().item()
+        print(f"{name}: shape {tuple(ours.shape)}, max |diff| {diff:.3g}, max |value| {scale:.3g}")
+        assert diff <= 1e-4 * max(scale, 1.0), f"{name} differs"
+    print("ok")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
