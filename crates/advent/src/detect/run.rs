@@ -113,7 +113,6 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         format!("{} {}", config.name, method.name()),
         all_losses,
     )?;
-    let mut last_checkpoint = None;
     for i in start..=t.early_stop {
         let src = source.next_batch().with_context(|| format!("iteration {i}: loading a source batch"))?;
         let trg = match &mut target {
@@ -131,11 +130,11 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         record.push(i, lr, lr_d, losses)?;
         if record.checkpoint_due(i) {
             let state = TrainState::at(i, method.name(), source.state(), target.as_ref().map(DetLoader::state));
-            last_checkpoint = Some(record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?);
+            record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?;
         }
         record.advance();
     }
-    record.finish(last_checkpoint)
+    record.finish()
 }
 
 /// The progress bar's losses of a detection run: every loss (`loc=… conf=… ent=…`).

@@ -234,7 +234,6 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         format!("{} {}", config.name, method),
         main_losses,
     )?;
-    let mut last_checkpoint = None;
     for i in start..=t.early_stop {
         let src = source.next_batch().with_context(|| format!("iteration {i}: loading a source batch"))?;
         let labels = src.labels.as_ref().context("the source dataset gave no labels")?;
@@ -256,11 +255,11 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         }
         if record.checkpoint_due(i) {
             let state = TrainState::at(i, method, source.state(), target.as_ref().map(Loader::state));
-            last_checkpoint = Some(record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?);
+            record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?;
         }
         record.advance();
     }
-    record.finish(last_checkpoint)
+    record.finish()
 }
 
 /// When a run logs and saves: iterations up to `early_stop` (inclusive), a checkpoint every
@@ -284,6 +283,7 @@ pub(crate) struct RunRecord {
     message: fn(&[(String, f32)]) -> String,
     first_iteration: u64,
     last_losses: Vec<(String, f32)>,
+    last_checkpoint: Option<PathBuf>,
     began: Instant,
 }
 
@@ -320,6 +320,7 @@ impl RunRecord {
             message,
             first_iteration: start,
             last_losses: Vec::new(),
+            last_checkpoint: None,
             began: Instant::now(),
         })
     }
@@ -358,16 +359,10 @@ impl RunRecord {
 
     /// Writes the checkpoint of `state` with `files` (see [`write_checkpoint`]), the metrics
     /// up to it synced to disk first, and keeps the newest `keep` checkpoints (0: all).
-    pub(crate) fn checkpoint(
-        &mut self,
-        state: &TrainState,
-        files: &[(&str, StateDict)],
-        keep: usize,
-    ) -> Result<PathBuf> {
+    pub(crate) fn checkpoint(&mut self, state: &TrainState, files: &[(&str, StateDict)], keep: usize) -> Result<()> {
         self.metrics.sync()?;
-        let dir = write_checkpoint(&self.run_dir, state, files)?;
-        prune_checkpoints(&self.run_dir, keep)?;
-        Ok(dir)
+        self.last_checkpoint = Some(write_checkpoint(&self.run_dir, state, files)?);
+        prune_checkpoints(&self.run_dir, keep)
     }
 
     /// One iteration done.
@@ -375,7 +370,8 @@ impl RunRecord {
         self.bar.inc(1);
     }
 
-    pub(crate) fn finish(mut self, last_checkpoint: Option<PathBuf>) -> Result<RunSummary> {
+    /// The run's summary, once its last iteration is done.
+    pub(crate) fn finish(mut self) -> Result<RunSummary> {
         self.bar.finish_and_clear();
         if let Some(board) = &mut self.board {
             board.flush()?;
@@ -386,7 +382,7 @@ impl RunRecord {
             last_iteration: self.schedule.early_stop,
             seconds: self.began.elapsed().as_secs_f64(),
             last_losses: self.last_losses,
-            last_checkpoint,
+            last_checkpoint: self.last_checkpoint,
         })
     }
 }
