@@ -716,6 +716,48 @@ mod tests {
         assert_eq!(iters, vec![r#"{"iter":0"#, r#"{"iter":1"#], "{text}");
     }
 
+    fn record(dir: &Path, schedule: Schedule) -> RunRecord {
+        let options =
+            RunOptions { run_dir: dir.to_path_buf(), device: Device::Cpu, start: Start::New, progress: false };
+        RunRecord::open(&options, "", 0, schedule, false, "test".into(), |_| String::new()).unwrap()
+    }
+
+    fn lines(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().count()
+    }
+
+    /// The reference's schedule (a checkpoint every `save_every` iterations, never at 0) plus
+    /// the last iteration; the losses reach the log one log iteration late, all of them at a
+    /// checkpoint.
+    #[test]
+    fn a_run_record_saves_and_logs_on_its_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record(dir.path(), Schedule { early_stop: 7, save_every: 3, log_every: 4 });
+        let due: Vec<u64> = (0..=7).filter(|&i| r.checkpoint_due(i)).collect();
+        assert_eq!(due, vec![3, 6, 7]);
+        let mut written = Vec::new();
+        for i in 0..=7 {
+            r.push(i, 0.1, 0.01, vec![("loss_seg_src_main", scalar(i as f32))]).unwrap();
+            written.push(lines(dir.path()));
+        }
+        // 3: a checkpoint, every row; 4, 5: nothing due; 6: a checkpoint; 7: the last.
+        assert_eq!(written, vec![0, 0, 0, 4, 4, 4, 7, 8]);
+        let summary = r.finish().unwrap();
+        assert_eq!(summary.last_losses[0], ("loss_seg_src_main".to_string(), 7.0));
+        assert_eq!(summary.last_checkpoint, None, "no checkpoint was written");
+        assert!(dir.path().join("config.toml").is_file() && dir.path().join("checkpoints").is_dir());
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record(dir.path(), Schedule { early_stop: 20, save_every: 100, log_every: 4 });
+        let mut written = Vec::new();
+        for i in 0..8 {
+            r.push(i, 0.1, 0.01, vec![("loss_seg_src_main", scalar(i as f32))]).unwrap();
+            written.push(lines(dir.path()));
+        }
+        // Log iterations 3 and 7 write the rows before them; their own waits for the next.
+        assert_eq!(written, vec![0, 0, 0, 3, 3, 3, 3, 7]);
+    }
+
     #[test]
     fn reopening_drops_rows_after_the_resumed_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
