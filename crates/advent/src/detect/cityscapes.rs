@@ -119,6 +119,11 @@ pub struct FrameBoxes {
 }
 
 impl FrameBoxes {
+    /// A `width x height` frame without objects or ignored regions.
+    pub fn empty(width: u32, height: u32) -> Self {
+        FrameBoxes { width, height, objects: Vec::new(), ignored: Vec::new() }
+    }
+
     /// The frame's ground truth for [`super::map::evaluate`], in pixels with inclusive maxima
     /// ([`super::map::BoxConvention::PixelInclusive`]): objects as positives, ignored regions
     /// as "difficult".

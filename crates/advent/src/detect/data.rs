@@ -86,6 +86,8 @@ pub struct DetectionSet {
     names: Vec<String>,
     size: u32,
     options: BoxOptions,
+    /// Whether the frames' instance maps are read (an adaptation target's are not).
+    boxes: bool,
 }
 
 impl DetectionSet {
@@ -109,7 +111,22 @@ impl DetectionSet {
             other => bail!("detection dataset `{other}`: expected cityscapes or foggy-cityscapes"),
         };
         let names = find_names(layout.as_ref(), list)?;
-        Ok(DetectionSet { layout, root: root.to_path_buf(), split: split.into(), suffix, names, size, options })
+        Ok(DetectionSet {
+            layout,
+            root: root.to_path_buf(),
+            split: split.into(),
+            suffix,
+            names,
+            size,
+            options,
+            boxes: true,
+        })
+    }
+
+    /// The same frames without their boxes: the instance maps are not read (they need not
+    /// exist) and every frame has none, as an unlabelled adaptation target.
+    pub fn without_boxes(self) -> Self {
+        DetectionSet { boxes: false, ..self }
     }
 
     /// The instance map of item `index`.
@@ -131,8 +148,11 @@ impl DetDataset for DetectionSet {
         let name = self.names[index].clone();
         let path = self.layout.image_dir().join(&name);
         let img = crate::image::read_rgb(&path)?;
-        let frame = read_instance_boxes(&self.instance_path(index), &self.options)?;
         let (w, h) = img.dimensions();
+        if !self.boxes {
+            return Ok(RawFrame { image: img, frame: FrameBoxes::empty(w, h), name });
+        }
+        let frame = read_instance_boxes(&self.instance_path(index), &self.options)?;
         if (w, h) != (frame.width, frame.height) {
             bail!(
                 "{}: {w}x{h} image, but its instance map {} is {}x{}",
@@ -253,5 +273,27 @@ mod tests {
         let set = DetectionSet::open("cityscapes", dir.path(), "val", 0.02, None, 300, BoxOptions::default()).unwrap();
         let err = format!("{:#}", set.get(0).unwrap_err());
         assert!(err.contains("frankfurt_000000_000294_gtFine_instanceIds.png"), "{err}");
+    }
+
+    #[test]
+    fn a_set_without_boxes_needs_no_instance_maps() {
+        let Some(root) = mini() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let frame = "frankfurt/frankfurt_000000_000294_leftImg8bit.png";
+        std::fs::create_dir_all(dir.path().join("leftImg8bit/val/frankfurt")).unwrap();
+        std::fs::copy(root.join("leftImg8bit/val").join(frame), dir.path().join("leftImg8bit/val").join(frame))
+            .unwrap();
+        let set = DetectionSet::open("cityscapes", dir.path(), "val", 0.02, None, 300, BoxOptions::default())
+            .unwrap()
+            .without_boxes();
+        let raw = set.raw(0).unwrap();
+        assert!(raw.frame.objects.is_empty() && raw.frame.ignored.is_empty());
+        // The same image as the labelled set reads, whose frame has objects.
+        let labelled = DetectionSet::open("cityscapes", &root, "val", 0.02, None, 300, BoxOptions::default()).unwrap();
+        let i = (0..labelled.len()).find(|&i| labelled.names[i] == frame).unwrap();
+        let boxed = labelled.raw(i).unwrap();
+        assert!(!boxed.frame.objects.is_empty(), "the val frame has objects");
+        assert_eq!((raw.frame.width, raw.frame.height), (boxed.frame.width, boxed.frame.height));
+        assert!(set.get(0).unwrap().image.equal(&labelled.get(i).unwrap().image));
     }
 }

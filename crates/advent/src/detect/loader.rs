@@ -5,6 +5,7 @@
 //! the same frames, and (for a source set) its boxes matched to the default boxes there too.
 
 use super::augment::{ssd_augment, Augment};
+use super::cityscapes::FrameBoxes;
 use super::data::{DetDataset, DetSample};
 use super::matching::{match_priors, MATCH_THRESHOLD};
 use super::priors::PriorConfig;
@@ -68,7 +69,9 @@ pub struct DetLoader {
 impl DetLoader {
     /// Batches of `config.batch_size` from `start`, each frame augmented by `augment` with
     /// random numbers drawn from `(config.seed, epoch, position)` and, if `match_boxes`, its
-    /// boxes matched to SSD-300's default boxes (a target set's boxes are never read).
+    /// boxes matched to SSD-300's default boxes. Without `match_boxes` the frames are
+    /// unlabelled (an adaptation target): any boxes the set holds are dropped before the
+    /// augmentation, whose crops then never depend on them.
     pub fn new(
         dataset: Arc<dyn DetDataset>,
         config: LoaderConfig,
@@ -93,7 +96,11 @@ impl DetLoader {
                     }
                 }
                 Augment::Ssd => {
-                    let raw = dataset.raw(p.index)?;
+                    let mut raw = dataset.raw(p.index)?;
+                    if !match_boxes {
+                        // Unlabelled frames: the random crops must not depend on boxes.
+                        raw.frame = FrameBoxes::empty(raw.frame.width, raw.frame.height);
+                    }
                     ssd_augment(&raw.image, raw.frame, raw.name, dataset.size(), frame_seed(seed, p.at))?
                 }
             };
@@ -150,7 +157,7 @@ pub fn flipped(mut s: DetSample) -> Result<DetSample> {
 mod tests {
     use super::*;
     use crate::dataset::synthetic::Domain;
-    use crate::detect::data::SyntheticDetection;
+    use crate::detect::data::{RawFrame, SyntheticDetection};
 
     #[test]
     fn flipping_mirrors_image_and_boxes() {
@@ -234,5 +241,40 @@ mod tests {
         // A frame comes out as evaluation prepares it only when none of its seven coins
         // draws a step and the crop keeps the whole frame (about 1 in 6 x 2^6).
         assert!(changed >= 3, "{changed} of 4 frames changed");
+    }
+
+    /// A set's frames with their boxes taken away.
+    struct Unlabelled(SyntheticDetection);
+
+    impl DetDataset for Unlabelled {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn size(&self) -> u32 {
+            self.0.size()
+        }
+        fn raw(&self, index: usize) -> Result<RawFrame> {
+            let raw = self.0.raw(index)?;
+            Ok(RawFrame { frame: FrameBoxes::empty(raw.frame.width, raw.frame.height), ..raw })
+        }
+    }
+
+    #[test]
+    fn a_target_loader_crops_without_looking_at_boxes() {
+        // The target's frames are unlabelled: with ssd.pytorch's augmentation (whose crops are
+        // drawn until one overlaps a box) a target loader must give the same batch whether the
+        // set has boxes or not.
+        let config =
+            LoaderConfig { batch_size: 8, shuffle: false, seed: 5, workers: 0, prefetch: 1, pin_memory: false };
+        let scenes = || SyntheticDetection::scenes(7, Domain::Target, 8);
+        let batch = |set: Arc<dyn DetDataset>, match_boxes| {
+            DetLoader::new(set, config, OrderState::default(), Augment::Ssd, match_boxes).unwrap().next_batch().unwrap()
+        };
+        let labelled = batch(Arc::new(scenes()), false);
+        let unlabelled = batch(Arc::new(Unlabelled(scenes())), false);
+        assert!(labelled.images.equal(&unlabelled.images));
+        // The check can fail: a source loader's crops do follow the boxes.
+        let source = batch(Arc::new(scenes()), true);
+        assert!(!source.images.equal(&unlabelled.images), "the boxes never changed a crop");
     }
 }

@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::Tensor;
 
-/// The detection set of one domain of `config` (images prepared at 300x300).
+/// The detection set of one domain of `config` (images prepared at 300x300; the target's
+/// frames without boxes).
 pub fn open_set(config: &DetConfig, source: bool) -> Result<Arc<dyn DetDataset>> {
     let d = if source { &config.source } else { &config.target };
     let what = if source { "source" } else { "target" };
@@ -49,7 +50,8 @@ pub fn open_set(config: &DetConfig, source: bool) -> Result<Arc<dyn DetDataset>>
             )
             .with_context(|| format!("{what} dataset"))?;
             ensure!(!set.is_empty(), "{what} dataset: no image under {} ({} {})", d.root, other, d.split);
-            Arc::new(set)
+            // The target is unlabelled: its instance maps are neither needed nor read.
+            Arc::new(if source { set } else { set.without_boxes() })
         }
     })
 }
