@@ -324,8 +324,24 @@ fn checkpoint_convert_round_trips_and_info_detects_the_network() {
 fn training_resumes_exactly_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), "advent");
+    // Both runs start from initial weights in a file (model.init), which is gone by the time
+    // the interrupted run resumes: a resumed run takes every weight from its checkpoint.
+    let init = dir.path().join("init.pth");
+    tch::manual_seed(11);
+    let tiny =
+        ModelConfig { arch: Arch::DeepLabV2Tiny, num_classes: 19, multi_level: true, aspp_sum: AsppSum::AllFour };
+    weights::save(&SegModel::new(tiny, Device::Cpu).unwrap().state_dict(), &init).unwrap();
+    let init_set = format!("model.init=\"{}\"", init.display());
     let full = dir.path().join("full");
-    let o = advent(&["train", "--config", config.to_str().unwrap(), "--run-dir", full.to_str().unwrap()]);
+    let o = advent(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--run-dir",
+        full.to_str().unwrap(),
+        "--set",
+        &init_set,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let reference = metrics(&full);
     assert_eq!(reference.len(), 7);
@@ -353,9 +369,12 @@ fn training_resumes_exactly_where_it_stopped() {
         part.to_str().unwrap(),
         "--set",
         "train.early_stop=3",
+        "--set",
+        &init_set,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(metrics(&part).len(), 4);
+    std::fs::remove_file(&init).unwrap();
     let o = advent(&["train", "--resume", part.to_str().unwrap(), "--set", "train.early_stop=6"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(metrics(&part), reference, "losses after resuming differ from the uninterrupted run");
@@ -671,6 +690,11 @@ fn detect_train_runs_and_resumes_identically() {
         metrics.lines().take(2).map(|l| format!("{l}\n")).collect::<String>(),
     )
     .unwrap();
+    // Its weights come from the checkpoint: a model.init that has gone since is not read.
+    let saved = std::fs::read_to_string(resumed.join("config.toml")).unwrap();
+    assert!(saved.contains("init = \"\"\n"), "{saved}");
+    let gone = saved.replace("init = \"\"\n", "init = \"/gone/vgg16_reducedfc.pth\"\n");
+    std::fs::write(resumed.join("config.toml"), gone).unwrap();
     let o = advent(&["detect", "train", "--resume", s(&resumed)]);
     assert_success(&o);
     assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));

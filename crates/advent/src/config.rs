@@ -284,6 +284,14 @@ impl Config {
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+
+    /// The same configuration without `model.init` (a resumed run's weights come from its
+    /// checkpoint).
+    pub fn without_init(&self) -> Self {
+        let mut config = self.clone();
+        config.model.init.clear();
+        config
+    }
 }
 
 /// The `[train]` iteration counts of a training configuration (segmentation or detection).

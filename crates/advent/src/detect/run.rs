@@ -69,7 +69,8 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     tch::manual_seed(t.seed as i64);
     let mut trainer = DetTrainer::new(config.step_config()?, config.model.num_classes, device)?;
     let method = trainer.config.method;
-    if !config.model.init.is_empty() {
+    // A resumed run's weights all come from its checkpoint: `model.init` is not read again.
+    if !config.model.init.is_empty() && resume_state.is_none() {
         let path = Path::new(&config.model.init);
         let dict = weights::load(path).context("model.init")?;
         if dict.get("conf.0.weight").is_some() {

@@ -209,7 +209,12 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         crate::device::set_cudnn_benchmark_limit(t.cudnn_benchmark_limit)?;
         crate::device::set_cudnn_deterministic(t.deterministic)?;
     }
-    let mut trainer = Trainer::new(config, options.device)?;
+    // A resumed run's weights all come from its checkpoint: `model.init` (which may have moved
+    // since, or been a temporary file) is not read again.
+    let mut trainer = match resume_state {
+        Some(_) => Trainer::new(&config.without_init(), options.device)?,
+        None => Trainer::new(config, options.device)?,
+    };
     let method = trainer.method.name();
     let (start, source_order, target_order) =
         resume_point(resume_state.as_ref(), &options.start, method, |ckpt| load_checkpoint(&mut trainer, ckpt))?;
