@@ -4,7 +4,14 @@ use anyhow::{bail, Context, Result};
 
 pub use advent::device::parse as parse_device;
 
-/// `WxH`, e.g. `1024x512`.
+/// The largest side a size argument takes: 16384 pixels (8x a Cityscapes frame's width);
+/// beyond, the buffers of one image alone would not fit in memory.
+pub const MAX_SIDE: u32 = 16384;
+
+/// The most threads a thread-count argument takes.
+pub const MAX_THREADS: u64 = 256;
+
+/// `WxH`, e.g. `1024x512`, each side 1 to [`MAX_SIDE`].
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {
     let (w, h) = s.split_once(['x', 'X']).with_context(|| format!("`{s}` is not a size WxH such as 1024x512"))?;
     let w: u32 = w.trim().parse().with_context(|| format!("bad width in `{s}`"))?;
@@ -12,7 +19,15 @@ pub fn parse_size(s: &str) -> Result<(u32, u32)> {
     if w == 0 || h == 0 {
         bail!("size `{s}` must be positive");
     }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        bail!("size `{s}`: each side is at most {MAX_SIDE} pixels");
+    }
     Ok((w, h))
+}
+
+/// A count of threads, `min` to [`MAX_THREADS`].
+pub fn threads(min: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min..=MAX_THREADS)
 }
 
 /// Default count of loader (and writer) threads for evaluation and prediction: the CPU
@@ -30,6 +45,9 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("1024x512").unwrap(), (1024, 512));
+        assert_eq!(parse_size("16384x16384").unwrap(), (16384, 16384));
+        assert!(parse_size("16385x512").unwrap_err().to_string().contains("at most 16384"));
+        assert!(parse_size("512x200000").is_err());
         assert!(parse_size("1024").is_err());
         assert!(parse_size("0x5").is_err());
         assert!(parse_size("ax5").is_err());

@@ -29,16 +29,17 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, default_value = "1024x512")]
     target_size: (u32, u32),
     /// Timed iterations (the median is reported).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     iters: usize,
     /// Untimed iterations first.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
     warmup: usize,
-    /// CUDA arithmetic: tf32 (PyTorch's default for convolutions), fp32 or bf16 (autocast).
+    /// Arithmetic: tf32 (PyTorch's default for convolutions), fp32 or bf16 (autocast; on the
+    /// CPU too). tf32 and fp32 differ on CUDA only.
     #[arg(long, default_value = "tf32")]
     precision: advent::device::Precision,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=crate::args::MAX_THREADS as i64))]
     threads: Option<i32>,
     /// Also write the results as JSON lines here.
     #[arg(long)]

@@ -56,7 +56,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Threads reading and preparing frames ahead of the network.
-    #[arg(long, default_value_t = crate::args::default_workers().into())]
+    #[arg(long, default_value_t = crate::args::default_workers().into(), value_parser = crate::args::threads(0))]
     workers: usize,
     /// Also write the scores as JSON.
     #[arg(long, value_name = "FILE")]
@@ -85,7 +85,7 @@ pub struct PredictArgs {
     device: String,
     /// Threads reading images ahead of the network, and as many writing the outputs
     /// (default: the CPU cores, 2 to 8).
-    #[arg(long, default_value_t = crate::args::default_workers(), value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = crate::args::default_workers(), value_parser = clap::value_parser!(u16).range(1..=crate::args::MAX_THREADS as i64))]
     workers: u16,
 }
 
@@ -101,10 +101,24 @@ fn train(a: crate::train::Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     crate::train::emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) = crate::train::resolve(&a, DetConfig::load, |c| c.name.clone())?;
-    let options = RunOptions { run_dir, device, start, progress: std::io::stderr().is_terminal() };
+    let options = RunOptions { run_dir, device, start, progress: advent::train::Progress::for_stderr() };
     let summary = advent::detect::run::run(&config, options)?;
     crate::train::report(&summary);
     Ok(())
+}
+
+/// The detector of a checkpoint, which must detect the Cityscapes classes (and the background).
+fn cityscapes_detector(path: &std::path::Path, device: tch::Device) -> Result<Ssd> {
+    let ssd = Ssd::from_checkpoint(path, device)?;
+    let classes = advent::detect::cityscapes::NUM_CLASSES as i64 + 1;
+    anyhow::ensure!(
+        ssd.num_classes == classes,
+        "{}: a detector of {} classes (background included), but advent's detection classes are the \
+         background and Cityscapes' 8 (person, rider, car, truck, bus, train, motorcycle, bicycle): {classes}",
+        path.display(),
+        ssd.num_classes
+    );
+    Ok(ssd)
 }
 
 fn predict(a: PredictArgs) -> Result<()> {
@@ -112,7 +126,7 @@ fn predict(a: PredictArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let jobs = crate::predict::collect_inputs(&a.input, a.recursive)?;
     anyhow::ensure!(!a.output.exists() || a.output.is_dir(), "--output {} is not a folder", a.output.display());
-    let ssd = Ssd::from_checkpoint(&a.checkpoint, device)?;
+    let ssd = cityscapes_detector(&a.checkpoint, device)?;
     let priors = PriorConfig::default().priors();
     let cfg = DetectConfig::default();
     crate::predict::process(
@@ -152,7 +166,7 @@ fn predict(a: PredictArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let ssd = Ssd::from_checkpoint(&a.checkpoint, device)?;
+    let ssd = cityscapes_detector(&a.checkpoint, device)?;
     let options = BoxOptions { min_size: a.min_size };
     let set = DetectionSet::open(&a.dataset, &a.root, &a.split, a.beta, a.list.as_deref(), 300, options)?;
     let priors = PriorConfig::default().priors();

@@ -6,7 +6,7 @@ use advent::device::Precision;
 use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions};
 use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, EVAL_DATASETS};
 use advent::model::{AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -68,8 +68,9 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// CUDA arithmetic: tf32 (PyTorch's default, the reference's), fp32, or bf16 (autocast
-    /// forward pass; upsampling and argmax of float32 logits).
+    /// Arithmetic: tf32 (PyTorch's default, the reference's), fp32, or bf16 (autocast
+    /// forward pass; upsampling and argmax of float32 logits). tf32 and fp32 differ on CUDA
+    /// only; bf16 is bf16 on the CPU too (libtorch's CPU autocast).
     #[arg(long, default_value = "tf32")]
     precision: String,
     /// Convolution weights and inputs channels-last (faster with bf16 on recent GPUs).
@@ -95,7 +96,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0.02)]
     beta: f64,
     /// Threads loading images ahead of the network (default: the CPU cores, 2 to 8).
-    #[arg(long, default_value_t = crate::args::default_workers().into())]
+    #[arg(long, default_value_t = crate::args::default_workers().into(), value_parser = crate::args::threads(0))]
     workers: usize,
     /// Images per forward pass (consecutive images of one size). The reference evaluates
     /// one at a time; on a GPU a few at once fill more of the chip (BENCHMARKS.md). The
@@ -182,6 +183,10 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
             "{} --weight for {n} --checkpoint: give one weight per checkpoint, in the same order",
             a.weight.len()
         );
+        if let Some(w) = a.weight.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+            bail!("--weight {w}: a weight must be a finite number, 0 or more");
+        }
+        ensure!(a.weight.iter().any(|&w| w > 0.0), "--weight: at least one weight must be above 0");
         a.weight.clone()
     };
     let mut models = Vec::with_capacity(n);
@@ -255,8 +260,8 @@ fn eval_options(a: &Args, subset: Vec<usize>, save_predictions: Option<PathBuf>)
 }
 
 fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
+    ensure!(a.poll > 0.0 && a.poll <= 3600.0, "--poll must be a number of seconds above 0 and at most 3600");
     ensure!(run_dir.is_dir(), "no run folder {}", run_dir.display());
-    ensure!(a.poll > 0.0 && a.poll.is_finite(), "--poll must be a positive number of seconds");
     let num_classes = run_num_classes(run_dir)?;
     let classes = classes(a, num_classes);
     let subset = subset_for(classes, num_classes)?;

@@ -94,8 +94,40 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            let keep_trace = std::env::var_os("TORCH_SHOW_CPP_STACKTRACES").is_some_and(|v| v == "1");
+            eprintln!("error: {}", if keep_trace { &message } else { without_torch_trace(&message) });
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error message without the C++ backtrace libtorch appends to its errors ("Exception
+/// raised from … (most recent call first):" and a "frame #N" line per frame): one reads the
+/// error itself. `TORCH_SHOW_CPP_STACKTRACES=1` keeps the trace, as it makes PyTorch show it.
+fn without_torch_trace(message: &str) -> &str {
+    let cut = ["\nException raised from ", "\nframe #0: "].iter().filter_map(|m| message.find(m)).min();
+    cut.map_or(message, |at| message[..at].trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_torch_trace;
+
+    #[test]
+    fn libtorchs_backtrace_is_cut_from_errors() {
+        let torch = "iteration 0: Internal torch error: index 3 is out of bounds for dimension 1 with size 3\n\
+                     Exception raised from operator() at /pytorch/aten/src/ATen/native/cpu/ScatterGatherKernel.cpp:116 \
+                     (most recent call first):\nframe #0: c10::Error::Error(c10::SourceLocation) + 0x9d\n\
+                     frame #1: <unknown function> + 0x1a3b2c4";
+        assert_eq!(
+            without_torch_trace(torch),
+            "iteration 0: Internal torch error: index 3 is out of bounds for dimension 1 with size 3"
+        );
+        let enforce = "Internal torch error: [enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: \
+                       not enough memory: you tried to allocate 2457600000000 bytes.\nframe #0: c10::ThrowEnforceNotMet";
+        assert!(without_torch_trace(enforce).ends_with("allocate 2457600000000 bytes."));
+        let plain = "reading x.png: No such file or directory\nsecond line";
+        assert_eq!(without_torch_trace(plain), plain);
     }
 }

@@ -25,8 +25,8 @@ pub struct Args {
     /// Architecture; read from the checkpoint's keys when omitted.
     #[arg(long, value_parser = clap::value_parser!(ArchArg))]
     arch: Option<ArchArg>,
-    /// Number of classes; read from the checkpoint when omitted.
-    #[arg(long)]
+    /// Number of classes (1 to 255: train ids are bytes); read from the checkpoint when omitted.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=255))]
     num_classes: Option<i64>,
     /// Resize images (bicubic) to WxH before the network; default: keep their size.
     #[arg(long, value_parser = parse_size)]
@@ -37,8 +37,9 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// CUDA arithmetic: tf32 (PyTorch's default, the reference's), fp32, or bf16 (autocast
-    /// forward pass; probabilities and entropy from float32 logits).
+    /// Arithmetic: tf32 (PyTorch's default, the reference's), fp32, or bf16 (autocast
+    /// forward pass; probabilities and entropy from float32 logits). tf32 and fp32 differ on
+    /// CUDA only; bf16 is bf16 on the CPU too (libtorch's CPU autocast).
     #[arg(long, default_value = "tf32")]
     precision: advent::device::Precision,
     /// Convolution weights and inputs channels-last (faster with bf16 on recent GPUs).
@@ -66,7 +67,7 @@ pub struct Args {
     fold_bn: BnFold,
     /// Threads reading and resizing images ahead of the network, and as many writing the
     /// outputs (default: the CPU cores, 2 to 8).
-    #[arg(long, default_value_t = crate::args::default_workers(), value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = crate::args::default_workers(), value_parser = clap::value_parser!(u16).range(1..=crate::args::MAX_THREADS as i64))]
     workers: u16,
 }
 

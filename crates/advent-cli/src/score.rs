@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Threads reading and counting frames (default: one per core).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::threads(1))]
     threads: Option<usize>,
 }
 

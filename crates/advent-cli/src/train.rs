@@ -2,9 +2,8 @@
 
 use crate::args::parse_device;
 use advent::config::Config;
-use advent::train::{self, RunOptions, RunSummary, Start};
+use advent::train::{self, Progress, RunOptions, RunSummary, Start};
 use anyhow::{bail, Result};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -50,8 +49,7 @@ pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) = resolve(&a, Config::load, |c| c.name.clone())?;
-    let summary =
-        train::run(&config, RunOptions { run_dir, device, start, progress: std::io::stderr().is_terminal() })?;
+    let summary = train::run(&config, RunOptions { run_dir, device, start, progress: Progress::for_stderr() })?;
     report(&summary);
     Ok(())
 }
@@ -92,8 +90,18 @@ pub fn resolve<C>(
 }
 
 /// The closing lines of a training command.
+/// A loss or rate: 4 decimals, or 4 significant digits below 0.01 (a learning rate of 2.5e-4
+/// is not 0.0002).
+fn value(v: f32) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 pub fn report(summary: &RunSummary) {
-    let losses: Vec<String> = summary.last_losses.iter().map(|(k, v)| format!("{k} = {v:.4}")).collect();
+    let losses: Vec<String> = summary.last_losses.iter().map(|(k, v)| format!("{k} = {}", value(*v))).collect();
     eprintln!(
         "trained iterations {}..={} in {:.1} s; last: {}",
         summary.first_iteration,

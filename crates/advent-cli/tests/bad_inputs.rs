@@ -212,10 +212,12 @@ const TEXT: &[u8] = b"a text file, not a picture\n";
 fn bad_pictures() -> Vec<Bad> {
     let (png, jpg) = (picture(ImageFormat::Png), picture(ImageFormat::Jpeg));
     vec![
-        bad("corrupt.png", corrupt(&png, 8), "Png"),
-        bad("truncated.png", truncated(&png), "Png"),
-        bad("corrupt.jpg", corrupt(&jpg, 4), "Jpeg"),
-        bad("truncated.jpg", truncated(&jpg), "Jpeg"),
+        bad("corrupt.png", corrupt(&png, 8), "PNG"),
+        bad("truncated.png", truncated(&png), "PNG"),
+        bad("corrupt.jpg", corrupt(&jpg, 4), "JPEG"),
+        bad("truncated.jpg", truncated(&jpg), "JPEG"),
+        bad("cut_late.jpg", jpg[..jpg.len() * 9 / 10].to_vec(), "truncated JPEG"),
+        bad("bitmap.png", [&b"BM"[..], &[0; 60]].concat(), "Bmp image"),
         bad("empty.png", Vec::new(), "empty"),
         bad("text.png", TEXT.to_vec(), "not an image"),
     ]
@@ -408,6 +410,10 @@ fn predict_refuses_bad_images_and_checkpoints() {
         let what = format!("predict with a {} checkpoint", c.what);
         cases.push(case(what, &predict(&c.file, &good, &[]), &c.needles[0]).and_all(&c.needles[1..]).keep(&out));
     }
+    let classes = predict(&tiny, &good, &["--num-classes", "100000000"]);
+    cases.push(case("predict, 10^8 classes", &classes, "--num-classes").keep(&out));
+    let huge = predict(&tiny, &good, &["--output-size", "200000x200000"]);
+    cases.push(case("predict, an output larger than memory", &huge, "at most 16384").keep(&out));
     let other_classes = predict(&tiny, &good, &["--num-classes", "7"]);
     cases.push(
         case("predict, --num-classes not the checkpoint's", &other_classes, "layer6.conv2d_list.0.weight").keep(&out),
@@ -488,6 +494,21 @@ fn eval_refuses_bad_frames_labels_lists_and_checkpoints() {
     let nowhere = d.join("nowhere");
     cases.push(case("eval, missing root", &eval(&tiny, &nowhere, &[]), s(&nowhere)));
     cases.push(case("eval, batch of 0", &eval(&tiny, &nowhere, &["--batch", "0"]), "--batch"));
+    cases.push(case("eval, 65535 loader threads", &eval(&tiny, &nowhere, &["--workers", "65535"]), "--workers"));
+    let plain = |dataset: &str, extra: &[&str]| {
+        args(&["eval", "--checkpoint", s(&tiny), "--dataset", dataset, "--root", s(&nowhere)], extra)
+    };
+    let huge = plain("cityscapes", &["--input-size", "200000x200000"]);
+    cases.push(case("eval, an input larger than memory", &huge, "at most 16384"));
+    let foggy = plain("foggy-cityscapes", &["--beta", "0.03"]);
+    cases.push(case("eval, an unreleased fog density", &foggy, "beta"));
+    let two = |weights: [&str; 2]| {
+        let (a, b) = (format!("--weight={}", weights[0]), format!("--weight={}", weights[1]));
+        eval(&tiny, &nowhere, &["--checkpoint", s(&tiny), &a, &b])
+    };
+    cases.push(case("eval, a NaN ensemble weight", &two(["NaN", "1"]), "--weight NaN"));
+    cases.push(case("eval, a negative ensemble weight", &two(["-1", "2"]), "--weight -1"));
+    cases.push(case("eval, ensemble weights all 0", &two(["0", "0"]), "at least one weight"));
     let (good_root, _) = root();
     let list = d.join("val.txt");
     write(
@@ -503,6 +524,9 @@ fn eval_refuses_bad_frames_labels_lists_and_checkpoints() {
     let no_run = d.join("no_run");
     let sweep = args(&["eval", "--sweep", s(&no_run), "--dataset", "cityscapes", "--root", s(&good_root)], &[]);
     cases.push(case("eval --sweep of a missing run", &sweep, s(&no_run)));
+    let poll = args(&["eval", "--sweep", s(&no_run), "--dataset", "cityscapes", "--root", s(&good_root)], &[]);
+    let poll = args(&poll.iter().map(String::as_str).collect::<Vec<_>>(), &["--wait", "--poll", "1e20"]);
+    cases.push(case("eval --sweep --wait, a poll of 1e20 s", &poll, "--poll"));
     run_all(cases.into_iter().map(|c| c.keep(&out)).collect());
 }
 
@@ -803,7 +827,9 @@ fn resume_and_report_leave_a_run_alone_on_bad_checkpoints() {
         f(&copy);
         copy
     };
-    let resume = |run: &Path, extra: &[&str]| args(&["train", "--resume", s(run)], extra);
+    // The run ended at its early_stop (2): resuming goes on to 4.
+    let resume =
+        |run: &Path, extra: &[&str]| args(&["train", "--resume", s(run), "--set", "train.early_stop=4"], extra);
     let report = |run: &Path| args(&["report", s(run), "--samples", "1"], &[]);
     let truncate = |path: &Path| write(path, &truncated(&std::fs::read(path).unwrap()));
 
@@ -821,6 +847,16 @@ fn resume_and_report_leave_a_run_alone_on_bad_checkpoints() {
     let broken = copy(&|r| truncate(&r.join(ckpt).join("optimizer.safetensors")));
     let what = "resume, truncated optimizer state";
     cases.push(case(what, &resume(&broken, &[]), s(&broken.join(ckpt).join("optimizer.safetensors"))).keep(&broken));
+    let broken = copy(&|r| {
+        let state = std::fs::read_to_string(r.join(ckpt).join("state.json")).unwrap();
+        assert!(state.contains("\"iteration\": 2,"), "{state}");
+        write(&r.join(ckpt).join("state.json"), state.replace("\"iteration\": 2,", "\"iteration\": 1,").as_bytes());
+    });
+    let what = "resume, state.json of another iteration";
+    cases.push(case(what, &resume(&broken, &[]), "iteration 1 in the checkpoint folder of iteration 2").keep(&broken));
+    let broken = copy(&|_| {});
+    let finished = args(&["train", "--resume", s(&broken)], &[]);
+    cases.push(case("resume, a finished run", &finished, "nothing to train").keep(&broken));
     let broken = copy(&|r| write(&r.join(ckpt).join("state.json"), b"{\"iteration\": "));
     let what = "resume, truncated state.json";
     cases.push(case(what, &resume(&broken, &[]), s(&broken.join(ckpt).join("state.json"))).keep(&broken));
@@ -848,6 +884,30 @@ fn resume_and_report_leave_a_run_alone_on_bad_checkpoints() {
     cases.push(case("resume, missing run", &resume(&nowhere, &[]), s(&nowhere)));
     cases.push(case("report, missing run", &report(&nowhere), s(&nowhere)));
     run_all(cases);
+}
+
+#[test]
+fn a_diverging_run_stops_before_writing_a_checkpoint_it_could_not_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "advent");
+    let run = dir.path().join("run");
+    // A learning rate of 1e30 turns the weights infinite in the first update, before any
+    // loss is NaN (iteration 0's losses are computed from the initial weights).
+    let o = advent(&[
+        "train",
+        "--config",
+        s(&config),
+        "--run-dir",
+        s(&run),
+        "--set",
+        "train.learning_rate=1e30",
+        "--set",
+        "train.save_every=1",
+    ]);
+    assert_clean_failure(&o, "holds NaN or infinite values");
+    assert!(stderr(&o).contains("iteration 1:"), "{}", stderr(&o));
+    let written: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(written.is_empty(), "checkpoints written: {written:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -919,5 +979,10 @@ fn checkpoint_and_bench_refuse_bad_files_and_arguments() {
     let eval_with = |extra: &[&'static str]| -> Vec<&'static str> { tiny_eval.iter().chain(extra).copied().collect() };
     cases.push(case("bench, unknown batch-norm folding", &eval_with(&["--fold-bn", "yes"]), "--fold-bn"));
     cases.push(case("bench, fused folding on the CPU", &eval_with(&["--fold-bn", "fused"]), "needs a CUDA device"));
+    cases.push(case("bench, no threads", &eval_with(&["--threads", "0"]), "--threads"));
+    cases.push(case("bench, no timed iterations", &eval_with(&["--iters", "0"]), "--iters"));
+    cases.push(case("bench, endless warm-up", &eval_with(&["--warmup", "18446744073709551615"]), "--warmup"));
+    // libtorch's own error, without its C++ backtrace (checked for every case).
+    cases.push(case("bench, a batch larger than memory", &eval_with(&["--batch", "100000000"]), "allocate"));
     run_all(cases);
 }

@@ -654,6 +654,13 @@ fn detect_eval_scores_an_ssd_checkpoint_on_the_real_frame() {
     assert_clean_failure(&o, "not an SSD checkpoint");
     assert!(stderr(&o).contains("model.pth"));
     assert_eq!(std::fs::read(&json).unwrap(), before);
+    // So is a detector of other classes (VOC's 21), whose classes advent cannot name.
+    let voc = s.root.join("voc.pth");
+    weights::save(&advent::detect::ssd::Ssd::with_width(21, 4, Device::Cpu).unwrap().state_dict(), &voc).unwrap();
+    let o = args(&voc);
+    assert_clean_failure(&o, "a detector of 21 classes");
+    assert!(stderr(&o).contains("voc.pth"));
+    assert_eq!(std::fs::read(&json).unwrap(), before);
 }
 
 /// `advent detect train` on the built-in scenes: the run folder of a segmentation run
@@ -722,6 +729,14 @@ fn detect_train_runs_and_resumes_identically() {
     assert_clean_failure(&o, "lerning_rate");
     let o = advent(&["detect", "train", "--config", s(&config), "--set", "train.method=minnet"]);
     assert_clean_failure(&o, "train.method");
+    // The detection sets have 8 classes and the background: another count is refused before
+    // training (it failed inside libtorch at the first iteration).
+    let o = advent(&["detect", "train", "--config", s(&config), "--set", "model.num_classes=3", "--run-dir", s(&full)]);
+    assert_clean_failure(&o, "model.num_classes must be 9");
+    let o = advent(&["detect", "train", "--config", s(&config), "--set", "train.clip_grad_norm=-1"]);
+    assert_clean_failure(&o, "train.clip_grad_norm");
+    let o = advent(&["detect", "train", "--config", s(&config), "--set", "train.workers=100000"]);
+    assert_clean_failure(&o, "train.workers");
 }
 
 fn copy_tree(from: &Path, to: &Path) {

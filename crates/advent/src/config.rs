@@ -178,6 +178,7 @@ impl Config {
         self.model_config().context("model")?;
         check_schedule(t.max_iters, t.early_stop, t.save_every, t.log_every)?;
         ensure!(t.viz_every >= 1, "train.viz_every must be at least 1");
+        check_workers(t.workers)?;
         check_optimisers(
             t.discriminator_width,
             t.momentum,
@@ -307,6 +308,15 @@ pub(crate) fn check_schedule(max_iters: u64, early_stop: u64, save_every: u64, l
 }
 
 /// The `[train]` optimiser settings: rates and weights finite and non-negative, momentum and
+/// The most loader threads `train.workers` takes.
+pub const MAX_WORKERS: usize = 256;
+
+/// `train.workers` within 0 (loading on the training thread) to [`MAX_WORKERS`].
+pub(crate) fn check_workers(workers: usize) -> Result<()> {
+    ensure!(workers <= MAX_WORKERS, "train.workers must be at most {MAX_WORKERS}, got {workers}");
+    Ok(())
+}
+
 /// Adam's betas in [0, 1), a discriminator at least one channel wide.
 pub(crate) fn check_optimisers(width: i64, momentum: f64, betas: [f64; 2], rates: &[(&str, f64)]) -> Result<()> {
     ensure!(width >= 1, "train.discriminator_width must be at least 1");

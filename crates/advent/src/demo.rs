@@ -201,7 +201,7 @@ fn train_and_evaluate(
             run_dir: run_dir.to_path_buf(),
             device: options.device,
             start: crate::train::Start::New,
-            progress: options.progress,
+            progress: if options.progress { crate::train::Progress::Bar } else { crate::train::Progress::Hidden },
         },
     )?;
     let eval_options = EvalOptions { subset: DRAWN_CLASSES.to_vec(), workers: 0, ..Default::default() };
@@ -343,11 +343,13 @@ pub fn run_demo(options: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoResults
 
 /// Builds a demo's output in a hidden sibling folder of `out` (`build` gets its path) and,
 /// once complete, puts it in place of `out` (an earlier demo is moved aside first, then
-/// deleted); a failed demo leaves `out` as it was and no hidden folder behind.
+/// deleted); a failed demo leaves `out` as it was and no hidden folder behind. The hidden
+/// folders of an earlier demo into `out` that was killed or interrupted are removed first.
 pub fn staged_output<T>(out: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "demo".into());
+    crate::fs::remove_leftovers(parent, &[".tmp-", ".old-"], |stem| stem == name)?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let value = match build(&tmp) {
@@ -571,4 +573,31 @@ fn demo_report(
     sections.push(report::class_legend(&names, &classes::palette(19)));
     sections.push(report::entropy_legend());
     Ok(report::page("advent demo: ADVENT on a synthetic-to-real shift", &sections))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_demos_hidden_folders_are_removed_and_a_running_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("demo");
+        // A process that has ended, and one that runs (the parent of this test process).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let alive = std::os::unix::process::parent_id();
+        let hidden = |marker: &str, pid: u32| dir.path().join(format!(".demo{marker}{pid}"));
+        for path in [hidden(".tmp-", dead), hidden(".old-", dead), hidden(".tmp-", alive)] {
+            std::fs::create_dir_all(path.join("runs")).unwrap();
+        }
+        // Another output's leftovers are not this demo's.
+        std::fs::create_dir_all(dir.path().join(format!(".demo2.tmp-{dead}"))).unwrap();
+        staged_output(&out, |tmp| Ok(std::fs::create_dir_all(tmp)?)).unwrap();
+        assert!(out.is_dir());
+        assert!(!hidden(".tmp-", dead).exists() && !hidden(".old-", dead).exists());
+        assert!(hidden(".tmp-", alive).exists(), "a running demo's folder was removed");
+        assert!(dir.path().join(format!(".demo2.tmp-{dead}")).exists());
+    }
 }

@@ -71,6 +71,37 @@ fn temporary_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{stem}.tmp-{}-{n}{ext}", std::process::id()))
 }
 
+/// Removes the hidden entries of `dir` named `.<stem><marker><pid>`, for each of `markers`
+/// and each `stem` that `owned` accepts, whose process no longer runs: the temporary and
+/// half-deleted outputs of a process that was killed. A live process's are left alone, and so
+/// are this process's own (it has written none yet when it calls this).
+pub(crate) fn remove_leftovers(dir: &Path, markers: &[&str], owned: impl Fn(&str) -> bool) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let pid = markers
+            .iter()
+            .find_map(|marker| name.strip_prefix('.').and_then(|n| n.rsplit_once(marker)))
+            .filter(|(stem, _)| owned(stem))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok());
+        if pid.is_some_and(|p| !process_alive(p)) {
+            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.with_context(|| format!("removing the leftover {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` runs (false for this process).
+fn process_alive(pid: i32) -> bool {
+    if pid == std::process::id() as i32 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Every file under `dir` (with `recursive`, in its subfolders too), following links;
 /// hidden entries (`.name`) skipped; in no particular order.
 ///

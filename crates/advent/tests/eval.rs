@@ -639,6 +639,19 @@ fn a_checkpoint_that_does_not_load_is_named() {
 }
 
 #[test]
+fn a_failed_sweep_leaves_the_rows_after_the_failure_in_scores_csv() {
+    let run = fake_run(8, &[2, 4, 6, 8]);
+    let (first, _) = run_sweep(run.path(), &sweep_options(false)).unwrap();
+    let before = std::fs::read_to_string(&first.csv).unwrap();
+    assert_eq!(before.lines().count(), 5);
+    // Iteration 4's network rewritten with bad bytes: the next sweep evaluates it again, and fails.
+    std::fs::write(run.path().join("checkpoints/iter_000004/model.pth"), b"not a checkpoint").unwrap();
+    let err = format!("{:#}", run_sweep(run.path(), &sweep_options(false)).unwrap_err());
+    assert!(err.contains("iter_000004/model.pth"), "{err}");
+    assert_eq!(std::fs::read_to_string(&first.csv).unwrap(), before, "scores.csv lost rows");
+}
+
+#[test]
 fn an_empty_run_is_an_error() {
     let run = fake_run(4, &[]);
     let err = run_sweep(run.path(), &sweep_options(false)).unwrap_err().to_string();

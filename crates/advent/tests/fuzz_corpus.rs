@@ -71,5 +71,5 @@ fn a_jpeg_that_panics_zune_jpeg_is_an_error() {
     let file = inputs("image").into_iter().find(|p| p.ends_with("jpeg-zune-idct-panic")).unwrap();
     let bytes = std::fs::read(file).unwrap();
     let err = format!("{:#}", advent::image::decode_rgb(&bytes[1..]).unwrap_err());
-    assert!(err.contains("corrupt Jpeg data"), "{err}");
+    assert!(err.contains("corrupt JPEG data"), "{err}");
 }

@@ -51,6 +51,7 @@ pub fn assert_clean_failure(o: &Output, needle: &str) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(1), "expected exit status 1, stderr: {err}");
     assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(!err.contains("frame #"), "libtorch's C++ backtrace: {err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "expected one error line, stderr: {err}");
     assert!(errors[0].contains(needle), "expected `{needle}` in the error line: {err}");

@@ -17,7 +17,19 @@ pub struct FoggyCityscapes {
     pub beta: f64,
 }
 
+/// The densities Foggy Cityscapes was released with.
+pub const BETAS: [f64; 3] = [0.005, 0.01, 0.02];
+
 impl FoggyCityscapes {
+    /// The dataset at `root`; `beta` must be one of [`BETAS`] (its files' names spell it).
+    pub fn new(root: PathBuf, split: String, beta: f64) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            BETAS.contains(&beta),
+            "Foggy Cityscapes' beta (fog density) must be 0.005, 0.01 or 0.02, the released ones; got {beta}"
+        );
+        Ok(FoggyCityscapes { root, split, beta })
+    }
+
     fn suffix(&self) -> String {
         format!("_leftImg8bit_foggy_beta_{}.png", self.beta)
     }

@@ -125,7 +125,7 @@ pub fn decode_label(bytes: &[u8], encoding: LabelEncoding) -> Result<RawLabel, L
         (LabelEncoding::Channel0Of16, C::Indexed, _)
         | (LabelEncoding::Channel0Of16, _, D::Eight)
         | (LabelEncoding::Channel0Of16, _, D::One | D::Two | D::Four) => {
-            return wrong("16-bit SYNTHIA GT/LABELS (class in channel 0)");
+            return wrong("a 16-bit PNG (SYNTHIA GT/LABELS, Cityscapes instanceIds; values in channel 0)");
         }
         (LabelEncoding::Channel0Of16, _, D::Sixteen) => {}
     }

@@ -139,7 +139,7 @@ pub fn layout_of(
         "gta5" => Box::new(gta5::Gta5 { root }),
         "synthia" => Box::new(synthia::Synthia::new(root, synthia_labels)),
         "cityscapes" => Box::new(cityscapes::Cityscapes { root, split }),
-        "foggy-cityscapes" => Box::new(foggy::FoggyCityscapes { root, split, beta: foggy_beta }),
+        "foggy-cityscapes" => Box::new(foggy::FoggyCityscapes::new(root, split, foggy_beta)?),
         "images" => Box::new(images::Images { root }),
         other => bail!("unknown dataset `{other}` (known: {}, synthetic)", FILE_KINDS.join(", ")),
     })

@@ -233,7 +233,25 @@ pub fn read_instance_boxes(path: &Path, opts: &BoxOptions) -> Result<FrameBoxes>
     let Samples::U16(ids) = &label.samples else {
         bail!("reading Cityscapes instance map {}: not a 16-bit PNG", path.display());
     };
+    if let Some(i) = ids.iter().position(|&v| !is_instance_value(v)) {
+        let w = label.width as usize;
+        bail!(
+            "Cityscapes instance map {}: value {} at pixel (x {}, y {}) is neither a label id (0-33) nor \
+             label id x 1000 + instance index",
+            path.display(),
+            ids[i],
+            i % w,
+            i / w
+        );
+    }
     Ok(boxes_from_instance_ids(ids, label.width, label.height, opts))
+}
+
+/// A value an instance map may hold: a Cityscapes label id (0–33), or an instance's
+/// `label_id * 1000 + index`.
+fn is_instance_value(v: u16) -> bool {
+    let label = if v >= 1000 { v / 1000 } else { v };
+    label <= 33
 }
 
 #[cfg(test)]
@@ -263,6 +281,28 @@ mod tests {
             "_leftImg8bit_foggy_beta_0.02.png",
         );
         assert_eq!(p, Path::new("/d/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_instanceIds.png"));
+    }
+
+    #[test]
+    fn values_outside_cityscapes_label_ids_are_refused() {
+        // By hand: label ids 0..=33 alone or times 1000 plus an instance index.
+        for ok in [0, 7, 33, 24000, 26012, 33999] {
+            assert!(is_instance_value(ok), "{ok}");
+        }
+        for bad in [34, 255, 999, 34000, 60001, u16::MAX] {
+            assert!(!is_instance_value(bad), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x_gtFine_instanceIds.png");
+        let mut values = [7u16; 4 * 3];
+        values[5] = 60001;
+        let mut encoder = png::Encoder::new(std::fs::File::create(&path).unwrap(), 4, 3);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        encoder.write_header().unwrap().write_image_data(&bytes).unwrap();
+        let err = format!("{:#}", read_instance_boxes(&path, &BoxOptions::default()).unwrap_err());
+        assert!(err.contains("x_gtFine_instanceIds.png") && err.contains("value 60001 at pixel (x 1, y 1)"), "{err}");
     }
 
     #[test]

@@ -120,7 +120,20 @@ impl DetConfig {
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
         self.method()?;
-        ensure!(self.model.num_classes >= 2, "model.num_classes must be at least 2 (background included)");
+        let classes = super::cityscapes::NUM_CLASSES as i64 + 1;
+        ensure!(
+            self.model.num_classes == classes,
+            "model.num_classes must be {classes}: the background and the {} object classes of every detection \
+             set (Cityscapes' person, rider, car, truck, bus, train, motorcycle, bicycle), got {}",
+            classes - 1,
+            self.model.num_classes
+        );
+        ensure!(
+            t.clip_grad_norm.is_finite() && t.clip_grad_norm >= 0.0,
+            "train.clip_grad_norm must be 0 (off) or a positive norm, got {}",
+            t.clip_grad_norm
+        );
+        crate::config::check_workers(t.workers)?;
         ensure!((1..=64).contains(&self.model.width), "model.width must be in 1..=64, got {}", self.model.width);
         crate::config::check_schedule(t.max_iters, t.early_stop, t.save_every, t.log_every)?;
         ensure!(t.entropy == "all" || t.entropy == "objects", "train.entropy: unknown `{}` (all, objects)", t.entropy);

@@ -105,7 +105,7 @@ impl DetectionSet {
         let (layout, suffix): (Box<dyn Layout>, String) = match dataset {
             "cityscapes" => (Box::new(Cityscapes { root: root_buf, split: split_buf }), IMAGE_SUFFIX.into()),
             "foggy-cityscapes" => (
-                Box::new(FoggyCityscapes { root: root_buf, split: split_buf, beta }),
+                Box::new(FoggyCityscapes::new(root_buf, split_buf, beta)?),
                 format!("_leftImg8bit_foggy_beta_{beta}.png"),
             ),
             other => bail!("detection dataset `{other}`: expected cityscapes or foggy-cityscapes"),

@@ -166,7 +166,11 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
                     run_dir: dir.to_path_buf(),
                     device: options.device,
                     start: Start::New,
-                    progress: options.progress,
+                    progress: if options.progress {
+                        crate::train::Progress::Bar
+                    } else {
+                        crate::train::Progress::Hidden
+                    },
                 },
             )?;
             let ckpt = summary.last_checkpoint.context("the run saved no checkpoint")?;

@@ -82,7 +82,9 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         }
     }
     let (start, source_order, target_order) =
-        resume_point(resume_state.as_ref(), &options.start, method.name(), |ckpt| load_checkpoint(&mut trainer, ckpt))?;
+        resume_point(resume_state.as_ref(), &options.start, method.name(), t.early_stop, |ckpt| {
+            load_checkpoint(&mut trainer, ckpt)
+        })?;
     // On CUDA the batches come in page-locked memory and their copies are queued without
     // waiting (as a segmentation run's), the losses read an iteration later (RunRecord::push).
     let pin = device.is_cuda();

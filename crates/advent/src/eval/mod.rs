@@ -156,7 +156,10 @@ pub fn subset_for(classes: usize, num_classes: usize) -> Result<Vec<usize>> {
             format!("--classes 13 (SYNTHIA's mIoU*) needs a 16-class network; this one has {num_classes} classes")
         }),
         n if n == num_classes => Ok((0..n).collect()),
-        n => bail!("--classes {n} does not fit a network of {num_classes} classes (expected {num_classes} or 13)"),
+        n => {
+            let star = if num_classes == 16 { ", or 13 for SYNTHIA's mIoU*" } else { "" };
+            bail!("--classes {n} does not fit a network of {num_classes} classes (expected {num_classes}{star})")
+        }
     }
 }
 

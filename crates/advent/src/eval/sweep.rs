@@ -257,6 +257,13 @@ pub fn sweep(
         todo.sort_unstable();
         todo.dedup();
         todo.retain(|i| !entries.contains_key(i));
+        // Until a checkpoint is (re-)evaluated, scores.csv keeps its cached result: a pass that
+        // fails half-way leaves the rows after the failure as they were.
+        let mut earlier: BTreeMap<u64, SweepEntry> = todo
+            .iter()
+            .filter_map(|i| cached.get(i).and_then(|p| read_cache(p)).map(|c| (*i, c)))
+            .map(|(iteration, c)| (iteration, SweepEntry { iteration, scores: c.scores, cached: true }))
+            .collect();
         for iteration in todo {
             let entry = match checkpoints.get(&iteration) {
                 Some(dir) => evaluate_checkpoint(iteration, dir, &cache_dir, dataset.clone(), options)?,
@@ -266,8 +273,10 @@ pub fn sweep(
                 },
             };
             entries.insert(iteration, entry);
+            earlier.remove(&iteration);
+            let rows: BTreeMap<u64, &SweepEntry> = earlier.iter().chain(&entries).map(|(i, e)| (*i, e)).collect();
+            write_csv(&csv, &rows.into_values().cloned().collect::<Vec<_>>())?;
             let all: Vec<SweepEntry> = entries.values().cloned().collect();
-            write_csv(&csv, &all)?;
             let best = best_of(&all).expect("one entry at least");
             on_entry(&entries[&iteration], best);
             last_new = Instant::now();

@@ -18,7 +18,7 @@ pub use resize::{resize_bicubic, resize_nearest};
 
 use crate::fs::write_atomic;
 use ::image::codecs::png::PngEncoder;
-use ::image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageReader};
+use ::image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, ImageReader};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Cursor;
 use std::path::Path;
@@ -119,6 +119,54 @@ pub fn check_png_palette(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a JPEG's data runs to its end-of-image marker. The decoder (zune-jpeg) fills
+/// the rest of a truncated image with grey and reports no error, as PIL does only with
+/// `LOAD_TRUNCATED_IMAGES`; here a truncated file is an error, as PIL's default. The markers
+/// are walked from the start: segments by their length (so an EXIF thumbnail's own markers
+/// are skipped), entropy-coded scans to the next marker (in which 0xFF is always followed by
+/// 0x00 or a restart marker); the file must reach the end-of-image marker (bytes after it are
+/// allowed, as some cameras append data there). Anything else is left to the decoder.
+pub fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
+    const SOI: [u8; 2] = [0xFF, 0xD8];
+    if !bytes.starts_with(&SOI) {
+        return Ok(());
+    }
+    let truncated = || anyhow!("truncated JPEG: the data ends before its end-of-image marker ({} bytes)", bytes.len());
+    let mut at = SOI.len();
+    loop {
+        // Bytes before a marker are skipped, as libjpeg does (with a warning) and so PIL.
+        at += bytes[at.min(bytes.len())..].iter().position(|&b| b == 0xFF).ok_or_else(truncated)?;
+        while bytes.get(at) == Some(&0xFF) {
+            at += 1; // a marker and its fill bytes
+        }
+        let marker = *bytes.get(at).ok_or_else(truncated)?;
+        at += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let length = bytes.get(at..at + 2).ok_or_else(truncated)?;
+        at += usize::from(u16::from_be_bytes([length[0], length[1]]));
+        if at > bytes.len() {
+            return Err(truncated());
+        }
+        if marker == 0xDA {
+            // The scan's data, up to the next marker.
+            loop {
+                let ff = bytes[at..].iter().position(|&b| b == 0xFF).ok_or_else(truncated)?;
+                let next = *bytes.get(at + ff + 1).ok_or_else(truncated)?;
+                if next == 0x00 || (0xD0..=0xD7).contains(&next) {
+                    at += ff + 2;
+                } else {
+                    at += ff;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Decodes a PNG or JPEG held in memory, as [`read_rgb`] does.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     if bytes.is_empty() {
@@ -129,9 +177,17 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     let Some(format) = reader.format() else {
         bail!("not an image (neither PNG nor JPEG)");
     };
+    let format = match format {
+        ImageFormat::Png => "PNG",
+        ImageFormat::Jpeg => {
+            check_jpeg_complete(bytes)?;
+            "JPEG"
+        }
+        other => bail!("a {other:?} image: advent reads PNG and JPEG"),
+    };
     let img = catch_decoder_panic(|| reader.decode())
-        .ok_or_else(|| anyhow!("corrupt {format:?} data (the decoder failed on it)"))?
-        .map_err(|e| anyhow!("corrupt or truncated {format:?} data: {e}"))?;
+        .ok_or_else(|| anyhow!("corrupt {format} data (the decoder failed on it)"))?
+        .map_err(|e| anyhow!("corrupt or truncated {format} data: {e}"))?;
     // 16-bit grey with a tRNS chunk is decoded with an alpha channel; PIL keeps it `I;16`.
     let grey16 = png_header(bytes) == Some((0, 16));
     let saturate = |v: u16| v.min(255) as u8;
@@ -239,6 +295,42 @@ fn write_png(path: &Path, width: u32, height: u32, data: &[u8], color: ExtendedC
 #[cfg(test)]
 mod round_trip_tests {
     use super::*;
+
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(width, height, |x, y| {
+            ::image::Rgb([((x * 13) ^ (y * 7)) as u8, (y * 31) as u8, x as u8])
+        });
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(img).write_to(&mut out, ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_jpeg_cut_anywhere_is_refused() {
+        let full = jpeg(96, 64);
+        assert_eq!(full[full.len() - 2..], [0xFF, 0xD9], "the encoder ends with the end-of-image marker");
+        assert_eq!(decode_rgb(&full).unwrap().dimensions(), (96, 64));
+        // The decoder alone takes a file cut in its scan (what the check is for).
+        let cut = &full[..full.len() * 3 / 4];
+        assert!(catch_decoder_panic(|| ImageReader::with_format(Cursor::new(cut), ImageFormat::Jpeg).decode())
+            .unwrap()
+            .is_ok());
+        for n in 1..full.len() {
+            let err = decode_rgb(&full[..n]).map(|_| ()).unwrap_err().to_string();
+            // The first bytes are not enough to tell a JPEG.
+            assert!(n < 4 || err.contains("truncated"), "cut at {n} of {}: {err}", full.len());
+        }
+        // Bytes after the end are allowed; so is an application segment whose payload holds
+        // the bytes of markers (an EXIF thumbnail), which are skipped by its length.
+        let mut trailing = full.clone();
+        trailing.extend_from_slice(b"camera trailer");
+        assert!(decode_rgb(&trailing).is_ok());
+        let mut with_app = full[..2].to_vec();
+        with_app.extend_from_slice(&[0xFF, 0xE1, 0x00, 0x08, 0xFF, 0xD8, 0xFF, 0xD9, 0xFF, 0xDA]);
+        with_app.extend_from_slice(&full[2..]);
+        assert!(check_jpeg_complete(&with_app).is_ok());
+        assert!(check_jpeg_complete(&with_app[..with_app.len() - 2]).is_err());
+    }
 
     #[test]
     fn input_tensor_round_trips() {

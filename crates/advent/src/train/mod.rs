@@ -6,4 +6,6 @@ mod step;
 pub use step::{Detached, DomainDiscriminator, GraphGrads, Losses, Trainer, GRAPH_WARMUP, SOURCE_LABEL, TARGET_LABEL};
 pub(crate) mod run;
 
-pub use run::{checkpoint_model, checkpoints, resolve_resume, run, RunOptions, RunSummary, Start, TrainState};
+pub use run::{
+    checkpoint_model, checkpoints, resolve_resume, run, Progress, RunOptions, RunSummary, Start, TrainState,
+};

@@ -70,7 +70,30 @@ pub struct RunOptions {
     pub run_dir: PathBuf,
     pub device: Device,
     pub start: Start,
-    pub progress: bool,
+    pub progress: Progress,
+}
+
+/// How a run shows its progress on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing (a library caller, the demo's own lines).
+    Hidden,
+    /// A progress bar with the losses (a terminal).
+    Bar,
+    /// A line at every checkpoint (a log file, `nohup`: no bar can be drawn there).
+    Lines,
+}
+
+impl Progress {
+    /// [`Progress::Bar`] if stderr is a terminal, else [`Progress::Lines`].
+    pub fn for_stderr() -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            Progress::Bar
+        } else {
+            Progress::Lines
+        }
+    }
 }
 
 /// What a finished run reports.
@@ -139,6 +162,17 @@ pub(crate) fn read_state(dir: &Path) -> Result<TrainState> {
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let state: TrainState = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     ensure!(state.format == STATE_FORMAT, "{}: unknown format `{}`", path.display(), state.format);
+    // A checkpoint folder is named after its iteration: a state that disagrees would resume
+    // at the wrong place (and overwrite later checkpoints).
+    let folder = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(CHECKPOINT_PREFIX));
+    if let Some(named) = folder.and_then(|n| n.parse::<u64>().ok()) {
+        ensure!(
+            state.iteration == named,
+            "{}: iteration {} in the checkpoint folder of iteration {named}",
+            path.display(),
+            state.iteration
+        );
+    }
     Ok(state)
 }
 
@@ -164,11 +198,13 @@ pub(crate) fn start_state(run_dir: &Path, start: &Start) -> Result<Option<TrainS
 }
 
 /// Where a run starts: after a checkpoint's iteration with its data orders (the state's method
-/// must be `method`; `load` restores the checkpoint's tensors), or at iteration 0.
+/// must be `method`, its iteration before `early_stop`; `load` restores the checkpoint's
+/// tensors), or at iteration 0.
 pub(crate) fn resume_point(
     state: Option<&TrainState>,
     start: &Start,
     method: &str,
+    early_stop: u64,
     load: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<(u64, OrderState, OrderState)> {
     match (state, start) {
@@ -178,6 +214,13 @@ pub(crate) fn resume_point(
                 "{}: the checkpoint was trained with `{}`, the config says `{method}`",
                 ckpt.display(),
                 state.method
+            );
+            ensure!(
+                state.iteration < early_stop,
+                "{}: nothing to train: the checkpoint is of iteration {}, and the run stops at {early_stop} \
+                 (train.early_stop; raise it with --set train.early_stop=N to train on)",
+                ckpt.display(),
+                state.iteration
             );
             load(ckpt)?;
             Ok((state.iteration + 1, state.source_order, state.target_order.unwrap_or_default()))
@@ -217,7 +260,9 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     };
     let method = trainer.method.name();
     let (start, source_order, target_order) =
-        resume_point(resume_state.as_ref(), &options.start, method, |ckpt| load_checkpoint(&mut trainer, ckpt))?;
+        resume_point(resume_state.as_ref(), &options.start, method, t.early_stop, |ckpt| {
+            load_checkpoint(&mut trainer, ckpt)
+        })?;
     let pin = options.device.is_cuda();
     let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, pin);
     let source_set: Arc<dyn Dataset> = dataset::open(&config.dataset_spec(true)).context("source dataset")?;
@@ -286,6 +331,8 @@ pub(crate) struct RunRecord {
     bar: ProgressBar,
     /// The progress bar's message for a logged row.
     message: fn(&[(String, f32)]) -> String,
+    /// [`Progress::Lines`]: the line's prefix (the bar's).
+    lines: Option<String>,
     first_iteration: u64,
     last_losses: Vec<(String, f32)>,
     last_checkpoint: Option<PathBuf>,
@@ -315,7 +362,8 @@ impl RunRecord {
         if let Some(board) = board.as_mut().filter(|_| options.start != Start::New) {
             board.session_start(start as i64)?;
         }
-        let bar = progress_bar(options.progress, start, schedule.early_stop, prefix);
+        let lines = (options.progress == Progress::Lines).then(|| prefix.clone());
+        let bar = progress_bar(options.progress == Progress::Bar, start, schedule.early_stop, prefix);
         Ok(RunRecord {
             run_dir: run_dir.clone(),
             schedule,
@@ -323,6 +371,7 @@ impl RunRecord {
             board,
             bar,
             message,
+            lines,
             first_iteration: start,
             last_losses: Vec::new(),
             last_checkpoint: None,
@@ -363,10 +412,38 @@ impl RunRecord {
     }
 
     /// Writes the checkpoint of `state` with `files` (see [`write_checkpoint`]), the metrics
-    /// up to it synced to disk first, and keeps the newest `keep` checkpoints (0: all).
+    /// up to it synced to disk first, and keeps the newest `keep` checkpoints (0: all). Weights
+    /// that hold a NaN or an infinity (a run diverging before its losses show it) stop the
+    /// run instead: such a checkpoint could not be resumed or evaluated, and pruning would
+    /// delete good ones for it.
     pub(crate) fn checkpoint(&mut self, state: &TrainState, files: &[(&str, StateDict)], keep: usize) -> Result<()> {
+        for (file, dict) in files {
+            for (key, t) in dict.iter() {
+                if t.is_floating_point() && t.f_isfinite()?.f_all()?.int64_value(&[]) == 0 {
+                    let last = checkpoints(&self.run_dir)?.pop();
+                    bail!(
+                        "iteration {}: `{key}` of {file} holds NaN or infinite values; training stopped without \
+                         writing its checkpoint{}",
+                        state.iteration,
+                        last.map(|(_, p)| format!(" (the last one is {})", p.display())).unwrap_or_default()
+                    );
+                }
+            }
+        }
         self.metrics.sync()?;
-        self.last_checkpoint = Some(write_checkpoint(&self.run_dir, state, files)?);
+        let written = write_checkpoint(&self.run_dir, state, files)?;
+        if let Some(prefix) = &self.lines {
+            let done = state.iteration + 1 - self.first_iteration;
+            eprintln!(
+                "{prefix} iteration {}/{}, {:.2} it/s, {}; checkpoint {}",
+                state.iteration,
+                self.schedule.early_stop,
+                done as f64 / self.began.elapsed().as_secs_f64().max(1e-9),
+                (self.message)(&self.last_losses),
+                written.display()
+            );
+        }
+        self.last_checkpoint = Some(written);
         prune_checkpoints(&self.run_dir, keep)
     }
 
@@ -652,28 +729,7 @@ fn discard(dir: &Path) -> Result<()> {
 /// Removes the hidden checkpoint folders that processes which no longer run left behind
 /// (killed while writing or deleting one). A live process's folders are left alone.
 fn remove_leftovers(run_dir: &Path) -> Result<()> {
-    let dir = run_dir.join("checkpoints");
-    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let pid = [TEMPORARY, DISCARDED]
-            .iter()
-            .find_map(|marker| name.strip_prefix('.').and_then(|n| n.rsplit_once(marker)))
-            .and_then(|(_, pid)| pid.parse::<i32>().ok());
-        if pid.is_some_and(|p| !process_alive(p)) {
-            fs::remove_dir_all(&path).with_context(|| format!("removing the leftover {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-fn process_alive(pid: i32) -> bool {
-    if pid == std::process::id() as i32 {
-        return false; // our own leftovers are from before: this process writes none yet
-    }
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    crate::fs::remove_leftovers(&run_dir.join("checkpoints"), &[TEMPORARY, DISCARDED], |_| true)
 }
 
 #[cfg(test)]
@@ -722,8 +778,12 @@ mod tests {
     }
 
     fn record(dir: &Path, schedule: Schedule) -> RunRecord {
-        let options =
-            RunOptions { run_dir: dir.to_path_buf(), device: Device::Cpu, start: Start::New, progress: false };
+        let options = RunOptions {
+            run_dir: dir.to_path_buf(),
+            device: Device::Cpu,
+            start: Start::New,
+            progress: Progress::Hidden,
+        };
         RunRecord::open(&options, "", 0, schedule, false, "test".into(), |_| String::new()).unwrap()
     }
 
