@@ -262,14 +262,21 @@ mod tests {
         assert_eq!(classes.into_iter().collect::<Vec<_>>(), [1, 3]);
     }
 
+    const VAL_FRAME: &str = "frankfurt/frankfurt_000000_000294_leftImg8bit.png";
+
+    /// A Cityscapes root holding the real val frame's image alone (no gtFine/).
+    fn val_image_alone(root: &Path) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("leftImg8bit/val");
+        std::fs::create_dir_all(images.join("frankfurt")).unwrap();
+        std::fs::copy(root.join("leftImg8bit/val").join(VAL_FRAME), images.join(VAL_FRAME)).unwrap();
+        dir
+    }
+
     #[test]
     fn a_missing_instance_map_is_named() {
         let Some(root) = mini() else { return };
-        let dir = tempfile::tempdir().unwrap();
-        let frame = "frankfurt/frankfurt_000000_000294_leftImg8bit.png";
-        std::fs::create_dir_all(dir.path().join("leftImg8bit/val/frankfurt")).unwrap();
-        std::fs::copy(root.join("leftImg8bit/val").join(frame), dir.path().join("leftImg8bit/val").join(frame))
-            .unwrap();
+        let dir = val_image_alone(&root);
         let set = DetectionSet::open("cityscapes", dir.path(), "val", 0.02, None, 300, BoxOptions::default()).unwrap();
         let err = format!("{:#}", set.get(0).unwrap_err());
         assert!(err.contains("frankfurt_000000_000294_gtFine_instanceIds.png"), "{err}");
@@ -278,11 +285,7 @@ mod tests {
     #[test]
     fn a_set_without_boxes_needs_no_instance_maps() {
         let Some(root) = mini() else { return };
-        let dir = tempfile::tempdir().unwrap();
-        let frame = "frankfurt/frankfurt_000000_000294_leftImg8bit.png";
-        std::fs::create_dir_all(dir.path().join("leftImg8bit/val/frankfurt")).unwrap();
-        std::fs::copy(root.join("leftImg8bit/val").join(frame), dir.path().join("leftImg8bit/val").join(frame))
-            .unwrap();
+        let dir = val_image_alone(&root);
         let set = DetectionSet::open("cityscapes", dir.path(), "val", 0.02, None, 300, BoxOptions::default())
             .unwrap()
             .without_boxes();
@@ -290,7 +293,7 @@ mod tests {
         assert!(raw.frame.objects.is_empty() && raw.frame.ignored.is_empty());
         // The same image as the labelled set reads, whose frame has objects.
         let labelled = DetectionSet::open("cityscapes", &root, "val", 0.02, None, 300, BoxOptions::default()).unwrap();
-        let i = (0..labelled.len()).find(|&i| labelled.names[i] == frame).unwrap();
+        let i = (0..labelled.len()).find(|&i| labelled.names[i] == VAL_FRAME).unwrap();
         let boxed = labelled.raw(i).unwrap();
         assert!(!boxed.frame.objects.is_empty(), "the val frame has objects");
         assert_eq!((raw.frame.width, raw.frame.height), (boxed.frame.width, boxed.frame.height));
