@@ -8,8 +8,8 @@ pub use advent::device::parse as parse_device;
 /// beyond, the buffers of one image alone would not fit in memory.
 pub const MAX_SIDE: u32 = 16384;
 
-/// The most threads a thread-count argument takes.
-pub const MAX_THREADS: u64 = 256;
+/// The most threads a thread-count argument takes (as `train.workers`).
+pub const MAX_THREADS: u64 = advent::config::MAX_WORKERS as u64;
 
 /// `WxH`, e.g. `1024x512`, each side 1 to [`MAX_SIDE`].
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {

@@ -73,8 +73,9 @@ fn temporary_sibling(path: &Path) -> PathBuf {
 
 /// Removes the hidden entries of `dir` named `.<stem><marker><pid>`, for each of `markers`
 /// and each `stem` that `owned` accepts, whose process no longer runs: the temporary and
-/// half-deleted outputs of a process that was killed. A live process's are left alone, and so
-/// are this process's own (it has written none yet when it calls this).
+/// half-deleted outputs of a process that was killed. A live process's are left alone; this
+/// process's own count as leftovers (an earlier process had its id: this one has written none
+/// yet when it calls this).
 pub(crate) fn remove_leftovers(dir: &Path, markers: &[&str], owned: impl Fn(&str) -> bool) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
