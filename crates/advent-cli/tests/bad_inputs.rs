@@ -855,7 +855,7 @@ fn resume_and_report_leave_a_run_alone_on_bad_checkpoints() {
     let what = "resume, state.json of another iteration";
     cases.push(case(what, &resume(&broken, &[]), "iteration 1 in the checkpoint folder of iteration 2").keep(&broken));
     let broken = copy(&|_| {});
-    let finished = args(&["train", "--resume", s(&broken)], &[]);
+    let finished = args(&["train", "--resume", s(&broken), "--set", "train.early_stop=1"], &[]);
     cases.push(case("resume, a finished run", &finished, "nothing to train").keep(&broken));
     let broken = copy(&|r| write(&r.join(ckpt).join("state.json"), b"{\"iteration\": "));
     let what = "resume, truncated state.json";

@@ -215,8 +215,10 @@ pub(crate) fn resume_point(
                 ckpt.display(),
                 state.method
             );
+            // A checkpoint at early_stop is a complete run: resuming it (after a kill that
+            // landed once its last checkpoint was written) trains nothing and succeeds.
             ensure!(
-                state.iteration < early_stop,
+                state.iteration <= early_stop,
                 "{}: nothing to train: the checkpoint is of iteration {}, and the run stops at {early_stop} \
                  (train.early_stop; raise it with --set train.early_stop=N to train on)",
                 ckpt.display(),
