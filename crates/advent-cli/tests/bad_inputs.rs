@@ -873,13 +873,23 @@ fn resume_and_report_leave_a_run_alone_on_bad_checkpoints() {
     });
     cases.push(case("resume, unknown key in config.toml", &resume(&broken, &[]), "train.learning_rat").keep(&broken));
     cases.push(case("report, unknown key in config.toml", &report(&broken), "train.learning_rat").keep(&broken));
-    let broken = copy(&|r| {
+    // Half a row at the end is what a kill leaves: the report shows the rows before it.
+    let torn = copy(&|r| {
         let mut text = std::fs::read(r.join("metrics.jsonl")).unwrap();
         text.extend_from_slice(b"{\"iter\": 3, \"loss_seg");
         write(&r.join("metrics.jsonl"), &text);
     });
+    assert_success(&advent(&["report", s(&torn), "--samples", "1"]));
+    // A damaged line before others is refused by the report and by a resume (which would
+    // otherwise drop that iteration's losses without a word).
+    let broken = copy(&|r| {
+        let text = std::fs::read_to_string(r.join("metrics.jsonl")).unwrap();
+        let (first, rest) = text.split_once('\n').unwrap();
+        write(&r.join("metrics.jsonl"), format!("{first}\n{{\"iter\": 1, \"loss_se\n{rest}").as_bytes());
+    });
     let metrics = broken.join("metrics.jsonl");
-    cases.push(case("report, truncated metrics.jsonl", &report(&broken), s(&metrics)).and("line 4").keep(&broken));
+    cases.push(case("report, damaged metrics.jsonl", &report(&broken), s(&metrics)).and("line 2").keep(&broken));
+    cases.push(case("resume, damaged metrics.jsonl", &resume(&broken, &[]), s(&metrics)).and("line 2").keep(&broken));
     let nowhere = d.join("nowhere");
     cases.push(case("resume, missing run", &resume(&nowhere, &[]), s(&nowhere)));
     cases.push(case("report, missing run", &report(&nowhere), s(&nowhere)));

@@ -10,6 +10,7 @@ use crate::dataset;
 use crate::image::{colormap, from_input_tensor, IMG_MEAN_BGR};
 use crate::model::SegModel;
 use crate::predict::{predict, PredictOptions};
+use crate::train::run::read_metrics_rows;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,19 +18,11 @@ use tch::Device;
 
 /// Per-iteration values of `metrics.jsonl`: name → (iteration, value).
 pub fn read_metrics(run_dir: &Path) -> Result<BTreeMap<String, Vec<(f64, f64)>>> {
-    let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {} is not a JSON object", path.display(), n + 1))?;
-        let iter = row
-            .get("iter")
-            .and_then(|v| v.as_f64())
-            .with_context(|| format!("{}: line {} has no iter", path.display(), n + 1))?;
-        for (k, v) in &row {
+    for row in read_metrics_rows(&run_dir.join("metrics.jsonl"))? {
+        for (k, v) in &row.values {
             if let (true, Some(v)) = (k != "iter", v.as_f64()) {
-                out.entry(k.clone()).or_default().push((iter, v));
+                out.entry(k.clone()).or_default().push((row.iter as f64, v));
             }
         }
     }

@@ -27,7 +27,7 @@ use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -358,8 +358,9 @@ impl RunRecord {
         let run_dir = &options.run_dir;
         fs::create_dir_all(run_dir.join("checkpoints")).with_context(|| format!("creating {}", run_dir.display()))?;
         remove_leftovers(run_dir)?;
-        crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())?;
+        // First, as a damaged log refuses a resume that should then leave the folder alone.
         let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
+        crate::fs::write_bytes_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())?;
         let mut board = if tensorboard { Some(EventWriter::create(&run_dir.join("tensorboard"))?) } else { None };
         if let Some(board) = board.as_mut().filter(|_| options.start != Start::New) {
             board.session_start(start as i64)?;
@@ -524,6 +525,39 @@ pub(crate) struct MetricsLog {
     pending: Vec<PendingRow>,
 }
 
+/// One line of `metrics.jsonl`.
+pub(crate) struct LoggedRow {
+    pub(crate) iter: u64,
+    pub(crate) line: String,
+    pub(crate) values: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads `metrics.jsonl`. A last line without its newline that does not parse is the half
+/// of a row a killed process was writing, and is left out; any other line that is not a
+/// row with an iteration is an error naming the file and the line.
+pub(crate) fn read_metrics_rows(path: &Path) -> Result<Vec<LoggedRow>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let torn = !text.is_empty() && !text.ends_with('\n');
+    let count = text.lines().count();
+    let mut rows = Vec::with_capacity(count);
+    for (n, line) in text.lines().enumerate() {
+        let row = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
+            .ok()
+            .and_then(|values| Some(LoggedRow { iter: values.get("iter")?.as_u64()?, line: line.to_string(), values }));
+        match row {
+            Some(row) => rows.push(row),
+            None if torn && n + 1 == count => {}
+            None => bail!(
+                "{}: line {} is not a row of training metrics (a JSON object with an \"iter\"); \
+                 the file is damaged: delete or repair that line (checkpoints do not depend on it)",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(rows)
+}
+
 /// An iteration's row whose losses are on their way to the host.
 struct PendingRow {
     iter: u64,
@@ -539,13 +573,10 @@ impl MetricsLog {
     /// iterations (those after the checkpoint a run resumes from).
     pub(crate) fn open(path: &Path, start: u64) -> Result<Self> {
         if path.exists() {
-            let reader = BufReader::new(File::open(path).with_context(|| format!("reading {}", path.display()))?);
             let mut kept = String::new();
-            for line in reader.lines() {
-                let line = line.with_context(|| format!("reading {}", path.display()))?;
-                let iter = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v["iter"].as_u64());
-                if iter.is_some_and(|i| i < start) {
-                    kept.push_str(&line);
+            for row in read_metrics_rows(path)? {
+                if row.iter < start {
+                    kept.push_str(&row.line);
                     kept.push('\n');
                 }
             }
@@ -839,5 +870,27 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3);
         assert!(text.lines().last().unwrap().starts_with(r#"{"iter":2,"#));
+    }
+
+    /// A kill can leave half a row at the end (no newline): resuming drops it. A damaged
+    /// line elsewhere is refused with its number, not silently dropped with the losses.
+    #[test]
+    fn reopening_drops_a_torn_last_row_and_refuses_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let row = |i: u64| format!("{{\"iter\":{i},\"loss_seg_src_main\":1.0,\"lr\":0.1}}\n");
+        std::fs::write(&path, format!("{}{}{{\"iter\":2,\"loss_seg", row(0), row(1))).unwrap();
+        MetricsLog::open(&path, 5).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}{}", row(0), row(1)));
+
+        let damaged = format!("{}{{\"iter\":1,\"loss_seg\n{}", row(0), row(2));
+        std::fs::write(&path, &damaged).unwrap();
+        let err = MetricsLog::open(&path, 5).err().unwrap().to_string();
+        assert!(err.contains("metrics.jsonl: line 2 is not a row of training metrics"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged, "the log is left as it was");
+        // A complete last line that is damaged is not half a row: refused as well.
+        std::fs::write(&path, format!("{}[1, 2]\n", row(0))).unwrap();
+        let err = MetricsLog::open(&path, 5).err().unwrap().to_string();
+        assert!(err.contains("line 2 is not a row"), "{err}");
     }
 }
