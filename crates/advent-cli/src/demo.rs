@@ -114,7 +114,10 @@ pub struct ReportArgs {
 
 pub fn report(a: ReportArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let path = advent::report::run::write_run_report(&a.run, device, a.samples)?;
-    eprintln!("wrote {}", path.display());
+    let report = advent::report::run::write_run_report(&a.run, device, a.samples)?;
+    if let Some(why) = &report.samples_left_out {
+        eprintln!("note: no sample images in the report: {why}");
+    }
+    eprintln!("wrote {}", report.path.display());
     Ok(())
 }

@@ -890,6 +890,28 @@ fn resume_and_report_leave_a_run_alone_on_bad_checkpoints() {
     let metrics = broken.join("metrics.jsonl");
     cases.push(case("report, damaged metrics.jsonl", &report(&broken), s(&metrics)).and("line 2").keep(&broken));
     cases.push(case("resume, damaged metrics.jsonl", &resume(&broken, &[]), s(&metrics)).and("line 2").keep(&broken));
+    // The run's target an image folder: one that is not on this machine leaves the samples
+    // out (said on stderr); an image of it that does not decode is an error.
+    let retarget = |r: &Path, root: &Path| {
+        let text = std::fs::read_to_string(r.join("config.toml")).unwrap();
+        let from = "[target]\ndataset = \"synthetic\"\nroot = \"data/Cityscapes\"";
+        assert!(text.contains(from), "{text}");
+        let to = format!("[target]\ndataset = \"images\"\nroot = {:?}", s(root));
+        write(&r.join("config.toml"), text.replace(from, &to).as_bytes());
+    };
+    let images = d.join("target-images");
+    write(&images.join("a.png"), &truncated(&picture(ImageFormat::Png)));
+    let broken = copy(&|r| retarget(r, &images));
+    let what = "report, truncated target image";
+    cases.push(case(what, &report(&broken), s(&images.join("a.png"))).keep(&broken));
+    let absent = copy(&|r| retarget(r, &d.join("not-here")));
+    let o = advent(&["report", s(&absent), "--samples", "1"]);
+    assert_success(&o);
+    assert!(
+        stderr(&o).contains("note: no sample images in the report") && stderr(&o).contains("not-here"),
+        "{}",
+        stderr(&o)
+    );
     let nowhere = d.join("nowhere");
     cases.push(case("resume, missing run", &resume(&nowhere, &[]), s(&nowhere)));
     cases.push(case("report, missing run", &report(&nowhere), s(&nowhere)));

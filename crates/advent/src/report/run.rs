@@ -13,7 +13,7 @@ use crate::predict::{predict, PredictOptions};
 use crate::train::run::read_metrics_rows;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Device;
 
 /// Per-iteration values of `metrics.jsonl`: name → (iteration, value).
@@ -142,8 +142,19 @@ pub fn grid(headers: &[String], rows: &[Vec<String>]) -> String {
     html
 }
 
-/// Writes `<run>/report.html` and returns its path.
-pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Result<std::path::PathBuf> {
+/// What [`write_run_report`] wrote.
+pub struct RunReport {
+    /// `<run>/report.html`.
+    pub path: PathBuf,
+    /// Why the sample images are left out, when the run's target dataset could not be
+    /// opened (not on this machine, say).
+    pub samples_left_out: Option<String>,
+}
+
+/// Writes `<run>/report.html`. A target dataset that cannot be opened leaves the sample
+/// images out (said in the report and in the result); an image of it that cannot be read is
+/// an error, and the earlier report is left as it was.
+pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Result<RunReport> {
     let config = Config::load(&run_dir.join("config.toml"), &[])?;
     let metrics = read_metrics(run_dir)?;
     let t = &config.train;
@@ -173,30 +184,34 @@ pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Resul
         sections.push(line_chart("mIoU (%) by evaluation protocol", "iteration", &series, 560, 300));
     }
     let checkpoints = crate::train::checkpoints(run_dir)?;
+    let mut samples_left_out = None;
     if let Some((iter, ckpt)) = checkpoints.last() {
         // A checkpoint that does not load is an error; a target dataset that is not on this
         // machine only leaves the sample images out.
         let model = crate::train::checkpoint_model(ckpt, device)?;
         sections.push(format!("<h2>Predictions of the checkpoint of iteration {iter}</h2>"));
-        match samples_section(&config, &model, samples) {
-            Ok(html) => sections.push(html),
-            Err(e) => sections.push(format!(r#"<p class="note">No sample images: {}</p>"#, escape(&format!("{e:#}")))),
+        let mut spec = config.dataset_spec(false);
+        spec.labels = dataset::is_synthetic(&spec.kind);
+        match dataset::open(&spec).context("the run's target dataset") {
+            Ok(set) => sections.push(samples_section(set.as_ref(), spec.labels, &model, samples)?),
+            Err(e) => {
+                let why = format!("{e:#}");
+                sections.push(format!(r#"<p class="note">No sample images: {}</p>"#, escape(&why)));
+                samples_left_out = Some(why);
+            }
         }
     }
     let html = page(&format!("advent run {}", config.name), &sections);
     let path = run_dir.join("report.html");
     crate::fs::write_bytes_atomic(&path, html.as_bytes())?;
-    Ok(path)
+    Ok(RunReport { path, samples_left_out })
 }
 
-fn samples_section(config: &Config, model: &SegModel, count: usize) -> Result<String> {
-    let mut spec = config.dataset_spec(false);
-    spec.labels = dataset::is_synthetic(&spec.kind);
-    let set = dataset::open(&spec).context("the run's target dataset")?;
+fn samples_section(set: &dyn dataset::Dataset, labels: bool, model: &SegModel, count: usize) -> Result<String> {
     let n = count.min(set.len());
     let headers: Vec<String> = ["target image"]
         .into_iter()
-        .chain(spec.labels.then_some("ground truth"))
+        .chain(labels.then_some("ground truth"))
         .chain(["prediction", "entropy"])
         .map(String::from)
         .collect();
