@@ -1,5 +1,6 @@
 //! `advent checkpoint info|convert`.
 
+use advent::detect::ssd::{Ssd, FULL_WIDTH};
 use advent::model::{ModelConfig, SegModel};
 use advent::weights;
 use anyhow::Result;
@@ -33,6 +34,17 @@ pub fn run(command: Command) -> Result<()> {
                         c.num_classes,
                         if c.multi_level { "multi-level (aux head on layer3)" } else { "single-level" },
                         trainable
+                    );
+                }
+                Err(_) if Ssd::shape_of(&dict).is_some() => {
+                    let (num_classes, width) = Ssd::shape_of(&dict).expect("checked");
+                    let ssd = Ssd::with_width(num_classes, width, tch::Device::Cpu)?;
+                    let trainable: i64 = ssd.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+                    let vgg =
+                        if width == FULL_WIDTH { "VGG-16".to_string() } else { format!("VGG-16 at width {width}") };
+                    println!(
+                        "network: SSD-300 detector on {vgg}, {num_classes} classes (the background included), \
+                         {trainable} trainable parameters"
                     );
                 }
                 Err(e) => println!("network: not recognised ({e:#})"),

@@ -100,7 +100,8 @@ pub fn run(c: Command) -> Result<()> {
 fn train(a: crate::train::Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     crate::train::emulate_tf32(a.emulate_tf32, device)?;
-    let (config, run_dir, start) = crate::train::resolve(&a, DetConfig::load, |c| c.name.clone())?;
+    let (config, run_dir, start) =
+        crate::train::resolve(&a, advent::train::Task::Detection, DetConfig::load, |c| c.name.clone())?;
     let options = RunOptions { run_dir, device, start, progress: advent::train::Progress::for_stderr() };
     let summary = advent::detect::run::run(&config, options)?;
     crate::train::report(&summary);

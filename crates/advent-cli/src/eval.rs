@@ -262,6 +262,7 @@ fn eval_options(a: &Args, subset: Vec<usize>, save_predictions: Option<PathBuf>)
 fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
     ensure!(a.poll > 0.0 && a.poll <= 3600.0, "--poll must be a number of seconds above 0 and at most 3600");
     ensure!(run_dir.is_dir(), "no run folder {}", run_dir.display());
+    advent::train::check_run_task(run_dir, advent::train::Task::Segmentation, "advent eval --sweep")?;
     let num_classes = run_num_classes(run_dir)?;
     let classes = classes(a, num_classes);
     let subset = subset_for(classes, num_classes)?;

@@ -48,7 +48,7 @@ pub fn emulate_tf32(on: bool, device: tch::Device) -> Result<()> {
 pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     emulate_tf32(a.emulate_tf32, device)?;
-    let (config, run_dir, start) = resolve(&a, Config::load, |c| c.name.clone())?;
+    let (config, run_dir, start) = resolve(&a, train::Task::Segmentation, Config::load, |c| c.name.clone())?;
     let summary = train::run(&config, RunOptions { run_dir, device, start, progress: Progress::for_stderr() })?;
     report(&summary);
     Ok(())
@@ -59,6 +59,7 @@ pub fn run(a: Args) -> Result<()> {
 /// config.toml, with `--set` applied). `load` reads a configuration file with overrides.
 pub fn resolve<C>(
     a: &Args,
+    task: train::Task,
     load: impl Fn(&Path, &[String]) -> Result<C>,
     name: impl Fn(&C) -> String,
 ) -> Result<(C, PathBuf, Start)> {
@@ -71,6 +72,11 @@ pub fn resolve<C>(
                 bail!("--resume writes into the run's own folder: drop --run-dir");
             }
             let (run_dir, start) = train::resolve_resume(path)?;
+            let command = match task {
+                train::Task::Segmentation => "advent train --resume",
+                train::Task::Detection => "advent detect train --resume",
+            };
+            train::check_run_task(&run_dir, task, command)?;
             let config = load(&run_dir.join("config.toml"), &a.overrides)?;
             (config, run_dir, start)
         }

@@ -12,7 +12,9 @@
 
 mod common;
 
-use common::{advent, assert_clean_failure, assert_success, s, snapshot, stderr, stdout, tiny_config};
+use common::{
+    advent, assert_clean_failure, assert_success, s, snapshot, stderr, stdout, tiny_config, tiny_config_with,
+};
 
 use advent::model::{Arch, AsppSum, Discriminator, ModelConfig, SegModel};
 use advent::weights::{self, StateDict};
@@ -915,6 +917,86 @@ fn resume_and_report_leave_a_run_alone_on_bad_checkpoints() {
     let nowhere = d.join("nowhere");
     cases.push(case("resume, missing run", &resume(&nowhere, &[]), s(&nowhere)));
     cases.push(case("report, missing run", &report(&nowhere), s(&nowhere)));
+    run_all(cases);
+}
+
+/// A segmentation run or checkpoint given to a detection command, or the other way round,
+/// is refused with the commands that take it (they failed on an unknown config key, a class
+/// count, or keys "not recognised").
+#[test]
+fn each_task_refuses_the_other_tasks_runs_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (seg, det) = (d.join("seg"), d.join("det"));
+    let config = tiny_config_with(d, "source_only", &[("early_stop", "1"), ("save_every", "1")]);
+    assert_success(&advent(&["train", "--config", s(&config), "--run-dir", s(&seg)]));
+    let det_config = d.join("det.toml");
+    write(
+        &det_config,
+        b"[model]\nwidth = 8\n[source]\ndataset = \"synthetic\"\nbatch_size = 1\n[target]\ndataset = \"synthetic\"\n\
+          batch_size = 1\n[synthetic]\nlen = 2\n[train]\nmethod = \"source_only\"\nearly_stop = 1\nsave_every = 1\n\
+          workers = 1\n",
+    );
+    assert_success(&advent(&["detect", "train", "--config", s(&det_config), "--run-dir", s(&det)]));
+    let seg_model = seg.join("checkpoints/iter_000001/model.pth");
+    let det_model = det.join("checkpoints/iter_000001/model.pth");
+    let o = advent(&["checkpoint", "info", s(&det_model)]);
+    assert_success(&o);
+    let info = stdout(&o);
+    assert!(info.contains("network: SSD-300 detector on VGG-16 at width 8, 9 classes"), "{info}");
+
+    let images = d.join("images");
+    write(&images.join("a.png"), &picture(ImageFormat::Png));
+    let out = d.join("out");
+    let mini = d.join("mini");
+    cityscapes(&mini);
+    let detection = "a detection run (made by `advent detect train`)";
+    let segmentation = "a segmentation run (made by `advent train`)";
+    let ssd = "the keys are an SSD detector's";
+    let deeplab = "its keys are a DeepLab-V2 segmentation network's";
+    let cases = vec![
+        case("train --resume, a detection run", &["train", "--resume", s(&det)], detection).keep(&det),
+        case("report, a detection run", &["report", s(&det)], detection).keep(&det),
+        case(
+            "eval --sweep, a detection run",
+            &["eval", "--sweep", s(&det), "--dataset", "cityscapes", "--root", s(&mini), "--split", "val"],
+            detection,
+        )
+        .keep(&det),
+        case("detect train --resume, a segmentation run", &["detect", "train", "--resume", s(&seg)], segmentation)
+            .keep(&seg),
+        case(
+            "predict, an SSD checkpoint",
+            &["predict", "--checkpoint", s(&det_model), "--input", s(&images), "--output", s(&out)],
+            ssd,
+        ),
+        case(
+            "eval, an SSD checkpoint",
+            &["eval", "--checkpoint", s(&det_model), "--dataset", "cityscapes", "--root", s(&mini), "--split", "val"],
+            ssd,
+        ),
+        case(
+            "detect predict, a DeepLab checkpoint",
+            &["detect", "predict", "--checkpoint", s(&seg_model), "--input", s(&images), "--output", s(&out)],
+            deeplab,
+        ),
+        case(
+            "detect eval, a DeepLab checkpoint",
+            &[
+                "detect",
+                "eval",
+                "--checkpoint",
+                s(&seg_model),
+                "--dataset",
+                "cityscapes",
+                "--root",
+                s(&mini),
+                "--split",
+                "val",
+            ],
+            deeplab,
+        ),
+    ];
     run_all(cases);
 }
 

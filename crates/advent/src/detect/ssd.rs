@@ -19,7 +19,7 @@
 
 use crate::model::layers::{Conv2d, ConvInit, ConvSpec};
 use crate::weights::StateDict;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tch::nn::{Init, Path, VarStore};
 use tch::{Device, Kind, Tensor};
 
@@ -190,18 +190,29 @@ impl Ssd {
         Ok(scaled.f_mul(&self.l2norm.f_reshape([1, -1, 1, 1])?)?)
     }
 
+    /// The class count (background included) and VGG width of an SSD state dict, from
+    /// `conf.0.weight` and `vgg.0.weight`; `None` if it has no `conf.0.weight`.
+    pub fn shape_of(dict: &crate::weights::StateDict) -> Option<(i64, i64)> {
+        let conf0 = dict.get("conf.0.weight").map(|t| t.size()).filter(|s| !s.is_empty())?;
+        Some((conf0[0] / BOXES_PER_CELL[0], dict.get("vgg.0.weight").map_or(FULL_WIDTH, |t| t.size()[0])))
+    }
+
     /// Builds the network a checkpoint (ours or ssd.pytorch's `state_dict()`) describes — the
     /// class count from `conf.0.weight` — and loads it: every key must be there with its
     /// shape, and no value NaN or infinite (the errors name the file and the keys).
     pub fn from_checkpoint(path: &std::path::Path, device: Device) -> Result<Self> {
         let dict = crate::weights::load(path)?;
         let context = || format!("loading {}", path.display());
-        let conf0 = dict
-            .get("conf.0.weight")
-            .map(|t| t.size())
-            .with_context(|| format!("{}: not an SSD checkpoint (no `conf.0.weight`)", path.display()))?;
-        let num_classes = conf0[0] / BOXES_PER_CELL[0];
-        let width = dict.get("vgg.0.weight").map_or(FULL_WIDTH, |t| t.size()[0]);
+        let Some((num_classes, width)) = Self::shape_of(&dict) else {
+            let segmentation = ["layer4.0.conv1.weight", "layer6.conv2d_list.0.weight", "features.0.weight"];
+            let hint = match segmentation.iter().any(|k| dict.contains(k)) {
+                true => {
+                    ": its keys are a DeepLab-V2 segmentation network's (`advent eval` and `advent predict` take it)"
+                }
+                false => "",
+            };
+            bail!("{}: not an SSD checkpoint (no `conf.0.weight`){hint}", path.display());
+        };
         let ssd = Ssd::with_width(num_classes, width, device).with_context(context)?;
         crate::model::load_into(&ssd.vs, dict, crate::model::LoadOptions::default()).with_context(context)?;
         Ok(ssd)

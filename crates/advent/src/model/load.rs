@@ -215,6 +215,11 @@ pub(crate) fn detect_config(dict: &StateDict) -> Result<ModelConfig> {
                  ResNet-101 (23, 64), ResNet-50 (6, 64), tiny (1, 16)"
             ),
         }
+    } else if dict.contains("conf.0.weight") && dict.contains("L2Norm.weight") {
+        bail!(
+            "the keys are an SSD detector's, not a DeepLab-V2 network's \
+             (`advent detect eval` and `advent detect predict` take it)"
+        )
     } else {
         bail!(
             "the keys are not those of a DeepLab-V2 network (no `layer4.*` nor `features.*`; first keys: {})",

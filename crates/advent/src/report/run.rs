@@ -155,6 +155,7 @@ pub struct RunReport {
 /// images out (said in the report and in the result); an image of it that cannot be read is
 /// an error, and the earlier report is left as it was.
 pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Result<RunReport> {
+    crate::train::check_run_task(run_dir, crate::train::Task::Segmentation, "advent report")?;
     let config = Config::load(&run_dir.join("config.toml"), &[])?;
     let metrics = read_metrics(run_dir)?;
     let t = &config.train;

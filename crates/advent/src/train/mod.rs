@@ -7,5 +7,6 @@ pub use step::{Detached, DomainDiscriminator, GraphGrads, Losses, Trainer, GRAPH
 pub(crate) mod run;
 
 pub use run::{
-    checkpoint_model, checkpoints, resolve_resume, run, Progress, RunOptions, RunSummary, Start, TrainState,
+    check_run_task, checkpoint_model, checkpoints, resolve_resume, run, run_task, Progress, RunOptions, RunSummary,
+    Start, Task, TrainState,
 };

@@ -127,6 +127,65 @@ pub fn checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// What a run folder trains: a segmentation network (`advent train`) or a detector
+/// (`advent detect train`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Segmentation,
+    Detection,
+}
+
+impl Task {
+    fn describe(self) -> &'static str {
+        match self {
+            Task::Segmentation => "a segmentation run (made by `advent train`)",
+            Task::Detection => "a detection run (made by `advent detect train`)",
+        }
+    }
+
+    fn commands(self) -> &'static str {
+        match self {
+            Task::Segmentation => "`advent train --resume`, `advent eval --sweep` and `advent report` take it",
+            Task::Detection => {
+                "`advent detect train --resume` continues it and `advent detect eval --checkpoint` scores its model.pth"
+            }
+        }
+    }
+
+    fn runs(self) -> &'static str {
+        match self {
+            Task::Segmentation => "segmentation runs",
+            Task::Detection => "detection runs",
+        }
+    }
+}
+
+/// The task of a run folder, told by its `config.toml` (a detector's `[model]` has a
+/// `width` and no `arch`); `None` where that file is missing or unreadable (left to the
+/// command's own errors).
+pub fn run_task(run_dir: &Path) -> Option<Task> {
+    let text = fs::read_to_string(run_dir.join("config.toml")).ok()?;
+    let model = text.parse::<toml::Table>().ok()?.get("model")?.as_table()?.clone();
+    Some(match (model.contains_key("width"), model.contains_key("arch")) {
+        (true, false) => Task::Detection,
+        _ => Task::Segmentation,
+    })
+}
+
+/// Refuses a run folder of the other task, with a word on which commands take it.
+pub fn check_run_task(run_dir: &Path, expected: Task, command: &str) -> Result<()> {
+    match run_task(run_dir) {
+        Some(found) if found != expected => bail!(
+            "{} is {}, and `{command}` takes {}: {}",
+            run_dir.display(),
+            found.describe(),
+            expected.runs(),
+            found.commands()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// `--resume PATH`: a checkpoint folder, or a run folder (its newest complete checkpoint,
 /// or iteration 0 again if it was stopped before its first one). Returns the run folder and
 /// where to start.
