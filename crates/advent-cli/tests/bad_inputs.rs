@@ -560,12 +560,15 @@ fn score_refuses_bad_predictions_and_ground_truth() {
     for b in bad_predictions {
         let (gt, preds, _, pred) = setup();
         write(&pred, &b.bytes);
-        cases.push(case(format!("score, prediction {}", b.what), &score(&gt, &preds), s(&pred)).and(b.detail));
+        // The file is called what it is (not a "label").
+        let named = format!("prediction {}", s(&pred));
+        cases.push(case(format!("score, prediction {}", b.what), &score(&gt, &preds), named).and(b.detail));
     }
     for b in pick(bad_labels(), &["corrupt", "unknown id 200"]) {
         let (gt, preds, label, _) = setup();
         write(&label, &b.bytes);
-        cases.push(case(format!("score, ground truth {}", b.what), &score(&gt, &preds), s(&label)).and(b.detail));
+        let named = format!("ground truth {}", s(&label));
+        cases.push(case(format!("score, ground truth {}", b.what), &score(&gt, &preds), named).and(b.detail));
     }
     let (_, preds, _, _) = setup();
     let empty = d.join("empty");

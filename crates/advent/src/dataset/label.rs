@@ -95,8 +95,13 @@ fn describe(color: png::ColorType, depth: png::BitDepth) -> String {
 /// (e.g. a 16-bit file where 8-bit label ids are expected: "wrong bit depth"); the message
 /// names the file.
 pub fn read_label(path: &Path, encoding: LabelEncoding) -> Result<RawLabel> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading label {}", path.display()))?;
-    decode_label(&bytes, encoding).with_context(|| format!("decoding label {}", path.display()))
+    read_ids(path, encoding, "label")
+}
+
+/// [`read_label`] for a file of ids that the messages call `what` ("prediction").
+pub fn read_ids(path: &Path, encoding: LabelEncoding, what: &str) -> Result<RawLabel> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    decode_label(&bytes, encoding).with_context(|| format!("decoding {what} {}", path.display()))
 }
 
 /// The most memory a decoded label may take, as the `image` crate bounds images (512 MiB):

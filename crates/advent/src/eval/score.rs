@@ -23,7 +23,7 @@
 use super::confusion::{ConfusionMatrix, PairCounts, IDENTITY};
 use super::{class_names, Scores};
 use crate::dataset::cityscapes::LABEL_IDS;
-use crate::dataset::label::{read_label, LabelEncoding, Samples, IGNORE};
+use crate::dataset::label::{read_ids, LabelEncoding, Samples, IGNORE};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use std::io::Cursor;
@@ -284,14 +284,14 @@ pub fn score(
 }
 
 /// Both files' pair counts: streamed row by row when both are plain 8-bit single-channel PNGs
-/// (what label files and predictions are), else from [`read_label`], which reads the other
+/// (what label files and predictions are), else from [`read_ids`], which reads the other
 /// layouts or says what is wrong with them.
 fn pair_counts(frame: &Frame) -> Result<PairCounts> {
     if let Some(counts) = stream_pair_counts(frame)? {
         return Ok(counts);
     }
-    let gt = read_label(&frame.ground_truth, LabelEncoding::Ids8)?;
-    let pred = read_label(&frame.prediction, LabelEncoding::Ids8)?;
+    let gt = read_ids(&frame.ground_truth, LabelEncoding::Ids8, "ground truth")?;
+    let pred = read_ids(&frame.prediction, LabelEncoding::Ids8, "prediction")?;
     check_sizes(frame, (gt.width, gt.height), (pred.width, pred.height))?;
     let (Samples::U8(truth), Samples::U8(predicted)) = (&gt.samples, &pred.samples) else {
         bail!("8-bit label files read as 16-bit samples");
@@ -334,16 +334,16 @@ fn stream_pair_counts(frame: &Frame) -> Result<Option<PairCounts>> {
     let size = |r: &png::Reader<_>| (r.info().width, r.info().height);
     check_sizes(frame, size(&gt), size(&pred))?;
     let mut counts = PairCounts::new();
-    let row_error = |path: &Path, e: png::DecodingError| {
-        anyhow::anyhow!("decoding label {}: corrupt or truncated PNG data: {e}", path.display())
+    let row_error = |what: &str, path: &Path, e: png::DecodingError| {
+        anyhow::anyhow!("decoding {what} {}: corrupt or truncated PNG data: {e}", path.display())
     };
     for _ in 0..size(&gt).1 {
-        let g = gt.next_row().map_err(|e| row_error(&frame.ground_truth, e))?;
-        let p = pred.next_row().map_err(|e| row_error(&frame.prediction, e))?;
+        let g = gt.next_row().map_err(|e| row_error("ground truth", &frame.ground_truth, e))?;
+        let p = pred.next_row().map_err(|e| row_error("prediction", &frame.prediction, e))?;
         match (g, p) {
             (Some(g), Some(p)) => counts.add(g.data(), p.data())?,
-            (None, _) => bail!("decoding label {}: truncated PNG data", frame.ground_truth.display()),
-            (_, None) => bail!("decoding label {}: truncated PNG data", frame.prediction.display()),
+            (None, _) => bail!("decoding ground truth {}: truncated PNG data", frame.ground_truth.display()),
+            (_, None) => bail!("decoding prediction {}: truncated PNG data", frame.prediction.display()),
         }
     }
     Ok(Some(counts))
