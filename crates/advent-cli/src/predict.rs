@@ -258,7 +258,9 @@ pub fn collect_inputs(input: &Path, recursive: bool) -> Result<Vec<Job>> {
             advent::fs::files_under(input, recursive)?.into_iter().filter(|p| is_image(p)).collect();
         paths.sort();
         if paths.is_empty() {
-            bail!("no images (.png, .jpg, .jpeg) in {}", input.display());
+            let below = !recursive && advent::fs::files_under(input, true)?.iter().any(|p| is_image(p));
+            let hint = if below { " (there are some in its sub-folders: add --recursive)" } else { "" };
+            bail!("no images (.png, .jpg, .jpeg) in {}{hint}", input.display());
         }
         paths
     } else {

@@ -400,6 +400,12 @@ fn predict_refuses_bad_images_and_checkpoints() {
     let empty = d.join("empty_folder");
     std::fs::create_dir_all(&empty).unwrap();
     cases.push(case("predict an empty folder", &predict(&tiny, &empty, &[]), s(&empty)).keep(&out));
+    let o = advent(&["predict", "--checkpoint", s(&tiny), "--input", s(&empty), "--output", s(&out)]);
+    assert!(!stderr(&o).contains("--recursive"), "no images below either: {}", stderr(&o));
+    let nested = d.join("nested");
+    write(&nested.join("city/a.png"), &picture(ImageFormat::Png));
+    let what = "predict a folder whose images are in sub-folders";
+    cases.push(case(what, &predict(&tiny, &nested, &[]), s(&nested)).and("add --recursive").keep(&out));
     let missing = d.join("in/missing.png");
     cases.push(case("predict a missing image", &predict(&tiny, &missing, &[]), s(&missing)).keep(&out));
     let fused = predict(&tiny, &good, &["--fold-bn", "fused"]);
