@@ -2,6 +2,7 @@
 
 use crate::args::parse_device;
 use advent::demo::{findings, run_demo, table, DemoOptions};
+use advent::train::Progress;
 use anyhow::{ensure, Context, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -57,6 +58,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let say = |line: &str| eprintln!("demo: {line}");
+    let progress = if std::io::stderr().is_terminal() { Progress::Bar } else { Progress::Hidden };
     if detection {
         use advent::detect::demo;
         let options = demo::DetDemoOptions {
@@ -64,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
             seeds,
             quick: a.quick,
             device,
-            progress: std::io::stderr().is_terminal(),
+            progress,
             schedule: None,
             overrides: a.overrides.clone(),
         };
@@ -79,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
         seeds,
         quick: a.quick,
         device,
-        progress: std::io::stderr().is_terminal(),
+        progress,
         schedule: None,
         overrides: a.overrides.clone(),
     };

@@ -1059,6 +1059,12 @@ fn demo_refuses_bad_arguments_before_training() {
         case("demo, --out a folder of other files", &demo(d, &[]), s(d)),
     ];
     run_all(cases.into_iter().map(|c| c.keep(d)).collect());
+    // Refused before the first run is announced, for either task.
+    for task in ["segmentation", "detection"] {
+        let o = advent(&["demo", "--quick", "--task", task, "--out", s(&d.join(task)), "--set", "train.bogus=1"]);
+        assert_clean_failure(&o, "train.bogus");
+        assert!(!stderr(&o).contains("demo: "), "{task}: announced a run first: {}", stderr(&o));
+    }
 }
 
 #[test]

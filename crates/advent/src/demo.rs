@@ -41,7 +41,9 @@ pub struct DemoOptions {
     pub seeds: usize,
     pub quick: bool,
     pub device: Device,
-    pub progress: bool,
+    /// Each run's progress (a bar on a terminal; nothing otherwise, as the demo says where it
+    /// is).
+    pub progress: crate::train::Progress,
     /// Replaces the schedule `quick` chooses (tests run a miniature demo).
     pub schedule: Option<Schedule>,
     /// `key=value` settings applied to every run over `configs/demo.toml` (e.g. other loss
@@ -201,7 +203,7 @@ fn train_and_evaluate(
             run_dir: run_dir.to_path_buf(),
             device: options.device,
             start: crate::train::Start::New,
-            progress: if options.progress { crate::train::Progress::Bar } else { crate::train::Progress::Hidden },
+            progress: options.progress,
         },
     )?;
     let eval_options = EvalOptions { subset: DRAWN_CLASSES.to_vec(), workers: 0, ..Default::default() };
@@ -232,6 +234,8 @@ fn train_and_evaluate(
 pub fn run_demo(options: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoResults> {
     let began = Instant::now();
     let schedule = options.schedule.unwrap_or_else(|| Schedule::new(options.quick));
+    // The user's settings are checked now, not after the first run has been announced.
+    Config::parse(DEMO_CONFIG, &options.overrides).context("configs/demo.toml")?;
     staged_output(&options.out, |tmp: &Path| -> Result<DemoResults> {
         let mut val_spec = val_spec();
         val_spec.synthetic_len = schedule.val_images;

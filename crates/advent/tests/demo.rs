@@ -15,7 +15,7 @@ fn miniature_demo_writes_results_and_report() {
         seeds: 2,
         quick: true,
         device: Device::Cpu,
-        progress: false,
+        progress: advent::train::Progress::Hidden,
         schedule: Some(Schedule { pretrain: 6, adapt: 4, eval_every: 2, val_images: 3 }),
         overrides: vec!["synthetic.len=20".into()],
     };

@@ -84,7 +84,7 @@ fn detection_demo_in_miniature() {
         seeds: 2,
         quick: true,
         device: Device::Cpu,
-        progress: false,
+        progress: advent::train::Progress::Hidden,
         schedule: Some(DetSchedule { pretrain_iters: 2, method_iters: 2, val_scenes: 4 }),
         overrides: vec!["source.batch_size=1".into(), "target.batch_size=1".into(), "train.workers=0".into()],
     };

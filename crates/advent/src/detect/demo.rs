@@ -56,7 +56,8 @@ pub struct DetDemoOptions {
     pub seeds: usize,
     pub quick: bool,
     pub device: tch::Device,
-    pub progress: bool,
+    /// Each run's progress (see [`crate::demo::DemoOptions::progress`]).
+    pub progress: crate::train::Progress,
     /// Replaces the schedule `quick` chooses (tests run a miniature demo).
     pub schedule: Option<DetSchedule>,
     /// `key=value` settings over `configs/detection/demo.toml` for every run.
@@ -166,11 +167,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
                     run_dir: dir.to_path_buf(),
                     device: options.device,
                     start: Start::New,
-                    progress: if options.progress {
-                        crate::train::Progress::Bar
-                    } else {
-                        crate::train::Progress::Hidden
-                    },
+                    progress: options.progress,
                 },
             )?;
             let ckpt = summary.last_checkpoint.context("the run saved no checkpoint")?;
