@@ -109,14 +109,20 @@ pub struct ReportArgs {
     /// Device for the sample predictions.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Target images shown with their predictions.
+    /// Target images shown with the last checkpoint's predictions (or detections).
     #[arg(long, default_value_t = 4)]
     samples: usize,
+    /// Detection runs: boxes drawn have at least this class score (as `advent detect
+    /// predict --min-score`).
+    #[arg(long, default_value_t = 0.5)]
+    min_score: f32,
 }
 
 pub fn report(a: ReportArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let report = advent::report::run::write_run_report(&a.run, device, a.samples)?;
+    ensure!((0.0..=1.0).contains(&a.min_score), "--min-score must be in [0, 1], got {}", a.min_score);
+    let options = advent::report::run::ReportOptions { device, samples: a.samples, min_score: a.min_score };
+    let report = advent::report::run::write_run_report(&a.run, &options)?;
     if let Some(why) = &report.samples_left_out {
         eprintln!("note: no sample images in the report: {why}");
     }

@@ -965,7 +965,6 @@ fn each_task_refuses_the_other_tasks_runs_and_checkpoints() {
     let deeplab = "its keys are a DeepLab-V2 segmentation network's";
     let cases = vec![
         case("train --resume, a detection run", &["train", "--resume", s(&det)], detection).keep(&det),
-        case("report, a detection run", &["report", s(&det)], detection).keep(&det),
         case(
             "eval --sweep, a detection run",
             &["eval", "--sweep", s(&det), "--dataset", "cityscapes", "--root", s(&mini), "--split", "val"],

@@ -724,6 +724,33 @@ fn detect_train_runs_and_resumes_identically() {
         "model.pth differs after resuming"
     );
 
+    // Its report: the detection losses' charts, the last checkpoint's detections on the
+    // first target scenes.
+    let o = advent(&["report", s(&full), "--samples", "2"]);
+    assert_success(&o);
+    let html = std::fs::read_to_string(full.join("report.html")).unwrap();
+    for part in [
+        "Detection run",
+        "advent with SSD-300",
+        "Source localisation loss",
+        "Source confidence loss",
+        "Adversarial loss (fooling the discriminator)",
+        "Discriminator loss",
+        "Detections of the checkpoint of iteration 2",
+        "swatch",
+    ] {
+        assert!(html.contains(part), "no `{part}` in the report");
+    }
+    assert!(!html.contains("Target entropy loss"), "AdvEnt logs no entropy loss");
+    assert_eq!(html.matches("<img ").count(), 4, "two scenes, each with its detections");
+    // Every box of the tiny detector drawn: at least as many as at the default 0.5.
+    assert!(html.contains("(score ≥ 0.5)"), "the default threshold is detect predict's");
+    let o = advent(&["report", s(&full), "--samples", "2", "--min-score", "0"]);
+    assert_success(&o);
+    let html = std::fs::read_to_string(full.join("report.html")).unwrap();
+    assert!(html.contains("(score ≥ 0)") && !html.contains(">0 detections ≥ 0"), "boxes drawn at 0");
+    assert_clean_failure(&advent(&["report", s(&full), "--min-score", "2"]), "--min-score");
+
     let o =
         advent(&["detect", "train", "--config", s(&config), "--set", "train.lerning_rate=1", "--run-dir", s(&full)]);
     assert_clean_failure(&o, "lerning_rate");

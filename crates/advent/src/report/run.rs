@@ -68,19 +68,33 @@ pub fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Charts of the losses (grouped as the reference names them) and learning rates.
-pub fn metric_charts(metrics: &BTreeMap<String, Vec<(f64, f64)>>) -> Vec<String> {
+/// The charts of a segmentation run: title and the prefix of the metrics drawn in it (the
+/// reference's loss names).
+pub const SEGMENTATION_CHARTS: &[(&str, &str)] = &[
+    ("Source segmentation loss", "loss_seg_src_"),
+    ("Adversarial loss (fooling the discriminators)", "loss_adv_trg_"),
+    ("Discriminator loss (target half)", "loss_d_"),
+    ("Target entropy loss", "loss_ent_"),
+    ("Learning rate", "lr"),
+];
+
+/// The charts of a detection run (`advent detect train`'s metric names).
+pub const DETECTION_CHARTS: &[(&str, &str)] = &[
+    ("Source localisation loss (smooth L1)", "loss_loc_src"),
+    ("Source confidence loss (mined negatives)", "loss_conf_src"),
+    ("Adversarial loss (fooling the discriminator)", "loss_adv_trg"),
+    ("Discriminator loss", "loss_d"),
+    ("Target entropy loss", "loss_ent_trg"),
+    ("Gradient norm (before clipping)", "grad_norm"),
+    ("Learning rate", "lr"),
+];
+
+/// Charts of the losses (grouped by `groups`' name prefixes) and learning rates.
+pub fn metric_charts(metrics: &BTreeMap<String, Vec<(f64, f64)>>, groups: &[(&str, &str)]) -> Vec<String> {
     let n = metrics.values().map(Vec::len).max().unwrap_or(0);
     let window = (n / 50).max(1);
-    let groups = [
-        ("Source segmentation loss", "loss_seg_src_"),
-        ("Adversarial loss (fooling the discriminators)", "loss_adv_trg_"),
-        ("Discriminator loss (target half)", "loss_d_"),
-        ("Target entropy loss", "loss_ent_"),
-        ("Learning rate", "lr"),
-    ];
     let mut charts = Vec::new();
-    for (title, prefix) in groups {
+    for &(title, prefix) in groups {
         let series: Vec<Series> = metrics
             .iter()
             .filter(|(k, _)| k.starts_with(prefix) && (prefix != "lr" || k.as_str() == "lr" || k.as_str() == "lr_d"))
@@ -142,6 +156,17 @@ pub fn grid(headers: &[String], rows: &[Vec<String>]) -> String {
     html
 }
 
+/// What a run's report shows.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportOptions {
+    /// Where the last checkpoint runs on the sample images.
+    pub device: Device,
+    /// Target images shown with the last checkpoint's output.
+    pub samples: usize,
+    /// Detection runs: boxes drawn have at least this class score.
+    pub min_score: f32,
+}
+
 /// What [`write_run_report`] wrote.
 pub struct RunReport {
     /// `<run>/report.html`.
@@ -151,11 +176,15 @@ pub struct RunReport {
     pub samples_left_out: Option<String>,
 }
 
-/// Writes `<run>/report.html`. A target dataset that cannot be opened leaves the sample
-/// images out (said in the report and in the result); an image of it that cannot be read is
-/// an error, and the earlier report is left as it was.
-pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Result<RunReport> {
-    crate::train::check_run_task(run_dir, crate::train::Task::Segmentation, "advent report")?;
+/// Writes `<run>/report.html`, of a segmentation run or (by [`super::detection`]) of a
+/// detection run. A target dataset that cannot be opened leaves the sample images out (said
+/// in the report and in the result); an image of it that cannot be read is an error, and the
+/// earlier report is left as it was.
+pub fn write_run_report(run_dir: &Path, options: &ReportOptions) -> Result<RunReport> {
+    if crate::train::run_task(run_dir) == Some(crate::train::Task::Detection) {
+        return super::detection::write_detection_report(run_dir, options);
+    }
+    let &ReportOptions { device, samples, .. } = options;
     let config = Config::load(&run_dir.join("config.toml"), &[])?;
     let metrics = read_metrics(run_dir)?;
     let t = &config.train;
@@ -177,7 +206,7 @@ pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Resul
         t.seed
     )];
     sections.push("<h2>Training curves</h2>".into());
-    sections.push(format!(r#"<div class="charts">{}</div>"#, metric_charts(&metrics).join("")));
+    sections.push(format!(r#"<div class="charts">{}</div>"#, metric_charts(&metrics, SEGMENTATION_CHARTS).join("")));
     let sweeps = read_sweeps(run_dir)?;
     if !sweeps.is_empty() {
         let series: Vec<Series> = sweeps.iter().map(|(k, v)| Series { name: k.clone(), points: v.clone() }).collect();
@@ -195,16 +224,29 @@ pub fn write_run_report(run_dir: &Path, device: Device, samples: usize) -> Resul
         spec.labels = dataset::is_synthetic(&spec.kind);
         match dataset::open(&spec).context("the run's target dataset") {
             Ok(set) => sections.push(samples_section(set.as_ref(), spec.labels, &model, samples)?),
-            Err(e) => {
-                let why = format!("{e:#}");
-                sections.push(format!(r#"<p class="note">No sample images: {}</p>"#, escape(&why)));
-                samples_left_out = Some(why);
-            }
+            Err(e) => samples_left_out = Some(no_samples(&e, &mut sections)),
         }
     }
-    let html = page(&format!("advent run {}", config.name), &sections);
+    write_page(run_dir, &format!("advent run {}", config.name), &sections, samples_left_out)
+}
+
+/// The note that replaces the sample images when the target dataset cannot be opened;
+/// returns the reason.
+pub(super) fn no_samples(e: &anyhow::Error, sections: &mut Vec<String>) -> String {
+    let why = format!("{e:#}");
+    sections.push(format!(r#"<p class="note">No sample images: {}</p>"#, escape(&why)));
+    why
+}
+
+/// Writes `<run>/report.html` (atomically: an earlier report stays whole until replaced).
+pub(super) fn write_page(
+    run_dir: &Path,
+    title: &str,
+    sections: &[String],
+    samples_left_out: Option<String>,
+) -> Result<RunReport> {
     let path = run_dir.join("report.html");
-    crate::fs::write_bytes_atomic(&path, html.as_bytes())?;
+    crate::fs::write_bytes_atomic(&path, page(title, sections).as_bytes())?;
     Ok(RunReport { path, samples_left_out })
 }
 

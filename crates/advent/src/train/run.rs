@@ -147,7 +147,8 @@ impl Task {
         match self {
             Task::Segmentation => "`advent train --resume`, `advent eval --sweep` and `advent report` take it",
             Task::Detection => {
-                "`advent detect train --resume` continues it and `advent detect eval --checkpoint` scores its model.pth"
+                "`advent detect train --resume` continues it, `advent detect eval --checkpoint` scores its model.pth \
+                 and `advent report` shows it"
             }
         }
     }
