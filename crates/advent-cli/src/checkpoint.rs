@@ -36,18 +36,19 @@ pub fn run(command: Command) -> Result<()> {
                         trainable
                     );
                 }
-                Err(_) if Ssd::shape_of(&dict).is_some() => {
-                    let (num_classes, width) = Ssd::shape_of(&dict).expect("checked");
-                    let ssd = Ssd::with_width(num_classes, width, tch::Device::Cpu)?;
-                    let trainable: i64 = ssd.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
-                    let vgg =
-                        if width == FULL_WIDTH { "VGG-16".to_string() } else { format!("VGG-16 at width {width}") };
-                    println!(
-                        "network: SSD-300 detector on {vgg}, {num_classes} classes (the background included), \
+                Err(e) => match Ssd::shape_of(&dict) {
+                    Some((num_classes, width)) => {
+                        let ssd = Ssd::with_width(num_classes, width, tch::Device::Cpu)?;
+                        let trainable: i64 = ssd.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+                        let vgg =
+                            if width == FULL_WIDTH { "VGG-16".to_string() } else { format!("VGG-16 at width {width}") };
+                        println!(
+                            "network: SSD-300 detector on {vgg}, {num_classes} classes (the background included), \
                          {trainable} trainable parameters"
-                    );
-                }
-                Err(e) => println!("network: not recognised ({e:#})"),
+                        );
+                    }
+                    None => println!("network: not recognised ({e:#})"),
+                },
             }
             Ok(())
         }

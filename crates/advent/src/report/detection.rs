@@ -55,12 +55,12 @@ pub fn write_detection_report(run_dir: &Path, options: &ReportOptions) -> Result
         sections.push(format!("<h2>Detections of the checkpoint of iteration {iter} (score ≥ {min_score})</h2>"));
         match crate::detect::run::open_set(&config, false) {
             Ok(set) => {
+                let (priors, detect) = (PriorConfig::default().priors(), DetectConfig::default());
                 let mut rows = Vec::new();
                 for i in 0..samples.min(set.len()) {
                     let frame = set.raw(i)?;
-                    let dets =
-                        detect_image(&ssd, &frame.image, &PriorConfig::default().priors(), &DetectConfig::default())
-                            .with_context(|| format!("detecting objects in {}", frame.name))?;
+                    let dets = detect_image(&ssd, &frame.image, &priors, &detect)
+                        .with_context(|| format!("detecting objects in {}", frame.name))?;
                     rows.push(sample_row(&frame.image, &dets, min_score)?);
                 }
                 let headers = ["target image".to_string(), "detections".to_string()];
