@@ -5,7 +5,7 @@ use advent::demo::{findings, run_demo, table, DemoOptions};
 use advent::train::Progress;
 use anyhow::{ensure, Context, Result};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -71,9 +71,7 @@ pub fn run(a: Args) -> Result<()> {
             overrides: a.overrides.clone(),
         };
         let results = demo::run(&options, &say)?;
-        println!("{}", demo::table(&results));
-        println!();
-        println!("{:.0} s on {}; results: {}", results.seconds, results.device, out.join("results.json").display());
+        summary(&demo::table(&results), &demo::findings(&results), results.seconds, &results.device, &out);
         return Ok(());
     }
     let options = DemoOptions {
@@ -86,20 +84,23 @@ pub fn run(a: Args) -> Result<()> {
         overrides: a.overrides.clone(),
     };
     let results = run_demo(&options, &say)?;
-    println!("{}", table(&results));
+    summary(&table(&results), &findings(&results), results.seconds, &results.device, &out);
+    Ok(())
+}
+
+/// Prints a demo's table, its findings, and where its results and report are.
+fn summary(table: &str, findings: &[String], seconds: f64, device: &str, out: &Path) {
+    println!("{table}");
     println!();
-    for line in findings(&results) {
+    for line in findings {
         println!("- {line}");
     }
     println!();
     println!(
-        "{:.0} s on {}; results: {}, report: {}",
-        results.seconds,
-        results.device,
+        "{seconds:.0} s on {device}; results: {}, report: {}",
         out.join("results.json").display(),
         out.join("report.html").display()
     );
-    Ok(())
 }
 
 #[derive(clap::Args)]

@@ -516,9 +516,11 @@ fn demo_report(
     let mut ent_series = Vec::new();
     let mut adv_series = Vec::new();
     let mut d_series = Vec::new();
-    for (label, dir) in runs {
+    // Each run in one colour in every chart, whichever runs a chart holds.
+    for (color, (label, dir)) in runs.iter().enumerate() {
+        let line = |points| Series { name: label.clone(), points, color: Some(color) };
         if let Some((_, points)) = report::run::read_sweeps(dir)?.into_iter().next() {
-            miou_series.push(Series { name: label.clone(), points });
+            miou_series.push(line(points));
         }
         let metrics = read_metrics(dir)?;
         let window = (metrics.values().map(Vec::len).max().unwrap_or(0) / 20).max(1);
@@ -529,7 +531,7 @@ fn demo_report(
             ("loss_d_main", &mut d_series),
         ] {
             if let Some(v) = metrics.get(key) {
-                series.push(Series { name: label.clone(), points: smooth(v, window) });
+                series.push(line(smooth(v, window)));
             }
         }
     }

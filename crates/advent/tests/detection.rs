@@ -76,6 +76,8 @@ fn multibox_objective_matches_ssd_pytorch() {
 /// folder, nothing left beside it.
 #[test]
 fn detection_demo_in_miniature() {
+    use advent::dataset::synthetic::Domain;
+    use advent::detect::data::{DetDataset, SyntheticDetection};
     use advent::detect::demo::{run, DetDemoOptions, DetSchedule};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
@@ -107,6 +109,39 @@ fn detection_demo_in_miniature() {
     // The demo clips the detector's gradient (configs/detection/demo.toml) and logs its norm.
     let metrics = std::fs::read_to_string(out.join("runs/seed1/pretrain/metrics.jsonl")).unwrap();
     assert!(metrics.lines().all(|l| l.contains("\"grad_norm\"")), "{metrics}");
+    // What the numbers say: each method against source-only, paired by seed.
+    let findings = advent::detect::demo::findings(&results);
+    for (key, label) in [("minent", "MinEnt"), ("advent", "AdvEnt")] {
+        let d: Vec<String> = results
+            .per_seed
+            .iter()
+            .map(|s| format!("{:+.1}", s[key].map.unwrap() - s["source_only"].map.unwrap()))
+            .collect();
+        let line = findings.iter().find(|l| l.starts_with(&format!("{label}: "))).unwrap();
+        assert!(line.contains(&format!("per seed: {}, {};", d[0], d[1])), "{line}");
+    }
+    // The report: every detector's row with its scores, the findings, seed 1's curves (the
+    // start's two source losses and gradient norm; the methods' source losses, gradient
+    // norms, MinEnt's entropy, AdvEnt's adversarial and discriminator losses), and four
+    // held-out scenes drawn with their ground truth and each detector's boxes.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for (key, label) in advent::detect::demo::DETECTORS {
+        let s = &results.methods[key];
+        let row = format!(r#"<td class="name">{label}</td>"#);
+        assert!(html.contains(&row), "no row {row}");
+        let map = format!("{:.1} ± {:.1}", s.map.unwrap(), s.map_std.unwrap());
+        assert!(html.contains(&map), "{label}: no {map}");
+    }
+    assert!(findings.iter().all(|l| html.contains(l.as_str())), "the findings are in the report");
+    assert_eq!(html.matches("<svg").count(), 9);
+    for title in ["Target entropy loss", "Adversarial loss", "Discriminator loss", "Gradient norm"] {
+        assert!(html.contains(title), "no chart {title}");
+    }
+    assert_eq!(html.matches("<img ").count(), 5 * 4, "ground truth and four detectors on four scenes");
+    assert_eq!(html.matches("held-out target scene ").count(), 4);
+    let truth = SyntheticDetection::scenes(advent::detect::demo::VAL_SEED, Domain::Target, 1).raw(0).unwrap();
+    let cars = truth.frame.objects.iter().filter(|o| o.class == 3).count();
+    assert!(cars > 0 && html.contains(&format!("{cars} car")), "scene 1's {cars} cars");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }

@@ -7,6 +7,16 @@ use std::fmt::Write as _;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Its colour's index; `None`: its position in the chart. Charts that compare the same
+    /// runs give each run one colour, whichever of them a chart holds.
+    pub color: Option<usize>,
+}
+
+impl Series {
+    /// A series coloured by its position in the chart.
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series { name: name.into(), points, color: None }
+    }
 }
 
 /// Distinguishable line colours (Tableau 10).
@@ -105,7 +115,7 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], width: u32, hei
         escape(x_label)
     );
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = COLORS[s.color.unwrap_or(i) % COLORS.len()];
         let pts: Vec<String> = s
             .points
             .iter()
@@ -155,11 +165,15 @@ mod tests {
 
     #[test]
     fn chart_draws_lines_and_legend() {
-        let s = [Series { name: "loss <main>".into(), points: vec![(0.0, 1.0), (1.0, 0.5), (2.0, 0.25)] }];
+        let s = [Series::new("loss <main>", vec![(0.0, 1.0), (1.0, 0.5), (2.0, 0.25)])];
         let svg = line_chart("Losses", "iteration", &s, 400, 240);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(svg.contains("<polyline") && svg.contains("loss &lt;main&gt;"));
         let empty = line_chart("Nothing", "iteration", &[], 400, 240);
         assert!(empty.contains("no data"));
+        // A run's colour is its own, not its position's: here the third colour, first line.
+        let only = [Series { name: "AdvEnt".into(), points: vec![(0.0, 1.0), (1.0, 2.0)], color: Some(2) }];
+        let svg = line_chart("Adversarial loss", "iteration", &only, 400, 240);
+        assert!(svg.contains(r##"stroke="#e15759""##) && !svg.contains("#4e79a7"), "{svg}");
     }
 }

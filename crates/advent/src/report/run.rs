@@ -98,10 +98,7 @@ pub fn metric_charts(metrics: &BTreeMap<String, Vec<(f64, f64)>>, groups: &[(&st
         let series: Vec<Series> = metrics
             .iter()
             .filter(|(k, _)| k.starts_with(prefix) && (prefix != "lr" || k.as_str() == "lr" || k.as_str() == "lr_d"))
-            .map(|(k, v)| Series {
-                name: k.clone(),
-                points: if prefix == "lr" { v.clone() } else { smooth(v, window) },
-            })
+            .map(|(k, v)| Series::new(k.clone(), if prefix == "lr" { v.clone() } else { smooth(v, window) }))
             .collect();
         if !series.is_empty() {
             let subtitle =
@@ -209,7 +206,7 @@ pub fn write_run_report(run_dir: &Path, options: &ReportOptions) -> Result<RunRe
     sections.push(format!(r#"<div class="charts">{}</div>"#, metric_charts(&metrics, SEGMENTATION_CHARTS).join("")));
     let sweeps = read_sweeps(run_dir)?;
     if !sweeps.is_empty() {
-        let series: Vec<Series> = sweeps.iter().map(|(k, v)| Series { name: k.clone(), points: v.clone() }).collect();
+        let series: Vec<Series> = sweeps.iter().map(|(k, v)| Series::new(k.clone(), v.clone())).collect();
         sections.push("<h2>Target mIoU per checkpoint</h2>".into());
         sections.push(line_chart("mIoU (%) by evaluation protocol", "iteration", &series, 560, 300));
     }
