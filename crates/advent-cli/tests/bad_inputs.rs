@@ -1042,6 +1042,7 @@ fn demo_refuses_bad_arguments_before_training() {
     let earlier = d.join("demo");
     write(&earlier.join("results.json"), b"{\"methods\": {}}");
     write(&earlier.join("report.html"), b"<html></html>");
+    std::fs::create_dir_all(earlier.join("runs")).unwrap();
     let file = d.join("notes.txt");
     write(&file, b"not a folder");
     let demo = |out: &Path, extra: &[&str]| args(&["demo", "--quick", "--out", s(out)], extra);
@@ -1056,6 +1057,10 @@ fn demo_refuses_bad_arguments_before_training() {
         case("demo, unknown device", &demo(&earlier, &["--device", "tpu"]), "tpu"),
         case("demo, --out a regular file", &demo(&file, &[]), s(&file)),
         case("demo, --out a folder of other files", &demo(d, &[]), s(d)),
+        // A demo's output is not a run; its report stays as it was.
+        case("report of a demo's output", &["report", s(&earlier)], "a demo's output, not a training run"),
+        case("report of a folder that is no run", &["report", s(&d.join("demo/runs"))], "is not a training run"),
+        case("report of a missing folder", &["report", s(&d.join("nowhere"))], "no such run folder"),
     ];
     run_all(cases.into_iter().map(|c| c.keep(d)).collect());
     // Refused before the first run is announced, for either task.

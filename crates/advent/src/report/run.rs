@@ -178,6 +178,25 @@ pub struct RunReport {
 /// in the report and in the result); an image of it that cannot be read is an error, and the
 /// earlier report is left as it was.
 pub fn write_run_report(run_dir: &Path, options: &ReportOptions) -> Result<RunReport> {
+    if !run_dir.is_dir() {
+        anyhow::bail!("{}: no such run folder", run_dir.display());
+    }
+    if !run_dir.join("config.toml").exists() {
+        // A demo's output holds runs and a report of its own, not a run.
+        if run_dir.join("results.json").is_file() {
+            anyhow::bail!(
+                "{} is a demo's output, not a training run (no config.toml): its report is {}, and each of its runs \
+                 can be reported: advent report {}",
+                run_dir.display(),
+                run_dir.join("report.html").display(),
+                run_dir.join("runs").join("seed1").join("<method>").display()
+            );
+        }
+        anyhow::bail!(
+            "{} is not a training run: it has no config.toml (a run folder of advent train or advent detect train)",
+            run_dir.display()
+        );
+    }
     if crate::train::run_task(run_dir) == Some(crate::train::Task::Detection) {
         return super::detection::write_detection_report(run_dir, options);
     }
