@@ -743,6 +743,9 @@ fn detect_train_runs_and_resumes_identically() {
     }
     assert!(!html.contains("Target entropy loss"), "AdvEnt logs no entropy loss");
     assert_eq!(html.matches("<img ").count(), 4, "two scenes, each with its detections");
+    // The built-in scenes have boxes: each scene is drawn with its ground truth.
+    assert!(html.contains("target image, ground truth"), "no ground-truth header");
+    assert_eq!(html.matches(r#"alt="ground truth: "#).count(), 2, "the two scenes' ground truth");
     // Every box of the tiny detector drawn: at least as many as at the default 0.5.
     assert!(html.contains("(score ≥ 0.5)"), "the default threshold is detect predict's");
     let o = advent(&["report", s(&full), "--samples", "2", "--min-score", "0"]);

@@ -9,7 +9,7 @@ use super::run::{
 use super::{escape, img_tag, line_chart, page, Series};
 use crate::detect::cityscapes::{class_name, FrameBoxes, LABEL_IDS};
 use crate::detect::config::DetConfig;
-use crate::detect::data::DetDataset;
+use crate::detect::data::{DetDataset, RawFrame};
 use crate::detect::demo::{DetDemoResults, DETECTORS};
 use crate::detect::nms::{DetectConfig, Detection};
 use crate::detect::predict::{class_color, detect_image, draw_boxes};
@@ -58,14 +58,18 @@ pub fn write_detection_report(run_dir: &Path, options: &ReportOptions) -> Result
         match crate::detect::run::open_set(&config, false) {
             Ok(set) => {
                 let (priors, detect) = (PriorConfig::default().priors(), DetectConfig::default());
+                // The built-in scenes have boxes (as the segmentation report shows their
+                // labels); a real target is read without them.
+                let truth = config.target.dataset == "synthetic";
                 let mut rows = Vec::new();
                 for i in 0..samples.min(set.len()) {
                     let frame = set.raw(i)?;
                     let dets = detect_image(&ssd, &frame.image, &priors, &detect)
                         .with_context(|| format!("detecting objects in {}", frame.name))?;
-                    rows.push(sample_row(&frame.image, &dets, min_score)?);
+                    rows.push(sample_row(&frame, &dets, min_score, truth)?);
                 }
-                let headers = ["target image".to_string(), "detections".to_string()];
+                let first = if truth { "target image, ground truth" } else { "target image" };
+                let headers = [first.to_string(), "detections".to_string()];
                 let all: Vec<usize> = (1..=LABEL_IDS.len()).collect();
                 sections.push(format!("{}{}", grid(&headers, &rows), legend(&all)));
             }
@@ -224,11 +228,18 @@ fn scores_table(results: &DetDemoResults, label: &dyn Fn(&str) -> String) -> Str
     html
 }
 
-/// The image and its detections of at least `min_score` drawn on it, with the count and the
-/// best score.
-fn sample_row(image: &RgbImage, dets: &[Detection], min_score: f32) -> Result<Vec<String>> {
-    let (shown, _, scale) = fitted(image, 2);
-    Ok(vec![img_tag(&shown, "target image", scale)?, boxes_cell(image, dets, min_score, 2)?])
+/// The image (with its ground-truth boxes when `truth`) and its detections of at least
+/// `min_score` drawn on it, with the count and the best score.
+fn sample_row(frame: &RawFrame, dets: &[Detection], min_score: f32, truth: bool) -> Result<Vec<String>> {
+    let image = &frame.image;
+    let first = match truth {
+        true => ground_truth_cell(image, &frame.frame, 2)?,
+        false => {
+            let (shown, _, scale) = fitted(image, 2);
+            img_tag(&shown, "target image", scale)?
+        }
+    };
+    Ok(vec![first, boxes_cell(image, dets, min_score, 2)?])
 }
 
 /// `image` reduced to [`MAX_WIDTH`] if wider, the factor applied, and the scale it is shown
