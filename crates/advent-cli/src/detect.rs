@@ -1,18 +1,21 @@
 //! `advent detect`: the detection extension (SSD-300): `train`, `eval`, `predict`.
 
 use crate::args::parse_device;
-use advent::detect::cityscapes::{class_name, BoxOptions};
+use advent::detect::cityscapes::BoxOptions;
 use advent::detect::config::DetConfig;
 use advent::detect::data::{DetDataset, DetectionSet};
-use advent::detect::eval::evaluate_set;
+use advent::detect::eval::{evaluate_set, MapScores};
 use advent::detect::map::MapConfig;
 use advent::detect::nms::DetectConfig;
 use advent::detect::priors::PriorConfig;
 use advent::detect::ssd::Ssd;
+use advent::eval::sweep::{sweep_with, SweepEntry, SweepPlan};
 use advent::train::RunOptions;
 use anyhow::{Context, Result};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -25,15 +28,28 @@ pub enum Command {
     /// classes) and <stem>_boxes.json (class, score, pixel box of each detection).
     Predict(PredictArgs),
     /// VOC mAP at IoU 0.5 (all-point and 11-point) of an SSD-300 checkpoint on Cityscapes or
-    /// Foggy Cityscapes, boxes from the gtFine instance maps.
+    /// Foggy Cityscapes, boxes from the gtFine instance maps; --sweep RUN_DIR evaluates every
+    /// checkpoint of a detection run (cached in RUN_DIR/eval/, per iteration in scores.csv).
     Eval(EvalArgs),
 }
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// An SSD-300 state dict (ours, or ssd.pytorch's keys).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "sweep", conflicts_with = "sweep")]
+    checkpoint: Option<PathBuf>,
+    /// Evaluate every checkpoint of this detection run folder, in iteration order (results
+    /// cached in RUN_DIR/eval/det-<dataset>-<split>/, one row per iteration in scores.csv);
+    /// the best and the last snapshot are reported.
+    #[arg(long, value_name = "RUN_DIR")]
+    sweep: Option<PathBuf>,
+    /// With --sweep: keep polling for new checkpoints until the run's last iteration
+    /// (train.early_stop in RUN_DIR/config.toml) is evaluated.
+    #[arg(long, requires = "sweep")]
+    wait: bool,
+    /// With --wait: seconds between looks for new checkpoints.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    poll: f64,
     /// cityscapes or foggy-cityscapes.
     #[arg(long, default_value = "foggy-cityscapes")]
     dataset: String,
@@ -58,7 +74,8 @@ pub struct EvalArgs {
     /// Threads reading and preparing frames ahead of the network.
     #[arg(long, default_value_t = crate::args::default_workers().into(), value_parser = crate::args::threads(0))]
     workers: usize,
-    /// Also write the scores as JSON.
+    /// Also write the scores as JSON (with --sweep: {"best", "last"}, each {"iteration",
+    /// "scores"}).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
@@ -167,34 +184,109 @@ fn predict(a: PredictArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let ssd = cityscapes_detector(&a.checkpoint, device)?;
+    if let Some(run_dir) = &a.sweep {
+        return eval_sweep(&a, run_dir, device);
+    }
+    let checkpoint = a.checkpoint.as_ref().context("--checkpoint or --sweep is needed")?;
+    let ssd = cityscapes_detector(checkpoint, device)?;
+    let set = open_eval_set(&a)?;
+    let scores = score(&ssd, &set, &a, std::io::stderr().is_terminal())?;
+    print!("{}", scores.table());
+    if let Some(path) = &a.json {
+        advent::fs::write_bytes_atomic(path, serde_json::to_string_pretty(&scores)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The evaluation set `a` names.
+fn open_eval_set(a: &EvalArgs) -> Result<Arc<DetectionSet>> {
     let options = BoxOptions { min_size: a.min_size };
     let set = DetectionSet::open(&a.dataset, &a.root, &a.split, a.beta, a.list.as_deref(), 300, options)?;
+    anyhow::ensure!(!set.is_empty(), "no image under {} ({} {})", a.root.display(), a.dataset, a.split);
+    Ok(Arc::new(set))
+}
+
+/// A detector's scores on `set`.
+fn score(ssd: &Ssd, set: &Arc<DetectionSet>, a: &EvalArgs, progress: bool) -> Result<MapScores> {
     let priors = PriorConfig::default().priors();
-    let progress = std::io::stderr().is_terminal();
-    let frames = set.len();
     let (cfg, map) = (DetectConfig::default(), MapConfig::default());
-    let r = evaluate_set(&ssd, std::sync::Arc::new(set), &priors, &cfg, &map, a.workers, progress)?;
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
-    println!("{:<12} {:>7} {:>7} {:>9}", "class", "AP", "AP(11)", "objects");
-    let mut ap = serde_json::Map::new();
-    let mut ap_11 = serde_json::Map::new();
-    for c in &r.per_class {
-        let name = class_name(c.class).unwrap_or("?");
-        println!("{name:<12} {:>7} {:>7} {:>9}", pct(c.ap), pct(c.ap_11), c.num_positives);
-        ap.insert(name.into(), c.ap.map(|v| 100.0 * v).into());
-        ap_11.insert(name.into(), c.ap_11.map(|v| 100.0 * v).into());
+    let r = evaluate_set(ssd, set.clone(), &priors, &cfg, &map, a.workers, progress)?;
+    Ok(MapScores::new(&r, set.len()))
+}
+
+/// `detect eval --sweep`: every checkpoint of a detection run, cached as `eval --sweep`
+/// caches a segmentation run's.
+fn eval_sweep(a: &EvalArgs, run_dir: &Path, device: tch::Device) -> Result<()> {
+    anyhow::ensure!(a.poll > 0.0 && a.poll <= 3600.0, "--poll must be a number of seconds above 0 and at most 3600");
+    anyhow::ensure!(run_dir.is_dir(), "no run folder {}", run_dir.display());
+    advent::train::check_run_task(run_dir, advent::train::Task::Detection, "advent detect eval --sweep")?;
+    let set = open_eval_set(a)?;
+    let mut key = format!("det-{}", a.dataset);
+    if a.dataset == "foggy-cityscapes" {
+        key.push_str(&format!("-{}", a.beta));
     }
-    println!("{:<12} {:>7} {:>7}   ({frames} frames)", "mAP", pct(r.map), pct(r.map_11));
+    key.push_str(&format!("-{}", a.split));
+    if let Some(stem) = a.list.as_deref().and_then(Path::file_stem) {
+        key.push_str(&format!("-list-{}", stem.to_string_lossy()));
+    }
+    if a.min_size > 0 {
+        key.push_str(&format!("-min{}", a.min_size));
+    }
+    eprintln!(
+        "sweeping the checkpoints of {} on {} frames of {} {}{}",
+        run_dir.display(),
+        set.len(),
+        a.dataset,
+        a.split,
+        if a.wait { ", waiting for the run's last iteration" } else { "" }
+    );
+    let plan = SweepPlan { key, wait: a.wait, poll: Duration::from_secs_f64(a.poll), patience: None };
+    let progress = std::io::stderr().is_terminal();
+    let mut evaluate = |model: &Path| -> Result<MapScores> {
+        let ssd = cityscapes_detector(model, device)?;
+        score(&ssd, &set, a, progress).with_context(|| format!("evaluating {}", model.display()))
+    };
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let result = sweep_with(run_dir, &plan, &mut evaluate, &mut |e: &SweepEntry<MapScores>, best| {
+        println!(
+            "iter {:>6}  mAP {:>6}   best {:>6} (iter {}){}",
+            e.iteration,
+            f(e.scores.map),
+            f(best.scores.map),
+            best.iteration,
+            if e.cached { "  [cached]" } else { "" }
+        );
+    })?;
+    let best = result.best().context("a sweep has results")?;
+    let last = result.last().context("a sweep has results")?;
+    println!(
+        "\nbest snapshot: iteration {}, mAP {} (selected with the target validation set's ground truth)",
+        best.iteration,
+        f(best.scores.map)
+    );
+    print!("{}", best.scores.table());
+    println!("\nlast snapshot: iteration {}, mAP {}", last.iteration, f(last.scores.map));
+    print!("{}", last.scores.table());
+    if !result.complete() {
+        if let Some(last_iteration) = result.final_iteration {
+            println!(
+                "\nnote: the run's last iteration ({last_iteration}) has no checkpoint yet: still training, or \
+                 stopped early (--wait follows a run)"
+            );
+        }
+    }
+    println!(
+        "\n{} checkpoint(s): {} evaluated now, {} from the cache; per iteration: {}",
+        result.entries.len(),
+        result.evaluated(),
+        result.entries.len() - result.evaluated(),
+        result.csv.display()
+    );
     if let Some(path) = &a.json {
-        let json = serde_json::json!({
-            "map": r.map.map(|v| 100.0 * v),
-            "map_11": r.map_11.map(|v| 100.0 * v),
-            "ap": ap,
-            "ap_11": ap_11,
-            "frames": frames,
-        });
-        advent::fs::write_bytes_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
+        let entry = |e: &SweepEntry<MapScores>| serde_json::json!({"iteration": e.iteration, "scores": e.scores});
+        let json = serde_json::json!({"best": entry(best), "last": entry(last)});
+        advent::fs::write_bytes_atomic(path, &serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

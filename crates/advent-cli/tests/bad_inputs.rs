@@ -974,6 +974,12 @@ fn each_task_refuses_the_other_tasks_runs_and_checkpoints() {
         case("detect train --resume, a segmentation run", &["detect", "train", "--resume", s(&seg)], segmentation)
             .keep(&seg),
         case(
+            "detect eval --sweep, a segmentation run",
+            &["detect", "eval", "--sweep", s(&seg), "--dataset", "cityscapes", "--root", s(&mini), "--split", "val"],
+            segmentation,
+        )
+        .keep(&seg),
+        case(
             "predict, an SSD checkpoint",
             &["predict", "--checkpoint", s(&det_model), "--input", s(&images), "--output", s(&out)],
             ssd,

@@ -754,6 +754,63 @@ fn detect_train_runs_and_resumes_identically() {
     assert!(html.contains("(score ≥ 0)") && !html.contains(">0 detections ≥ 0"), "boxes drawn at 0");
     assert_clean_failure(&advent(&["report", s(&full), "--min-score", "2"]), "--min-score");
 
+    // detect eval --sweep on the real val frame: a row per checkpoint whose mAP is what
+    // detect eval gives that checkpoint alone; a second sweep takes every row from the cache;
+    // the report then charts them.
+    let mini = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cityscapes-mini");
+    if mini.join("gtFine/val").is_dir() {
+        let sweep = |extra: &[&str]| {
+            let mut a = vec!["detect", "eval", "--sweep", s(&full), "--dataset", "cityscapes", "--root", s(&mini)];
+            a.extend_from_slice(extra);
+            advent(&a)
+        };
+        let json = dir.path().join("sweep.json");
+        let o = sweep(&["--json", s(&json)]);
+        assert_success(&o);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(out.contains("best snapshot: iteration") && out.contains("last snapshot: iteration 2"), "{out}");
+        let csv = std::fs::read_to_string(full.join("eval/det-cityscapes-val/scores.csv")).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(lines.next().unwrap(), "iteration,map,person,rider,car,truck,bus,train,motorcycle,bicycle");
+        let rows: Vec<(u64, f64)> = lines
+            .map(|l| {
+                let mut c = l.split(',');
+                (c.next().unwrap().parse().unwrap(), c.next().unwrap().parse().unwrap())
+            })
+            .collect();
+        let iterations: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(iterations, [1, 2], "the checkpoints of iterations 1 and 2");
+        let one = dir.path().join("one.json");
+        for (iteration, map) in &rows {
+            let model = full.join(format!("checkpoints/iter_{iteration:06}/model.pth"));
+            let o = advent(&[
+                "detect",
+                "eval",
+                "--checkpoint",
+                s(&model),
+                "--dataset",
+                "cityscapes",
+                "--root",
+                s(&mini),
+                "--json",
+                s(&one),
+            ]);
+            assert_success(&o);
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&one).unwrap()).unwrap();
+            assert!((v["map"].as_f64().unwrap() - map).abs() < 1e-4, "iteration {iteration}: {v} against {map}");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(v["last"]["iteration"], 2);
+        let best = rows.iter().map(|r| r.1).fold(f64::NEG_INFINITY, f64::max);
+        assert!((v["best"]["scores"]["map"].as_f64().unwrap() - best).abs() < 1e-4, "{v}");
+        let o = sweep(&[]);
+        assert_success(&o);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("2 checkpoint(s): 0 evaluated now, 2 from the cache"));
+        assert_success(&advent(&["report", s(&full), "--samples", "1"]));
+        let html = std::fs::read_to_string(full.join("report.html")).unwrap();
+        assert!(html.contains("Target mAP per checkpoint") && html.contains("det-cityscapes-val"));
+    }
+
     let o =
         advent(&["detect", "train", "--config", s(&config), "--set", "train.lerning_rate=1", "--run-dir", s(&full)]);
     assert_clean_failure(&o, "lerning_rate");

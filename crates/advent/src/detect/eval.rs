@@ -117,6 +117,72 @@ pub fn evaluate_set(
     Ok(evaluate(&all_dets, &all_truth, (ssd.num_classes - 1) as usize, map))
 }
 
+/// A detector's VOC scores on a set, in percent: what `advent detect eval --json` writes and
+/// `--sweep` caches per checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MapScores {
+    /// Mean all-point AP over the classes with objects (`None`: no class has any).
+    pub map: Option<f64>,
+    /// Mean VOC2007 11-point AP over them.
+    pub map_11: Option<f64>,
+    /// All-point AP of every class, in class order (person, rider, car, ...); `None` where a
+    /// class has no objects.
+    pub ap: indexmap::IndexMap<String, Option<f64>>,
+    /// 11-point AP of every class.
+    pub ap_11: indexmap::IndexMap<String, Option<f64>>,
+    /// Objects of every class (ignored regions not counted).
+    pub objects: indexmap::IndexMap<String, usize>,
+    /// Frames evaluated.
+    pub frames: usize,
+}
+
+impl MapScores {
+    /// `result`'s figures in percent, each class by its Cityscapes name.
+    pub fn new(result: &MapResult, frames: usize) -> Self {
+        let pct = |v: Option<f64>| v.map(|v| 100.0 * v);
+        let name = |c: usize| super::cityscapes::class_name(c).unwrap_or("?").to_string();
+        MapScores {
+            map: pct(result.map),
+            map_11: pct(result.map_11),
+            ap: result.per_class.iter().map(|c| (name(c.class), pct(c.ap))).collect(),
+            ap_11: result.per_class.iter().map(|c| (name(c.class), pct(c.ap_11))).collect(),
+            objects: result.per_class.iter().map(|c| (name(c.class), c.num_positives)).collect(),
+            frames,
+        }
+    }
+
+    /// The scores as a table: a row per class (AP, 11-point AP, objects), then the means.
+    pub fn table(&self) -> String {
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let mut out = format!("{:<12} {:>7} {:>7} {:>9}\n", "class", "AP", "AP(11)", "objects");
+        for (name, ap) in &self.ap {
+            let ap_11 = self.ap_11.get(name).copied().flatten();
+            let objects = self.objects.get(name).copied().unwrap_or(0);
+            out.push_str(&format!("{name:<12} {:>7} {:>7} {objects:>9}\n", pct(*ap), pct(ap_11)));
+        }
+        out.push_str(&format!(
+            "{:<12} {:>7} {:>7}   ({} frames)\n",
+            "mAP",
+            pct(self.map),
+            pct(self.map_11),
+            self.frames
+        ));
+        out
+    }
+}
+
+impl crate::eval::sweep::Swept for MapScores {
+    const HEADLINE: &'static str = "map";
+
+    fn headline(&self) -> f64 {
+        self.map.unwrap_or(f64::NAN)
+    }
+
+    fn columns(&self) -> Vec<(String, Option<f64>)> {
+        self.ap.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +191,42 @@ mod tests {
     use crate::detect::matching::{match_priors, MATCH_THRESHOLD};
     use crate::detect::priors::PriorConfig;
     use tch::Device;
+
+    #[test]
+    fn map_scores_in_percent_and_as_sweep_rows() {
+        use crate::detect::map::ClassAp;
+        use crate::eval::sweep::{csv_text, SweepEntry, Swept};
+        let class = |class, ap: Option<f64>, n| ClassAp {
+            class,
+            num_positives: n,
+            num_detections: 0,
+            true_positives: 0,
+            ap_11: ap.map(|a| a / 2.0),
+            ap,
+        };
+        // Classes 1 (person) and 3 (car) have objects; the mean of 0.5 and 0.25 is 0.375.
+        let mut per_class: Vec<ClassAp> = (1..=8).map(|c| class(c, None, 0)).collect();
+        per_class[0] = class(1, Some(0.5), 2);
+        per_class[2] = class(3, Some(0.25), 5);
+        let r = MapResult { per_class, map: Some(0.375), map_11: Some(0.1875) };
+        let s = MapScores::new(&r, 4);
+        assert_eq!((s.map, s.map_11, s.frames), (Some(37.5), Some(18.75), 4));
+        assert_eq!(
+            s.ap.keys().collect::<Vec<_>>(),
+            ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+        );
+        assert_eq!((s.ap["car"], s.ap_11["person"], s.objects["car"]), (Some(25.0), Some(25.0), 5));
+        let table = s.table();
+        assert!(table.contains("person") && table.contains("37.5") && table.contains("(4 frames)"), "{table}");
+        let csv = csv_text(&[SweepEntry { iteration: 7, scores: s.clone(), cached: false }]);
+        assert_eq!(
+            csv,
+            "iteration,map,person,rider,car,truck,bus,train,motorcycle,bicycle\n7,37.5000,50.0000,,25.0000,,,,,\n"
+        );
+        // No objects at all: no mAP, ranked below any.
+        let none = MapScores::new(&MapResult { per_class: vec![], map: None, map_11: None }, 1);
+        assert!(none.headline().is_nan());
+    }
 
     #[test]
     fn outputs_that_encode_the_truth_exactly_score_ap_1() {

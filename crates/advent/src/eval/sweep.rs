@@ -17,11 +17,16 @@
 //! The paper reports the **best snapshot on the target validation set** (SPEC §6, [ADV]
 //! issues #3 and #15): model selection on target ground truth. The last snapshot is the
 //! choice that does not look at it; both are reported.
+//!
+//! The machinery ([`sweep_with`]) takes any score that says its headline figure
+//! ([`Swept`]): segmentation's [`Scores`] (mIoU) here, detection's mAP
+//! ([`crate::detect::eval::MapScores`], `advent detect eval --sweep`).
 
 use super::{confusion_matrix, EvalOptions, Scores};
 use crate::dataset::Dataset;
 use crate::model::{LoadOptions, ModelOverrides, SegModel};
 use anyhow::{bail, ensure, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,19 +55,53 @@ pub struct SweepOptions {
     pub patience: Option<Duration>,
 }
 
+/// What a sweep records of a checkpoint: a result that names its headline figure (the one
+/// the best checkpoint is chosen by) and its per-class columns.
+pub trait Swept: Clone + Serialize + DeserializeOwned {
+    /// The headline's column in `scores.csv` (`miou`, `map`).
+    const HEADLINE: &'static str;
+    /// The headline figure in percent; NaN where there is none (ranked lowest).
+    fn headline(&self) -> f64;
+    /// The per-class columns of `scores.csv`, by name, in percent.
+    fn columns(&self) -> Vec<(String, Option<f64>)>;
+}
+
+impl Swept for Scores {
+    const HEADLINE: &'static str = "miou";
+
+    fn headline(&self) -> f64 {
+        self.miou
+    }
+
+    fn columns(&self) -> Vec<(String, Option<f64>)> {
+        self.iou.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// How often and how long [`sweep_with`] looks for new checkpoints, and where it caches.
+#[derive(Debug, Clone)]
+pub struct SweepPlan {
+    /// Name of the cache folder under `<run>/eval/`.
+    pub key: String,
+    /// See [`SweepOptions::wait`].
+    pub wait: bool,
+    pub poll: Duration,
+    pub patience: Option<Duration>,
+}
+
 /// One evaluated checkpoint.
 #[derive(Debug, Clone)]
-pub struct SweepEntry {
+pub struct SweepEntry<S = Scores> {
     pub iteration: u64,
-    pub scores: Scores,
+    pub scores: S,
     /// Whether the result came from the cache (else it was evaluated now).
     pub cached: bool,
 }
 
 /// The results of a sweep, in iteration order.
 #[derive(Debug, Clone)]
-pub struct SweepResult {
-    pub entries: Vec<SweepEntry>,
+pub struct SweepResult<S = Scores> {
+    pub entries: Vec<SweepEntry<S>>,
     /// `<run>/eval/<key>`.
     pub cache_dir: PathBuf,
     /// `<run>/eval/<key>/scores.csv`.
@@ -71,14 +110,15 @@ pub struct SweepResult {
     pub final_iteration: Option<u64>,
 }
 
-impl SweepResult {
-    /// The best snapshot by mIoU (the paper's protocol); the earliest of equals.
-    pub fn best(&self) -> Option<&SweepEntry> {
+impl<S: Swept> SweepResult<S> {
+    /// The best snapshot by the headline figure (mIoU: the paper's protocol); the earliest
+    /// of equals.
+    pub fn best(&self) -> Option<&SweepEntry<S>> {
         best_of(&self.entries)
     }
 
     /// The last snapshot.
-    pub fn last(&self) -> Option<&SweepEntry> {
+    pub fn last(&self) -> Option<&SweepEntry<S>> {
         self.entries.last()
     }
 
@@ -93,10 +133,10 @@ impl SweepResult {
     }
 }
 
-fn best_of(entries: &[SweepEntry]) -> Option<&SweepEntry> {
-    // NaN (no pixels at all) ranks lowest; `>` keeps the earliest of equals.
-    let score = |e: &SweepEntry| if e.scores.miou.is_nan() { f64::NEG_INFINITY } else { e.scores.miou };
-    entries.iter().fold(None, |best: Option<&SweepEntry>, e| match best {
+fn best_of<S: Swept>(entries: &[SweepEntry<S>]) -> Option<&SweepEntry<S>> {
+    // NaN (no pixels, no objects) ranks lowest; `>` keeps the earliest of equals.
+    let score = |e: &SweepEntry<S>| if e.scores.headline().is_nan() { f64::NEG_INFINITY } else { e.scores.headline() };
+    entries.iter().fold(None, |best: Option<&SweepEntry<S>>, e| match best {
         Some(b) if score(e) <= score(b) => Some(b),
         _ => Some(e),
     })
@@ -186,21 +226,21 @@ pub fn run_num_classes(run_dir: &Path) -> Result<usize> {
 
 /// What a cache file holds.
 #[derive(Serialize, Deserialize)]
-struct Cached {
+struct Cached<S> {
     format: String,
     iteration: u64,
     /// `model.pth`'s size and modification time when it was evaluated.
     checkpoint: String,
-    scores: Scores,
+    scores: S,
 }
 
 fn cache_file(cache_dir: &Path, iteration: u64) -> PathBuf {
     cache_dir.join(format!("iter_{iteration:06}.json"))
 }
 
-fn read_cache(path: &Path) -> Option<Cached> {
+fn read_cache<S: Swept>(path: &Path) -> Option<Cached<S>> {
     let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str::<Cached>(&text).ok().filter(|c| c.format == CACHE_FORMAT)
+    serde_json::from_str::<Cached<S>>(&text).ok().filter(|c| c.format == CACHE_FORMAT)
 }
 
 /// Size and modification time of a file, as a string to compare.
@@ -237,17 +277,35 @@ pub fn sweep(
     options: &SweepOptions,
     on_entry: &mut dyn FnMut(&SweepEntry, &SweepEntry),
 ) -> Result<SweepResult> {
+    let plan =
+        SweepPlan { key: options.key.clone(), wait: options.wait, poll: options.poll, patience: options.patience };
+    sweep_with(run_dir, &plan, &mut |model_path| score_checkpoint(model_path, dataset.clone(), options), on_entry)
+}
+
+/// [`sweep`] with any score: `score(model.pth)` evaluates one checkpoint (errors are named
+/// with its path here).
+///
+/// # Errors
+///
+/// A missing run folder; a run without checkpoints (unless waiting for them); `wait` without
+/// the run's `config.toml`; a checkpoint whose `model.pth` is missing; those of `score`.
+pub fn sweep_with<S: Swept>(
+    run_dir: &Path,
+    plan: &SweepPlan,
+    score: &mut dyn FnMut(&Path) -> Result<S>,
+    on_entry: &mut dyn FnMut(&SweepEntry<S>, &SweepEntry<S>),
+) -> Result<SweepResult<S>> {
     ensure!(run_dir.is_dir(), "no run folder {}", run_dir.display());
     let final_iteration = final_iteration(run_dir)?;
     ensure!(
-        !options.wait || final_iteration.is_some(),
+        !plan.wait || final_iteration.is_some(),
         "--wait needs {} to know the run's last iteration",
         run_dir.join("config.toml").display()
     );
-    let cache_dir = run_dir.join("eval").join(&options.key);
+    let cache_dir = run_dir.join("eval").join(&plan.key);
     std::fs::create_dir_all(&cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
     let csv = cache_dir.join("scores.csv");
-    let mut entries: BTreeMap<u64, SweepEntry> = BTreeMap::new();
+    let mut entries: BTreeMap<u64, SweepEntry<S>> = BTreeMap::new();
     let mut last_new = Instant::now();
     loop {
         let checkpoints: BTreeMap<u64, PathBuf> = crate::train::checkpoints(run_dir)?.into_iter().collect();
@@ -259,33 +317,33 @@ pub fn sweep(
         todo.retain(|i| !entries.contains_key(i));
         // Until a checkpoint is (re-)evaluated, scores.csv keeps its cached result: a pass that
         // fails half-way leaves the rows after the failure as they were.
-        let mut earlier: BTreeMap<u64, SweepEntry> = todo
+        let mut earlier: BTreeMap<u64, SweepEntry<S>> = todo
             .iter()
-            .filter_map(|i| cached.get(i).and_then(|p| read_cache(p)).map(|c| (*i, c)))
+            .filter_map(|i| cached.get(i).and_then(|p| read_cache::<S>(p)).map(|c| (*i, c)))
             .map(|(iteration, c)| (iteration, SweepEntry { iteration, scores: c.scores, cached: true }))
             .collect();
         for iteration in todo {
             let entry = match checkpoints.get(&iteration) {
-                Some(dir) => evaluate_checkpoint(iteration, dir, &cache_dir, dataset.clone(), options)?,
-                None => match read_cache(&cached[&iteration]) {
+                Some(dir) => evaluate_checkpoint(iteration, dir, &cache_dir, score)?,
+                None => match read_cache::<S>(&cached[&iteration]) {
                     Some(c) => SweepEntry { iteration, scores: c.scores, cached: true },
                     None => continue, // an unreadable result of a vanished checkpoint
                 },
             };
             entries.insert(iteration, entry);
             earlier.remove(&iteration);
-            let rows: BTreeMap<u64, &SweepEntry> = earlier.iter().chain(&entries).map(|(i, e)| (*i, e)).collect();
+            let rows: BTreeMap<u64, &SweepEntry<S>> = earlier.iter().chain(&entries).map(|(i, e)| (*i, e)).collect();
             write_csv(&csv, &rows.into_values().cloned().collect::<Vec<_>>())?;
-            let all: Vec<SweepEntry> = entries.values().cloned().collect();
+            let all: Vec<SweepEntry<S>> = entries.values().cloned().collect();
             let best = best_of(&all).expect("one entry at least");
             on_entry(&entries[&iteration], best);
             last_new = Instant::now();
         }
         let done = final_iteration.is_some_and(|f| entries.contains_key(&f));
-        if !options.wait || done {
+        if !plan.wait || done {
             break;
         }
-        if options.patience.is_some_and(|p| last_new.elapsed() > p) {
+        if plan.patience.is_some_and(|p| last_new.elapsed() > p) {
             bail!(
                 "no new checkpoint in {} for {:.0} s while waiting for iteration {} (is the run still training?)",
                 run_dir.join("checkpoints").display(),
@@ -293,7 +351,7 @@ pub fn sweep(
                 final_iteration.expect("checked above")
             );
         }
-        std::thread::sleep(options.poll);
+        std::thread::sleep(plan.poll);
     }
     ensure!(!entries.is_empty(), "no checkpoints in {}", run_dir.join("checkpoints").display());
     Ok(SweepResult { entries: entries.into_values().collect(), cache_dir, csv, final_iteration })
@@ -301,21 +359,29 @@ pub fn sweep(
 
 /// One checkpoint's result: from the cache when it is for the same `model.pth`, else
 /// evaluated and cached.
-fn evaluate_checkpoint(
+fn evaluate_checkpoint<S: Swept>(
     iteration: u64,
     dir: &Path,
     cache_dir: &Path,
-    dataset: Arc<dyn Dataset>,
-    options: &SweepOptions,
-) -> Result<SweepEntry> {
+    score: &mut dyn FnMut(&Path) -> Result<S>,
+) -> Result<SweepEntry<S>> {
     let model_path = dir.join("model.pth");
     let stamp = fingerprint(&model_path).with_context(|| format!("checkpoint {}", dir.display()))?;
     let path = cache_file(cache_dir, iteration);
-    if let Some(c) = read_cache(&path).filter(|c| c.checkpoint == stamp && c.iteration == iteration) {
+    if let Some(c) = read_cache::<S>(&path).filter(|c| c.checkpoint == stamp && c.iteration == iteration) {
         return Ok(SweepEntry { iteration, scores: c.scores, cached: true });
     }
+    let scores = score(&model_path)?;
+    let cached = Cached { format: CACHE_FORMAT.into(), iteration, checkpoint: stamp, scores };
+    let json = serde_json::to_vec_pretty(&cached).context("serialising a sweep result")?;
+    crate::fs::write_bytes_atomic(&path, &json)?;
+    Ok(SweepEntry { iteration, scores: cached.scores, cached: false })
+}
+
+/// A segmentation checkpoint's scores on `dataset`.
+fn score_checkpoint(model_path: &Path, dataset: Arc<dyn Dataset>, options: &SweepOptions) -> Result<Scores> {
     let (mut model, _) =
-        SegModel::from_checkpoint(&model_path, &options.overrides, LoadOptions::default(), options.device)
+        SegModel::from_checkpoint(model_path, &options.overrides, LoadOptions::default(), options.device)
             .with_context(|| format!("checkpoint {}", model_path.display()))?;
     if options.eval.channels_last {
         model.use_channels_last()?;
@@ -325,35 +391,32 @@ fn evaluate_checkpoint(
         .with_context(|| format!("evaluating {}", model_path.display()))?;
     let names = super::class_names(cm.num_classes());
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let scores = Scores::from_confusion(&cm, &names, &options.eval.subset);
-    let cached = Cached { format: CACHE_FORMAT.into(), iteration, checkpoint: stamp, scores };
-    let json = serde_json::to_vec_pretty(&cached).context("serialising a sweep result")?;
-    crate::fs::write_bytes_atomic(&path, &json)?;
-    Ok(SweepEntry { iteration, scores: cached.scores, cached: false })
+    Ok(Scores::from_confusion(&cm, &names, &options.eval.subset))
 }
 
-/// `iteration,mIoU,<class>,...`: percentages with 4 decimals, empty where a class has no
-/// pixels. The classes are those of the first entry.
-pub fn csv_text(entries: &[SweepEntry]) -> String {
-    let mut out = String::from("iteration,miou");
+/// `iteration,<headline>,<class>,...` (`iteration,miou,road,...`): percentages with 4
+/// decimals, empty where a class has no pixels (no objects). The classes are those of the
+/// first entry.
+pub fn csv_text<S: Swept>(entries: &[SweepEntry<S>]) -> String {
+    let mut out = format!("iteration,{}", S::HEADLINE);
     if let Some(first) = entries.first() {
-        for name in first.scores.iou.keys() {
+        for (name, _) in first.scores.columns() {
             let _ = write!(out, ",{name}");
         }
     }
     out.push('\n');
     let cell = |v: Option<f64>| v.filter(|v| !v.is_nan()).map_or_else(String::new, |v| format!("{v:.4}"));
     for e in entries {
-        let _ = write!(out, "{},{}", e.iteration, cell(Some(e.scores.miou)));
-        for v in e.scores.iou.values() {
-            let _ = write!(out, ",{}", cell(*v));
+        let _ = write!(out, "{},{}", e.iteration, cell(Some(e.scores.headline())));
+        for (_, v) in e.scores.columns() {
+            let _ = write!(out, ",{}", cell(v));
         }
         out.push('\n');
     }
     out
 }
 
-fn write_csv(path: &Path, entries: &[SweepEntry]) -> Result<()> {
+fn write_csv<S: Swept>(path: &Path, entries: &[SweepEntry<S>]) -> Result<()> {
     crate::fs::write_bytes_atomic(path, csv_text(entries).as_bytes())
 }
 
@@ -376,7 +439,7 @@ mod tests {
         let e = vec![entry(2, 1), entry(4, 3), entry(6, 3), entry(8, 2)];
         assert_eq!(best_of(&e).unwrap().iteration, 4);
         assert_eq!(best_of(&e).unwrap().scores.miou, 37.5);
-        assert!(best_of(&[]).is_none());
+        assert!(best_of::<Scores>(&[]).is_none());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `advent report RUN_DIR` for a detection run (`advent detect train`): its settings, every
-//! loss, the gradient norm and the learning rate over the iterations, and the last
+//! loss, the gradient norm and the learning rate over the iterations, target mAP per
+//! checkpoint where `advent detect eval --sweep` has evaluated them, and the last
 //! checkpoint's detections on the first target images, drawn as `advent detect predict`
 //! draws them.
 
 use super::run::{
-    grid, metric_charts, no_samples, read_metrics, smooth, write_page, ReportOptions, RunReport, DETECTION_CHARTS,
+    grid, metric_charts, no_samples, read_metrics, smooth, sweep_section, write_page, ReportOptions, RunReport,
+    DETECTION_CHARTS,
 };
 use super::{escape, img_tag, line_chart, page, Series};
 use crate::detect::cityscapes::{class_name, FrameBoxes, LABEL_IDS};
@@ -51,6 +53,7 @@ pub fn write_detection_report(run_dir: &Path, options: &ReportOptions) -> Result
     )];
     sections.push("<h2>Training curves</h2>".into());
     sections.push(format!(r#"<div class="charts">{}</div>"#, metric_charts(&metrics, DETECTION_CHARTS).join("")));
+    sections.extend(sweep_section(run_dir, "mAP")?);
     let mut samples_left_out = None;
     if let Some((iter, ckpt)) = crate::train::checkpoints(run_dir)?.last() {
         let ssd = Ssd::from_checkpoint(&ckpt.join("model.pth"), device)?;

@@ -1,6 +1,6 @@
 //! `advent report RUN_DIR`: the HTML report of one training run — its settings, every loss
 //! and learning rate over the iterations, target mIoU per checkpoint where `advent eval
-//! --sweep` (or the demo) has evaluated them, and the last checkpoint's predictions and
+//! --sweep` (or the demo) has evaluated them (mAP for a detection run), and the last checkpoint's predictions and
 //! entropy maps on the first target images.
 
 use super::{class_legend, entropy_legend, escape, img_tag, line_chart, page, Series};
@@ -223,12 +223,7 @@ pub fn write_run_report(run_dir: &Path, options: &ReportOptions) -> Result<RunRe
     )];
     sections.push("<h2>Training curves</h2>".into());
     sections.push(format!(r#"<div class="charts">{}</div>"#, metric_charts(&metrics, SEGMENTATION_CHARTS).join("")));
-    let sweeps = read_sweeps(run_dir)?;
-    if !sweeps.is_empty() {
-        let series: Vec<Series> = sweeps.iter().map(|(k, v)| Series::new(k.clone(), v.clone())).collect();
-        sections.push("<h2>Target mIoU per checkpoint</h2>".into());
-        sections.push(line_chart("mIoU (%) by evaluation protocol", "iteration", &series, 560, 300));
-    }
+    sections.extend(sweep_section(run_dir, "mIoU")?);
     let checkpoints = crate::train::checkpoints(run_dir)?;
     let mut samples_left_out = None;
     if let Some((iter, ckpt)) = checkpoints.last() {
@@ -244,6 +239,20 @@ pub fn write_run_report(run_dir: &Path, options: &ReportOptions) -> Result<RunRe
         }
     }
     write_page(run_dir, &format!("advent run {}", config.name), &sections, samples_left_out)
+}
+
+/// The headline figure (`mIoU`, `mAP`) of every checkpoint that `advent eval --sweep` (`advent
+/// detect eval --sweep`) has evaluated, a line per evaluation protocol; nothing if none has.
+pub(super) fn sweep_section(run_dir: &Path, figure: &str) -> Result<Option<String>> {
+    let sweeps = read_sweeps(run_dir)?;
+    if sweeps.is_empty() {
+        return Ok(None);
+    }
+    let series: Vec<Series> = sweeps.iter().map(|(k, v)| Series::new(k.clone(), v.clone())).collect();
+    Ok(Some(format!(
+        "<h2>Target {figure} per checkpoint</h2>{}",
+        line_chart(&format!("{figure} (%) by evaluation protocol"), "iteration", &series, 560, 300)
+    )))
 }
 
 /// The note that replaces the sample images when the target dataset cannot be opened;
