@@ -15,7 +15,6 @@ use anyhow::{Context, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -38,18 +37,10 @@ pub struct EvalArgs {
     /// An SSD-300 state dict (ours, or ssd.pytorch's keys).
     #[arg(long, required_unless_present = "sweep", conflicts_with = "sweep")]
     checkpoint: Option<PathBuf>,
-    /// Evaluate every checkpoint of this detection run folder, in iteration order (results
-    /// cached in RUN_DIR/eval/det-<dataset>-<split>/, one row per iteration in scores.csv);
-    /// the best and the last snapshot are reported.
-    #[arg(long, value_name = "RUN_DIR")]
-    sweep: Option<PathBuf>,
-    /// With --sweep: keep polling for new checkpoints until the run's last iteration
-    /// (train.early_stop in RUN_DIR/config.toml) is evaluated.
-    #[arg(long, requires = "sweep")]
-    wait: bool,
-    /// With --wait: seconds between looks for new checkpoints.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
-    poll: f64,
+    // --sweep RUN_DIR: results cached in RUN_DIR/eval/det-<dataset>[-β]-<split>/, one row per
+    // iteration in scores.csv there; the best and the last snapshot are reported.
+    #[command(flatten)]
+    sweeping: crate::sweep::SweepArgs,
     /// cityscapes or foggy-cityscapes.
     #[arg(long, default_value = "foggy-cityscapes")]
     dataset: String,
@@ -184,7 +175,7 @@ fn predict(a: PredictArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    if let Some(run_dir) = &a.sweep {
+    if let Some(run_dir) = &a.sweeping.sweep {
         return eval_sweep(&a, run_dir, device);
     }
     let checkpoint = a.checkpoint.as_ref().context("--checkpoint or --sweep is needed")?;
@@ -218,9 +209,7 @@ fn score(ssd: &Ssd, set: &Arc<DetectionSet>, a: &EvalArgs, progress: bool) -> Re
 /// `detect eval --sweep`: every checkpoint of a detection run, cached as `eval --sweep`
 /// caches a segmentation run's.
 fn eval_sweep(a: &EvalArgs, run_dir: &Path, device: tch::Device) -> Result<()> {
-    anyhow::ensure!(a.poll > 0.0 && a.poll <= 3600.0, "--poll must be a number of seconds above 0 and at most 3600");
-    anyhow::ensure!(run_dir.is_dir(), "no run folder {}", run_dir.display());
-    advent::train::check_run_task(run_dir, advent::train::Task::Detection, "advent detect eval --sweep")?;
+    let poll = a.sweeping.check(run_dir, advent::train::Task::Detection, "advent detect eval --sweep")?;
     let set = open_eval_set(a)?;
     let mut key = format!("det-{}", a.dataset);
     if a.dataset == "foggy-cityscapes" {
@@ -239,55 +228,16 @@ fn eval_sweep(a: &EvalArgs, run_dir: &Path, device: tch::Device) -> Result<()> {
         set.len(),
         a.dataset,
         a.split,
-        if a.wait { ", waiting for the run's last iteration" } else { "" }
+        a.sweeping.waiting()
     );
-    let plan = SweepPlan { key, wait: a.wait, poll: Duration::from_secs_f64(a.poll), patience: None };
+    let plan = SweepPlan { key, wait: a.sweeping.wait, poll, patience: None };
     let progress = std::io::stderr().is_terminal();
     let mut evaluate = |model: &Path| -> Result<MapScores> {
         let ssd = cityscapes_detector(model, device)?;
         score(&ssd, &set, a, progress).with_context(|| format!("evaluating {}", model.display()))
     };
-    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     let result = sweep_with(run_dir, &plan, &mut evaluate, &mut |e: &SweepEntry<MapScores>, best| {
-        println!(
-            "iter {:>6}  mAP {:>6}   best {:>6} (iter {}){}",
-            e.iteration,
-            f(e.scores.map),
-            f(best.scores.map),
-            best.iteration,
-            if e.cached { "  [cached]" } else { "" }
-        );
+        println!("{}", crate::sweep::entry_line(e, best, "mAP"));
     })?;
-    let best = result.best().context("a sweep has results")?;
-    let last = result.last().context("a sweep has results")?;
-    println!(
-        "\nbest snapshot: iteration {}, mAP {} (selected with the target validation set's ground truth)",
-        best.iteration,
-        f(best.scores.map)
-    );
-    print!("{}", best.scores.table());
-    println!("\nlast snapshot: iteration {}, mAP {}", last.iteration, f(last.scores.map));
-    print!("{}", last.scores.table());
-    if !result.complete() {
-        if let Some(last_iteration) = result.final_iteration {
-            println!(
-                "\nnote: the run's last iteration ({last_iteration}) has no checkpoint yet: still training, or \
-                 stopped early (--wait follows a run)"
-            );
-        }
-    }
-    println!(
-        "\n{} checkpoint(s): {} evaluated now, {} from the cache; per iteration: {}",
-        result.entries.len(),
-        result.evaluated(),
-        result.entries.len() - result.evaluated(),
-        result.csv.display()
-    );
-    if let Some(path) = &a.json {
-        let entry = |e: &SweepEntry<MapScores>| serde_json::json!({"iteration": e.iteration, "scores": e.scores});
-        let json = serde_json::json!({"best": entry(best), "last": entry(last)});
-        advent::fs::write_bytes_atomic(path, &serde_json::to_vec_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    crate::sweep::finish(&result, "mAP", &|s: &MapScores| s.table(), a.json.as_deref())
 }

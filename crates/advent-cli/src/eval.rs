@@ -4,11 +4,10 @@
 use crate::args::{parse_device, parse_size};
 use advent::device::Precision;
 use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions};
-use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, EVAL_DATASETS};
+use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, Scores, EVAL_DATASETS};
 use advent::model::{AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -32,16 +31,8 @@ pub struct Args {
     /// the same order (the reference's MODEL_WEIGHT). Default: 1/n each.
     #[arg(long, value_name = "W", requires = "checkpoint")]
     weight: Vec<f64>,
-    /// Evaluate every checkpoint of this training run folder, in iteration order.
-    #[arg(long, value_name = "RUN_DIR")]
-    sweep: Option<PathBuf>,
-    /// With --sweep: keep polling for new checkpoints until the run's last iteration
-    /// (train.early_stop in RUN_DIR/config.toml) is evaluated.
-    #[arg(long, requires = "sweep")]
-    wait: bool,
-    /// With --wait: seconds between looks for new checkpoints.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
-    poll: f64,
+    #[command(flatten)]
+    sweeping: crate::sweep::SweepArgs,
     /// The evaluation set: cityscapes or foggy-cityscapes.
     #[arg(long)]
     dataset: String,
@@ -138,7 +129,7 @@ pub fn run(a: Args) -> Result<()> {
         a.fold_bn != BnFold::Fused || device.is_cuda(),
         "--fold-bn fused needs --device cuda (`on` works on the CPU)"
     );
-    match &a.sweep {
+    match &a.sweeping.sweep {
         Some(run_dir) => run_sweep(&a, run_dir, device),
         None => run_checkpoints(&a, device),
     }
@@ -260,9 +251,7 @@ fn eval_options(a: &Args, subset: Vec<usize>, save_predictions: Option<PathBuf>)
 }
 
 fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
-    ensure!(a.poll > 0.0 && a.poll <= 3600.0, "--poll must be a number of seconds above 0 and at most 3600");
-    ensure!(run_dir.is_dir(), "no run folder {}", run_dir.display());
-    advent::train::check_run_task(run_dir, advent::train::Task::Segmentation, "advent eval --sweep")?;
+    let poll = a.sweeping.check(run_dir, advent::train::Task::Segmentation, "advent eval --sweep")?;
     let num_classes = run_num_classes(run_dir)?;
     let classes = classes(a, num_classes);
     let subset = subset_for(classes, num_classes)?;
@@ -284,60 +273,20 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
         a.split,
         subset.len(),
         describe_sizes(a),
-        if a.wait { ", waiting for the run's last iteration" } else { "" }
+        a.sweeping.waiting()
     );
     let options = SweepOptions {
         key,
         eval: eval_options(a, subset, None)?,
         device,
         overrides: overrides(a),
-        wait: a.wait,
-        poll: Duration::from_secs_f64(a.poll),
+        wait: a.sweeping.wait,
+        poll,
         patience: None,
     };
     let result = sweep(run_dir, dataset, &options, &mut |e: &SweepEntry, best: &SweepEntry| {
-        println!(
-            "iter {:>6}  {} {:6.2}   best {:6.2} (iter {}){}",
-            e.iteration,
-            e.scores.score_name(),
-            e.scores.miou,
-            best.scores.miou,
-            best.iteration,
-            if e.cached { "  [cached]" } else { "" }
-        );
+        println!("{}", crate::sweep::entry_line(e, best, e.scores.score_name()));
     })?;
-    let best = result.best().expect("a sweep has results");
-    let last = result.last().expect("a sweep has results");
-    let name = best.scores.score_name();
-    println!(
-        "\nbest snapshot: iteration {}, {name} {:.2} (the paper's protocol: the best snapshot on the \
-         target validation set, i.e. selected with its ground truth)",
-        best.iteration, best.scores.miou
-    );
-    print!("{}", best.scores.table());
-    println!("\nlast snapshot: iteration {}, {name} {:.2}", last.iteration, last.scores.miou);
-    print!("{}", last.scores.table());
-    if !result.complete() {
-        match result.final_iteration {
-            Some(f) => println!(
-                "\nnote: the run's last iteration ({f}) has no checkpoint yet: still training, or \
-                 stopped early (--wait follows a run)"
-            ),
-            None => println!("\nnote: no config.toml in the run folder: its last iteration is unknown"),
-        }
-    }
-    println!(
-        "\n{} checkpoint(s): {} evaluated now, {} from the cache; per iteration: {}",
-        result.entries.len(),
-        result.evaluated(),
-        result.entries.len() - result.evaluated(),
-        result.csv.display()
-    );
-    if let Some(path) = &a.json {
-        let entry = |e: &SweepEntry| serde_json::json!({"iteration": e.iteration, "scores": e.scores});
-        let json = serde_json::json!({"best": entry(best), "last": entry(last)});
-        let bytes = serde_json::to_vec_pretty(&json).context("serialising the sweep")?;
-        advent::fs::write_bytes_atomic(path, &bytes)?;
-    }
-    Ok(())
+    let figure = result.best().map_or("mIoU", |b| b.scores.score_name());
+    crate::sweep::finish(&result, figure, &|s: &Scores| s.table(), a.json.as_deref())
 }

@@ -12,6 +12,7 @@ mod detect;
 mod eval;
 mod predict;
 mod score;
+mod sweep;
 mod train;
 
 use clap::{Parser, Subcommand};
