@@ -3,7 +3,7 @@
 
 use crate::args::{parse_device, parse_size};
 use advent::device::Precision;
-use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions};
+use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions, SweepPlan};
 use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, Scores, EVAL_DATASETS};
 use advent::model::{AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
 use anyhow::{bail, ensure, Result};
@@ -276,13 +276,10 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
         a.sweeping.waiting()
     );
     let options = SweepOptions {
-        key,
+        plan: SweepPlan { key, wait: a.sweeping.wait, poll, patience: None },
         eval: eval_options(a, subset, None)?,
         device,
         overrides: overrides(a),
-        wait: a.sweeping.wait,
-        poll,
-        patience: None,
     };
     let result = sweep(run_dir, dataset, &options, &mut |e: &SweepEntry, best: &SweepEntry| {
         println!("{}", crate::sweep::entry_line(e, best, e.scores.score_name()));

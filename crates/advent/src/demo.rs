@@ -208,13 +208,15 @@ fn train_and_evaluate(
     )?;
     let eval_options = EvalOptions { subset: DRAWN_CLASSES.to_vec(), workers: 0, ..Default::default() };
     let sweep_options = sweep::SweepOptions {
-        key: "demo-target-val".into(),
+        plan: sweep::SweepPlan {
+            key: "demo-target-val".into(),
+            wait: false,
+            poll: Duration::from_secs(1),
+            patience: None,
+        },
         eval: eval_options,
         device: options.device,
         overrides: ModelOverrides::default(),
-        wait: false,
-        poll: Duration::from_secs(1),
-        patience: None,
     };
     let result = sweep::sweep(run_dir, val.clone(), &sweep_options, &mut |_, _| {})?;
     let last = result.last().context("no checkpoint was evaluated")?;

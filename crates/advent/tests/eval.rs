@@ -6,7 +6,7 @@ mod common;
 use advent::config::Config;
 use advent::dataset::{self, Dataset, Sample};
 use advent::eval::score::{score, ScoreOptions};
-use advent::eval::sweep::{sweep, SweepOptions, SweepResult};
+use advent::eval::sweep::{sweep, SweepOptions, SweepPlan, SweepResult};
 use advent::eval::{self, evaluate, open_dataset, EvalOptions, EvalSet, Scores};
 use advent::model::{Arch, AsppSum, ModelConfig, ModelOverrides, SegModel};
 use advent::weights;
@@ -541,13 +541,15 @@ fn fake_run(early_stop: u64, iterations: &[u64]) -> tempfile::TempDir {
 
 fn sweep_options(wait: bool) -> SweepOptions {
     SweepOptions {
-        key: "synthetic-test".into(),
+        plan: SweepPlan {
+            key: "synthetic-test".into(),
+            wait,
+            poll: Duration::from_millis(50),
+            patience: Some(Duration::from_secs(60)),
+        },
         eval: EvalOptions::default(),
         device: Device::Cpu,
         overrides: ModelOverrides::default(),
-        wait,
-        poll: Duration::from_millis(50),
-        patience: Some(Duration::from_secs(60)),
     }
 }
 
@@ -620,7 +622,8 @@ fn waiting_follows_a_run_until_its_last_iteration() {
 
     // Nothing more coming: waiting gives up after the patience.
     let stalled = fake_run(8, &[2]);
-    let options = SweepOptions { patience: Some(Duration::from_millis(200)), ..sweep_options(true) };
+    let mut options = sweep_options(true);
+    options.plan.patience = Some(Duration::from_millis(200));
     let err = run_sweep(stalled.path(), &options).unwrap_err().to_string();
     assert!(err.contains("no new checkpoint") && err.contains("iteration 8"), "{err}");
 }

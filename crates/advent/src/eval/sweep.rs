@@ -37,22 +37,14 @@ use tch::Device;
 
 const CACHE_FORMAT: &str = "advent-eval-cache/1";
 
-/// How [`sweep`] runs.
+/// How [`sweep`] runs: where it caches and how it follows a run, and how a segmentation
+/// checkpoint is evaluated.
 #[derive(Debug, Clone)]
 pub struct SweepOptions {
-    /// Name of the cache folder under `<run>/eval/` (see [`cache_key`]).
-    pub key: String,
+    pub plan: SweepPlan,
     pub eval: EvalOptions,
     pub device: Device,
     pub overrides: ModelOverrides,
-    /// Keep polling for new checkpoints until the run's last iteration (`train.early_stop`
-    /// of `<run>/config.toml`) is evaluated.
-    pub wait: bool,
-    /// How often to look for new checkpoints while waiting (the reference polls every 5 s).
-    pub poll: Duration,
-    /// Stop waiting after this long without a new checkpoint (`None`: wait as long as it
-    /// takes, as the reference does).
-    pub patience: Option<Duration>,
 }
 
 /// What a sweep records of a checkpoint: a result that names its headline figure (the one
@@ -78,14 +70,18 @@ impl Swept for Scores {
     }
 }
 
-/// How often and how long [`sweep_with`] looks for new checkpoints, and where it caches.
+/// Where [`sweep_with`] caches, and how it follows a run that is still training.
 #[derive(Debug, Clone)]
 pub struct SweepPlan {
-    /// Name of the cache folder under `<run>/eval/`.
+    /// Name of the cache folder under `<run>/eval/` (see [`cache_key`]).
     pub key: String,
-    /// See [`SweepOptions::wait`].
+    /// Keep polling for new checkpoints until the run's last iteration (`train.early_stop`
+    /// of `<run>/config.toml`) is evaluated.
     pub wait: bool,
+    /// How often to look for new checkpoints while waiting (the reference polls every 5 s).
     pub poll: Duration,
+    /// Stop waiting after this long without a new checkpoint (`None`: wait as long as it
+    /// takes, as the reference does).
     pub patience: Option<Duration>,
 }
 
@@ -277,9 +273,12 @@ pub fn sweep(
     options: &SweepOptions,
     on_entry: &mut dyn FnMut(&SweepEntry, &SweepEntry),
 ) -> Result<SweepResult> {
-    let plan =
-        SweepPlan { key: options.key.clone(), wait: options.wait, poll: options.poll, patience: options.patience };
-    sweep_with(run_dir, &plan, &mut |model_path| score_checkpoint(model_path, dataset.clone(), options), on_entry)
+    sweep_with(
+        run_dir,
+        &options.plan,
+        &mut |model_path| score_checkpoint(model_path, dataset.clone(), options),
+        on_entry,
+    )
 }
 
 /// [`sweep`] with any score: `score(model.pth)` evaluates one checkpoint (errors are named

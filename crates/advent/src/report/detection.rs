@@ -261,11 +261,7 @@ fn fitted(image: &RgbImage, enlarge: u32) -> (RgbImage, f32, u32) {
 /// A cell: `image` (fitted as [`fitted`] does) with the detections of at least `min_score`
 /// drawn on it, captioned with their count and the best score of all.
 fn boxes_cell(image: &RgbImage, dets: &[Detection], min_score: f32, enlarge: u32) -> Result<String> {
-    let (shown, f, scale) = fitted(image, enlarge);
-    let kept: Vec<Detection> =
-        dets.iter().filter(|d| d.score >= min_score).map(|d| Detection { bbox: d.bbox.map(|v| v * f), ..*d }).collect();
-    let mut drawn = shown;
-    draw_boxes(&mut drawn, &kept, if scale == 2 { 1 } else { 2 });
+    let kept: Vec<Detection> = dets.iter().filter(|d| d.score >= min_score).copied().collect();
     let best = dets.iter().map(|d| d.score).fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))));
     let caption = format!(
         "{} detection{} ≥ {min_score}{}",
@@ -273,20 +269,17 @@ fn boxes_cell(image: &RgbImage, dets: &[Detection], min_score: f32, enlarge: u32
         if kept.len() == 1 { "" } else { "s" },
         best.map_or(String::new(), |b| format!("; best score {b:.2}"))
     );
-    Ok(format!("{}<br>{}", img_tag(&drawn, &caption, scale)?, escape(&caption)))
+    drawn_cell(image, &kept, enlarge, &caption, &caption)
 }
 
 /// A cell: `image` with the ground-truth boxes of `frame` drawn, captioned with their count
 /// per class.
 fn ground_truth_cell(image: &RgbImage, frame: &FrameBoxes, enlarge: u32) -> Result<String> {
-    let (shown, f, scale) = fitted(image, enlarge);
     let boxes: Vec<Detection> = frame
         .objects
         .iter()
-        .map(|o| Detection { class: o.class, score: 1.0, bbox: o.bbox.map(|v| v as f32 * f) })
+        .map(|o| Detection { class: o.class, score: 1.0, bbox: o.bbox.map(|v| v as f32) })
         .collect();
-    let mut drawn = shown;
-    draw_boxes(&mut drawn, &boxes, if scale == 2 { 1 } else { 2 });
     let mut counts = std::collections::BTreeMap::new();
     for o in &frame.objects {
         *counts.entry(class_name(o.class).unwrap_or("?")).or_insert(0usize) += 1;
@@ -295,7 +288,16 @@ fn ground_truth_cell(image: &RgbImage, frame: &FrameBoxes, enlarge: u32) -> Resu
         true => "no objects".to_string(),
         false => counts.iter().map(|(c, n)| format!("{n} {c}")).collect::<Vec<_>>().join(", "),
     };
-    Ok(format!("{}<br>{}", img_tag(&drawn, &format!("ground truth: {caption}"), scale)?, escape(&caption)))
+    drawn_cell(image, &boxes, enlarge, &format!("ground truth: {caption}"), &caption)
+}
+
+/// `image` fitted as [`fitted`] does with `boxes` (in its pixels) drawn on it, then
+/// `caption` under it (`alt` its text alternative).
+fn drawn_cell(image: &RgbImage, boxes: &[Detection], enlarge: u32, alt: &str, caption: &str) -> Result<String> {
+    let (mut drawn, f, scale) = fitted(image, enlarge);
+    let scaled: Vec<Detection> = boxes.iter().map(|d| Detection { bbox: d.bbox.map(|v| v * f), ..*d }).collect();
+    draw_boxes(&mut drawn, &scaled, if scale == 2 { 1 } else { 2 });
+    Ok(format!("{}<br>{}", img_tag(&drawn, alt, scale)?, escape(caption)))
 }
 
 /// Detection classes (1..=8) in their box colours.
