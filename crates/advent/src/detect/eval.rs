@@ -161,11 +161,12 @@ impl MapScores {
             out.push_str(&format!("{name:<12} {:>7} {:>7} {objects:>9}\n", pct(*ap), pct(ap_11)));
         }
         out.push_str(&format!(
-            "{:<12} {:>7} {:>7}   ({} frames)\n",
+            "{:<12} {:>7} {:>7}   ({} frame{})\n",
             "mAP",
             pct(self.map),
             pct(self.map_11),
-            self.frames
+            self.frames,
+            if self.frames == 1 { "" } else { "s" }
         ));
         out
     }
@@ -218,6 +219,7 @@ mod tests {
         assert_eq!((s.ap["car"], s.ap_11["person"], s.objects["car"]), (Some(25.0), Some(25.0), 5));
         let table = s.table();
         assert!(table.contains("person") && table.contains("37.5") && table.contains("(4 frames)"), "{table}");
+        assert!(MapScores::new(&r, 1).table().ends_with("(1 frame)\n"));
         let csv = csv_text(&[SweepEntry { iteration: 7, scores: s.clone(), cached: false }]);
         assert_eq!(
             csv,
