@@ -211,17 +211,8 @@ fn score(ssd: &Ssd, set: &Arc<DetectionSet>, a: &EvalArgs, progress: bool) -> Re
 fn eval_sweep(a: &EvalArgs, run_dir: &Path, device: tch::Device) -> Result<()> {
     let poll = a.sweeping.check(run_dir, advent::train::Task::Detection, "advent detect eval --sweep")?;
     let set = open_eval_set(a)?;
-    let mut key = format!("det-{}", a.dataset);
-    if a.dataset == "foggy-cityscapes" {
-        key.push_str(&format!("-{}", a.beta));
-    }
-    key.push_str(&format!("-{}", a.split));
-    if let Some(stem) = a.list.as_deref().and_then(Path::file_stem) {
-        key.push_str(&format!("-list-{}", stem.to_string_lossy()));
-    }
-    if a.min_size > 0 {
-        key.push_str(&format!("-min{}", a.min_size));
-    }
+    let beta = (a.dataset == "foggy-cityscapes").then_some(a.beta);
+    let key = advent::detect::eval::cache_key(&a.dataset, beta, &a.split, a.list.as_deref(), a.min_size);
     eprintln!(
         "sweeping the checkpoints of {} on {} frames of {} {}{}",
         run_dir.display(),

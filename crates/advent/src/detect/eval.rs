@@ -10,6 +10,7 @@ use crate::dataset::loader::{in_order, LoadFn};
 use crate::native::{page_locked, to_device_async, HostCopy};
 use anyhow::{ensure, Context, Result};
 use indicatif::ProgressBar;
+use std::path::Path;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -172,6 +173,25 @@ impl MapScores {
     }
 }
 
+/// The cache folder name of `advent detect eval --sweep` (as [`crate::eval::sweep::cache_key`]
+/// for segmentation): `det-<dataset>[-<β>]-<split>`, with `-list-<stem>` and `-min<N>`
+/// appended where a list file or a minimum object size is given. E.g.
+/// `det-foggy-cityscapes-0.02-val`, `det-cityscapes-val-list-val-min8`.
+pub fn cache_key(dataset: &str, foggy_beta: Option<f64>, split: &str, list: Option<&Path>, min_size: u32) -> String {
+    let mut key = format!("det-{dataset}");
+    if let Some(beta) = foggy_beta {
+        key.push_str(&format!("-{beta}"));
+    }
+    key.push_str(&format!("-{split}"));
+    if let Some(stem) = list.and_then(Path::file_stem) {
+        key.push_str(&format!("-list-{}", stem.to_string_lossy()));
+    }
+    if min_size > 0 {
+        key.push_str(&format!("-min{min_size}"));
+    }
+    key
+}
+
 impl crate::eval::sweep::Swept for MapScores {
     const HEADLINE: &'static str = "map";
 
@@ -220,6 +240,11 @@ mod tests {
         let table = s.table();
         assert!(table.contains("person") && table.contains("37.5") && table.contains("(4 frames)"), "{table}");
         assert!(MapScores::new(&r, 1).table().ends_with("(1 frame)\n"));
+        assert_eq!(cache_key("foggy-cityscapes", Some(0.02), "val", None, 0), "det-foggy-cityscapes-0.02-val");
+        assert_eq!(
+            cache_key("cityscapes", None, "val", Some(Path::new("lists/val.txt")), 8),
+            "det-cityscapes-val-list-val-min8"
+        );
         let csv = csv_text(&[SweepEntry { iteration: 7, scores: s.clone(), cached: false }]);
         assert_eq!(
             csv,
