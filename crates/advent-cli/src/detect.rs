@@ -110,10 +110,10 @@ fn train(a: crate::train::Args) -> Result<()> {
     crate::train::emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) =
         crate::train::resolve(&a, advent::train::Task::Detection, DetConfig::load, |c| c.name.clone())?;
-    let options = RunOptions { run_dir, device, start, progress: advent::train::Progress::for_stderr() };
+    let progress = advent::train::Progress::for_stderr();
+    let options = RunOptions { run_dir, device, start, progress, stop_on_signal: true };
     let summary = advent::detect::run::run(&config, options)?;
-    crate::train::report(&summary);
-    Ok(())
+    crate::train::report(&summary, "advent detect train")
 }
 
 /// The detector of a checkpoint, which must detect the Cityscapes classes (and the background).

@@ -94,6 +94,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A training run stopped by a signal, its message printed already.
+        Err(ref e) if let Some(train::Stopped(signal)) = e.downcast_ref() => ExitCode::from(signal.exit_status()),
         Err(e) => {
             let message = format!("{e:#}");
             let keep_trace = std::env::var_os("TORCH_SHOW_CPP_STACKTRACES").is_some_and(|v| v == "1");

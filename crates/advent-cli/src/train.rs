@@ -2,7 +2,7 @@
 
 use crate::args::parse_device;
 use advent::config::Config;
-use advent::train::{self, Progress, RunOptions, RunSummary, Start};
+use advent::train::{self, Progress, RunOptions, RunSummary, Signal, Start};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,8 @@ pub struct Args {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
     /// Continue a run: its folder (newest complete checkpoint) or a checkpoint folder. The
-    /// run's saved config.toml is used, with any --set applied.
+    /// run's saved config.toml is used, with any --set applied. Ctrl-C or SIGTERM stops a run
+    /// after the iteration under way, with its checkpoint (exit status 130 or 143).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
@@ -49,9 +50,9 @@ pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) = resolve(&a, train::Task::Segmentation, Config::load, |c| c.name.clone())?;
-    let summary = train::run(&config, RunOptions { run_dir, device, start, progress: Progress::for_stderr() })?;
-    report(&summary);
-    Ok(())
+    let options = RunOptions { run_dir, device, start, progress: Progress::for_stderr(), stop_on_signal: true };
+    let summary = train::run(&config, options)?;
+    report(&summary, "advent train")
 }
 
 /// The configuration, run folder and start of `advent train` or `advent detect train`:
@@ -106,7 +107,23 @@ fn value(v: f32) -> String {
     }
 }
 
-pub fn report(summary: &RunSummary) {
+/// A run stopped by a signal, its message printed: the process exits with the status of one
+/// killed by that signal (130 for SIGINT, 143 for SIGTERM), so that scripts and batch systems
+/// see that the run is not complete.
+#[derive(Debug)]
+pub struct Stopped(pub Signal);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by {}", self.0.name())
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// The closing lines of `command` (`advent train`, `advent detect train`); an error
+/// ([`Stopped`]) when a signal stopped the run.
+pub fn report(summary: &RunSummary, command: &str) -> Result<()> {
     let losses: Vec<String> = summary.last_losses.iter().map(|(k, v)| format!("{k} = {}", value(*v))).collect();
     eprintln!(
         "trained iterations {}..={} in {:.1} s; last: {}",
@@ -117,5 +134,17 @@ pub fn report(summary: &RunSummary) {
     );
     if let Some(c) = &summary.last_checkpoint {
         eprintln!("checkpoint: {}", c.display());
+    }
+    match summary.stopped_by {
+        Some(signal) => {
+            eprintln!(
+                "stopped by {} after iteration {}; continue with: {command} --resume {}",
+                signal.name(),
+                summary.last_iteration,
+                summary.run_dir.display()
+            );
+            Err(Stopped(signal).into())
+        }
+        None => Ok(()),
     }
 }

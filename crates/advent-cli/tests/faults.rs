@@ -1,6 +1,7 @@
 //! Training under faults, with real processes: `kill -9` at random moments and while a
-//! checkpoint is being written or deleted, a full disk during a save, and the determinism
-//! that makes "reproduces the uninterrupted run exactly" testable at all.
+//! checkpoint is being written or deleted, Ctrl-C and SIGTERM (a stop with a checkpoint), a
+//! full disk during a save, and the determinism that makes "reproduces the uninterrupted run
+//! exactly" testable at all.
 //!
 //! The run is the tiny network on the built-in generator (AdvEnt with discriminators of
 //! width 8, 64x32, 41 iterations, a checkpoint of 9.4 MB every 4 keeping the last 2), a few
@@ -9,6 +10,8 @@
 mod common;
 
 use common::{advent, advent_with_file_limit, assert_clean_failure, metrics, s, stderr};
+use std::io::BufRead;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -187,6 +190,140 @@ fn kill_9_while_a_checkpoint_is_written_or_deleted() {
         }
     }
     finish_and_compare(&config, &run, &want);
+}
+
+/// Waits until `run`'s metrics.jsonl has at least `lines` lines (the process still running).
+fn wait_for_metrics(child: &mut Child, run: &Path, lines: usize) {
+    let began = Instant::now();
+    loop {
+        let n = std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |m| m.lines().count());
+        if n >= lines {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {lines} iterations were logged");
+        assert!(began.elapsed() < Duration::from_secs(300), "no {lines} iterations logged in 300 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn send(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
+
+/// `advent ARGS` with stderr piped, and SIGINT ignored when `ignore_sigint` (as a shell starts a
+/// background job).
+fn spawn(args: &[&str], ignore_sigint: bool) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_advent"));
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    if ignore_sigint {
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().expect("starts")
+}
+
+/// Stops a running `advent train` (or `detect train`) with `signal` once `lines` iterations
+/// are logged: it must exit with 128 + the signal's number after writing the checkpoint of
+/// the iteration it was in, and say so. Returns that iteration.
+fn stop_with(mut child: Child, run: &Path, lines: usize, signal: libc::c_int, name: &str, command: &str) -> u64 {
+    wait_for_metrics(&mut child, run, lines);
+    send(&child, signal);
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(128 + signal), "stopped by {name}: {err}");
+    assert!(!err.contains("error:") && !err.contains("panicked"), "{err}");
+    assert!(err.contains("advent: stopping after this iteration, with a checkpoint"), "{err}");
+    let newest = advent::train::checkpoints(run).unwrap().pop().expect("a checkpoint").0;
+    let said = format!("stopped by {name} after iteration {newest}; continue with: {command} --resume {}", s(run));
+    assert!(err.contains(&said), "expected `{said}` in: {err}");
+    // The checkpoint is of the last iteration logged: nothing done was lost.
+    assert_eq!(metrics(run).len() as u64, newest + 1);
+    assert!(hidden(run).is_empty(), "leftovers: {:?}", hidden(run));
+    newest
+}
+
+#[test]
+fn sigint_and_sigterm_stop_with_a_checkpoint_and_resuming_reproduces_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // No periodic checkpoint before the last: every earlier one is a stop's.
+    let train = [("early_stop", "60"), ("discriminator_width", "8"), ("save_every", "1000"), ("max_iters", "100")];
+    let config = common::tiny_config_with(dir.path(), "advent", &train);
+    let reference = dir.path().join("reference");
+    let o = advent(&["train", "--config", s(&config), "--run-dir", s(&reference)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = dir.path().join("stopped");
+    let child = spawn(&["train", "--config", s(&config), "--run-dir", s(&run)], false);
+    let first = stop_with(child, &run, 6, libc::SIGINT, "SIGINT", "advent train");
+    assert!((5..60).contains(&first), "stopped at {first}");
+    let child = spawn(&["train", "--resume", s(&run)], false);
+    let second = stop_with(child, &run, first as usize + 6, libc::SIGTERM, "SIGTERM", "advent train");
+    assert!(second > first && second < 60, "stopped at {second} after {first}");
+    assert_eq!(advent::train::checkpoints(&run).unwrap().iter().map(|c| c.0).collect::<Vec<_>>(), [first, second]);
+    // A job that ignores SIGINT (a background job of a script) keeps ignoring it.
+    let mut child = spawn(&["train", "--resume", s(&run)], true);
+    wait_for_metrics(&mut child, &run, second as usize + 4);
+    send(&child, libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(metrics(&run), metrics(&reference), "losses after the stops differ from the uninterrupted run");
+    let last = "checkpoints/iter_000060/model.pth";
+    assert!(std::fs::read(run.join(last)).unwrap() == std::fs::read(reference.join(last)).unwrap());
+}
+
+#[test]
+fn the_same_signal_twice_stops_at_once_without_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // Iterations of about half a second on two cores: long enough to signal twice within one.
+    let config = dir.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        "[model]\narch = \"deeplabv2-tiny\"\n[source]\ndataset = \"synthetic\"\nsize = [512, 256]\n\
+         [target]\ndataset = \"synthetic\"\nsize = [512, 256]\n[synthetic]\nlen = 2\n[train]\n\
+         method = \"advent\"\nmax_iters = 100\nearly_stop = 50\nsave_every = 1000\ndiscriminator_width = 8\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let mut child = spawn(&["train", "--config", s(&config), "--run-dir", s(&run)], false);
+    wait_for_metrics(&mut child, &run, 1);
+    send(&child, libc::SIGINT);
+    // The handler's message is its first line on stderr (no bar: stderr is a pipe).
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while line.trim().is_empty() {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "stderr closed before the handler's message");
+    }
+    assert!(line.starts_with("advent: stopping after this iteration"), "{line}");
+    send(&child, libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert!(advent::train::checkpoints(&run).unwrap().is_empty(), "a checkpoint was written");
+}
+
+#[test]
+fn a_detection_run_stops_on_sigterm_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("det.toml");
+    std::fs::write(
+        &config,
+        "[source]\ndataset = \"synthetic\"\nbatch_size = 1\n[target]\ndataset = \"synthetic\"\nbatch_size = 1\n\
+         [synthetic]\nlen = 4\n[train]\nmethod = \"minent\"\nmax_iters = 100\nearly_stop = 60\nsave_every = 1000\n\
+         workers = 1\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let child = spawn(&["detect", "train", "--config", s(&config), "--run-dir", s(&run)], false);
+    let stopped = stop_with(child, &run, 3, libc::SIGTERM, "SIGTERM", "advent detect train");
+    assert!((2..60).contains(&stopped), "stopped at {stopped}");
+    for f in ["model.pth", "optimizer.safetensors", "state.json"] {
+        assert!(run.join(format!("checkpoints/iter_{stopped:06}/{f}")).is_file(), "{f} missing");
+    }
 }
 
 #[test]

@@ -204,6 +204,7 @@ fn train_and_evaluate(
             device: options.device,
             start: crate::train::Start::New,
             progress: options.progress,
+            stop_on_signal: false,
         },
     )?;
     let eval_options = EvalOptions { subset: DRAWN_CLASSES.to_vec(), workers: 0, ..Default::default() };

@@ -178,6 +178,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
                     device: options.device,
                     start: Start::New,
                     progress: options.progress,
+                    stop_on_signal: false,
                 },
             )?;
             let ckpt = summary.last_checkpoint.context("the run saved no checkpoint")?;

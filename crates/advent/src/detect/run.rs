@@ -138,6 +138,9 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
             record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?;
         }
         record.advance();
+        if record.stopping() {
+            break;
+        }
     }
     record.finish()
 }

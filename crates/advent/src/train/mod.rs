@@ -4,7 +4,9 @@ pub mod optim;
 mod step;
 
 pub use step::{Detached, DomainDiscriminator, GraphGrads, Losses, Trainer, GRAPH_WARMUP, SOURCE_LABEL, TARGET_LABEL};
+pub use stop::Signal;
 pub(crate) mod run;
+pub mod stop;
 
 pub use run::{
     check_run_task, checkpoint_model, checkpoints, resolve_resume, run, run_task, Progress, RunOptions, RunSummary,

@@ -16,6 +16,7 @@
 //! log gets a restart marker so that the interrupted run's later steps are not shown twice.
 
 use super::step::{Losses, Trainer};
+use super::stop::{Signal, StopOnSignal};
 use crate::config::Config;
 use crate::dataset::loader::{Loader, LoaderConfig, OrderState};
 use crate::dataset::{self, Dataset};
@@ -71,6 +72,9 @@ pub struct RunOptions {
     pub device: Device,
     pub start: Start,
     pub progress: Progress,
+    /// SIGINT and SIGTERM stop the run after the iteration under way, with its checkpoint
+    /// (see [`super::stop`]); otherwise they keep their usual effect.
+    pub stop_on_signal: bool,
 }
 
 /// How a run shows its progress on stderr.
@@ -105,6 +109,10 @@ pub struct RunSummary {
     pub seconds: f64,
     pub last_losses: Vec<(String, f32)>,
     pub last_checkpoint: Option<PathBuf>,
+    /// The signal that stopped the run before `train.early_stop` (with
+    /// [`RunOptions::stop_on_signal`]); `last_iteration` is then the last one done, and
+    /// `last_checkpoint` its checkpoint.
+    pub stopped_by: Option<Signal>,
 }
 
 /// The checkpoint folders of a run, oldest first, complete ones only.
@@ -370,6 +378,9 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
             record.checkpoint(&state, &checkpoint_files(&trainer), t.keep_checkpoints)?;
         }
         record.advance();
+        if record.stopping() {
+            break;
+        }
     }
     record.finish()
 }
@@ -398,7 +409,14 @@ pub(crate) struct RunRecord {
     first_iteration: u64,
     last_losses: Vec<(String, f32)>,
     last_checkpoint: Option<PathBuf>,
+    /// The last iteration pushed.
+    last_iteration: Option<u64>,
     began: Instant,
+    /// With [`RunOptions::stop_on_signal`].
+    signals: Option<StopOnSignal>,
+    /// A signal received, taken at the start of an iteration's record ([`Self::push`]) so
+    /// that the iteration's logging and its checkpoint agree on it.
+    stop: Option<Signal>,
 }
 
 impl RunRecord {
@@ -427,6 +445,7 @@ impl RunRecord {
         }
         let lines = (options.progress == Progress::Lines).then(|| prefix.clone());
         let bar = progress_bar(options.progress == Progress::Bar, start, schedule.early_stop, prefix);
+        let signals = if options.stop_on_signal { Some(StopOnSignal::install()?) } else { None };
         Ok(RunRecord {
             run_dir: run_dir.clone(),
             schedule,
@@ -438,14 +457,22 @@ impl RunRecord {
             first_iteration: start,
             last_losses: Vec::new(),
             last_checkpoint: None,
+            last_iteration: None,
             began: Instant::now(),
+            signals,
+            stop: None,
         })
     }
 
-    /// Whether iteration `i` ends with a checkpoint.
+    /// Whether iteration `i` ends with a checkpoint: periodic, the last, or a stop.
     pub(crate) fn checkpoint_due(&self, i: u64) -> bool {
         let s = &self.schedule;
-        (i.is_multiple_of(s.save_every) && i != 0) || i == s.early_stop
+        (i.is_multiple_of(s.save_every) && i != 0) || i == s.early_stop || self.stop.is_some()
+    }
+
+    /// Whether the run stops after this iteration (and its checkpoint): a signal was received.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.is_some()
     }
 
     /// Records iteration `i`'s losses (queued for the host, see [`MetricsLog`]); at a log
@@ -453,6 +480,10 @@ impl RunRecord {
     /// `metrics.jsonl` and TensorBoard and shows the newest on the progress bar. So on CUDA
     /// the host queues iteration i + 1 while the device still runs iteration i.
     pub(crate) fn push(&mut self, i: u64, lr: f64, lr_d: f64, losses: Losses) -> Result<()> {
+        if self.stop.is_none() {
+            self.stop = self.signals.as_ref().and_then(StopOnSignal::received);
+        }
+        self.last_iteration = Some(i);
         self.metrics.push(i, lr, lr_d, losses)?;
         let save = self.checkpoint_due(i);
         if !save && !(i + 1).is_multiple_of(self.schedule.log_every) {
@@ -524,10 +555,11 @@ impl RunRecord {
         Ok(RunSummary {
             run_dir: self.run_dir,
             first_iteration: self.first_iteration,
-            last_iteration: self.schedule.early_stop,
+            last_iteration: self.last_iteration.unwrap_or(self.schedule.early_stop),
             seconds: self.began.elapsed().as_secs_f64(),
             last_losses: self.last_losses,
             last_checkpoint: self.last_checkpoint,
+            stopped_by: self.stop,
         })
     }
 }
@@ -876,6 +908,7 @@ mod tests {
             device: Device::Cpu,
             start: Start::New,
             progress: Progress::Hidden,
+            stop_on_signal: false,
         };
         RunRecord::open(&options, "", 0, schedule, false, "test".into(), |_| String::new()).unwrap()
     }
