@@ -2,7 +2,7 @@
 
 use crate::args::{parse_device, parse_size};
 use advent::model::{Arch, AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
-use advent::predict::{prepare, write_prediction, PredictOptions};
+use advent::predict::{prepare, write_prediction, Extras, PredictOptions};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
@@ -50,6 +50,11 @@ pub struct Args {
     /// each at 2048x1024 with 19 classes).
     #[arg(long)]
     save_prob: bool,
+    /// Also write <stem>_overlay.png: the colour map laid over the input image with this
+    /// weight (0 to 1; 0.5 when --overlay is given alone), at the output size.
+    #[arg(long, value_name = "ALPHA", num_args = 0..=1, default_missing_value = "0.5", value_parser = parse_weight,
+          allow_negative_numbers = true)]
+    overlay: Option<f32>,
     /// Walk sub-folders of a folder input, mirroring them under --output.
     #[arg(long)]
     recursive: bool,
@@ -69,6 +74,13 @@ pub struct Args {
     /// outputs (default: the CPU cores, 2 to 8).
     #[arg(long, default_value_t = crate::args::default_workers(), value_parser = clap::value_parser!(u16).range(1..=crate::args::MAX_THREADS as i64))]
     workers: u16,
+}
+
+/// A blending weight in [0, 1].
+fn parse_weight(s: &str) -> Result<f32> {
+    let v: f32 = s.parse().with_context(|| format!("`{s}` is not a number"))?;
+    anyhow::ensure!((0.0..=1.0).contains(&v), "`{s}`: a weight from 0 to 1");
+    Ok(v)
 }
 
 /// `Arch` as a clap value.
@@ -119,24 +131,28 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let options = PredictOptions { input_size: a.input_size, output_size: a.output_size, precision: a.precision };
+    // The image as read goes along to the writer when an overlay is asked for.
     process(
         &jobs,
         &a.output,
         usize::from(a.workers),
         |job| {
             let img = advent::image::read_rgb(&job.path)?;
-            prepare(&img, &options)
+            let prepared = prepare(&img, &options)
                 .and_then(|p| p.pinned(device))
-                .with_context(|| format!("preparing {}", job.path.display()))
+                .with_context(|| format!("preparing {}", job.path.display()))?;
+            Ok((prepared, a.overlay.map(|_| img)))
         },
         // Queued on a GPU: the writer thread waits for the outputs, the network goes on.
-        |job, prepared| {
+        |job, (prepared, img)| {
             advent::predict::launch(&model, &prepared, options.precision, a.save_prob)
+                .map(|launched| (launched, img))
                 .with_context(|| format!("predicting {}", job.path.display()))
         },
-        |job, out_dir, launched| {
+        |job, out_dir, (launched, img)| {
             let p = launched.wait().with_context(|| format!("predicting {}", job.path.display()))?;
-            write_prediction(out_dir, &job.stem, &p, a.save_prob)
+            let overlay = img.as_ref().zip(a.overlay);
+            write_prediction(out_dir, &job.stem, &p, Extras { save_prob: a.save_prob, overlay })
         },
     )
 }

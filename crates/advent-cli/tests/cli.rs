@@ -205,6 +205,46 @@ fn predict_defaults_to_the_image_size_and_detects_the_architecture() {
     let ids = image::open(out.join("x_trainids.png")).unwrap();
     assert_eq!((ids.width(), ids.height()), (37, 29));
     assert!(!out.join("x_prob.npy").exists());
+    assert!(!out.join("x_overlay.png").exists());
+}
+
+#[test]
+fn predict_overlays_the_colours_on_the_input() {
+    let s = setup();
+    let img = s.root.join("x.png");
+    write_image(&img, 37, 29);
+    let out = s.root.join("out");
+    let (c, i, o) = (s.checkpoint.to_str().unwrap(), img.to_str().unwrap(), out.to_str().unwrap());
+    assert_success(&advent(&["predict", "--checkpoint", c, "--input", i, "--output", o, "--overlay", "0.25"]));
+    let input = image::open(&img).unwrap().into_rgb8();
+    let colours = image::open(out.join("x_color.png")).unwrap().into_rgb8();
+    let overlay = image::open(out.join("x_overlay.png")).unwrap().into_rgb8();
+    assert_eq!(overlay.dimensions(), (37, 29));
+    // By hand: three quarters of the image, a quarter of the colours, rounded.
+    for ((a, b), got) in input.as_raw().iter().zip(colours.as_raw()).zip(overlay.as_raw()) {
+        let want = (0.75 * f64::from(*a) + 0.25 * f64::from(*b)).round();
+        assert!((f64::from(*got) - want).abs() <= 0.5, "{a} under {b}: {got}, want {want}");
+    }
+    assert_ne!(overlay, input);
+    // `--overlay` alone weighs the colours 0.5; at another output size the image is resized.
+    assert_success(&advent(&[
+        "predict",
+        "--checkpoint",
+        c,
+        "--input",
+        i,
+        "--output",
+        o,
+        "--overlay",
+        "--output-size",
+        "50x30",
+    ]));
+    assert_eq!(image::open(out.join("x_overlay.png")).unwrap().into_rgb8().dimensions(), (50, 30));
+    for weight in ["1.5", "-0.1", "NaN", "half"] {
+        let run = advent(&["predict", "--checkpoint", c, "--input", i, "--output", o, "--overlay", weight]);
+        assert_eq!(run.status.code(), Some(1), "--overlay {weight}: {}", stderr(&run));
+        assert!(stderr(&run).contains("--overlay"), "{}", stderr(&run));
+    }
 }
 
 #[test]

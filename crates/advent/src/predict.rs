@@ -160,18 +160,39 @@ impl Launched {
     }
 }
 
-/// Writes `<stem>_trainids.png`, `<stem>_color.png`, `<stem>_entropy.png` and, with
-/// `save_prob`, `<stem>_prob.npy` (`[C, H, W]` float32) and `<stem>_entropy.npy` (`[H, W]`
-/// float32) into `dir`. Each file is written to a temporary name and renamed.
-pub fn write_prediction(dir: &Path, stem: &str, p: &Prediction, save_prob: bool) -> Result<()> {
+/// What [`write_prediction`] writes beside the train ids, colours and entropy map.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras<'a> {
+    /// `<stem>_prob.npy` (`[C, H, W]` float32) and `<stem>_entropy.npy` (`[H, W]` float32).
+    pub save_prob: bool,
+    /// `<stem>_overlay.png`: the colours laid over this image (the input as read) with this
+    /// weight; the image is resized (bicubic) to the prediction's size if it differs.
+    pub overlay: Option<(&'a RgbImage, f32)>,
+}
+
+/// Writes `<stem>_trainids.png`, `<stem>_color.png`, `<stem>_entropy.png` and the
+/// [`Extras`] asked for into `dir`. Each file is written to a temporary name and renamed.
+pub fn write_prediction(dir: &Path, stem: &str, p: &Prediction, extras: Extras) -> Result<()> {
     let (w, h) = (p.width, p.height);
     let file = |suffix: &str| dir.join(format!("{stem}_{suffix}"));
     image::write_png_gray8(&file("trainids.png"), w, h, &p.train_ids)?;
     let palette = classes::palette(p.num_classes);
-    image::write_png_rgb(&file("color.png"), &colormap::colorize(&p.train_ids, w, h, &palette))?;
+    let colours = colormap::colorize(&p.train_ids, w, h, &palette);
+    image::write_png_rgb(&file("color.png"), &colours)?;
+    if let Some((input, alpha)) = extras.overlay {
+        ensure!((0.0..=1.0).contains(&alpha), "the overlay's weight must be in [0, 1], got {alpha}");
+        let resized;
+        let input = if input.dimensions() == (w, h) {
+            input
+        } else {
+            resized = image::resize::resize_bicubic(input, w, h);
+            &resized
+        };
+        image::write_png_rgb(&file("overlay.png"), &colormap::blend(input, &colours, alpha))?;
+    }
     let entropy = Vec::<f32>::try_from(p.entropy.f_flatten(0, -1)?)?;
     image::write_png_rgb(&file("entropy.png"), &colormap::heatmap(&entropy, w, h))?;
-    if save_prob {
+    if extras.save_prob {
         let prob = p.prob.as_ref().context("the probabilities were not kept (predict::run without keep_prob)")?;
         for (suffix, t) in [("prob.npy", prob), ("entropy.npy", &p.entropy)] {
             let path = file(suffix);

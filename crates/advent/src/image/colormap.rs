@@ -90,6 +90,24 @@ pub fn colorize(labels: &[u8], w: u32, h: u32, palette: &[[u8; 3]]) -> RgbImage 
     RgbImage::from_raw(w, h, data).expect("buffer size matches")
 }
 
+/// `colours` laid over `image` (the same size): `(1 − alpha)·image + alpha·colours` per
+/// channel, rounded to the nearest byte.
+///
+/// # Panics
+///
+/// If the sizes differ, or `alpha` is outside `[0, 1]`.
+pub fn blend(image: &RgbImage, colours: &RgbImage, alpha: f32) -> RgbImage {
+    assert_eq!(image.dimensions(), colours.dimensions(), "blended images differ in size");
+    assert!((0.0..=1.0).contains(&alpha), "blend weight {alpha} outside [0, 1]");
+    let data = image
+        .as_raw()
+        .iter()
+        .zip(colours.as_raw())
+        .map(|(&a, &b)| ((1.0 - alpha) * f32::from(a) + alpha * f32::from(b)).round() as u8)
+        .collect();
+    RgbImage::from_raw(image.width(), image.height(), data).expect("buffer size matches")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +134,17 @@ mod tests {
         let img = heatmap(&[0.0, 1.0], 2, 1);
         assert_eq!(img.get_pixel(0, 0).0, jet(0.0));
         assert_eq!(img.get_pixel(1, 0).0, jet(1.0));
+    }
+
+    #[test]
+    fn blend_weighs_each_channel_by_hand() {
+        let image = RgbImage::from_raw(2, 1, vec![100, 50, 0, 255, 255, 255]).unwrap();
+        let colours = RgbImage::from_raw(2, 1, vec![128, 64, 128, 0, 0, 0]).unwrap();
+        // 0.5·100 + 0.5·128 = 114; 0.5·50 + 0.5·64 = 57; 0.5·0 + 0.5·128 = 64; 127.5 rounds to 128.
+        assert_eq!(blend(&image, &colours, 0.5).into_raw(), [114, 57, 64, 128, 128, 128]);
+        // 0.75·100 + 0.25·128 = 107; 0.75·50 + 0.25·64 = 53.5 -> 54; 0.75·255 = 191.25 -> 191.
+        assert_eq!(blend(&image, &colours, 0.25).into_raw(), [107, 54, 32, 191, 191, 191]);
+        assert_eq!(blend(&image, &colours, 0.0), image);
+        assert_eq!(blend(&image, &colours, 1.0), colours);
     }
 }
