@@ -10,7 +10,6 @@ use advent::detect::nms::DetectConfig;
 use advent::detect::priors::PriorConfig;
 use advent::detect::ssd::Ssd;
 use advent::eval::sweep::{sweep_with, SweepEntry, SweepPlan};
-use advent::train::RunOptions;
 use anyhow::{Context, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -110,10 +109,12 @@ fn train(a: crate::train::Args) -> Result<()> {
     crate::train::emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) =
         crate::train::resolve(&a, advent::train::Task::Detection, DetConfig::load, |c| c.name.clone())?;
-    let progress = advent::train::Progress::for_stderr();
-    let options = RunOptions { run_dir, device, start, progress, stop_on_signal: true };
+    let options = crate::train::options(&a, run_dir, device, start);
+    if a.dry_run {
+        print!("{}", config.to_toml()?);
+    }
     let summary = advent::detect::run::run(&config, options)?;
-    crate::train::report(&summary, "advent detect train")
+    crate::train::report(&summary, "advent detect train", a.dry_run)
 }
 
 /// The detector of a checkpoint, which must detect the Cityscapes classes (and the background).

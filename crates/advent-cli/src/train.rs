@@ -31,6 +31,11 @@ pub struct Args {
     /// numerics without a GPU (slower than plain fp32).
     #[arg(long)]
     pub emulate_tf32: bool,
+    /// Check everything the run needs (configuration, datasets, network, initial weights, the
+    /// checkpoint resumed), print the resolved configuration (stdout) and the plan (stderr),
+    /// and stop: nothing is trained or written.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `--emulate-tf32`: on for this process (CPU only).
@@ -50,9 +55,17 @@ pub fn run(a: Args) -> Result<()> {
     let device = parse_device(&a.device)?;
     emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) = resolve(&a, train::Task::Segmentation, Config::load, |c| c.name.clone())?;
-    let options = RunOptions { run_dir, device, start, progress: Progress::for_stderr(), stop_on_signal: true };
+    let options = options(&a, run_dir, device, start);
+    if a.dry_run {
+        print!("{}", config.to_toml()?);
+    }
     let summary = train::run(&config, options)?;
-    report(&summary, "advent train")
+    report(&summary, "advent train", a.dry_run)
+}
+
+/// The run options of `advent train` and `advent detect train`.
+pub fn options(a: &Args, run_dir: PathBuf, device: tch::Device, start: Start) -> RunOptions {
+    RunOptions { run_dir, device, start, progress: Progress::for_stderr(), stop_on_signal: true, dry_run: a.dry_run }
 }
 
 /// The configuration, run folder and start of `advent train` or `advent detect train`:
@@ -121,9 +134,13 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-/// The closing lines of `command` (`advent train`, `advent detect train`); an error
-/// ([`Stopped`]) when a signal stopped the run.
-pub fn report(summary: &RunSummary, command: &str) -> Result<()> {
+/// The closing lines of `command` (`advent train`, `advent detect train`), or of its dry
+/// run; an error ([`Stopped`]) when a signal stopped the run.
+pub fn report(summary: &RunSummary, command: &str, dry_run: bool) -> Result<()> {
+    if dry_run {
+        eprintln!("dry run: everything checked; nothing trained or written");
+        return Ok(());
+    }
     let losses: Vec<String> = summary.last_losses.iter().map(|(k, v)| format!("{k} = {}", value(*v))).collect();
     eprintln!(
         "trained iterations {}..={} in {:.1} s; last: {}",

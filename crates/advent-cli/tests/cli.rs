@@ -439,6 +439,88 @@ fn training_resumes_exactly_where_it_stopped() {
     assert_clean_failure(&o, "already holds a run");
 }
 
+/// `--dry-run` checks what a run needs and prints its configuration and plan, writing nothing;
+/// the plan's parameter counts are the PyTorch networks' (the reference's DeepLab-V2 R101 with
+/// its frozen batch norms, `../shared/bench/torch_reference.py`; ssd.pytorch's SSD-300 for 9
+/// classes, `tools/parity/ssd_reference.py`: `sum(p.numel() for p in m.parameters() if
+/// p.requires_grad)`).
+#[test]
+fn a_dry_run_checks_and_plans_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), "advent");
+    let run = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut v = vec!["train", "--config", s(&config), "--run-dir", s(&run), "--set", "train.early_stop=3"];
+        v.extend_from_slice(extra);
+        advent(&v)
+    };
+    let dry = train(&["--dry-run"]);
+    assert_success(&dry);
+    assert!(!run.exists(), "a dry run made the run folder");
+    let err = stderr(&dry);
+    for line in [
+        "training advent, deeplabv2-tiny (19 classes, multi-level, ",
+        "  source: synthetic (the built-in generator), 5 images at 64x32, batch 1\n",
+        "  target: synthetic (the built-in generator), 5 images at 64x32, batch 1\n",
+        "  iterations 0 to 3 (poly decay over max_iters = 50); a checkpoint every 3 and at the last, in ",
+        "dry run: everything checked; nothing trained or written",
+    ] {
+        assert!(err.contains(line), "`{line}` missing from: {err}");
+    }
+    // What would stop the run stops the dry run.
+    let gone = train(&["--dry-run", "--set", "model.init=\"/gone/init.pth\""]);
+    assert_clean_failure(&gone, "model.init");
+    // Its configuration is the one the run writes.
+    let o = train(&[]);
+    assert_success(&o);
+    assert!(stderr(&o).contains("iterations 0 to 3"), "a run starts with its plan: {}", stderr(&o));
+    assert_eq!(common::stdout(&dry), std::fs::read_to_string(run.join("config.toml")).unwrap());
+    // A resumption's dry run loads the checkpoint and leaves the folder as it was.
+    let before = common::snapshot(&run);
+    let o = advent(&["train", "--resume", s(&run), "--set", "train.early_stop=6", "--dry-run"]);
+    assert_success(&o);
+    assert!(stderr(&o).contains("iterations 4 (resumed) to 6"), "{}", stderr(&o));
+    assert_eq!(common::snapshot(&run), before, "a dry run changed the run folder");
+
+    let r101 = advent(&[
+        "train",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/gta2cityscapes_advent.toml"),
+        "--set",
+        "model.init=\"\"",
+        "--set",
+        "source.dataset=\"synthetic\"",
+        "--set",
+        "target.dataset=\"synthetic\"",
+        "--run-dir",
+        s(&dir.path().join("r101")),
+        "--dry-run",
+    ]);
+    assert_success(&r101);
+    let err = stderr(&r101);
+    assert!(err.contains("deeplabv2-r101 (19 classes, multi-level, 44,496,216 trainable parameters)"), "{err}");
+    assert!(err.contains("64 images at 1280x720") && err.contains("64 images at 1024x512"), "{err}");
+    assert!(err.contains("iterations 0 to 120000 (poly decay over max_iters = 250000); a checkpoint every 2000"));
+    let ssd = advent(&[
+        "detect",
+        "train",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/detection/demo.toml"),
+        "--set",
+        "model.width=64",
+        "--run-dir",
+        s(&dir.path().join("ssd")),
+        "--dry-run",
+    ]);
+    assert_success(&ssd);
+    let err = stderr(&ssd);
+    assert!(
+        err.contains("SSD-300 of width 64 (9 classes with the background, 24,681,542 trainable parameters)"),
+        "{err}"
+    );
+    assert!(!dir.path().join("r101").exists() && !dir.path().join("ssd").exists());
+}
+
 #[test]
 fn every_method_trains_and_logs_its_losses() {
     let dir = tempfile::tempdir().unwrap();

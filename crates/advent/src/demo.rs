@@ -205,6 +205,7 @@ fn train_and_evaluate(
             start: crate::train::Start::New,
             progress: options.progress,
             stop_on_signal: false,
+            dry_run: false,
         },
     )?;
     let eval_options = EvalOptions { subset: DRAWN_CLASSES.to_vec(), workers: 0, ..Default::default() };

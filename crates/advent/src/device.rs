@@ -53,6 +53,16 @@ pub enum Precision {
     Bf16,
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -392,6 +402,11 @@ mod tests {
         assert_eq!(set_cudnn_benchmark_limit(0).unwrap(), 0);
         assert_eq!(set_cudnn_benchmark_limit(10).unwrap(), 10);
         assert!("bf17".parse::<Precision>().is_err());
+        // The names configs use, both ways.
+        for (name, p) in [("fp32", Precision::Fp32), ("tf32", Precision::Tf32), ("bf16", Precision::Bf16)] {
+            assert_eq!(name.parse::<Precision>().unwrap(), p);
+            assert_eq!(p.to_string(), name);
+        }
     }
 
     use super::*;

@@ -179,6 +179,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
                     start: Start::New,
                     progress: options.progress,
                     stop_on_signal: false,
+                    dry_run: false,
                 },
             )?;
             let ckpt = summary.last_checkpoint.context("the run saved no checkpoint")?;

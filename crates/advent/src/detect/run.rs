@@ -19,7 +19,7 @@ use crate::dataset::synthetic::Domain;
 use crate::native::to_device_async;
 use crate::train::optim::poly_lr;
 use crate::train::run::{
-    loader_config, resume_point, start_state, RunOptions, RunRecord, RunSummary, Schedule, TrainState,
+    loader_config, parameters, resume_point, start_state, Plan, RunOptions, RunRecord, RunSummary, Schedule, TrainState,
 };
 use crate::weights::{self, StateDict};
 use anyhow::{ensure, Context, Result};
@@ -89,8 +89,10 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     // waiting (as a segmentation run's), the losses read an iteration later (RunRecord::push).
     let pin = device.is_cuda();
     let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, pin);
+    let source_set = open_set(config, true)?;
+    let mut data = vec![det_domain_line("source", &config.source, source_set.len(), source_set.size())];
     let mut source = DetLoader::new(
-        open_set(config, true)?,
+        source_set,
         settings(config.source.batch_size, t.seed),
         source_order,
         config.augment(true)?,
@@ -98,8 +100,10 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     )?;
     let mut target = if method != DetMethod::SourceOnly {
         let seed = t.seed.wrapping_add(1);
+        let set = open_set(config, false)?;
+        data.push(det_domain_line("target", &config.target, set.len(), set.size()));
         Some(DetLoader::new(
-            open_set(config, false)?,
+            set,
             settings(config.target.batch_size, seed),
             target_order,
             config.augment(false)?,
@@ -108,6 +112,25 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
     } else {
         None
     };
+    let plan = Plan {
+        what: format!(
+            "{}, SSD-300 of width {} ({} classes with the background, {} trainable parameters)",
+            method.name(),
+            config.model.width,
+            config.model.num_classes,
+            parameters(&trainer.ssd.vs)
+        ),
+        data,
+        start,
+        early_stop: t.early_stop,
+        max_iters: t.max_iters,
+        save_every: t.save_every,
+        gpu: Vec::new(),
+        precision: t.precision,
+    };
+    if plan.announce(&options) {
+        return Ok(RunSummary::dry_run(&options, start, t.early_stop));
+    }
 
     let mut record = RunRecord::open(
         &options,
@@ -143,6 +166,18 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         }
     }
     record.finish()
+}
+
+/// A detection domain's line of the [`Plan`].
+fn det_domain_line(role: &str, d: &super::config::DomainSection, frames: usize, side: u32) -> String {
+    let place = match d.dataset.as_str() {
+        "synthetic" => "the built-in scenes".to_string(),
+        "foggy-cityscapes" => format!("{} in {}, beta {}", d.split, d.root, d.beta),
+        _ => format!("{} in {}", d.split, d.root),
+    };
+    let list = if d.list.is_empty() { String::new() } else { format!(", list {}", d.list) };
+    let augment = if d.augment == "none" { String::new() } else { format!(", augmentation {}", d.augment) };
+    format!("{role}: {} ({place}{list}), {frames} frames at {side}x{side}{augment}, batch {}", d.dataset, d.batch_size)
 }
 
 /// The progress bar's losses of a detection run: every loss (`loc=… conf=… ent=…`).

@@ -75,6 +75,9 @@ pub struct RunOptions {
     /// SIGINT and SIGTERM stop the run after the iteration under way, with its checkpoint
     /// (see [`super::stop`]); otherwise they keep their usual effect.
     pub stop_on_signal: bool,
+    /// Everything a run needs is checked (configuration, datasets, network, initial weights,
+    /// the checkpoint resumed) and the plan printed; nothing is trained or written.
+    pub dry_run: bool,
 }
 
 /// How a run shows its progress on stderr.
@@ -113,6 +116,21 @@ pub struct RunSummary {
     /// [`RunOptions::stop_on_signal`]); `last_iteration` is then the last one done, and
     /// `last_checkpoint` its checkpoint.
     pub stopped_by: Option<Signal>,
+}
+
+impl RunSummary {
+    /// A dry run's: nothing trained.
+    pub(crate) fn dry_run(options: &RunOptions, start: u64, early_stop: u64) -> Self {
+        RunSummary {
+            run_dir: options.run_dir.clone(),
+            first_iteration: start,
+            last_iteration: early_stop,
+            seconds: 0.0,
+            last_losses: Vec::new(),
+            last_checkpoint: None,
+            stopped_by: None,
+        }
+    }
 }
 
 /// The checkpoint folders of a run, oldest first, complete ones only.
@@ -336,13 +354,38 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
     let pin = options.device.is_cuda();
     let settings = |batch_size: usize, seed: u64| loader_config(t.workers, t.prefetch, batch_size, seed, pin);
     let source_set: Arc<dyn Dataset> = dataset::open(&config.dataset_spec(true)).context("source dataset")?;
+    let mut data = vec![seg_domain_line("source", &config.source, source_set.len())];
     let mut source = Loader::new(source_set, settings(config.source.batch_size, t.seed), source_order)?;
     let mut target = if trainer.method.uses_target() {
         let set = dataset::open(&config.dataset_spec(false)).context("target dataset")?;
+        data.push(seg_domain_line("target", &config.target, set.len()));
         Some(Loader::new(set, settings(config.target.batch_size, t.seed.wrapping_add(1)), target_order)?)
     } else {
         None
     };
+    let plan = Plan {
+        what: format!(
+            "{method}, {} ({} classes{}, {} trainable parameters)",
+            config.model.arch,
+            config.model.num_classes,
+            if config.model.multi_level { ", multi-level" } else { "" },
+            parameters(&trainer.model.vs)
+        ),
+        data,
+        start,
+        early_stop: t.early_stop,
+        max_iters: t.max_iters,
+        save_every: t.save_every,
+        gpu: [(t.channels_last, "channels-last"), (t.cuda_graph, "CUDA graph"), (t.deterministic, "deterministic")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_string())
+            .collect(),
+        precision: t.precision,
+    };
+    if plan.announce(&options) {
+        return Ok(RunSummary::dry_run(&options, start, t.early_stop));
+    }
 
     // Everything that can fail on a bad config or bad data has been tried: now the folder.
     let mut record = RunRecord::open(
@@ -383,6 +426,90 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         }
     }
     record.finish()
+}
+
+/// What a run is about to do: printed as it starts (unless hidden), and all that a dry run
+/// does.
+pub(crate) struct Plan {
+    /// The method and the network.
+    pub what: String,
+    /// A line per domain ([`seg_domain_line`], or detection's).
+    pub data: Vec<String>,
+    pub start: u64,
+    pub early_stop: u64,
+    pub max_iters: u64,
+    pub save_every: u64,
+    /// The CUDA-only settings that are on.
+    pub gpu: Vec<String>,
+    pub precision: crate::device::Precision,
+}
+
+impl Plan {
+    pub(crate) fn text(&self, options: &RunOptions) -> String {
+        let device = match options.device {
+            // TF32 is a GPU's; bf16 autocast runs on the CPU too.
+            Device::Cpu if self.precision == crate::device::Precision::Bf16 => "the CPU (bf16)".to_string(),
+            Device::Cpu => "the CPU".to_string(),
+            Device::Cuda(n) => {
+                let settings: Vec<String> =
+                    std::iter::once(self.precision.to_string()).chain(self.gpu.clone()).collect();
+                format!("cuda:{n} ({})", settings.join(", "))
+            }
+            other => format!("{other:?}"),
+        };
+        let mut text = format!("training {} on {device}\n", self.what);
+        for line in &self.data {
+            text += &format!("  {line}\n");
+        }
+        let from = match self.start {
+            0 => "0".to_string(),
+            n => format!("{n} (resumed)"),
+        };
+        text += &format!(
+            "  iterations {from} to {} (poly decay over max_iters = {}); a checkpoint every {} and at the last, in {}",
+            self.early_stop,
+            self.max_iters,
+            self.save_every,
+            options.run_dir.display()
+        );
+        text
+    }
+
+    /// Prints the plan unless the run is hidden; whether the run stops here (a dry run).
+    pub(crate) fn announce(&self, options: &RunOptions) -> bool {
+        if options.progress != Progress::Hidden || options.dry_run {
+            eprintln!("{}", self.text(options));
+        }
+        options.dry_run
+    }
+}
+
+/// A segmentation domain's line of the [`Plan`].
+fn seg_domain_line(role: &str, d: &crate::config::DomainSection, images: usize) -> String {
+    let place = match d.dataset.as_str() {
+        "synthetic" => "the built-in generator".to_string(),
+        _ => format!("{} in {}", d.split, d.root),
+    };
+    let list = if d.list.is_empty() { String::new() } else { format!(", list {}", d.list) };
+    format!(
+        "{role}: {} ({place}{list}), {images} images at {}x{}, batch {}",
+        d.dataset, d.size[0], d.size[1], d.batch_size
+    )
+}
+
+/// The count of trainable parameters of a variable store, in groups of three digits
+/// (`44,496,216`).
+pub(crate) fn parameters(vs: &tch::nn::VarStore) -> String {
+    let n: usize = vs.trainable_variables().iter().map(Tensor::numel).sum();
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// When a run logs and saves: iterations up to `early_stop` (inclusive), a checkpoint every
@@ -909,6 +1036,7 @@ mod tests {
             start: Start::New,
             progress: Progress::Hidden,
             stop_on_signal: false,
+            dry_run: false,
         };
         RunRecord::open(&options, "", 0, schedule, false, "test".into(), |_| String::new()).unwrap()
     }
