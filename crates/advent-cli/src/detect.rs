@@ -110,11 +110,11 @@ fn train(a: crate::train::Args) -> Result<()> {
     let (config, run_dir, start) =
         crate::train::resolve(&a, advent::train::Task::Detection, DetConfig::load, |c| c.name.clone())?;
     let options = crate::train::options(&a, run_dir, device, start);
-    if a.dry_run {
+    if options.dry_run {
         print!("{}", config.to_toml()?);
     }
     let summary = advent::detect::run::run(&config, options)?;
-    crate::train::report(&summary, "advent detect train", a.dry_run)
+    crate::train::report(&summary, "advent detect train", a.dry_run())
 }
 
 /// The detector of a checkpoint, which must detect the Cityscapes classes (and the background).

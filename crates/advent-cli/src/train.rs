@@ -33,9 +33,10 @@ pub struct Args {
     pub emulate_tf32: bool,
     /// Check everything the run needs (configuration, datasets, network, initial weights, the
     /// checkpoint resumed), print the resolved configuration (stdout) and the plan (stderr),
-    /// and stop: nothing is trained or written.
+    /// and stop: nothing is trained or written. ADVENT_DRY_RUN=1 in the environment does the
+    /// same, as in the reference's train.py.
     #[arg(long)]
-    pub dry_run: bool,
+    dry_run: bool,
 }
 
 /// `--emulate-tf32`: on for this process (CPU only).
@@ -56,16 +57,24 @@ pub fn run(a: Args) -> Result<()> {
     emulate_tf32(a.emulate_tf32, device)?;
     let (config, run_dir, start) = resolve(&a, train::Task::Segmentation, Config::load, |c| c.name.clone())?;
     let options = options(&a, run_dir, device, start);
-    if a.dry_run {
+    if options.dry_run {
         print!("{}", config.to_toml()?);
     }
     let summary = train::run(&config, options)?;
-    report(&summary, "advent train", a.dry_run)
+    report(&summary, "advent train", a.dry_run())
 }
 
 /// The run options of `advent train` and `advent detect train`.
 pub fn options(a: &Args, run_dir: PathBuf, device: tch::Device, start: Start) -> RunOptions {
-    RunOptions { run_dir, device, start, progress: Progress::for_stderr(), stop_on_signal: true, dry_run: a.dry_run }
+    let dry_run = a.dry_run();
+    RunOptions { run_dir, device, start, progress: Progress::for_stderr(), stop_on_signal: true, dry_run }
+}
+
+impl Args {
+    /// `--dry-run`, or `ADVENT_DRY_RUN=1` (the reference's switch).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run || std::env::var_os("ADVENT_DRY_RUN").is_some_and(|v| v == "1")
+    }
 }
 
 /// The configuration, run folder and start of `advent train` or `advent detect train`:

@@ -470,6 +470,15 @@ fn a_dry_run_checks_and_plans_without_writing() {
     // What would stop the run stops the dry run.
     let gone = train(&["--dry-run", "--set", "model.init=\"/gone/init.pth\""]);
     assert_clean_failure(&gone, "model.init");
+    // The reference's switch, ADVENT_DRY_RUN=1, does the same.
+    let env = std::process::Command::new(env!("CARGO_BIN_EXE_advent"))
+        .args(["train", "--config", s(&config), "--run-dir", s(&run), "--set", "train.early_stop=3"])
+        .env("ADVENT_DRY_RUN", "1")
+        .output()
+        .unwrap();
+    assert_success(&env);
+    assert_eq!(env.stdout, dry.stdout);
+    assert!(!run.exists(), "ADVENT_DRY_RUN=1 made the run folder");
     // Its configuration is the one the run writes.
     let o = train(&[]);
     assert_success(&o);
