@@ -3,6 +3,7 @@
 
 use crate::args::{parse_device, parse_size};
 use advent::device::Precision;
+use advent::eval::paper::PaperRow;
 use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions, SweepPlan};
 use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, Scores, EVAL_DATASETS};
 use advent::model::{AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
@@ -80,6 +81,11 @@ pub struct Args {
     /// (with --sweep: {"best", "last"}, each {"iteration", "scores"}).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Print the paper's published result (SPEC §8) under the table, with the difference per
+    /// class: gta5-r101/advent, gta5-r101/minent, gta5-r101/minent-er, gta5-r101/advent+minent,
+    /// gta5-r101/source-only, ... (an unknown key lists them all).
+    #[arg(long, value_name = "KEY", value_parser = |k: &str| advent::eval::paper::row(k))]
+    paper: Option<&'static PaperRow>,
     /// Write each image's <name>_trainids.png and <name>_color.png into this folder.
     #[arg(long, value_name = "DIR", conflicts_with = "sweep")]
     save_predictions: Option<PathBuf>,
@@ -197,6 +203,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         models.push(model);
     }
     let num_classes = models[0].config.num_classes as usize;
+    check_paper(a, num_classes)?;
     let subset = subset_for(classes(a, num_classes), num_classes)?;
     let dataset = open_dataset(&eval_set(a, num_classes))?;
     let members: Vec<String> = a
@@ -222,7 +229,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let noun = if images == 1 { "image" } else { "images" };
     eprintln!("evaluated {images} {noun} in {seconds:.1} s ({:.1} images/s)", images as f64 / seconds);
-    print!("{}", scores.table());
+    print!("{}", table(a, &scores));
     println!("{} {:.2} over {} classes", scores.score_name(), scores.miou, scores.classes.len());
     if let Some(path) = &a.json {
         scores.write_json(path)?;
@@ -253,6 +260,7 @@ fn eval_options(a: &Args, subset: Vec<usize>, save_predictions: Option<PathBuf>)
 fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
     let poll = a.sweeping.check(run_dir, advent::train::Task::Segmentation, "advent eval --sweep")?;
     let num_classes = run_num_classes(run_dir)?;
+    check_paper(a, num_classes)?;
     let classes = classes(a, num_classes);
     let subset = subset_for(classes, num_classes)?;
     let dataset = open_dataset(&eval_set(a, num_classes))?;
@@ -285,5 +293,28 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
         println!("{}", crate::sweep::entry_line(e, best, e.scores.score_name()));
     })?;
     let figure = result.best().map_or("mIoU", |b| b.scores.score_name());
-    crate::sweep::finish(&result, figure, &|s: &Scores| s.table(), a.json.as_deref())
+    crate::sweep::finish(&result, figure, &|s: &Scores| table(a, s), a.json.as_deref())
+}
+
+/// `--paper`'s row must be of the network's classes: checked before evaluating.
+fn check_paper(a: &Args, num_classes: usize) -> Result<()> {
+    if let Some(p) = a.paper {
+        ensure!(
+            p.num_classes == num_classes,
+            "--paper {}: a published result over {} classes ({}), but the network has {num_classes}",
+            p.key,
+            p.num_classes,
+            advent::eval::paper::shift(p)
+        );
+    }
+    Ok(())
+}
+
+/// The table printed: the paper's layout, with `--paper`'s row and the difference under it.
+fn table(a: &Args, scores: &Scores) -> String {
+    match a.paper {
+        // The classes were checked before evaluating (check_paper).
+        Some(p) => scores.table_beside(p).unwrap_or_else(|e| format!("{}{e:#}\n", scores.table())),
+        None => scores.table(),
+    }
 }

@@ -173,6 +173,56 @@ fn ensembles_take_one_weight_per_checkpoint() {
     assert_clean_failure(&o, "1 --weight for 2 --checkpoint");
 }
 
+/// `--paper`: the published row (ADVENT Table 1's AdvEnt, SPEC §8.1, typed here by hand) and
+/// the difference of the printed values, under the table.
+#[test]
+fn eval_prints_the_papers_row_beside_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cityscapes_root(dir.path());
+    let ckpt = dir.path().join("tiny.pth");
+    tiny_checkpoint(&ckpt, 1);
+    let json = dir.path().join("eval.json");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--checkpoint", s(&ckpt), "--dataset", "cityscapes", "--root", s(&root)];
+        args.extend_from_slice(&["--input-size", "64x32", "--output-size", "native"]);
+        args.extend_from_slice(extra);
+        advent(&args)
+    };
+    let o = eval(&["--paper", "gta5-r101/advent", "--json", s(&json)]);
+    assert_success(&o);
+    let out = stdout(&o);
+    let row = |label: &str| -> Vec<String> {
+        let line = out.lines().find(|l| l.split_whitespace().next() == Some(label)).unwrap_or_else(|| panic!("{out}"));
+        line.split_whitespace().skip(1).map(String::from).collect()
+    };
+    let published = [
+        "89.9", "36.5", "81.6", "29.2", "25.2", "28.5", "32.3", "22.4", "83.9", "34.0", "77.1", "57.4", "27.9", "83.7",
+        "29.4", "39.1", "1.5", "28.4", "23.3", "43.8",
+    ];
+    assert_eq!(row("paper"), published);
+    let scores = read_json(&json);
+    let ours: Vec<Option<f64>> =
+        scores["iou"].as_object().unwrap().values().map(|v| v.as_f64()).chain([scores["miou"].as_f64()]).collect();
+    let shown: Vec<String> = ours.iter().map(|v| v.map_or("-".into(), |v| format!("{v:.1}"))).collect();
+    assert_eq!(row("this"), shown);
+    let difference: Vec<String> = shown
+        .iter()
+        .zip(published)
+        .map(|(o, p)| match o.parse::<f64>() {
+            Ok(o) => format!("{:+.1}", o - p.parse::<f64>().unwrap()),
+            Err(_) => "-".into(),
+        })
+        .collect();
+    assert_eq!(row("difference"), difference);
+    assert!(out.contains("paper: AdvEnt, ResNet-101, GTA5 → Cityscapes (ADVENT Table 1)"), "{out}");
+    // A SYNTHIA row for a 19-class network is refused before evaluating; an unknown key lists them.
+    let o = eval(&["--paper", "synthia-r101/advent"]);
+    assert_clean_failure(&o, "over 16 classes (SYNTHIA → Cityscapes), but the network has 19");
+    assert!(!stderr(&o).contains("evaluated"), "{}", stderr(&o));
+    let o = eval(&["--paper", "gta5-r101/adventt"]);
+    assert_clean_failure(&o, "gta5-r101/minent-er");
+}
+
 #[test]
 fn eval_errors_are_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

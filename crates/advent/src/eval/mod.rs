@@ -10,6 +10,7 @@
 //! * [`score`]: prediction PNGs of any model against Cityscapes ground truth.
 
 pub mod confusion;
+pub mod paper;
 pub mod score;
 pub mod scores;
 pub mod sweep;

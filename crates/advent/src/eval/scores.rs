@@ -113,6 +113,12 @@ impl Scores {
     /// then the mean last (for 16 classes both mIoU and mIoU*, as the SYNTHIA table).
     /// Classes without pixels show `-`; classes outside the averaged set are marked `*`.
     pub fn table(&self) -> String {
+        let (heads, values) = self.table_cells();
+        Scores::format_rows(&[("", heads), ("", values)])
+    }
+
+    /// [`Scores::table`]'s headings and values.
+    pub(crate) fn table_cells(&self) -> (Vec<String>, Vec<String>) {
         let mut heads: Vec<String> = Vec::new();
         let mut values: Vec<String> = Vec::new();
         for (name, v) in &self.iou {
@@ -131,10 +137,27 @@ impl Scores {
                 values.push(one(self.miou));
             }
         }
-        let widths: Vec<usize> = heads.iter().zip(&values).map(|(h, v)| h.len().max(v.len())).collect();
-        let row =
-            |cells: &[String]| cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join(" ");
-        format!("{}\n{}\n", row(&heads), row(&values))
+        (heads, values)
+    }
+
+    /// Rows of cells in right-aligned columns, each row after its label (no label column when
+    /// every label is empty).
+    pub(crate) fn format_rows(rows: &[(&str, Vec<String>)]) -> String {
+        let columns = rows.iter().map(|(_, cells)| cells.len()).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|i| rows.iter().filter_map(|(_, cells)| cells.get(i)).map(String::len).max().unwrap_or(0))
+            .collect();
+        let label_width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
+        let mut text = String::new();
+        for (label, cells) in rows {
+            let cells = cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join(" ");
+            if label_width > 0 {
+                text += &format!("{label:<label_width$} ");
+            }
+            text += &cells;
+            text.push('\n');
+        }
+        text
     }
 
     /// Writes the scores as pretty JSON, atomically.
