@@ -105,8 +105,13 @@ fn summary(table: &str, findings: &[String], seconds: f64, device: &str, out: &P
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// A training run's folder.
-    run: PathBuf,
+    /// A training run's folder (its report goes to RUN/report.html); several, with --out,
+    /// compare the runs on one page.
+    #[arg(required = true, value_name = "RUN")]
+    runs: Vec<PathBuf>,
+    /// With several runs: the comparison page's file (written whole or not at all).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
     /// Device for the sample predictions.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -122,8 +127,17 @@ pub struct ReportArgs {
 pub fn report(a: ReportArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     ensure!((0.0..=1.0).contains(&a.min_score), "--min-score must be in [0, 1], got {}", a.min_score);
+    if let [_, _, ..] = a.runs.as_slice() {
+        let out = a.out.as_ref().context(
+            "several runs make a comparison page: give its file with --out (each run's own report: advent report RUN)",
+        )?;
+        advent::report::compare::write_comparison(&a.runs, out)?;
+        eprintln!("wrote {}", out.display());
+        return Ok(());
+    }
+    ensure!(a.out.is_none(), "--out is for a comparison of several runs; a run's report is written to RUN/report.html");
     let options = advent::report::run::ReportOptions { device, samples: a.samples, min_score: a.min_score };
-    let report = advent::report::run::write_run_report(&a.run, &options)?;
+    let report = advent::report::run::write_run_report(&a.runs[0], &options)?;
     if let Some(why) = &report.samples_left_out {
         eprintln!("note: no sample images in the report: {why}");
     }

@@ -557,6 +557,60 @@ fn every_method_trains_and_logs_its_losses() {
     }
 }
 
+/// `advent report A B --out FILE`: the runs side by side; evaluations from hand-written sweep
+/// caches (`eval/<protocol>/scores.csv`, as `advent eval --sweep` writes them).
+#[test]
+fn report_compares_runs_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for (method, csv) in [("advent", "iteration,miou\n3,30.5\n6,29\n"), ("minent", "iteration,miou\n3,31.25\n6,33\n")] {
+        let config = tiny_config(dir.path(), method);
+        let run = dir.path().join(method);
+        assert_success(&advent(&["train", "--config", s(&config), "--run-dir", s(&run)]));
+        let cache = run.join("eval/cityscapes-val-19");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("scores.csv"), csv).unwrap();
+        runs.push(run);
+    }
+    let out = dir.path().join("compare.html");
+    let o = advent(&["report", s(&runs[0]), s(&runs[1]), "--out", s(&out)]);
+    assert_success(&o);
+    let html = std::fs::read_to_string(&out).unwrap();
+    for needle in [
+        "advent, deeplabv2-tiny",
+        "minent, deeplabv2-tiny",
+        // advent: best 30.50 at 3, last 29.00; minent: best and last 33.00 at 6, the best of all.
+        "<td>30.50 (3)</td><td>29.00 (6)</td>",
+        r#"<td class="best">33.00 (6)</td><td>33.00 (6)</td>"#,
+        "Target mIoU (%), cityscapes-val-19",
+        "Source segmentation loss: loss_seg_src_main",
+        "Target entropy loss: loss_ent_main",
+        "Learning rate: lr",
+    ] {
+        assert!(html.contains(needle), "`{needle}` missing from the comparison");
+    }
+    assert!(html.contains(&runs[0].display().to_string()) && html.contains(&runs[1].display().to_string()));
+    // Refused, the page written before untouched: no --out, --out with one run, a missing run,
+    // a detection run beside segmentation ones (its folder made from a dry run's config).
+    let before = std::fs::read(&out).unwrap();
+    let det = dir.path().join("det");
+    std::fs::create_dir_all(&det).unwrap();
+    let detection = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/detection/demo.toml");
+    let dry = advent(&["detect", "train", "--config", detection, "--run-dir", s(&det.join("x")), "--dry-run"]);
+    assert_success(&dry);
+    std::fs::write(det.join("config.toml"), &dry.stdout).unwrap();
+    let missing = dir.path().join("missing");
+    for (args, needle) in [
+        (vec!["report", s(&runs[0]), s(&runs[1])], "--out"),
+        (vec!["report", s(&runs[0]), "--out", s(&out)], "--out is for a comparison"),
+        (vec!["report", s(&runs[0]), s(&missing), "--out", s(&out)], "missing: no such run folder"),
+        (vec!["report", s(&runs[0]), s(&det), "--out", s(&out)], "cannot be compared"),
+    ] {
+        assert_clean_failure(&advent(&args), needle);
+        assert_eq!(std::fs::read(&out).unwrap(), before, "{args:?} changed the page");
+    }
+}
+
 /// A target domain of one's own: `target.dataset = "images"` adapts to a folder of
 /// unlabelled images (PNG and JPEG, subfolders); `advent report` shows them, `advent data
 /// check` reads them; as a source it is refused, naming the key.

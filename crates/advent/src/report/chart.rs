@@ -23,6 +23,11 @@ impl Series {
 const COLORS: [&str; 10] =
     ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
 
+/// The line colour of index `i` (they repeat after ten).
+pub fn color(i: usize) -> &'static str {
+    COLORS[i % COLORS.len()]
+}
+
 /// "Nice" tick positions covering [lo, hi].
 fn ticks(lo: f64, hi: f64, count: usize) -> Vec<f64> {
     let span = (hi - lo).max(1e-12);
@@ -115,7 +120,7 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], width: u32, hei
         escape(x_label)
     );
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[s.color.unwrap_or(i) % COLORS.len()];
+        let color = color(s.color.unwrap_or(i));
         let pts: Vec<String> = s
             .points
             .iter()

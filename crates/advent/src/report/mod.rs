@@ -2,6 +2,7 @@
 //! PNG data URIs. One file that opens offline, no script.
 
 pub mod chart;
+pub mod compare;
 pub mod detection;
 pub mod run;
 
