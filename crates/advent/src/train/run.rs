@@ -538,6 +538,8 @@ pub(crate) struct RunRecord {
     last_checkpoint: Option<PathBuf>,
     /// The last iteration pushed.
     last_iteration: Option<u64>,
+    /// When the last progress line was printed ([`Progress::Lines`]).
+    last_line: Instant,
     began: Instant,
     /// With [`RunOptions::stop_on_signal`].
     signals: Option<StopOnSignal>,
@@ -585,6 +587,7 @@ impl RunRecord {
             last_losses: Vec::new(),
             last_checkpoint: None,
             last_iteration: None,
+            last_line: Instant::now(),
             began: Instant::now(),
             signals,
             stop: None,
@@ -653,24 +656,31 @@ impl RunRecord {
         }
         self.metrics.sync()?;
         let written = write_checkpoint(&self.run_dir, state, files)?;
-        if let Some(prefix) = &self.lines {
-            let done = state.iteration + 1 - self.first_iteration;
-            eprintln!(
-                "{prefix} iteration {}/{}, {:.2} it/s, {}; checkpoint {}",
-                state.iteration,
-                self.schedule.early_stop,
-                done as f64 / self.began.elapsed().as_secs_f64().max(1e-9),
-                (self.message)(&self.last_losses),
-                written.display()
-            );
-        }
+        self.print_line(state.iteration, &format!("; checkpoint {}", written.display()));
         self.last_checkpoint = Some(written);
         prune_checkpoints(&self.run_dir, keep)
     }
 
-    /// One iteration done.
-    pub(crate) fn advance(&self) {
+    /// [`Progress::Lines`]: a line on stderr for iteration `i` (done), ending with `suffix`.
+    fn print_line(&mut self, i: u64, suffix: &str) {
+        if let Some(prefix) = &self.lines {
+            let done = i + 1 - self.first_iteration;
+            let rate = done as f64 / self.began.elapsed().as_secs_f64().max(1e-9);
+            let losses = (self.message)(&self.last_losses);
+            eprintln!("{}", progress_line(prefix, i, self.schedule.early_stop, rate, &losses, suffix));
+            self.last_line = Instant::now();
+        }
+    }
+
+    /// One iteration done; with [`Progress::Lines`], a line when none was printed for
+    /// [`LINE_EVERY`] (checkpoints may be hours apart on a CPU).
+    pub(crate) fn advance(&mut self) {
         self.bar.inc(1);
+        if self.last_line.elapsed() >= LINE_EVERY {
+            if let Some(i) = self.last_iteration {
+                self.print_line(i, "");
+            }
+        }
     }
 
     /// The run's summary, once its last iteration is done.
@@ -688,6 +698,27 @@ impl RunRecord {
             last_checkpoint: self.last_checkpoint,
             stopped_by: self.stop,
         })
+    }
+}
+
+/// The longest a run on [`Progress::Lines`] stays silent: a line at every checkpoint, and one
+/// whenever this long has passed without.
+const LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A progress line of [`Progress::Lines`]: iteration `i` of `0..=last` done at `rate`
+/// iterations per second, the time left at that rate, and the losses.
+fn progress_line(prefix: &str, i: u64, last: u64, rate: f64, losses: &str, suffix: &str) -> String {
+    let left = last.saturating_sub(i) as f64 / rate.max(1e-9);
+    format!("{prefix} iteration {i}/{last}, {rate:.2} it/s, eta {}, {losses}{suffix}", duration(left))
+}
+
+/// Seconds as `1h05m`, `4m07s` or `37s`.
+pub(crate) fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
     }
 }
 
@@ -1027,6 +1058,18 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let iters: Vec<&str> = text.lines().map(|l| &l[..9]).collect();
         assert_eq!(iters, vec![r#"{"iter":0"#, r#"{"iter":1"#], "{text}");
+    }
+
+    #[test]
+    fn progress_lines_say_the_rate_and_the_time_left() {
+        // 1000 iterations left at 2.5 it/s: 400 s.
+        assert_eq!(
+            progress_line("demo advent", 999, 1999, 2.5, "seg_src=0.4", ""),
+            "demo advent iteration 999/1999, 2.50 it/s, eta 6m40s, seg_src=0.4"
+        );
+        assert_eq!(duration(37.4), "37s");
+        assert_eq!(duration(3600.0 + 5.0 * 60.0 + 59.0), "1h05m");
+        assert_eq!(duration(0.0), "0s");
     }
 
     fn record(dir: &Path, schedule: Schedule) -> RunRecord {
