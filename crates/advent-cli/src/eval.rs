@@ -203,7 +203,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         models.push(model);
     }
     let num_classes = models[0].config.num_classes as usize;
-    check_paper(a, num_classes)?;
+    advent::eval::paper::check(a.paper, num_classes)?;
     let subset = subset_for(classes(a, num_classes), num_classes)?;
     let dataset = open_dataset(&eval_set(a, num_classes))?;
     let members: Vec<String> = a
@@ -260,7 +260,7 @@ fn eval_options(a: &Args, subset: Vec<usize>, save_predictions: Option<PathBuf>)
 fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
     let poll = a.sweeping.check(run_dir, advent::train::Task::Segmentation, "advent eval --sweep")?;
     let num_classes = run_num_classes(run_dir)?;
-    check_paper(a, num_classes)?;
+    advent::eval::paper::check(a.paper, num_classes)?;
     let classes = classes(a, num_classes);
     let subset = subset_for(classes, num_classes)?;
     let dataset = open_dataset(&eval_set(a, num_classes))?;
@@ -296,25 +296,7 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
     crate::sweep::finish(&result, figure, &|s: &Scores| table(a, s), a.json.as_deref())
 }
 
-/// `--paper`'s row must be of the network's classes: checked before evaluating.
-fn check_paper(a: &Args, num_classes: usize) -> Result<()> {
-    if let Some(p) = a.paper {
-        ensure!(
-            p.num_classes == num_classes,
-            "--paper {}: a published result over {} classes ({}), but the network has {num_classes}",
-            p.key,
-            p.num_classes,
-            advent::eval::paper::shift(p)
-        );
-    }
-    Ok(())
-}
-
 /// The table printed: the paper's layout, with `--paper`'s row and the difference under it.
 fn table(a: &Args, scores: &Scores) -> String {
-    match a.paper {
-        // The classes were checked before evaluating (check_paper).
-        Some(p) => scores.table_beside(p).unwrap_or_else(|e| format!("{}{e:#}\n", scores.table())),
-        None => scores.table(),
-    }
+    scores.table_with(a.paper)
 }

@@ -50,6 +50,10 @@ pub struct Args {
     /// Write the scores as JSON (the same as `advent eval --json`).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Print the paper's published result (SPEC §8) under the table, with the difference per
+    /// class (as `advent eval --paper`; an unknown key lists them all).
+    #[arg(long, value_name = "KEY", value_parser = |k: &str| advent::eval::paper::row(k))]
+    paper: Option<&'static advent::eval::paper::PaperRow>,
     /// Threads reading and counting frames (default: one per core).
     #[arg(long, value_parser = crate::args::threads(1))]
     threads: Option<usize>,
@@ -62,6 +66,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     let classes: usize = a.classes.parse().expect("validated by clap");
     let num_classes = if classes == 13 { 16 } else { classes };
+    advent::eval::paper::check(a.paper, num_classes)?;
     let options = ScoreOptions {
         dataset: a.dataset.clone(),
         split: a.split.clone(),
@@ -76,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
     let report = score(&a.pred, &a.gt, &options, &|| bar.inc(1))?;
     bar.finish_and_clear();
     let s = &report.scores;
-    print!("{}", s.table());
+    print!("{}", s.table_with(a.paper));
     let gt = if a.dataset == "folder" { a.gt.clone() } else { a.gt.join("gtFine").join(&a.split) };
     println!(
         "{} {:.2} over {} classes, {} frames of {}",

@@ -73,6 +73,16 @@ fn score_prints_the_papers_table_and_agrees_with_cityscapes_scripts() {
     let road = 100.0 * expected["pred_trainids"]["classScores"]["road"].as_f64().unwrap();
     assert!((v["iou"]["road"].as_f64().unwrap() - road).abs() < 1e-9);
     assert!(v["iou"]["train"].is_null());
+    // --paper as in advent eval: the published MinEnt row (SPEC §8.1) under the table.
+    let o = advent(&["score", "--pred", s(&fx.join("pred_trainids")), "--gt", s(&fx), "--paper", "gta5-r101/minent"]);
+    assert_success(&o);
+    let paper = stdout(&o).lines().find(|l| l.starts_with("paper ")).map(String::from);
+    let cells: Vec<String> = paper.unwrap_or_default().split_whitespace().skip(1).map(String::from).collect();
+    assert_eq!(cells.first().map(String::as_str), Some("84.4"));
+    assert_eq!(cells.last().map(String::as_str), Some("42.3"));
+    let o =
+        advent(&["score", "--pred", s(&fx.join("pred_trainids")), "--gt", s(&fx), "--paper", "synthia-r101/advent"]);
+    assert_clean_failure(&o, "but this evaluation is over 19");
 
     // Label ids, with ignored ids predicted: --label-ids.
     let o = advent(&["score", "--pred", s(&fx.join("pred_labelids")), "--gt", s(&fx), "--label-ids", "--threads", "1"]);
@@ -217,7 +227,7 @@ fn eval_prints_the_papers_row_beside_its_own() {
     assert!(out.contains("paper: AdvEnt, ResNet-101, GTA5 → Cityscapes (ADVENT Table 1)"), "{out}");
     // A SYNTHIA row for a 19-class network is refused before evaluating; an unknown key lists them.
     let o = eval(&["--paper", "synthia-r101/advent"]);
-    assert_clean_failure(&o, "over 16 classes (SYNTHIA → Cityscapes), but the network has 19");
+    assert_clean_failure(&o, "over 16 classes (SYNTHIA → Cityscapes), but this evaluation is over 19");
     assert!(!stderr(&o).contains("evaluated"), "{}", stderr(&o));
     let o = eval(&["--paper", "gta5-r101/adventt"]);
     assert_clean_failure(&o, "gta5-r101/minent-er");

@@ -148,13 +148,36 @@ pub fn shift(row: &PaperRow) -> &'static str {
     }
 }
 
+/// `paper`'s row (if any) must be of the network's classes: checked before evaluating.
+pub fn check(paper: Option<&PaperRow>, num_classes: usize) -> Result<()> {
+    if let Some(p) = paper {
+        ensure!(
+            p.num_classes == num_classes,
+            "--paper {}: a published result over {} classes ({}), but this evaluation is over {num_classes}",
+            p.key,
+            p.num_classes,
+            shift(p)
+        );
+    }
+    Ok(())
+}
+
 impl Scores {
+    /// [`Scores::table`], with `paper`'s row and the difference under it when given (its
+    /// classes checked by [`check`] beforehand).
+    pub fn table_with(&self, paper: Option<&PaperRow>) -> String {
+        match paper {
+            Some(p) => self.table_beside(p).unwrap_or_else(|e| format!("{}{e:#}\n", self.table())),
+            None => self.table(),
+        }
+    }
+
     /// [`Scores::table`] with the paper's row under it and the difference (this − paper) per
     /// class and for the means, then what the row is. The network must have the row's classes.
     pub fn table_beside(&self, paper: &PaperRow) -> Result<String> {
         ensure!(
             self.iou.len() == paper.num_classes,
-            "--paper {}: a result over {} classes ({}), but this network has {}",
+            "--paper {}: a published result over {} classes ({}), but these scores are over {}",
             paper.key,
             paper.num_classes,
             shift(paper),

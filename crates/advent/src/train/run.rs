@@ -696,7 +696,8 @@ impl RunRecord {
             seconds: self.began.elapsed().as_secs_f64(),
             last_losses: self.last_losses,
             last_checkpoint: self.last_checkpoint,
-            stopped_by: self.stop,
+            // A signal during the last iteration stopped nothing: the run is complete.
+            stopped_by: self.stop.filter(|_| self.last_iteration != Some(self.schedule.early_stop)),
         })
     }
 }
