@@ -229,7 +229,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let noun = if images == 1 { "image" } else { "images" };
     eprintln!("evaluated {images} {noun} in {seconds:.1} s ({:.1} images/s)", images as f64 / seconds);
-    print!("{}", table(a, &scores));
+    print!("{}", scores.table_with(a.paper));
     println!("{} {:.2} over {} classes", scores.score_name(), scores.miou, scores.classes.len());
     if let Some(path) = &a.json {
         scores.write_json(path)?;
@@ -293,10 +293,5 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
         println!("{}", crate::sweep::entry_line(e, best, e.scores.score_name()));
     })?;
     let figure = result.best().map_or("mIoU", |b| b.scores.score_name());
-    crate::sweep::finish(&result, figure, &|s: &Scores| table(a, s), a.json.as_deref())
-}
-
-/// The table printed: the paper's layout, with `--paper`'s row and the difference under it.
-fn table(a: &Args, scores: &Scores) -> String {
-    scores.table_with(a.paper)
+    crate::sweep::finish(&result, figure, &|s: &Scores| s.table_with(a.paper), a.json.as_deref())
 }

@@ -50,7 +50,7 @@ enum Command {
     /// ADVENT on the built-in synthetic-to-real shift: trains every method, compares them,
     /// writes results.json and report.html (CPU, minutes).
     Demo(demo::Args),
-    /// The HTML report of a training run (curves, evaluations, predictions), or of several runs side by side
+    /// The HTML report of a training run (curves, evaluations, predictions), or of several runs side by side.
     Report(demo::ReportArgs),
     /// Object detection with SSD-300 (the paper's detection extension).
     #[command(subcommand)]

@@ -67,7 +67,15 @@ pub fn run(a: Args) -> Result<()> {
 /// The run options of `advent train` and `advent detect train`.
 pub fn options(a: &Args, run_dir: PathBuf, device: tch::Device, start: Start) -> RunOptions {
     let dry_run = a.dry_run();
-    RunOptions { run_dir, device, start, progress: Progress::for_stderr(), stop_on_signal: true, dry_run }
+    RunOptions {
+        run_dir,
+        device,
+        start,
+        progress: Progress::for_stderr(),
+        stop_on_signal: true,
+        announce: true,
+        dry_run,
+    }
 }
 
 impl Args {

@@ -205,6 +205,7 @@ fn train_and_evaluate(
             start: crate::train::Start::New,
             progress: options.progress,
             stop_on_signal: false,
+            announce: false,
             dry_run: false,
         },
     )?;

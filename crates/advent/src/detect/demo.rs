@@ -179,6 +179,7 @@ pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResult
                     start: Start::New,
                     progress: options.progress,
                     stop_on_signal: false,
+                    announce: false,
                     dry_run: false,
                 },
             )?;

@@ -75,6 +75,9 @@ pub struct RunOptions {
     /// SIGINT and SIGTERM stop the run after the iteration under way, with its checkpoint
     /// (see [`super::stop`]); otherwise they keep their usual effect.
     pub stop_on_signal: bool,
+    /// The plan (what is trained on what, for how long, where) printed on stderr as the run
+    /// starts (`advent train`; not in the demo, which says what it runs).
+    pub announce: bool,
     /// Everything a run needs is checked (configuration, datasets, network, initial weights,
     /// the checkpoint resumed) and the plan printed; nothing is trained or written.
     pub dry_run: bool,
@@ -475,9 +478,9 @@ impl Plan {
         text
     }
 
-    /// Prints the plan unless the run is hidden; whether the run stops here (a dry run).
+    /// Prints the plan if asked to (or for a dry run); whether the run stops here (a dry run).
     pub(crate) fn announce(&self, options: &RunOptions) -> bool {
-        if options.progress != Progress::Hidden || options.dry_run {
+        if options.announce || options.dry_run {
             eprintln!("{}", self.text(options));
         }
         options.dry_run
@@ -1080,6 +1083,7 @@ mod tests {
             start: Start::New,
             progress: Progress::Hidden,
             stop_on_signal: false,
+            announce: false,
             dry_run: false,
         };
         RunRecord::open(&options, "", 0, schedule, false, "test".into(), |_| String::new()).unwrap()
