@@ -460,6 +460,7 @@ fn a_dry_run_checks_and_plans_without_writing() {
     let err = stderr(&dry);
     for line in [
         "training advent, deeplabv2-tiny (19 classes, multi-level, ",
+        "  weights: a random initialisation (model.init is empty)\n",
         "  source: synthetic (the built-in generator), 5 images at 64x32, batch 1\n",
         "  target: synthetic (the built-in generator), 5 images at 64x32, batch 1\n",
         "  iterations 0 to 3 (poly decay over max_iters = 50); a checkpoint every 3 and at the last, in ",
@@ -470,6 +471,13 @@ fn a_dry_run_checks_and_plans_without_writing() {
     // What would stop the run stops the dry run.
     let gone = train(&["--dry-run", "--set", "model.init=\"/gone/init.pth\""]);
     assert_clean_failure(&gone, "model.init");
+    let init = dir.path().join("init.pth");
+    let tiny =
+        ModelConfig { arch: Arch::DeepLabV2Tiny, num_classes: 19, multi_level: true, aspp_sum: AsppSum::AllFour };
+    weights::save(&SegModel::new(tiny, Device::Cpu).unwrap().state_dict(), &init).unwrap();
+    let from = train(&["--dry-run", "--set", &format!("model.init=\"{}\"", init.display())]);
+    assert_success(&from);
+    assert!(stderr(&from).contains(&format!("  weights: initialised from {}\n", init.display())), "{}", stderr(&from));
     // The reference's switch, ADVENT_DRY_RUN=1, does the same.
     let env = std::process::Command::new(env!("CARGO_BIN_EXE_advent"))
         .args(["train", "--config", s(&config), "--run-dir", s(&run), "--set", "train.early_stop=3"])
@@ -489,6 +497,7 @@ fn a_dry_run_checks_and_plans_without_writing() {
     let o = advent(&["train", "--resume", s(&run), "--set", "train.early_stop=6", "--dry-run"]);
     assert_success(&o);
     assert!(stderr(&o).contains("iterations 4 (resumed) to 6"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("  weights: the checkpoint of iteration 3\n"), "{}", stderr(&o));
     assert_eq!(common::snapshot(&run), before, "a dry run changed the run folder");
 
     let r101 = advent(&[

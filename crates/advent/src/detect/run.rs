@@ -121,6 +121,7 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
             parameters(&trainer.ssd.vs)
         ),
         data,
+        init: config.model.init.clone(),
         start,
         early_stop: t.early_stop,
         max_iters: t.max_iters,

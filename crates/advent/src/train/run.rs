@@ -375,6 +375,7 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
             parameters(&trainer.model.vs)
         ),
         data,
+        init: config.model.init.clone(),
         start,
         early_stop: t.early_stop,
         max_iters: t.max_iters,
@@ -438,6 +439,8 @@ pub(crate) struct Plan {
     pub what: String,
     /// A line per domain ([`seg_domain_line`], or detection's).
     pub data: Vec<String>,
+    /// `model.init` (empty: none).
+    pub init: String,
     pub start: u64,
     pub early_stop: u64,
     pub max_iters: u64,
@@ -461,6 +464,11 @@ impl Plan {
             other => format!("{other:?}"),
         };
         let mut text = format!("training {} on {device}\n", self.what);
+        text += &match (self.start, self.init.as_str()) {
+            (0, "") => "  weights: a random initialisation (model.init is empty)\n".to_string(),
+            (0, init) => format!("  weights: initialised from {init}\n"),
+            (n, _) => format!("  weights: the checkpoint of iteration {}\n", n - 1),
+        };
         for line in &self.data {
             text += &format!("  {line}\n");
         }
