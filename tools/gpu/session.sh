@@ -94,6 +94,8 @@ pack() {
 left() { echo $((DEADLINE - $(date +%s))); }
 # T SECONDS: a command's timeout, cut to the time left (at least 1: timeout 0 would not bound it).
 # TMAX caps every timeout (a smoke run: DEVICE=cpu TMAX=20).
+# Every timeout is `timeout -k 15`: advent train stops on SIGTERM only once its iteration and its
+# checkpoint are done; what has not stopped 15 s after is killed.
 T() {
   local l
   l=$(left)
@@ -104,7 +106,7 @@ T() {
 # --- steps -------------------------------------------------------------------------------
 
 step_tests() {
-  timeout "$(T 200)" .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
+  timeout -k 15 "$(T 200)" .gpu/cuda_tests --ignored --nocapture --test-threads 1 cuda_graph_training matmul_upsampling \
     folded_evaluation cuda_graph_evaluation classifier_padding queued cuda_detection 2>&1 \
     | grep -E "cuda |update differs|queued|test result|panicked|warning:|^test " | tee "$OUT/parity.txt"
 }
@@ -112,7 +114,7 @@ step_tests() {
 step_track() {
   for g in true false; do
     rm -rf /tmp/track_$g
-    timeout "$(T 90)" $A train --config configs/demo.toml --set train.method=advent --set model.init=.gpu/tiny_init.pth \
+    timeout -k 15 "$(T 90)" $A train --config configs/demo.toml --set train.method=advent --set model.init=.gpu/tiny_init.pth \
       --set train.early_stop=199 --set train.max_iters=4000 --set train.save_every=100000 --set train.precision=tf32 \
       --set train.tensorboard=false --set train.cuda_graph=$g --run-dir /tmp/track_$g --device $DEV 2>&1 | tail -2 \
       | tee "$OUT/track_$g.log"
@@ -125,13 +127,13 @@ step_track() {
 B="$A bench --device $DEV --iters 15 --warmup 4 --what advent"
 round() {
   local r=$1
-  timeout "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held \
+  timeout -k 15 "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held \
     --json "$OUT/r${r}_tf32_cl_graph_held.jsonl"
-  timeout "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul \
+  timeout -k 15 "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --upsampling matmul \
     --d-pad 32 --aspp-pad 24 --cudnn-benchmark-limit 0 --json "$OUT/r${r}_tf32_cl_graph_all.jsonl"
-  timeout "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --upsampling matmul \
+  timeout -k 15 "$(T 60)" $B --precision tf32 --channels-last --cuda-graph --upsampling matmul \
     --json "$OUT/r${r}_tf32_cl_graph_freed_matmul.jsonl"
-  timeout "$(T 70)" python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
+  timeout -k 15 "$(T 70)" python3 .gpu/torch_reference.py --precisions tf32 --modes advent --iters 15 --warmup 4 2>&1 \
     | grep -E "train|eval" | tee "$OUT/r${r}_torch_tf32.jsonl"
 }
 step_round1() { round 1; }
@@ -142,7 +144,7 @@ step_round2() { round 2; }
 ev() {
   local name=$1
   shift
-  timeout "$(T 40)" $A bench --device $DEV --iters 30 --warmup 5 --what eval "$@" --json "$OUT/eval_$name.jsonl"
+  timeout -k 15 "$(T 40)" $A bench --device $DEV --iters 30 --warmup 5 --what eval "$@" --json "$OUT/eval_$name.jsonl"
 }
 step_evalcore() {
   ev tf32_graph_off --precision tf32 --cuda-graph
@@ -168,25 +170,25 @@ step_evalmore() {
 # The single changes against the held gradients (the configuration they were first measured
 # against), each alone.
 step_singles() {
-  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
-  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --upsampling matmul \
+  timeout -k 15 "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads freed --json "$OUT/tf32_cl_graph_freed.jsonl"
+  timeout -k 15 "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --upsampling matmul \
     --json "$OUT/tf32_cl_graph_matmul.jsonl"
-  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --aspp-pad 24 \
+  timeout -k 15 "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --aspp-pad 24 \
     --json "$OUT/tf32_cl_graph_aspp24.jsonl"
-  timeout "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --d-pad 32 \
+  timeout -k 15 "$(T 50)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --d-pad 32 \
     --json "$OUT/tf32_cl_graph_dpad32.jsonl"
-  timeout "$(T 50)" $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
+  timeout -k 15 "$(T 50)" $B --precision bf16 --channels-last --cuda-graph --graph-grads freed --json "$OUT/bf16_cl_graph_freed.jsonl"
 }
 step_limit0() {
-  timeout "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --cudnn-benchmark-limit 0 \
+  timeout -k 15 "$(T 90)" $B --precision tf32 --channels-last --cuda-graph --graph-grads held --cudnn-benchmark-limit 0 \
     --json "$OUT/tf32_cl_graph_limit0.jsonl"
 }
 step_profile() {
-  timeout "$(T 90)" python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 > "$OUT/profile_tf32_cl.txt" 2>&1
+  timeout -k 15 "$(T 90)" python3 tools/gpu/profile_reference.py .gpu --channels-last --precision tf32 > "$OUT/profile_tf32_cl.txt" 2>&1
   grep -v Warning "$OUT/profile_tf32_cl.txt" | head -60
 }
 step_dilation() {
-  timeout "$(T 90)" python3 -u tools/gpu/dilation_probe.py 2>&1 | tee "$OUT/dilation_probe.txt"
+  timeout -k 15 "$(T 90)" python3 -u tools/gpu/dilation_probe.py 2>&1 | tee "$OUT/dilation_probe.txt"
 }
 
 # A DeepLab-V2 R101 in the reference's keys (reference_nets.py's random initialisation), made
@@ -208,7 +210,7 @@ timed() {
   shift 5
   local t0 own
   t0=$(date +%s%N)
-  if timeout "$(T "$secs")" "$@" > /tmp/timed.out 2>&1; then
+  if timeout -k 15 "$(T "$secs")" "$@" > /tmp/timed.out 2>&1; then
     own=$(grep -o 'evaluated .*' /tmp/timed.out)
     echo "$label: $n $unit in $(( ($(date +%s%N) - t0) / 1000000 )) ms${own:+; $own}" | tee -a "$OUT/$file"
   else
@@ -297,7 +299,7 @@ step_train() {
 # page-locked memory, and a frame's boxes are decoded while the next pass runs. Expected: with
 # 12 threads >= 5x the images/s of --workers 0 (which keeps the queued passes).
 step_detect() {
-  timeout "$(T 60)" $A bench --device $DEV --task detection --what eval,source_only,advent --batch 32 --iters 10 \
+  timeout -k 15 "$(T 60)" $A bench --device $DEV --task detection --what eval,source_only,advent --batch 32 --iters 10 \
     --warmup 3 --json "$OUT/detect_bench.jsonl"
   for n in 20 80; do
     rm -rf /tmp/detect_$n
@@ -334,7 +336,7 @@ step_detect() {
 # fused SGD and the masks instead of masked_select), and well below ssd.pytorch's own, whose
 # per-image matching makes the host wait for the device.
 step_detectref() {
-  timeout "$(T 45)" python3 tools/bench/ssd_reference.py --device $DEV --batch 32 --iters 10 --warmup 3 2>&1 \
+  timeout -k 15 "$(T 45)" python3 tools/bench/ssd_reference.py --device $DEV --batch 32 --iters 10 --warmup 3 2>&1 \
     | grep '^{' | tee "$OUT/detect_reference.jsonl"
 }
 
