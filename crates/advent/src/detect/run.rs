@@ -123,21 +123,20 @@ pub fn run(config: &DetConfig, options: RunOptions) -> Result<RunSummary> {
         data,
         init: config.model.init.clone(),
         start,
-        early_stop: t.early_stop,
         max_iters: t.max_iters,
-        save_every: t.save_every,
+        schedule: Schedule { early_stop: t.early_stop, save_every: t.save_every, log_every: t.log_every },
         gpu: Vec::new(),
         precision: t.precision,
     };
-    if plan.announce(&options) {
-        return Ok(RunSummary::dry_run(&options, start, t.early_stop));
+    if let Some(dry_run) = plan.announce(&options) {
+        return Ok(dry_run);
     }
 
     let mut record = RunRecord::open(
         &options,
         &config.to_toml()?,
         start,
-        Schedule { early_stop: t.early_stop, save_every: t.save_every, log_every: t.log_every },
+        plan.schedule,
         t.tensorboard,
         format!("{} {}", config.name, method.name()),
         all_losses,

@@ -20,14 +20,17 @@ struct Run {
     sweeps: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
-/// Reads `dir`'s run, which must be of `task` (a folder of another task, or not a run, is an
-/// error naming it).
-fn read_run(dir: &Path, task: Task) -> Result<Run> {
+/// The task of the run in `dir`; a missing folder, or one that is not a run, is an error
+/// naming it.
+fn task_of(dir: &Path) -> Result<Task> {
     ensure!(dir.is_dir(), "{}: no such run folder", dir.display());
-    match run_task(dir) {
-        Some(t) if t == task => {}
-        Some(_) => bail!("{}: runs of segmentation and detection cannot be compared in one report", dir.display()),
-        None => bail!("{} is not a training run: it has no config.toml", dir.display()),
+    run_task(dir).with_context(|| format!("{} is not a training run: it has no config.toml", dir.display()))
+}
+
+/// Reads `dir`'s run, which must be of `task`.
+fn read_run(dir: &Path, task: Task) -> Result<Run> {
+    if task_of(dir)? != task {
+        bail!("{}: runs of segmentation and detection cannot be compared in one report", dir.display());
     }
     let what = match task {
         Task::Segmentation => {
@@ -56,10 +59,7 @@ fn best_and_last(points: &[(f64, f64)]) -> Option<((f64, f64), (f64, f64))> {
 /// names in the page are their folders as given.
 pub fn write_comparison(runs: &[PathBuf], out: &Path) -> Result<()> {
     ensure!(runs.len() >= 2, "a comparison needs at least two runs");
-    let first = runs[0].as_path();
-    ensure!(first.is_dir(), "{}: no such run folder", first.display());
-    let task =
-        run_task(first).with_context(|| format!("{} is not a training run: it has no config.toml", first.display()))?;
+    let task = task_of(&runs[0])?;
     let runs: Vec<Run> = runs.iter().map(|d| read_run(d, task)).collect::<Result<_>>()?;
     let figure = match task {
         Task::Segmentation => "mIoU",

@@ -121,21 +121,6 @@ pub struct RunSummary {
     pub stopped_by: Option<Signal>,
 }
 
-impl RunSummary {
-    /// A dry run's: nothing trained.
-    pub(crate) fn dry_run(options: &RunOptions, start: u64, early_stop: u64) -> Self {
-        RunSummary {
-            run_dir: options.run_dir.clone(),
-            first_iteration: start,
-            last_iteration: early_stop,
-            seconds: 0.0,
-            last_losses: Vec::new(),
-            last_checkpoint: None,
-            stopped_by: None,
-        }
-    }
-}
-
 /// The checkpoint folders of a run, oldest first, complete ones only.
 pub fn checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let dir = run_dir.join("checkpoints");
@@ -377,9 +362,8 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         data,
         init: config.model.init.clone(),
         start,
-        early_stop: t.early_stop,
         max_iters: t.max_iters,
-        save_every: t.save_every,
+        schedule: Schedule { early_stop: t.early_stop, save_every: t.save_every, log_every: t.log_every },
         gpu: [(t.channels_last, "channels-last"), (t.cuda_graph, "CUDA graph"), (t.deterministic, "deterministic")]
             .iter()
             .filter(|(on, _)| *on)
@@ -387,8 +371,8 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
             .collect(),
         precision: t.precision,
     };
-    if plan.announce(&options) {
-        return Ok(RunSummary::dry_run(&options, start, t.early_stop));
+    if let Some(dry_run) = plan.announce(&options) {
+        return Ok(dry_run);
     }
 
     // Everything that can fail on a bad config or bad data has been tried: now the folder.
@@ -396,7 +380,7 @@ pub fn run(config: &Config, options: RunOptions) -> Result<RunSummary> {
         &options,
         &config.to_toml()?,
         start,
-        Schedule { early_stop: t.early_stop, save_every: t.save_every, log_every: t.log_every },
+        plan.schedule,
         t.tensorboard,
         format!("{} {}", config.name, method),
         main_losses,
@@ -442,9 +426,9 @@ pub(crate) struct Plan {
     /// `model.init` (empty: none).
     pub init: String,
     pub start: u64,
-    pub early_stop: u64,
     pub max_iters: u64,
-    pub save_every: u64,
+    /// Its iterations and checkpoints, as the run's record keeps them.
+    pub schedule: Schedule,
     /// The CUDA-only settings that are on.
     pub gpu: Vec<String>,
     pub precision: crate::device::Precision,
@@ -478,20 +462,29 @@ impl Plan {
         };
         text += &format!(
             "  iterations {from} to {} (poly decay over max_iters = {}); a checkpoint every {} and at the last, in {}",
-            self.early_stop,
+            self.schedule.early_stop,
             self.max_iters,
-            self.save_every,
+            self.schedule.save_every,
             options.run_dir.display()
         );
         text
     }
 
-    /// Prints the plan if asked to (or for a dry run); whether the run stops here (a dry run).
-    pub(crate) fn announce(&self, options: &RunOptions) -> bool {
+    /// Prints the plan if asked to (or for a dry run); a dry run's summary (nothing trained)
+    /// when the run stops here.
+    pub(crate) fn announce(&self, options: &RunOptions) -> Option<RunSummary> {
         if options.announce || options.dry_run {
             eprintln!("{}", self.text(options));
         }
-        options.dry_run
+        options.dry_run.then(|| RunSummary {
+            run_dir: options.run_dir.clone(),
+            first_iteration: self.start,
+            last_iteration: self.schedule.early_stop,
+            seconds: 0.0,
+            last_losses: Vec::new(),
+            last_checkpoint: None,
+            stopped_by: None,
+        })
     }
 }
 
