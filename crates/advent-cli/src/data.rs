@@ -32,19 +32,21 @@ pub struct CheckArgs {
     dataset: String,
     /// Its root folder, in the official layout (GTA5: images/, labels/; SYNTHIA: RGB/,
     /// parsed_LABELS/ or GT/LABELS/; Cityscapes: leftImg8bit/, gtFine/; Foggy Cityscapes:
-    /// leftImg8bit_foggy/, gtFine/; images: any folder of .png/.jpg/.jpeg, no labels).
+    /// leftImg8bit_foggy/, gtFine/; Mapillary: <split>/images/, <split>/labels/; images: any
+    /// folder of .png/.jpg/.jpeg, no labels).
     #[arg(long)]
     root: PathBuf,
-    /// Split of Cityscapes and Foggy Cityscapes (GTA5 and SYNTHIA have none).
+    /// Split of Cityscapes, Foggy Cityscapes and Mapillary (GTA5 and SYNTHIA have none;
+    /// Mapillary's train and val are its training and validation folders).
     #[arg(long, default_value = "train")]
     split: String,
     /// List file in the reference's format (one name per line, relative to the image
     /// folder) restricting the check to the files it names, which must exist.
     #[arg(long)]
     list: Option<PathBuf>,
-    /// Class set the label ids are mapped to: 19 (Cityscapes) or 16 (SYNTHIA protocol).
-    /// Default: 16 for SYNTHIA, 19 otherwise.
-    #[arg(long, value_parser = ["19", "16"])]
+    /// Class set the label ids are mapped to: 19 (Cityscapes), 16 (SYNTHIA → Cityscapes) or
+    /// 7 (SYNTHIA → Mapillary). Default: 16 for SYNTHIA, 7 for Mapillary, 19 otherwise.
+    #[arg(long, value_parser = ["19", "16", "7"])]
     num_classes: Option<String>,
     /// Foggy Cityscapes' attenuation β (0.005, 0.01 or 0.02).
     #[arg(long, default_value_t = 0.02)]
@@ -70,6 +72,7 @@ fn check(a: CheckArgs) -> Result<()> {
     let num_classes = match a.num_classes.as_deref() {
         Some(n) => n.parse().expect("validated by clap"),
         None if a.dataset == "synthia" => 16,
+        None if a.dataset == "mapillary" => 7,
         None => 19,
     };
     let synthia_labels = match a.synthia_labels {

@@ -5,7 +5,7 @@ use crate::args::{parse_device, parse_size};
 use advent::device::Precision;
 use advent::eval::paper::PaperRow;
 use advent::eval::sweep::{cache_key, run_num_classes, sweep, SweepEntry, SweepOptions, SweepPlan};
-use advent::eval::{evaluate, open_dataset, subset_for, EvalOptions, EvalSet, Scores, EVAL_DATASETS};
+use advent::eval::{evaluate, open_dataset, protocol, subset_for, EvalOptions, EvalSet, Scores, EVAL_DATASETS};
 use advent::model::{AsppSum, BnFold, LoadOptions, ModelOverrides, SegModel, WeightsKind};
 use anyhow::{bail, ensure, Result};
 use std::path::{Path, PathBuf};
@@ -34,29 +34,32 @@ pub struct Args {
     weight: Vec<f64>,
     #[command(flatten)]
     sweeping: crate::sweep::SweepArgs,
-    /// The evaluation set: cityscapes or foggy-cityscapes.
+    /// The evaluation set: cityscapes, foggy-cityscapes or mapillary (DADA's 7 classes).
     #[arg(long)]
     dataset: String,
-    /// Its root folder, in the official layout (leftImg8bit/ or leftImg8bit_foggy/, gtFine/).
+    /// Its root folder, in the official layout (leftImg8bit/ or leftImg8bit_foggy/, gtFine/;
+    /// Mapillary: <split>/images/, <split>/labels/).
     #[arg(long)]
     root: PathBuf,
-    /// Split to evaluate.
-    #[arg(long, default_value = "val")]
-    split: String,
+    /// Split to evaluate. Default: val (Mapillary: validation).
+    #[arg(long)]
+    split: Option<String>,
     /// List file in the reference's format restricting and ordering the images.
     #[arg(long)]
     list: Option<PathBuf>,
-    /// Classes averaged: 19 (Cityscapes), 16 (SYNTHIA → Cityscapes) or 13 (SYNTHIA's mIoU*,
-    /// a 16-class network). Default: the network's class count.
-    #[arg(long, value_parser = ["19", "16", "13"])]
+    /// Classes averaged: 19 (Cityscapes), 16 (SYNTHIA → Cityscapes), 13 (SYNTHIA's mIoU*,
+    /// a 16-class network) or 7 (SYNTHIA → Mapillary). Default: the network's class count.
+    #[arg(long, value_parser = ["19", "16", "13", "7"])]
     classes: Option<String>,
-    /// Network input size WxH (bicubic resize, as PIL).
-    #[arg(long, value_parser = parse_size, default_value = "1024x512")]
-    input_size: (u32, u32),
+    /// Network input size WxH (bicubic resize, as PIL). Default: 1024x512 (Mapillary:
+    /// 1024x768, each image fitted into it and padded, as DADA evaluates).
+    #[arg(long, value_parser = parse_size)]
+    input_size: Option<(u32, u32)>,
     /// Size WxH the logits are upsampled to and the labels compared at (labels of another
-    /// size are resized with nearest neighbour); `native`: each label's own size.
-    #[arg(long, value_parser = parse_output_size, default_value = "2048x1024")]
-    output_size: OutputSize,
+    /// size are resized with nearest neighbour); `native`: each label's own size. Default:
+    /// 2048x1024 (Mapillary: native, each label padded to the input's aspect ratio).
+    #[arg(long, value_parser = parse_output_size)]
+    output_size: Option<OutputSize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -110,6 +113,21 @@ pub struct Args {
 #[derive(Clone, Copy)]
 pub struct OutputSize(Option<(u32, u32)>);
 
+impl Args {
+    /// `--split`, or the dataset's default.
+    fn split(&self) -> &str {
+        self.split.as_deref().unwrap_or(protocol(&self.dataset).split)
+    }
+    /// `--input-size`, or the dataset's default.
+    fn input_size(&self) -> (u32, u32) {
+        self.input_size.unwrap_or(protocol(&self.dataset).input_size)
+    }
+    /// `--output-size`, or the dataset's default (`None`: each label's size).
+    fn output_size(&self) -> Option<(u32, u32)> {
+        self.output_size.map_or(protocol(&self.dataset).output_size, |o| o.0)
+    }
+}
+
 fn parse_output_size(s: &str) -> Result<OutputSize> {
     if s == "native" {
         return Ok(OutputSize(None));
@@ -157,17 +175,18 @@ fn eval_set(a: &Args, num_classes: usize) -> EvalSet {
     EvalSet {
         kind: a.dataset.clone(),
         root: a.root.clone(),
-        split: a.split.clone(),
+        split: a.split().to_string(),
         list: a.list.clone(),
         num_classes,
-        input_size: a.input_size,
+        input_size: a.input_size(),
         foggy_beta: a.beta,
     }
 }
 
 fn describe_sizes(a: &Args) -> String {
-    let out = a.output_size.0.map_or_else(|| "each label's size".to_string(), |(w, h)| format!("{w}x{h}"));
-    format!("input {}x{}, output {out}", a.input_size.0, a.input_size.1)
+    let out = a.output_size().map_or_else(|| "each label's size".to_string(), |(w, h)| format!("{w}x{h}"));
+    let (w, h) = a.input_size();
+    format!("input {w}x{h}, output {out}")
 }
 
 fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
@@ -217,7 +236,7 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
         members.join(" + "),
         dataset.len(),
         a.dataset,
-        a.split,
+        a.split(),
         subset.len(),
         describe_sizes(a)
     );
@@ -243,8 +262,8 @@ fn run_checkpoints(a: &Args, device: tch::Device) -> Result<()> {
 /// The evaluation settings the arguments give, for the classes `subset`.
 fn eval_options(a: &Args, subset: Vec<usize>, save_predictions: Option<PathBuf>) -> Result<EvalOptions> {
     Ok(EvalOptions {
-        input_size: Some(a.input_size),
-        output_size: a.output_size.0,
+        input_size: Some(a.input_size()),
+        output_size: a.output_size(),
         subset,
         save_predictions,
         workers: a.workers,
@@ -267,18 +286,18 @@ fn run_sweep(a: &Args, run_dir: &Path, device: tch::Device) -> Result<()> {
     let key = cache_key(
         &a.dataset,
         (a.dataset == "foggy-cityscapes").then_some(a.beta),
-        &a.split,
+        a.split(),
         classes,
         a.list.as_deref(),
-        a.input_size,
-        a.output_size.0,
+        a.input_size(),
+        a.output_size(),
     );
     eprintln!(
         "sweeping the checkpoints of {} on {} images of {} {} ({} classes; {}){}",
         run_dir.display(),
         dataset.len(),
         a.dataset,
-        a.split,
+        a.split(),
         subset.len(),
         describe_sizes(a),
         a.sweeping.waiting()

@@ -1137,3 +1137,59 @@ fn predict_with_folded_batch_norms_gives_the_same_probabilities() {
         assert!(diff < 1e-5, "probabilities differ by {diff:e} with {extra:?}");
     }
 }
+
+/// DADA's SYNTHIA → Mapillary setting from its shipped config, on miniature trees: SYNTHIA's
+/// parsed labels at 7 classes, Mapillary images of two aspect ratios fitted and padded, the
+/// single-level network; two AdvEnt iterations and a checkpoint.
+#[test]
+fn synthia_to_mapillary_trains_from_its_shipped_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (synthia, mapillary) = (dir.path().join("SYNTHIA"), dir.path().join("Mapillary"));
+    for sub in ["RGB", "parsed_LABELS"] {
+        std::fs::create_dir_all(synthia.join(sub)).unwrap();
+    }
+    std::fs::create_dir_all(mapillary.join("training/images")).unwrap();
+    for k in 0..3u32 {
+        let name = format!("{k:07}.png");
+        common::write_image(&synthia.join("RGB").join(&name), 64, 38);
+        let ids = image::GrayImage::from_fn(64, 38, |x, y| image::Luma([((x / 8 + y / 8 + k) % 23) as u8]));
+        ids.save(synthia.join("parsed_LABELS").join(&name)).unwrap();
+    }
+    common::write_image(&mapillary.join("training/images/wide.jpg"), 96, 40);
+    common::write_image(&mapillary.join("training/images/tall.jpg"), 30, 50);
+    let run = dir.path().join("run");
+    let o = advent(&[
+        "train",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/synthia2mapillary_advent.toml"),
+        "--set",
+        "model.arch=\"deeplabv2-tiny\"",
+        "--set",
+        "model.init=\"\"",
+        "--set",
+        &format!("source.root=\"{}\"", s(&synthia)),
+        "--set",
+        "source.size=[64, 38]",
+        "--set",
+        &format!("target.root=\"{}\"", s(&mapillary)),
+        "--set",
+        "target.size=[48, 36]",
+        "--set",
+        "train.early_stop=2",
+        "--set",
+        "train.save_every=2",
+        "--run-dir",
+        s(&run),
+    ]);
+    assert_success(&o);
+    let err = stderr(&o);
+    // Single-level (DADA's): the plan names no aux head, and no aux loss is logged.
+    assert!(
+        err.contains("deeplabv2-tiny (7 classes, 630,604 trainable parameters)") && !err.contains("multi-level"),
+        "{err}"
+    );
+    assert!(err.contains("2 images at 48x36"), "{err}");
+    let lines = common::metrics(&run);
+    assert!(lines.iter().any(|l| l.contains("loss_adv_trg_main")) && !lines.iter().any(|l| l.contains("_aux")));
+    assert!(run.join("checkpoints").read_dir().unwrap().next().is_some(), "no checkpoint");
+}

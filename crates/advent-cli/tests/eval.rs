@@ -18,9 +18,12 @@ fn fixtures() -> PathBuf {
 }
 
 fn tiny_checkpoint(path: &Path, seed: i64) {
+    tiny_checkpoint_of(path, seed, 19);
+}
+
+fn tiny_checkpoint_of(path: &Path, seed: i64, num_classes: i64) {
     tch::manual_seed(seed);
-    let config =
-        ModelConfig { arch: Arch::DeepLabV2Tiny, num_classes: 19, multi_level: true, aspp_sum: AsppSum::AllFour };
+    let config = ModelConfig { arch: Arch::DeepLabV2Tiny, num_classes, multi_level: true, aspp_sum: AsppSum::AllFour };
     weights::save(&SegModel::new(config, Device::Cpu).unwrap().state_dict(), path).unwrap();
 }
 
@@ -244,8 +247,10 @@ fn eval_errors_are_one_clear_line() {
         args.extend_from_slice(extra);
         advent(&args)
     };
+    let o = eval(&["--checkpoint", s(&ckpt), "--dataset", "gta5"]);
+    assert_clean_failure(&o, "unknown evaluation dataset `gta5`");
     let o = eval(&["--checkpoint", s(&ckpt), "--dataset", "mapillary"]);
-    assert_clean_failure(&o, "unknown evaluation dataset `mapillary`");
+    assert_clean_failure(&o, "Mapillary class indices: no table for 19 classes");
     let bad = dir.path().join("bad.pth");
     std::fs::write(&bad, b"not a checkpoint").unwrap();
     let o = eval(&["--checkpoint", s(&bad), "--dataset", "cityscapes"]);
@@ -410,4 +415,77 @@ fn a_full_disk_stops_eval_and_predict_cleanly_and_keeps_earlier_outputs() {
     left.sort();
     assert_eq!(left, std::slice::from_ref(&earlier), "only the earlier file, nothing half-written");
     assert_eq!(std::fs::read(&earlier).unwrap(), b"an earlier prediction");
+}
+
+/// Mapillary class index → DADA's 7 classes (`MAPILLARY_2_CITYSCAPES`, `other` → 255),
+/// written out.
+#[rustfmt::skip]
+const MAP7: [u8; 66] = [
+    255, 255, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 5, 5, 5, 5, 0, 0, 255, 255, 4, 255, 0,
+    3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 2, 2, 2, 2, 2, 2, 2, 2, 255, 6, 6, 6,
+    6, 6, 6, 6, 6, 6, 6, 6, 255, 255, 255,
+];
+
+/// `advent eval --dataset mapillary` with DADA's protocol: images of any aspect ratio fitted
+/// into the input and padded, logits compared at each label's size padded to the input's
+/// aspect ratio. The confusion matrix is recounted here from the saved predictions and the
+/// labels mapped by the table above (padding ignored).
+#[test]
+fn mapillary_is_evaluated_at_each_label_padded_to_the_input_aspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mapillary");
+    // (stem, label size, padded size at 32x24: 48 / (32/24) = 36 high; (32/24) * 32 = 42 wide).
+    let items = [("wide", (48u32, 24u32), (48u32, 36u32)), ("tall", (24, 32), (42, 32))];
+    let mut labels = Vec::new();
+    for (k, (stem, (w, h), _)) in items.iter().enumerate() {
+        for sub in ["images", "labels"] {
+            std::fs::create_dir_all(root.join("validation").join(sub)).unwrap();
+        }
+        let img = image::RgbImage::from_fn(*w, *h, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 40 * k as u8]));
+        img.save(root.join(format!("validation/images/{stem}.jpg"))).unwrap();
+        let ids: Vec<u8> = (0..w * h).map(|i| ((i / 3 + 11 * k as u32) % 66) as u8).collect();
+        let label = image::GrayImage::from_raw(*w, *h, ids.clone()).unwrap();
+        label.save(root.join(format!("validation/labels/{stem}.png"))).unwrap();
+        labels.push(ids);
+    }
+    let ckpt = dir.path().join("seven.pth");
+    tiny_checkpoint_of(&ckpt, 3, 7);
+    let (json, preds) = (dir.path().join("eval.json"), dir.path().join("preds"));
+    let o = advent(&[
+        "eval",
+        "--checkpoint",
+        s(&ckpt),
+        "--dataset",
+        "mapillary",
+        "--root",
+        s(&root),
+        "--input-size",
+        "32x24",
+        "--json",
+        s(&json),
+        "--save-predictions",
+        s(&preds),
+    ]);
+    assert_success(&o);
+    let err = stderr(&o);
+    assert!(err.contains("of mapillary validation (7 classes; input 32x24, output each label's size)"), "{err}");
+    assert!(stdout(&o).contains("over 7 classes"), "{}", stdout(&o));
+    let mut confusion = vec![vec![0u64; 7]; 7];
+    for ((stem, (w, _), padded), ids) in items.iter().zip(&labels) {
+        let pred = image::open(preds.join(format!("{stem}_trainids.png"))).unwrap().to_luma8();
+        assert_eq!(pred.dimensions(), *padded, "{stem}");
+        for (i, &id) in ids.iter().enumerate() {
+            let (x, y) = (i as u32 % w, i as u32 / w);
+            let gt = MAP7[usize::from(id)];
+            if gt != 255 {
+                confusion[usize::from(gt)][usize::from(pred.get_pixel(x, y)[0])] += 1;
+            }
+        }
+    }
+    let v = read_json(&json);
+    assert_eq!(v["confusion"], serde_json::json!(confusion));
+    assert_eq!(
+        v["classes"],
+        serde_json::json!(["flat", "construction", "object", "nature", "sky", "human", "vehicle"])
+    );
 }

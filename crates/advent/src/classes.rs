@@ -1,4 +1,5 @@
-//! Class tables: names (cityscapesScripts spelling), Cityscapes label ids and colours.
+//! Class tables: names (cityscapesScripts spelling), Cityscapes label ids and colours; the
+//! 16 classes of SYNTHIA → Cityscapes and the 7 of SYNTHIA → Mapillary.
 
 /// One semantic class of the Cityscapes 19-class protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,12 +47,26 @@ pub const SYNTHIA_16_OF_19: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12
 /// (SPEC §5.4; the paper reports mIoU over 16 classes and mIoU* over the other 13).
 pub const MIOU_STAR_DROPPED_OF_19: [usize; 3] = [3, 4, 5];
 
-/// Class names (cityscapesScripts spelling) of a network's output ids, for 19 or 16 classes;
-/// `None` for other counts.
+/// The 7 classes of SYNTHIA → Mapillary Vistas (DADA, Vu et al. ICCV 2019: `COMMON_7CLASSES`
+/// of `dada/dataset/mapillary.py`), Cityscapes' categories: name and colour (DADA's
+/// `palette_7`, the Cityscapes colour of each category's main class), in train-id order.
+pub const COMMON_7: [(&str, [u8; 3]); 7] = [
+    ("flat", [128, 64, 128]),
+    ("construction", [70, 70, 70]),
+    ("object", [153, 153, 153]),
+    ("nature", [107, 142, 35]),
+    ("sky", [70, 130, 180]),
+    ("human", [220, 20, 60]),
+    ("vehicle", [0, 0, 142]),
+];
+
+/// Class names of a network's output ids, for 19 or 16 classes (cityscapesScripts spelling)
+/// or 7 (DADA's); `None` for other counts.
 pub fn class_names(num_classes: usize) -> Option<Vec<&'static str>> {
     match num_classes {
         19 => Some(CITYSCAPES_19.iter().map(|c| c.name).collect()),
         16 => Some(SYNTHIA_16_OF_19.iter().map(|&i| CITYSCAPES_19[i].name).collect()),
+        7 => Some(COMMON_7.iter().map(|c| c.0).collect()),
         _ => None,
     }
 }
@@ -102,11 +117,14 @@ pub fn eval_classes(num_classes: usize, subset: EvalSubset) -> Option<Vec<usize>
 }
 
 /// Colours for a network's output ids: Cityscapes' for 19 classes, the same colours of the
-/// 16 SYNTHIA classes for 16, and for any other count the 19 colours followed by a
-/// deterministic spread of further colours.
+/// 16 SYNTHIA classes for 16, [`COMMON_7`]'s for 7, and for any other count the 19 colours
+/// followed by a deterministic spread of further colours.
 pub fn palette(num_classes: usize) -> Vec<[u8; 3]> {
     if num_classes == SYNTHIA_16_OF_19.len() {
         return SYNTHIA_16_OF_19.iter().map(|&i| CITYSCAPES_19[i].color).collect();
+    }
+    if num_classes == COMMON_7.len() {
+        return COMMON_7.iter().map(|c| c.1).collect();
     }
     (0..num_classes)
         .map(|i| match CITYSCAPES_19.get(i) {
@@ -161,7 +179,16 @@ mod tests {
         assert_eq!(names[14], "motorcycle");
         assert_eq!(eval_subsets(16), vec![EvalSubset::All, EvalSubset::MiouStar13]);
         assert_eq!(eval_subsets(19), vec![EvalSubset::All]);
-        assert!(class_names(7).is_none());
+        assert!(class_names(8).is_none());
+        assert_eq!(class_names(7).unwrap(), ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]);
+        assert_eq!(eval_subsets(7), vec![EvalSubset::All]);
+    }
+
+    #[test]
+    fn seven_class_palette_is_dadas() {
+        // dada/utils/viz_segmask.py, palette_7, typed from there.
+        let dada = [128, 64, 128, 70, 70, 70, 153, 153, 153, 107, 142, 35, 70, 130, 180, 220, 20, 60, 0, 0, 142];
+        assert_eq!(palette(7).concat(), dada);
     }
 
     #[test]

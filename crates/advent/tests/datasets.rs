@@ -270,6 +270,151 @@ fn synthia_raw_16_bit_and_parsed_labels() {
     assert!(msg.contains("GT/LABELS/0000000.png") && msg.contains("976"), "{msg}");
 }
 
+/// SYNTHIA class id → DADA's 7 classes (`dada/dataset/synthia.py`, `num_classes == 7`:
+/// {1: 4, 2: 1, 3: 0, 4: 0, 5: 1, 6: 3, 7: 2, 8: 6, 9: 2, 10: 5, 11: 6, 15: 2, 22: 0}).
+#[rustfmt::skip]
+const SYN7: [u8; 23] = [
+    255, 4, 1, 0, 0, 1, 3, 2, 6, 2, 5, 6, 255, 255, 255, 2, 255, 255, 255, 255, 255, 255, 0,
+];
+
+#[test]
+fn synthia_seven_classes_are_dadas_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (w, h) = (23, 2);
+    write_rgb(&root.join("RGB/0000000.png"), w, h, 1);
+    let ids: Vec<u8> = (0..w * h).map(|i| (i % 23) as u8).collect();
+    write_gray8(&root.join("parsed_LABELS/0000000.png"), w, h, &ids);
+    let ds = dataset::open(&spec("synthia", root, "all", (w, h), 7)).unwrap();
+    assert_eq!(label_vec(&ds.get(0).unwrap().label.unwrap()), mapped(&ids, &SYN7));
+    // GTA5 and Cityscapes have no 7-class table; unlabelled, Cityscapes is a 7-class target.
+    let msg = err_text(dataset::open(&spec("gta5", root, "all", (w, h), 7)));
+    assert!(msg.contains("Cityscapes label ids: no table for 7 classes"), "{msg}");
+    let msg = err_text(dataset::open(&spec("synthia", root, "all", (w, h), 8)));
+    assert!(msg.contains("8 classes") && msg.contains("or 7 (SYNTHIA → Mapillary)"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Mapillary Vistas
+
+/// Mapillary v1.x class index → DADA's 7 classes (`MAPILLARY_2_CITYSCAPES` over the label
+/// order of `mapillary_list/info.json`, `other` → 255), written out.
+#[rustfmt::skip]
+const MAP7: [u8; 66] = [
+    255, 255,                          // 0 bird, 1 ground animal
+    1, 1, 1, 1, 1,                     // 2 curb .. 6 wall
+    0, 0, 0, 0, 0, 0, 0, 0, 0,         // 7 bike lane .. 15 sidewalk
+    1, 1, 1,                           // 16 bridge, 17 building, 18 tunnel
+    5, 5, 5, 5,                        // 19 person .. 22 other rider
+    0, 0,                              // 23, 24 lane markings
+    255, 255, 4, 255, 0, 3, 255,       // 25 mountain, sand, sky, snow, terrain, vegetation, water
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, // 32 banner .. 42 phone booth
+    2, 2, 2, 2, 2, 2, 2, 2,            // 43 pothole .. 50 traffic sign (front)
+    255,                               // 51 trash can
+    6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,   // 52 bicycle .. 62 wheeled slow
+    255, 255, 255,                     // 63 car mount, 64 ego vehicle, 65 unlabeled
+];
+
+/// Mapillary's `<split>/images/<x>.jpg` and `<split>/labels/<x>.png`. The image is written
+/// as PNG bytes under the `.jpg` name (decoders, PIL's too, go by the content), so that its
+/// pixels are exact.
+fn mapillary_item(root: &Path, split: &str, stem: &str, (w, h): (u32, u32), seed: u8) -> (Vec<u8>, Vec<u8>) {
+    let px = write_rgb(&root.join(split).join("images").join(format!("{stem}.jpg")), w, h, seed);
+    let ids: Vec<u8> = (0..w * h).map(|i| ((i * 5 + u32::from(seed)) % 66) as u8).collect();
+    write_palette8(&root.join(split).join("labels").join(format!("{stem}.png")), w, h, &ids);
+    (px, ids)
+}
+
+/// Row-major `v` (`w` wide) at the top left of a `to` canvas filled with `fill`.
+fn padded<T: Copy>(v: &[T], w: usize, to: (usize, usize), fill: T) -> Vec<T> {
+    let mut out = vec![fill; to.0 * to.1];
+    for (y, row) in v.chunks_exact(w).enumerate() {
+        out[y * to.0..y * to.0 + w].copy_from_slice(row);
+    }
+    out
+}
+
+/// The padding of a `[3, H, W]` input: black pixels, i.e. minus the BGR mean.
+fn padded_input(rgb: &[u8], (w, h): (usize, usize), to: (usize, usize)) -> Vec<f32> {
+    let mean = IMG_MEAN_BGR.map(|m| m as f32);
+    let planes = expected_input(rgb);
+    planes.chunks_exact(w * h).zip(mean).flat_map(|(plane, m)| padded(plane, w, to, -m)).collect()
+}
+
+/// DADA's `resize_with_pad` and `pad_with_fixed_AS`: images fitted into the input size and
+/// padded at the bottom or right (black; labels ignored), labels at native size padded to
+/// the input's aspect ratio; sizes as DADA's float64 arithmetic truncates them.
+#[test]
+fn mapillary_fits_pads_and_maps_dadas_seven_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Wide (2:1) and tall (2:3) images into 8x6 (4:3): the first fills the width (8x4), the
+    // second the height (4x6); neither needs resizing, so every value is known exactly.
+    let (wide_px, wide_ids) = mapillary_item(root, "training", "a", (8, 4), 3);
+    let (tall_px, tall_ids) = mapillary_item(root, "training", "b", (4, 6), 9);
+    // `train` finds the official `training` folder.
+    let ds = dataset::open(&spec("mapillary", root, "train", (8, 6), 7)).unwrap();
+    assert_eq!(ds.len(), 2);
+    let a = ds.get(0).unwrap();
+    assert_eq!(a.name, "a");
+    assert_eq!(image_vec(&a.image), padded_input(&wide_px, (8, 4), (8, 6)));
+    assert_eq!(label_vec(&a.label.unwrap()), padded(&mapped(&wide_ids, &MAP7), 8, (8, 6), 255));
+    let b = ds.get(1).unwrap();
+    assert_eq!(image_vec(&b.image), padded_input(&tall_px, (4, 6), (8, 6)));
+    assert_eq!(label_vec(&b.label.unwrap()), padded(&mapped(&tall_ids, &MAP7), 4, (8, 6), 255));
+
+    // Evaluation: labels at native size, padded to 4:3 (8x4 → 8x6: 8 / (8/6) = 6; 4x6 →
+    // 8x6: (8/6) * 6 = 8), not resized.
+    let native = OpenOptions { label_size: LabelSize::Native, ..Default::default() };
+    let ds = dataset::open_with(&spec("mapillary", root, "training", (16, 12), 7), &native).unwrap();
+    let a = ds.get(0).unwrap();
+    assert_eq!(a.image.size(), vec![3, 12, 16]);
+    assert_eq!(label_vec(&a.label.unwrap()), padded(&mapped(&wide_ids, &MAP7), 8, (8, 6), 255));
+    let b = ds.get(1).unwrap();
+    assert_eq!(label_vec(&b.label.unwrap()), padded(&mapped(&tall_ids, &MAP7), 4, (8, 6), 255));
+
+    // A resized one: 16x8 into 8x6 is 8x4 (Pillow's nearest takes every other pixel), then
+    // padded; the image's padding rows are black.
+    let (_, big_ids) = mapillary_item(root, "validation", "c", (16, 8), 5);
+    let ds = dataset::open(&spec("mapillary", root, "val", (8, 6), 7)).unwrap();
+    let c = ds.get(0).unwrap();
+    let want = padded(&mapped(&halve(&big_ids, 16, 8), &MAP7), 8, (8, 6), 255);
+    assert_eq!(label_vec(&c.label.unwrap()), want);
+    let image = image_vec(&c.image);
+    let mean = IMG_MEAN_BGR.map(|m| m as f32);
+    for (plane, m) in image.chunks_exact(48).zip(mean) {
+        assert!(plane[32..].iter().all(|&v| v == -m), "rows 4 and 5 are padding");
+        assert!(plane[..32].iter().any(|&v| v != -m));
+    }
+
+    // Mapillary has only the 7-class table; an index beyond its 66 classes names the file.
+    let msg = err_text(dataset::open(&spec("mapillary", root, "val", (8, 6), 19)));
+    assert!(msg.contains("Mapillary class indices: no table for 19 classes"), "{msg}");
+    write_palette8(&root.join("validation/labels/c.png"), 2, 1, &[13, 66]);
+    let ds = dataset::open(&spec("mapillary", root, "val", (8, 6), 7)).unwrap();
+    let msg = err_text(ds.get(0));
+    assert!(msg.contains("validation/labels/c.png") && msg.contains("66 (1 px)"), "{msg}");
+    // A split that is not there names its folder.
+    let msg = err_text(dataset::open(&spec("mapillary", root, "testing", (8, 6), 7)));
+    assert!(msg.contains("testing/images"), "{msg}");
+}
+
+#[test]
+fn mapillary_sizes_truncate_as_dada_does() {
+    use advent::dataset::layout::{fitted_size, padded_size};
+    // Python: (1024, int(1080 * (1024 / 1920))) = (1024, 576); 4032x3024 is 4:3 already:
+    // int(4032 * (768 / 3024)) = 1024; a 4:3 target from 1920x1080 pads to
+    // int(1920 / (1024 / 768)) = 1440; 24x32 pads to int((32 / 24) * 32) = 42 wide.
+    assert_eq!(fitted_size((1920, 1080), (1024, 768)), (1024, 576));
+    assert_eq!(fitted_size((4032, 3024), (1024, 768)), (1024, 768));
+    assert_eq!(fitted_size((3024, 4032), (1024, 768)), (576, 768));
+    assert_eq!(padded_size((1920, 1080), (1024, 768)), (1920, 1440));
+    assert_eq!(padded_size((24, 32), (32, 24)), (42, 32));
+    assert_eq!(padded_size((4032, 3024), (1024, 768)), (4032, 3024));
+    // A sliver never becomes empty.
+    assert_eq!(fitted_size((10_000, 1), (1024, 768)), (1024, 1));
+}
+
 // ---------------------------------------------------------------------------------------
 // Cityscapes and Foggy Cityscapes
 

@@ -111,7 +111,8 @@ fn read_rgb_matches_pil_convert_rgb_for_every_png_kind() {
 
 #[test]
 fn read_rgb_decodes_pil_jpegs_closely() {
-    // JPEG decoders may round differently from PIL's libjpeg; the datasets are PNG.
+    // JPEG decoders may round differently from PIL's libjpeg; the reference's datasets are
+    // PNG, Mapillary's (DADA's target) JPEG.
     let manifest = json("manifest.json");
     for name in manifest["jpeg"].as_object().unwrap().keys() {
         let ours = read_rgb(&fixture(&format!("jpeg/{name}.jpg"))).unwrap();

@@ -71,7 +71,7 @@ pub struct CheckReport {
     pub labels_read: usize,
     /// Count of images of each size, `"WxH"` → count.
     pub image_sizes: BTreeMap<String, usize>,
-    /// Class set the label ids were mapped to (19 or 16).
+    /// Class set the label ids were mapped to (19, 16 or 7).
     pub num_classes: usize,
     /// Pixels per train id, in train-id order.
     pub class_pixels: Vec<ClassPixels>,
@@ -168,13 +168,17 @@ impl Tally {
 
 impl Check {
     /// Finds the items of `layout` (walking its folders, or from `list`); labels mapped to
-    /// `num_classes` (19 or 16) are examined when `labels` is set and the layout has any.
+    /// `num_classes` (19, 16 or 7) are examined when `labels` is set and the layout has any.
     ///
     /// # Errors
     ///
     /// A missing image folder, an unreadable list file, no items, a bad class count.
     pub fn new(layout: Box<dyn Layout>, list: Option<&Path>, num_classes: usize, labels: bool) -> Result<Check> {
-        layout.ids().lookup(num_classes)?;
+        let labels = labels && layout.has_labels();
+        match labels {
+            true => layout.ids().lookup(num_classes).map(drop)?,
+            false => super::label::check_num_classes(num_classes)?,
+        }
         let names: Vec<(String, bool)> = match list {
             Some(list) => {
                 let dir = layout.image_dir();
@@ -189,7 +193,6 @@ impl Check {
             None => walk_names(layout.as_ref())?.into_iter().map(|n| (n, true)).collect(),
         };
         ensure!(!names.is_empty(), "{}: no images found under {}", layout.name(), layout.image_dir().display());
-        let labels = labels && layout.has_labels();
         Ok(Check { layout, names, num_classes, labels })
     }
 

@@ -8,7 +8,7 @@
 //! cannot read at all; the third-party loaders use `imageio` with FreeImage and take channel
 //! 0).
 
-use crate::classes::SYNTHIA_16_OF_19;
+use crate::classes::{COMMON_7, SYNTHIA_16_OF_19};
 use anyhow::{bail, Context, Result};
 use std::io::Cursor;
 use std::path::Path;
@@ -182,43 +182,61 @@ pub fn decode_label(bytes: &[u8], encoding: LabelEncoding) -> Result<RawLabel, L
     Ok(RawLabel { width, height, samples })
 }
 
-/// The class sets a network is trained on: Cityscapes' 19, or the 16 of SYNTHIA → Cityscapes.
+/// The class sets a network is trained on: Cityscapes' 19, the 16 of SYNTHIA → Cityscapes,
+/// or the 7 of SYNTHIA → Mapillary.
 pub fn check_num_classes(num_classes: usize) -> Result<()> {
-    if num_classes != 19 && num_classes != SYNTHIA_16_OF_19.len() {
-        bail!("{num_classes} classes: the datasets have train ids for 19 (Cityscapes) or 16 (SYNTHIA) classes");
+    if ![19, SYNTHIA_16_OF_19.len(), COMMON_7.len()].contains(&num_classes) {
+        bail!(
+            "{num_classes} classes: the datasets have train ids for 19 (Cityscapes), 16 (SYNTHIA → Cityscapes) \
+             or 7 (SYNTHIA → Mapillary) classes"
+        );
     }
     Ok(())
 }
 
-/// A dataset's id → train-id table.
+/// A dataset's id → train-id tables.
 ///
-/// Stated once, for the 19 Cityscapes classes; the 16-class set (SYNTHIA protocol) is
-/// derived from it through [`SYNTHIA_16_OF_19`] (terrain, truck and train become ignored).
+/// The 19 Cityscapes classes are stated once; the 16-class set (SYNTHIA protocol) is derived
+/// from them through [`SYNTHIA_16_OF_19`] (terrain, truck and train become ignored). The
+/// 7-class set of SYNTHIA → Mapillary ([`COMMON_7`]) has its own table, because DADA's
+/// tables are not a reduction of the 19 classes (its SYNTHIA table drops wall, rider,
+/// motorcycle and others, and keeps lane markings as `flat`).
 #[derive(Debug, Clone, Copy)]
 pub struct IdTable {
     /// What the ids are, for messages ("Cityscapes label ids").
     pub name: &'static str,
     /// `to_train19[id]`: the 19-class train id of raw id `id`, [`IGNORE`] for ids the
-    /// dataset defines but the protocol ignores. Ids `>= to_train19.len()` are not ids of
-    /// this dataset at all: reading one is an error.
-    pub to_train19: &'static [u8],
+    /// dataset defines but the protocol ignores; `None` for a dataset without 19-class
+    /// labels (Mapillary). Ids `>= known()` are not ids of this dataset at all: reading one
+    /// is an error.
+    pub to_train19: Option<&'static [u8]>,
+    /// `to_train7[id]`: the [`COMMON_7`] train id of raw id `id`, or [`IGNORE`]; `None` for a
+    /// dataset DADA's 7-class protocol does not use. As long as `to_train19` when both exist.
+    pub to_train7: Option<&'static [u8]>,
 }
 
 impl IdTable {
     /// Number of ids the dataset defines (`0..known()`).
     pub fn known(&self) -> usize {
-        self.to_train19.len()
+        self.to_train19.or(self.to_train7).map_or(0, <[u8]>::len)
     }
 
-    /// The lookup table for `num_classes` (19 or 16): train id of each known raw id.
+    /// The lookup table for `num_classes` (19, 16 or 7): train id of each known raw id.
     ///
     /// # Errors
     ///
-    /// Another class count.
+    /// Another class count, or a class set this dataset has no table for.
     pub fn lookup(&self, num_classes: usize) -> Result<Vec<u8>> {
         check_num_classes(num_classes)?;
-        Ok(self
+        if num_classes == COMMON_7.len() {
+            return self.to_train7.map(<[u8]>::to_vec).with_context(|| {
+                format!("{}: no table for 7 classes (that protocol is SYNTHIA → Mapillary)", self.name)
+            });
+        }
+        let to_train19 = self
             .to_train19
+            .with_context(|| format!("{}: no table for {num_classes} classes (only for 7)", self.name))?;
+        Ok(to_train19
             .iter()
             .map(|&t| {
                 if num_classes == 19 || t == IGNORE {
@@ -330,11 +348,13 @@ mod tests {
 
     #[test]
     fn sixteen_classes_derive_from_nineteen() {
-        let t = IdTable { name: "test ids", to_train19: &[IGNORE, 0, 9, 10, 14, 16, 18, 3] };
+        let t = IdTable { name: "test ids", to_train19: Some(&[IGNORE, 0, 9, 10, 14, 16, 18, 3]), to_train7: None };
         assert_eq!(t.lookup(19).unwrap(), vec![255, 0, 9, 10, 14, 16, 18, 3]);
         // terrain (9), truck (14), train (16) dropped; sky 10 → 9, bicycle 18 → 15.
         assert_eq!(t.lookup(16).unwrap(), vec![255, 0, 255, 9, 255, 255, 15, 3]);
-        assert!(t.lookup(7).is_err());
+        let err = format!("{:#}", t.lookup(7).unwrap_err());
+        assert!(err.contains("test ids: no table for 7 classes"), "{err}");
+        assert!(format!("{:#}", t.lookup(8).unwrap_err()).contains("19 (Cityscapes)"));
         let l = RawLabel { width: 3, height: 1, samples: Samples::U8(vec![7, 8, 200]) };
         assert_eq!(t.unknown_ids(&l), vec![(8, 1), (200, 1)]);
         let msg = format!("{:#}", t.validate(&l).unwrap_err());

@@ -2,9 +2,10 @@
 //! file in the reference's format), and loading one item the way the reference does
 //! (SPEC §5.1).
 //!
-//! Each dataset file (`gta5.rs`, `synthia.rs`, `cityscapes.rs`, `foggy.rs`, `images.rs`) only answers the
-//! questions of [`Layout`]: where its images are, where the label of an image is, how labels
-//! are stored and which table maps their ids to train ids.
+//! Each dataset file (`gta5.rs`, `synthia.rs`, `cityscapes.rs`, `foggy.rs`, `mapillary.rs`,
+//! `images.rs`) only answers the questions of [`Layout`]: where its images are, where the
+//! label of an image is, how labels are stored, which table maps their ids to train ids, and
+//! whether images are stretched or fitted and padded to the configured size ([`Fit`]).
 //!
 //! # Preprocessing and its distance from PIL
 //!
@@ -29,9 +30,9 @@
 //!   `labelIds` file) is an error naming the file, where the reference silently maps it to
 //!   255; ids the table knows but ignores map to 255 as in the reference.
 
-use super::label::{map_ids, read_label, IdTable, LabelEncoding, Samples};
+use super::label::{map_ids, read_label, IdTable, LabelEncoding, Samples, IGNORE};
 use super::{Dataset, Sample};
-use crate::image::{read_rgb, resize_bicubic, resize_nearest, to_input_tensor, IMG_MEAN_BGR};
+use crate::image::{read_rgb, resize_bicubic, resize_nearest, to_input_tensor, RgbImage, IMG_MEAN_BGR};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -61,6 +62,63 @@ pub trait Layout: Send + Sync {
     fn label_encoding(&self) -> LabelEncoding;
     /// The id → train-id table of the label files.
     fn ids(&self) -> IdTable;
+    /// How images reach the configured size.
+    fn fit(&self) -> Fit {
+        Fit::Stretch
+    }
+}
+
+/// How an image of any size becomes an input of the configured size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// Resized to it, whatever its aspect ratio (the reference's datasets).
+    Stretch,
+    /// Resized to fit inside it with its aspect ratio kept ([`fitted_size`]), then padded at
+    /// the right or bottom with black pixels (labels: ignored); labels at their native size
+    /// are padded to the configured aspect ratio instead ([`padded_size`]). DADA's
+    /// `resize_with_pad` and `pad_with_fixed_AS`, for Mapillary.
+    Pad,
+}
+
+/// The size an image of size `from` is resized to before padding to `to` ([`Fit::Pad`]),
+/// computed as DADA's `resize_with_pad` does (float64 ratios, truncated): the side that
+/// limits fills `to`. At least 1 pixel on each side.
+pub fn fitted_size(from: (u32, u32), to: (u32, u32)) -> (u32, u32) {
+    let target_ratio = f64::from(to.0) / f64::from(to.1);
+    let image_ratio = f64::from(from.0) / f64::from(from.1);
+    let (w, h) = if image_ratio > target_ratio {
+        (to.0, (f64::from(from.1) * (f64::from(to.0) / f64::from(from.0))) as u32)
+    } else {
+        ((f64::from(from.0) * (f64::from(to.1) / f64::from(from.1))) as u32, to.1)
+    };
+    (w.clamp(1, to.0), h.clamp(1, to.1))
+}
+
+/// The size a label of size `from` is padded to for the aspect ratio of `to`, as DADA's
+/// `pad_with_fixed_AS` computes it (float64, truncated); never smaller than `from` (DADA
+/// would fail where rounding made it so).
+pub fn padded_size(from: (u32, u32), to: (u32, u32)) -> (u32, u32) {
+    let target_ratio = f64::from(to.0) / f64::from(to.1);
+    let (w, h) = (f64::from(from.0), f64::from(from.1));
+    let image_ratio = w / h;
+    let (pw, ph) = if target_ratio > image_ratio {
+        ((target_ratio * h) as u32, from.1)
+    } else if target_ratio < image_ratio {
+        (from.0, (w / target_ratio) as u32)
+    } else {
+        from
+    };
+    (pw.max(from.0), ph.max(from.1))
+}
+
+/// `samples` (`from`, row-major) at the top left of a `to` canvas filled with `fill`.
+fn pad<T: Copy>(samples: &[T], from: (u32, u32), to: (u32, u32), fill: T) -> Vec<T> {
+    let (fw, tw) = (from.0 as usize, to.0 as usize);
+    let mut out = vec![fill; tw * to.1 as usize];
+    for (src, dst) in samples.chunks_exact(fw).zip(out.chunks_exact_mut(tw)) {
+        dst[..fw].copy_from_slice(src);
+    }
+    out
 }
 
 /// The size labels are resized to.
@@ -193,7 +251,8 @@ impl FileDataset {
     ///
     /// # Errors
     ///
-    /// Those of [`find_names`]; a class count other than 19 or 16; labels asked of a layout
+    /// Those of [`find_names`]; a class count other than 19, 16 or 7, or one the layout's
+    /// labels have no table for; labels asked of a layout
     /// without any; with labels, images whose label file does not exist (named).
     pub fn new(
         layout: Box<dyn Layout>,
@@ -209,7 +268,11 @@ impl FileDataset {
             layout.name(),
             layout.image_dir().display()
         );
-        let lookup = layout.ids().lookup(num_classes)?;
+        // A dataset read without labels needs no table (Cityscapes is a 7-class target too).
+        let lookup = match label_size {
+            Some(_) => layout.ids().lookup(num_classes)?,
+            None => super::label::check_num_classes(num_classes).map(|()| Vec::new())?,
+        };
         let dir = layout.image_dir();
         let items: Vec<Item> = find_names(layout.as_ref(), list)?
             .into_iter()
@@ -241,7 +304,7 @@ impl FileDataset {
         self.layout.as_ref()
     }
 
-    /// The class count its labels are mapped to (19 or 16).
+    /// The class count its labels are mapped to (19, 16 or 7).
     pub fn num_classes(&self) -> usize {
         self.num_classes
     }
@@ -251,12 +314,28 @@ impl FileDataset {
         let raw = read_label(&item.label, self.layout.label_encoding())?;
         self.layout.ids().validate(&raw).with_context(|| format!("label {}", item.label.display()))?;
         let from = (raw.width, raw.height);
-        let to = match label_size {
-            LabelSize::SameAsImage => self.size,
-            LabelSize::Native => from,
-            LabelSize::Fixed(w, h) => (w, h),
+        let (ids, to) = match (self.layout.fit(), label_size) {
+            (Fit::Stretch, size) => {
+                let to = match size {
+                    LabelSize::SameAsImage => self.size,
+                    LabelSize::Native => from,
+                    LabelSize::Fixed(w, h) => (w, h),
+                };
+                (resize_and_map(&raw.samples, from, to, &self.lookup), to)
+            }
+            (Fit::Pad, LabelSize::Native) => {
+                let to = padded_size(from, self.size);
+                (pad(&map_ids(&raw.samples, &self.lookup), from, to, IGNORE), to)
+            }
+            (Fit::Pad, size) => {
+                let to = match size {
+                    LabelSize::Fixed(w, h) => (w, h),
+                    _ => self.size,
+                };
+                let inner = fitted_size(from, to);
+                (pad(&resize_and_map(&raw.samples, from, inner, &self.lookup), inner, to, IGNORE), to)
+            }
         };
-        let ids = resize_and_map(&raw.samples, from, to, &self.lookup);
         Ok(Tensor::from_slice(&ids).view([i64::from(to.1), i64::from(to.0)]).to_kind(tch::Kind::Int64))
     }
 }
@@ -271,7 +350,16 @@ impl Dataset for FileDataset {
             format!("{} item {index} out of range ({} items)", self.layout.name(), self.items.len())
         })?;
         let img = read_rgb(&item.image)?;
-        let img = if img.dimensions() == self.size { img } else { resize_bicubic(&img, self.size.0, self.size.1) };
+        let img = match self.layout.fit() {
+            _ if img.dimensions() == self.size => img,
+            Fit::Stretch => resize_bicubic(&img, self.size.0, self.size.1),
+            Fit::Pad => {
+                let inner = fitted_size(img.dimensions(), self.size);
+                let img = if img.dimensions() == inner { img } else { resize_bicubic(&img, inner.0, inner.1) };
+                let padded = pad(img.as_raw().as_chunks::<3>().0, inner, self.size, [0, 0, 0]);
+                RgbImage::from_raw(self.size.0, self.size.1, padded.concat()).expect("buffer size matches")
+            }
+        };
         let image = to_input_tensor(&img, IMG_MEAN_BGR).squeeze_dim(0);
         let label = match self.label_size {
             Some(s) => Some(self.load_label(item, s)?),

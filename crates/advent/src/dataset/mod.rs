@@ -7,8 +7,8 @@
 //! resized with nearest neighbour and mapped to train ids (255 = ignored).
 //!
 //! * one short file per dataset says where its files are and how its labels read:
-//!   [`gta5`], [`synthia`], [`cityscapes`], [`foggy`], and [`images`] (a folder of one's own,
-//!   unlabelled); [`synthetic`] generates scenes;
+//!   [`gta5`], [`synthia`], [`cityscapes`], [`foggy`], [`mapillary`], and [`images`] (a
+//!   folder of one's own, unlabelled); [`synthetic`] generates scenes;
 //! * [`layout`] finds the items of any of them and loads one ([`FileDataset`]); [`label`]
 //!   reads label files as stored and holds the id → train-id tables;
 //! * [`loader`] turns a dataset into endless, seeded, resumable batches, loaded ahead by
@@ -23,10 +23,11 @@ pub mod images;
 pub mod label;
 pub mod layout;
 pub mod loader;
+pub mod mapillary;
 pub mod synthetic;
 pub mod synthia;
 
-pub use layout::{FileDataset, LabelSize, Layout};
+pub use layout::{FileDataset, Fit, LabelSize, Layout};
 pub use loader::{Batch, Loader, LoaderConfig, OrderState};
 pub use synthia::SynthiaLabels;
 
@@ -61,7 +62,8 @@ pub trait Dataset: Send + Sync {
 /// Which dataset a configuration names, and where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetSpec {
-    /// `gta5`, `synthia`, `cityscapes`, `foggy-cityscapes`, `images` or `synthetic`.
+    /// `gta5`, `synthia`, `cityscapes`, `foggy-cityscapes`, `mapillary`, `images` or
+    /// `synthetic`.
     pub kind: String,
     /// Root folder in the dataset's official layout (unused by `synthetic`).
     pub root: PathBuf,
@@ -73,7 +75,8 @@ pub struct DatasetSpec {
     pub size: (u32, u32),
     /// Whether labels are loaded (the target domain trains without them).
     pub labels: bool,
-    /// Class set: 19 (Cityscapes protocol) or 16 (SYNTHIA protocol).
+    /// Class set: 19 (Cityscapes protocol), 16 (SYNTHIA → Cityscapes) or 7 (SYNTHIA →
+    /// Mapillary).
     pub num_classes: usize,
     /// Foggy Cityscapes' attenuation β (0.005, 0.01 or 0.02).
     pub foggy_beta: f64,
@@ -87,9 +90,9 @@ pub struct DatasetSpec {
     pub synthetic_shift: f32,
 }
 
-/// The datasets read from files, by `DatasetSpec::kind`: the four in their official folder
+/// The datasets read from files, by `DatasetSpec::kind`: the five in their official folder
 /// layouts, and `images` (any folder of images, without labels).
-pub const FILE_KINDS: [&str; 5] = ["gta5", "synthia", "cityscapes", "foggy-cityscapes", "images"];
+pub const FILE_KINDS: [&str; 6] = ["gta5", "synthia", "cityscapes", "foggy-cityscapes", "mapillary", "images"];
 
 /// What opening a file-based dataset may choose beyond its [`DatasetSpec`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,7 +128,8 @@ pub fn layout(spec: &DatasetSpec, synthia_labels: SynthiaLabels) -> Result<Box<d
 }
 
 /// The folder layout of dataset `kind` (see [`FILE_KINDS`]) at `root`. `split` is used by
-/// Cityscapes and Foggy Cityscapes, `foggy_beta` by the latter, `synthia_labels` by SYNTHIA.
+/// Cityscapes, Foggy Cityscapes and Mapillary, `foggy_beta` by Foggy Cityscapes,
+/// `synthia_labels` by SYNTHIA.
 pub fn layout_of(
     kind: &str,
     root: &Path,
@@ -140,6 +144,7 @@ pub fn layout_of(
         "synthia" => Box::new(synthia::Synthia::new(root, synthia_labels)),
         "cityscapes" => Box::new(cityscapes::Cityscapes { root, split }),
         "foggy-cityscapes" => Box::new(foggy::FoggyCityscapes::new(root, split, foggy_beta)?),
+        "mapillary" => Box::new(mapillary::Mapillary::new(root, &split)),
         "images" => Box::new(images::Images { root }),
         other => bail!("unknown dataset `{other}` (known: {}, synthetic)", FILE_KINDS.join(", ")),
     })

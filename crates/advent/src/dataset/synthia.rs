@@ -6,15 +6,17 @@
 //!
 //! The protocol is 16 classes (the SYNTHIA table below through the 16-of-19 reduction, i.e.
 //! [DADA] `synthia.py`'s `id_to_trainid`); 19 is accepted too, with terrain, truck and train
-//! (ids 16, 18, 20), which SYNTHIA scarcely has.
+//! (ids 16, 18, 20), which SYNTHIA scarcely has. For SYNTHIA → Mapillary, DADA's own 7-class
+//! table.
 
 use super::label::{IdTable, LabelEncoding, IGNORE};
 use super::layout::Layout;
 use std::path::PathBuf;
 
-/// SYNTHIA class ids 0..=22 → 19-class Cityscapes train ids. Ignored: void (0),
-/// parking-slot (13), road-work (14), lanemarking (22).
-pub const LABEL_IDS: IdTable = IdTable { name: "SYNTHIA class ids", to_train19: &TRAIN19 };
+/// SYNTHIA class ids 0..=22 → 19-class Cityscapes train ids (ignored: void (0),
+/// parking-slot (13), road-work (14), lanemarking (22)), and → DADA's 7 classes.
+pub const LABEL_IDS: IdTable =
+    IdTable { name: "SYNTHIA class ids", to_train19: Some(&TRAIN19), to_train7: Some(&TRAIN7) };
 
 #[rustfmt::skip]
 const TRAIN19: [u8; 23] = [
@@ -41,6 +43,37 @@ const TRAIN19: [u8; 23] = [
     16,     // 20 train
     3,      // 21 wall
     IGNORE, // 22 lanemarking
+];
+
+/// SYNTHIA class ids → the 7 classes of SYNTHIA → Mapillary ([`crate::classes::COMMON_7`]):
+/// DADA's `id_to_trainid` for `num_classes == 7` (`dada/dataset/synthia.py`) as it is. It is
+/// not the 19 classes' reduction: wall, rider, motorcycle, terrain, truck, bus and train are
+/// ignored, lane markings count as flat.
+#[rustfmt::skip]
+const TRAIN7: [u8; 23] = [
+    IGNORE, // 0 void
+    4,      // 1 sky → sky
+    1,      // 2 building → construction
+    0,      // 3 road → flat
+    0,      // 4 sidewalk → flat
+    1,      // 5 fence → construction
+    3,      // 6 vegetation → nature
+    2,      // 7 pole → object
+    6,      // 8 car → vehicle
+    2,      // 9 traffic sign → object
+    5,      // 10 pedestrian → human
+    6,      // 11 bicycle → vehicle
+    IGNORE, // 12 motorcycle
+    IGNORE, // 13 parking-slot
+    IGNORE, // 14 road-work
+    2,      // 15 traffic light → object
+    IGNORE, // 16 terrain
+    IGNORE, // 17 rider
+    IGNORE, // 18 truck
+    IGNORE, // 19 bus
+    IGNORE, // 20 train
+    IGNORE, // 21 wall
+    0,      // 22 lanemarking → flat
 ];
 
 /// Which SYNTHIA label files to read.

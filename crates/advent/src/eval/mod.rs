@@ -97,7 +97,27 @@ pub const PAPER_INPUT_SIZE: (u32, u32) = (1024, 512);
 pub const PAPER_OUTPUT_SIZE: (u32, u32) = (2048, 1024);
 
 /// The datasets with ground truth to evaluate on.
-pub const EVAL_DATASETS: [&str; 2] = ["cityscapes", "foggy-cityscapes"];
+pub const EVAL_DATASETS: [&str; 3] = ["cityscapes", "foggy-cityscapes", "mapillary"];
+
+/// How a dataset is evaluated by default: its split, the network's input size, and the size
+/// the logits are upsampled to (`None`: each label's own size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocol {
+    pub split: &'static str,
+    pub input_size: (u32, u32),
+    pub output_size: Option<(u32, u32)>,
+}
+
+/// The protocol of an evaluation set (see [`EVAL_DATASETS`]): the paper's for Cityscapes and
+/// Foggy Cityscapes (SPEC §6); DADA's for Mapillary (`validation`, images fitted into
+/// 1024×768 and padded, logits upsampled to each label padded to 4:3, `TEST.INPUT_SIZE_TARGET`
+/// of `configs_s2m/advent.yml` and `scale_label=False`).
+pub fn protocol(kind: &str) -> Protocol {
+    match kind {
+        "mapillary" => Protocol { split: "validation", input_size: (1024, 768), output_size: None },
+        _ => Protocol { split: "val", input_size: PAPER_INPUT_SIZE, output_size: Some(PAPER_OUTPUT_SIZE) },
+    }
+}
 
 /// Where and how to read an evaluation set.
 #[derive(Debug, Clone)]
@@ -108,7 +128,7 @@ pub struct EvalSet {
     pub split: String,
     /// Optional list file in the reference's format.
     pub list: Option<PathBuf>,
-    /// Class set the labels are mapped to: 19 or 16.
+    /// Class set the labels are mapped to: 19, 16 or 7.
     pub num_classes: usize,
     /// Network input size (width × height); images are resized to it.
     pub input_size: (u32, u32),
