@@ -19,7 +19,7 @@ pub use resize::{resize_bicubic, resize_nearest};
 use crate::fs::write_atomic;
 use ::image::codecs::png::PngEncoder;
 use ::image::{DynamicImage, ExtendedColorType, ImageEncoder, ImageFormat, ImageReader};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::io::Cursor;
 use std::path::Path;
 
@@ -41,10 +41,12 @@ pub const IMG_MEAN_BGR: [f64; 3] = [104.00698793, 116.66876762, 122.67891434];
 /// | any with a `tRNS` chunk | (same) | transparency ignored |
 ///
 /// Every row above is checked against Pillow by the fixtures in `tests/fixtures/image/`.
-/// JPEG is decoded by the `image` crate (zune-jpeg), not libjpeg: colour conversion and
-/// chroma upsampling can differ from PIL by a few levels (at most 3 on the fixtures, 4:2:0
-/// quality 90; the datasets are PNG). As with `Image.open`, EXIF orientation is not
-/// applied.
+/// JPEG (greyscale, YCbCr or RGB) is decoded by libjpeg-turbo's decoder, as PIL decodes it
+/// (mozjpeg's copy, with libjpeg's defaults: the accurate integer IDCT, fancy chroma
+/// upsampling): the same bytes as PIL (the fixtures: 4:2:0, 4:4:4 and greyscale). That
+/// matters for Mapillary, whose images are JPEGs. CMYK and YCCK JPEGs, which PIL converts
+/// with its own arithmetic, are decoded by the `image` crate (zune-jpeg). As with
+/// `Image.open`, EXIF orientation is not applied.
 ///
 /// # Errors
 ///
@@ -119,13 +121,14 @@ pub fn check_png_palette(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Checks that a JPEG's data runs to its end-of-image marker. The decoder (zune-jpeg) fills
-/// the rest of a truncated image with grey and reports no error, as PIL does only with
-/// `LOAD_TRUNCATED_IMAGES`; here a truncated file is an error, as PIL's default. The markers
-/// are walked from the start: segments by their length (so an EXIF thumbnail's own markers
-/// are skipped), entropy-coded scans to the next marker (in which 0xFF is always followed by
-/// 0x00 or a restart marker); the file must reach the end-of-image marker (bytes after it are
-/// allowed, as some cameras append data there). Anything else is left to the decoder.
+/// Checks that a JPEG's data runs to its end-of-image marker. The decoders (libjpeg with a
+/// warning, zune-jpeg) fill the rest of a truncated image with grey and report no error, as
+/// PIL does only with `LOAD_TRUNCATED_IMAGES`; here a truncated file is an error, as PIL's
+/// default. The markers are walked from the start: segments by their length (so an EXIF
+/// thumbnail's own markers are skipped), entropy-coded scans to the next marker (in which 0xFF
+/// is always followed by 0x00 or a restart marker); the file must reach the end-of-image
+/// marker (bytes after it are allowed, as some cameras append data there). Anything else is
+/// left to the decoder.
 pub fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
     const SOI: [u8; 2] = [0xFF, 0xD8];
     if !bytes.starts_with(&SOI) {
@@ -181,6 +184,9 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
         ImageFormat::Png => "PNG",
         ImageFormat::Jpeg => {
             check_jpeg_complete(bytes)?;
+            if let Some(decoded) = decode_jpeg_as_libjpeg(bytes) {
+                return decoded;
+            }
             "JPEG"
         }
         other => bail!("a {other:?} image: advent reads PNG and JPEG"),
@@ -204,6 +210,40 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
         DynamicImage::ImageRgba16(i) => map_pixels(&i, |p: &[u16]| [high(p[0]), high(p[1]), high(p[2])]),
         other => other.to_rgb8(),
     })
+}
+
+/// The most memory a decoded image may take, as the `image` crate bounds its decoders
+/// (512 MiB): a header claiming more is refused before anything is allocated.
+const MAX_DECODED_BYTES: usize = 512 << 20;
+
+/// Decodes a greyscale, YCbCr or RGB JPEG with libjpeg-turbo's decoder, as PIL does; `None`
+/// for another colour space (CMYK, YCCK), left to the `image` crate. libjpeg's fatal errors
+/// unwind out of its C code (mozjpeg's `unwinding`) and become errors here; its warnings
+/// (corrupt data it can decode past) are silent, as in PIL.
+fn decode_jpeg_as_libjpeg(bytes: &[u8]) -> Option<Result<RgbImage>> {
+    use mozjpeg::{ColorSpace, Decompress};
+    let decode = || -> Result<Option<RgbImage>> {
+        let header = Decompress::new_mem(bytes)?;
+        if !matches!(header.color_space(), ColorSpace::JCS_GRAYSCALE | ColorSpace::JCS_YCbCr | ColorSpace::JCS_RGB) {
+            return Ok(None);
+        }
+        let (width, height) = header.size();
+        let size = width.checked_mul(height).and_then(|n| n.checked_mul(3)).filter(|&n| n <= MAX_DECODED_BYTES);
+        ensure!(size.is_some(), "image too large ({width}x{height})");
+        let mut started = header.rgb()?;
+        let pixels: Vec<u8> = started.read_scanlines()?;
+        let image = RgbImage::from_raw(width as u32, height as u32, pixels);
+        Ok(Some(image.context("corrupt JPEG data (fewer pixels than its size)")?))
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(Ok(Some(image))) => Some(Ok(image)),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => Some(Err(anyhow!("corrupt or truncated JPEG data: {e:#}"))),
+        Err(payload) => {
+            let message = payload.downcast_ref::<String>().map_or("the decoder failed on it", String::as_str);
+            Some(Err(anyhow!("corrupt JPEG data ({})", message.trim_start_matches("libjpeg fatal error: "))))
+        }
+    }
 }
 
 /// Builds an RGB image from each pixel's samples of `img`.
@@ -303,6 +343,39 @@ mod round_trip_tests {
         let mut out = Cursor::new(Vec::new());
         DynamicImage::ImageRgb8(img).write_to(&mut out, ImageFormat::Jpeg).unwrap();
         out.into_inner()
+    }
+
+    /// libjpeg's fatal errors unwind out of its C code into errors, and damage it decodes past
+    /// gives an image: any byte of a JPEG changed gives one or the other, never a crash; a
+    /// header claiming a huge image is refused before anything is allocated.
+    #[test]
+    fn a_jpeg_damaged_anywhere_is_an_image_or_an_error() {
+        let full = jpeg(40, 24);
+        let (mut images, mut errors) = (0, 0);
+        for at in 2..full.len() - 2 {
+            for flip in [0x01, 0x80, 0xFF] {
+                let mut damaged = full.clone();
+                damaged[at] ^= flip;
+                match decode_rgb(&damaged) {
+                    Ok(img) => {
+                        assert!(img.width() > 0 && img.height() > 0);
+                        images += 1;
+                    }
+                    Err(e) => {
+                        assert!(format!("{e:#}").contains("JPEG"), "byte {at} ^ {flip:#x}: {e:#}");
+                        errors += 1;
+                    }
+                }
+            }
+        }
+        assert!(images > 0 && errors > 0, "{images} images, {errors} errors");
+        // The frame header (SOF0) of a 40x24 image, its height and width set to 65000x65000
+        // (12.7 GB of pixels; libjpeg itself refuses sides above 65500).
+        let sof = full.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline frame header");
+        let mut huge = full.clone();
+        huge[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+        let err = format!("{:#}", decode_rgb(&huge).unwrap_err());
+        assert!(err.contains("image too large (65000x65000)"), "{err}");
     }
 
     #[test]
