@@ -397,6 +397,14 @@ fn mapillary_fits_pads_and_maps_dadas_seven_classes() {
     // A split that is not there names its folder.
     let msg = err_text(dataset::open(&spec("mapillary", root, "testing", (8, 6), 7)));
     assert!(msg.contains("testing/images"), "{msg}");
+    // The v2.0 download: the v1.2 labels (66 classes) in <split>/v1.2/labels.
+    let v2 = root.join("v2");
+    std::fs::create_dir_all(v2.join("validation/v2.0/labels")).unwrap();
+    let (_, ids) = mapillary_item(&v2, "validation", "d", (8, 6), 7);
+    std::fs::create_dir(v2.join("validation/v1.2")).unwrap();
+    std::fs::rename(v2.join("validation/labels"), v2.join("validation/v1.2/labels")).unwrap();
+    let ds = dataset::open(&spec("mapillary", &v2, "val", (8, 6), 7)).unwrap();
+    assert_eq!(label_vec(&ds.get(0).unwrap().label.unwrap()), mapped(&ids, &MAP7));
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //!
 //! The split is the folder name: `training` and `validation` as downloaded; DADA's lists
 //! call them `train` and `validation`, and `train`, `val` and `test` find the official
-//! folders when there is no folder of that name.
+//! folders when there is no folder of that name. The v2.0 download keeps the v1.2 labels
+//! (the same 66 classes) in `<split>/v1.2/labels/`: they are read when there is no
+//! `<split>/labels/` (its `v2.0/labels/` hold another class set).
 
 use super::label::{IdTable, LabelEncoding, IGNORE};
 use super::layout::{Fit, Layout};
@@ -102,6 +104,8 @@ const TRAIN7: [u8; 66] = [
 pub struct Mapillary {
     /// `<root>/<split>`, the split resolved (see the module's notes).
     dir: PathBuf,
+    /// `<dir>/labels`, or `<dir>/v1.2/labels` of the v2.0 download.
+    labels: PathBuf,
 }
 
 impl Mapillary {
@@ -116,7 +120,11 @@ impl Mapillary {
             named if named.is_dir() || !root.join(official).is_dir() => named,
             _ => root.join(official),
         };
-        Mapillary { dir }
+        let labels = match dir.join("v1.2").join("labels") {
+            v12 if v12.is_dir() && !dir.join("labels").is_dir() => v12,
+            _ => dir.join("labels"),
+        };
+        Mapillary { dir, labels }
     }
 }
 
@@ -132,7 +140,7 @@ impl Layout for Mapillary {
     }
     fn label_path(&self, name: &str) -> PathBuf {
         let stem = name.strip_suffix(".jpg").unwrap_or(name);
-        self.dir.join("labels").join(format!("{stem}.png"))
+        self.labels.join(format!("{stem}.png"))
     }
     fn label_encoding(&self) -> LabelEncoding {
         LabelEncoding::Ids8
