@@ -1,5 +1,5 @@
-//! `advent eval`: networks on Cityscapes val with the paper's protocol, ensembles, and
-//! snapshot sweeps of a training run.
+//! `advent eval`: networks on Cityscapes val with the paper's protocol (Mapillary with DADA's),
+//! ensembles, and snapshot sweeps of a training run.
 
 use crate::args::{parse_device, parse_size};
 use advent::device::Precision;
@@ -16,7 +16,9 @@ The protocol is the paper's (SPEC §6): each image resized bicubically to --inpu
 main head's logits upsampled bilinearly (align_corners=True) to --output-size, argmax, one \
 confusion matrix over the whole split, IoU per class, classes without pixels skipped in the \
 mean. Several --checkpoint give the weighted ensemble of their upsampled logits (the paper's \
-AdvEnt+MinEnt, 45.5, is the AdvEnt and MinEnt+ER models at 0.5/0.5, which equal weights give).
+AdvEnt+MinEnt, 45.5, is the AdvEnt and MinEnt+ER models at 0.5/0.5, which equal weights give). \
+--dataset mapillary follows DADA's protocol for SYNTHIA → Mapillary (7 classes): each image fitted \
+into 1024x768 with its aspect ratio kept and padded, each label padded to 4:3 at its own size.
 
 --sweep evaluates every checkpoint of a training run (the reference's `best` mode); results \
 are cached in RUN_DIR/eval/<dataset>-<split>-<classes>/ so that a re-run skips finished ones, \

@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Train a segmentation network with source-only, MinEnt (+ER, +CP), AdvEnt or AdvEnt+MinEnt.
     Train(train::Args),
-    /// Evaluate networks on Cityscapes val with the paper's protocol: ensembles, snapshot sweeps.
+    /// Evaluate networks on Cityscapes val with the paper's protocol (Mapillary with DADA's): ensembles, snapshot sweeps.
     Eval(eval::Args),
     /// Score prediction PNGs of any model against Cityscapes ground truth (as cityscapesScripts matches them) or labels of your own.
     Score(score::Args),
