@@ -11,6 +11,7 @@ mod demo;
 mod detect;
 mod eval;
 mod predict;
+mod rank;
 mod score;
 mod sweep;
 mod train;
@@ -39,6 +40,9 @@ enum Command {
     Score(score::Args),
     /// Segment images with a trained network: train ids, colours, entropy maps.
     Predict(predict::Args),
+    /// Rank target images by the entropy of an adapted network's predictions into easy and
+    /// hard splits, with pseudo-labels for the easy ones (IntraDA's next step).
+    Rank(rank::Args),
     /// Inspect or convert a checkpoint (.pth in either PyTorch format, .safetensors).
     #[command(subcommand)]
     Checkpoint(checkpoint::Command),
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Score(a) => score::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Rank(a) => rank::run(a),
         Command::Checkpoint(c) => checkpoint::run(c),
         Command::Bench(a) => bench::run(a),
         Command::Data(c) => data::run(c),

@@ -489,3 +489,136 @@ fn mapillary_is_evaluated_at_each_label_padded_to_the_input_aspect() {
         serde_json::json!(["flat", "construction", "object", "nature", "sky", "human", "vehicle"])
     );
 }
+
+/// `advent rank` (IntraDA's entropy ranking) against the formula worked out here from the
+/// network's logits: per image the mean over classes and pixels of
+/// `−p · log2(p + 1e-30) / log2(19)`, times `(11 − rare) / 11 + 0.5` with `--normalize`;
+/// ascending order; the first int(6 · 0.67) = 4 easy; pseudo-labels the argmax. Then the
+/// intra-domain stage trains from its shipped config on the easy split's pseudo-labels.
+#[test]
+fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = cityscapes_root(dir.path());
+    // Distinct images, so that the scores differ.
+    let mut names = Vec::new();
+    for (k, city) in ["frankfurt", "lindau", "munster"].iter().enumerate() {
+        let folder = root.join("leftImg8bit/val").join(city);
+        let mut files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for (j, f) in files.iter().enumerate() {
+            let s = (3 * k + j) as u32;
+            let img = image::RgbImage::from_fn(64, 32, |x, y| {
+                image::Rgb([((x * (s + 1) * 9) ^ (y * 7)) as u8, (y * s * 23) as u8, (x * s * 5 + y * 3) as u8])
+            });
+            img.save(f).unwrap();
+            names.push(format!("{city}/{}", f.file_name().unwrap().to_str().unwrap()));
+        }
+    }
+    let ckpt = dir.path().join("adapted.pth");
+    tiny_checkpoint(&ckpt, 5);
+    let out = dir.path().join("ranked");
+    let rank = |extra: &[&str]| {
+        let mut args = vec!["rank", "--checkpoint", s(&ckpt), "--root", s(&root), "--split", "val"];
+        args.extend_from_slice(&["--input-size", "64x32", "--out", s(&out), "--normalize"]);
+        args.extend_from_slice(extra);
+        advent(&args)
+    };
+    let o = rank(&[]);
+    assert_success(&o);
+    assert!(stdout(&o).contains("easy: 4 images") && stdout(&o).contains("hard: 2 images"), "{}", stdout(&o));
+
+    // The formula, by hand, from the logits.
+    let (model, _) = SegModel::from_checkpoint(&ckpt, &Default::default(), Default::default(), Device::Cpu).unwrap();
+    let mut spec = advent::config::Config::defaults().dataset_spec(false);
+    (spec.kind, spec.root, spec.split, spec.size) = ("cityscapes".into(), root.clone(), "val".into(), (64, 32));
+    let set = advent::dataset::open_files(&spec, &Default::default()).unwrap();
+    let rare = [3usize, 4, 5, 6, 7, 9, 12, 14, 15, 16, 17];
+    let mut want = Vec::new();
+    for (i, item) in set.items().iter().enumerate() {
+        use advent::dataset::Dataset;
+        let x = set.get(i).unwrap().image.unsqueeze(0);
+        let logits = tch::no_grad(|| advent::loss::upsample(&model.forward_main(&x).unwrap(), 32, 64).unwrap());
+        let l: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
+        let (c, hw) = (19, 32 * 64);
+        let (mut sum, mut argmax) = (0.0f64, vec![0u8; hw]);
+        for p in 0..hw {
+            let z: Vec<f64> = (0..c).map(|k| f64::from(l[k * hw + p])).collect();
+            let m = z.iter().cloned().fold(f64::MIN, f64::max);
+            let e: f64 = z.iter().map(|v| (v - m).exp()).sum();
+            for (k, v) in z.iter().enumerate() {
+                let prob = (v - m).exp() / e;
+                sum += -prob * (prob + 1e-30).log2() / (c as f64).log2();
+                if *v > z[usize::from(argmax[p])] {
+                    argmax[p] = k as u8;
+                }
+            }
+        }
+        let present = rare.iter().filter(|&&r| argmax.contains(&(r as u8))).count();
+        let normalizer = (11.0 - present as f64) / 11.0 + 0.5;
+        let stem = item.name.rsplit('/').next().unwrap().strip_suffix(".png").unwrap();
+        let pseudo = image::open(out.join(format!("pseudo_labels/{stem}.png"))).unwrap().to_luma8();
+        assert_eq!(pseudo.dimensions(), (64, 32));
+        let differ = pseudo.as_raw().iter().zip(&argmax).filter(|(a, b)| a != b).count();
+        assert!(differ <= 2, "{stem}: {differ} pseudo-label pixels differ from the argmax by hand");
+        want.push((item.name.clone(), sum / (c * hw) as f64, normalizer));
+    }
+    let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6);
+    for (name, entropy, normalizer) in &want {
+        let row = rows.iter().find(|r| r[1] == name).unwrap_or_else(|| panic!("{name} not ranked"));
+        let got: f64 = row[2].parse().unwrap();
+        assert!((got - entropy).abs() <= 1e-5 * entropy, "{name}: entropy {got}, by hand {entropy}");
+        assert_eq!(row[3].parse::<f64>().unwrap(), *normalizer, "{name}");
+    }
+    want.sort_by(|a, b| (a.1 * a.2).total_cmp(&(b.1 * b.2)));
+    let order: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    let wanted: Vec<&str> = want.iter().map(|w| w.0.as_str()).collect();
+    assert_eq!(order, wanted, "ascending score");
+    let easy: Vec<String> = wanted[..4].iter().map(|n| format!("{n}\n")).collect();
+    assert_eq!(std::fs::read_to_string(out.join("easy_split.txt")).unwrap(), easy.concat());
+    let hard: Vec<String> = wanted[4..].iter().map(|n| format!("{n}\n")).collect();
+    assert_eq!(std::fs::read_to_string(out.join("hard_split.txt")).unwrap(), hard.concat());
+    assert!(names.iter().all(|n| wanted.contains(&n.as_str())));
+
+    // An existing folder is left alone.
+    let before = common::snapshot(&out);
+    assert_clean_failure(&rank(&[]), "exists and is not an empty folder");
+    assert_eq!(common::snapshot(&out), before);
+
+    // IntraDA's intra-domain stage: easy (pseudo-labelled) → hard.
+    let o = advent(&[
+        "train",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/intrada_cityscapes_easy2hard.toml"),
+        "--set",
+        "model.arch=\"deeplabv2-tiny\"",
+        "--set",
+        "model.init=\"\"",
+        "--set",
+        &format!("source.root=\"{}\"", s(&root)),
+        "--set",
+        &format!("target.root=\"{}\"", s(&root)),
+        "--set",
+        "source.split=\"val\"",
+        "--set",
+        "target.split=\"val\"",
+        "--set",
+        &format!("source.list=\"{}\"", s(&out.join("easy_split.txt"))),
+        "--set",
+        &format!("target.list=\"{}\"", s(&out.join("hard_split.txt"))),
+        "--set",
+        &format!("source.pseudo_labels=\"{}\"", s(&out.join("pseudo_labels"))),
+        "--set",
+        "source.size=[64, 32]",
+        "--set",
+        "target.size=[64, 32]",
+        "--set",
+        "train.early_stop=2",
+        "--run-dir",
+        s(&dir.path().join("intra")),
+    ]);
+    assert_success(&o);
+    let err = stderr(&o);
+    assert!(err.contains("4 images at 64x32") && err.contains("2 images at 64x32"), "{err}");
+}

@@ -45,6 +45,9 @@ pub struct DomainSection {
     pub batch_size: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foggy_beta: Option<f64>,
+    /// `[source]` only: a folder of train-id labels read instead of the dataset's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudo_labels: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,9 +232,15 @@ impl Config {
             !(t.upsampling == crate::loss::Upsampling::Matmul && t.precision == crate::device::Precision::Bf16),
             "train.upsampling = \"matmul\" needs train.precision = \"fp32\" or \"tf32\" (bf16 logits take the kernel)"
         );
+        let pseudo_labels = self.source.pseudo_labels.as_deref().is_some_and(|p| !p.is_empty());
         ensure!(
-            self.source.dataset != "images",
-            "source.dataset = \"images\": a folder of images has no labels; it can only be target.dataset"
+            self.source.dataset != "images" || pseudo_labels,
+            "source.dataset = \"images\": a folder of images has no labels; it can only be target.dataset \
+             (or the source with source.pseudo_labels)"
+        );
+        ensure!(
+            !(pseudo_labels && crate::dataset::is_synthetic(&self.source.dataset)),
+            "source.pseudo_labels: the built-in generator draws its own labels"
         );
         for (name, d) in [("source", &self.source), ("target", &self.target)] {
             ensure!(
@@ -274,6 +283,7 @@ impl Config {
             labels: source,
             num_classes: self.model.num_classes as usize,
             foggy_beta: d.foggy_beta.unwrap_or(0.02),
+            pseudo_labels: d.pseudo_labels.as_deref().filter(|p| !p.is_empty()).map(PathBuf::from),
             synthetic_seed: self.synthetic.seed,
             synthetic_len: self.synthetic.len,
             synthetic_domain: if source { Domain::Source } else { Domain::Target },

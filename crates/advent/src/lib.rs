@@ -21,6 +21,7 @@ pub mod model;
 pub mod native;
 pub mod predict;
 pub mod queue;
+pub mod rank;
 pub mod report;
 pub mod tensorboard;
 pub mod train;

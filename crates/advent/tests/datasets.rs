@@ -128,6 +128,7 @@ fn spec(kind: &str, root: &Path, split: &str, size: (u32, u32), num_classes: usi
         synthetic_len: 0,
         synthetic_domain: Default::default(),
         synthetic_shift: 1.0,
+        pseudo_labels: None,
     }
 }
 
@@ -847,4 +848,51 @@ fn bench_gta5_loading() {
             s * 1e3 / n as f64
         );
     }
+}
+
+/// Pseudo-labels (IntraDA's easy split): a dataset's images with train-id labels from a
+/// folder, `<stem>.png`, kept as they are for any class count (no 19 → 16 reduction), 255
+/// ignored, other ids an error naming the file; a folder of one's own images becomes a source.
+#[test]
+fn pseudo_labels_are_train_ids_from_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cs");
+    let (w, h) = (8, 6);
+    let items = cityscapes_tree(&root, "train", w, h);
+    let labels = dir.path().join("pseudo");
+    let mut written = Vec::new();
+    for (k, (rel, _, _)) in items.iter().enumerate() {
+        let ids: Vec<u8> = (0..w * h).map(|i| if i % 7 == 0 { 255 } else { ((i + k as u32) % 16) as u8 }).collect();
+        let stem = Path::new(rel).file_stem().unwrap().to_str().unwrap();
+        write_gray8(&labels.join(format!("{stem}.png")), w, h, &ids);
+        written.push(ids);
+    }
+    let mut sp = spec("cityscapes", &root, "train", (w, h), 16);
+    sp.pseudo_labels = Some(labels.clone());
+    let ds = dataset::open(&sp).unwrap();
+    for (i, ids) in written.iter().enumerate() {
+        let want: Vec<i64> = ids.iter().map(|&v| i64::from(v)).collect();
+        assert_eq!(label_vec(&ds.get(i).unwrap().label.unwrap()), want);
+    }
+    // 7 classes: ids 7..=15 are not train ids of 7 classes.
+    sp.num_classes = 7;
+    let msg = err_text(dataset::open(&sp).unwrap().get(0));
+    assert!(msg.contains("pseudo/aachen_000000_000007_leftImg8bit.png") && msg.contains("0..=6 or 255"), "{msg}");
+    // A missing pseudo-label is named when the dataset opens.
+    std::fs::remove_file(labels.join("zurich_000000_000003_leftImg8bit.png")).unwrap();
+    sp.num_classes = 16;
+    let msg = err_text(dataset::open(&sp));
+    assert!(
+        msg.contains("without a label file") && msg.contains("pseudo/zurich_000000_000003_leftImg8bit.png"),
+        "{msg}"
+    );
+    // A folder of images with pseudo-labels.
+    let own = dir.path().join("own");
+    let px = write_rgb(&own.join("day1/frame_01.png"), w, h, 4);
+    let mut sp = spec("images", &own, "", (w, h), 16);
+    sp.pseudo_labels = Some(labels.clone());
+    write_gray8(&labels.join("frame_01.png"), w, h, &written[0]);
+    let s = dataset::open(&sp).unwrap().get(0).unwrap();
+    assert_eq!(image_vec(&s.image), expected_input(&px));
+    assert_eq!(label_vec(&s.label.unwrap()), written[0].iter().map(|&v| i64::from(v)).collect::<Vec<_>>());
 }

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 /// The protocol's 19 classes get their train ids, every other id is ignored (0–6, 9, 10, 14,
 /// 15, 16, 18, 29, 30). `license plate` (id -1) is never written into `labelIds` files, so
 /// any id above 33 is an error.
-pub const LABEL_IDS: IdTable = IdTable { name: "Cityscapes label ids", to_train19: Some(&TRAIN19), to_train7: None };
+pub const LABEL_IDS: IdTable =
+    IdTable { name: "Cityscapes label ids", to_train19: Some(&TRAIN19), to_train7: None, train_ids: false };
 
 const TRAIN19: [u8; 34] = {
     let mut t = [IGNORE; 34];

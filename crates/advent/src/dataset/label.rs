@@ -213,12 +213,22 @@ pub struct IdTable {
     /// `to_train7[id]`: the [`COMMON_7`] train id of raw id `id`, or [`IGNORE`]; `None` for a
     /// dataset DADA's 7-class protocol does not use. As long as `to_train19` when both exist.
     pub to_train7: Option<&'static [u8]>,
+    /// The ids are train ids already, of whatever class count the network has (pseudo-labels,
+    /// [`TRAIN_IDS`]): kept as they are, 255 ignored, anything else an error. The tables are
+    /// `None` then.
+    pub train_ids: bool,
 }
+
+/// Labels that hold train ids (pseudo-labels): no mapping.
+pub const TRAIN_IDS: IdTable = IdTable { name: "train ids", to_train19: None, to_train7: None, train_ids: true };
 
 impl IdTable {
     /// Number of ids the dataset defines (`0..known()`).
     pub fn known(&self) -> usize {
-        self.to_train19.or(self.to_train7).map_or(0, <[u8]>::len)
+        match self.train_ids {
+            true => 256,
+            false => self.to_train19.or(self.to_train7).map_or(0, <[u8]>::len),
+        }
     }
 
     /// The lookup table for `num_classes` (19, 16 or 7): train id of each known raw id.
@@ -228,6 +238,9 @@ impl IdTable {
     /// Another class count, or a class set this dataset has no table for.
     pub fn lookup(&self, num_classes: usize) -> Result<Vec<u8>> {
         check_num_classes(num_classes)?;
+        if self.train_ids {
+            return Ok((0..=255u8).map(|id| if usize::from(id) < num_classes { id } else { IGNORE }).collect());
+        }
         if num_classes == COMMON_7.len() {
             return self.to_train7.map(<[u8]>::to_vec).with_context(|| {
                 format!("{}: no table for 7 classes (that protocol is SYNTHIA → Mapillary)", self.name)
@@ -266,6 +279,28 @@ impl IdTable {
             .filter(|&(_, n)| n > 0)
             .map(|(id, n)| (id as u32, n))
             .collect()
+    }
+
+    /// [`IdTable::validate`] for labels mapped to `num_classes`: train ids
+    /// ([`IdTable::train_ids`]) must be below it or 255.
+    pub fn validate_for(&self, label: &RawLabel, num_classes: usize) -> Result<()> {
+        if !self.train_ids {
+            return self.validate(label);
+        }
+        let counts = label.id_counts();
+        let bad: Vec<String> = (num_classes..counts.len().min(255))
+            .filter(|&id| counts[id] > 0)
+            .take(8)
+            .map(|id| format!("{id} ({} px)", counts[id]))
+            .collect();
+        if !bad.is_empty() {
+            bail!(
+                "train ids of {num_classes} classes are 0..={} or 255 (ignored), found {}",
+                num_classes - 1,
+                bad.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// Fails if `label` holds ids this table does not know, saying which and how many.
@@ -348,7 +383,12 @@ mod tests {
 
     #[test]
     fn sixteen_classes_derive_from_nineteen() {
-        let t = IdTable { name: "test ids", to_train19: Some(&[IGNORE, 0, 9, 10, 14, 16, 18, 3]), to_train7: None };
+        let t = IdTable {
+            name: "test ids",
+            to_train19: Some(&[IGNORE, 0, 9, 10, 14, 16, 18, 3]),
+            to_train7: None,
+            train_ids: false,
+        };
         assert_eq!(t.lookup(19).unwrap(), vec![255, 0, 9, 10, 14, 16, 18, 3]);
         // terrain (9), truck (14), train (16) dropped; sky 10 → 9, bicycle 18 → 15.
         assert_eq!(t.lookup(16).unwrap(), vec![255, 0, 255, 9, 255, 255, 15, 3]);
@@ -360,5 +400,15 @@ mod tests {
         let msg = format!("{:#}", t.validate(&l).unwrap_err());
         assert!(msg.contains("8 (1 px), 200 (1 px)"), "{msg}");
         assert_eq!(map_ids(&l.samples, &t.lookup(19).unwrap()), vec![3, 255, 255]);
+    }
+
+    #[test]
+    fn train_ids_are_kept_for_any_class_count() {
+        // 16 classes: ids stay as they are (no 19 → 16 reduction), 255 stays ignored.
+        let l = RawLabel { width: 4, height: 1, samples: Samples::U8(vec![0, 15, 255, 9]) };
+        assert_eq!(map_ids(&l.samples, &TRAIN_IDS.lookup(16).unwrap()), vec![0, 15, 255, 9]);
+        assert!(TRAIN_IDS.validate_for(&l, 16).is_ok());
+        let msg = format!("{:#}", TRAIN_IDS.validate_for(&l, 7).unwrap_err());
+        assert!(msg.contains("0..=6 or 255") && msg.contains("9 (1 px), 15 (1 px)"), "{msg}");
     }
 }

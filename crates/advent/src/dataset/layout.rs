@@ -312,7 +312,10 @@ impl FileDataset {
     /// Item `index`'s label as train ids `[H, W]` int64 at `label_size`.
     fn load_label(&self, item: &Item, label_size: LabelSize) -> Result<Tensor> {
         let raw = read_label(&item.label, self.layout.label_encoding())?;
-        self.layout.ids().validate(&raw).with_context(|| format!("label {}", item.label.display()))?;
+        self.layout
+            .ids()
+            .validate_for(&raw, self.num_classes)
+            .with_context(|| format!("label {}", item.label.display()))?;
         let from = (raw.width, raw.height);
         let (ids, to) = match (self.layout.fit(), label_size) {
             (Fit::Stretch, size) => {

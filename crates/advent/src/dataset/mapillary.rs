@@ -21,7 +21,8 @@ use std::path::PathBuf;
 /// Mapillary v1.x class indices 0..=65 → the 7 classes of
 /// [`COMMON_7`](crate::classes::COMMON_7) through DADA's `MAPILLARY_2_CITYSCAPES`
 /// (classes it calls `other` are ignored, 65 `unlabeled` among them).
-pub const LABEL_IDS: IdTable = IdTable { name: "Mapillary class indices", to_train19: None, to_train7: Some(&TRAIN7) };
+pub const LABEL_IDS: IdTable =
+    IdTable { name: "Mapillary class indices", to_train19: None, to_train7: Some(&TRAIN7), train_ids: false };
 
 const FLAT: u8 = 0;
 const CONSTRUCTION: u8 = 1;

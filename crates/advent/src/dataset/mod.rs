@@ -24,6 +24,7 @@ pub mod label;
 pub mod layout;
 pub mod loader;
 pub mod mapillary;
+pub mod pseudo;
 pub mod synthetic;
 pub mod synthia;
 
@@ -80,6 +81,9 @@ pub struct DatasetSpec {
     pub num_classes: usize,
     /// Foggy Cityscapes' attenuation β (0.005, 0.01 or 0.02).
     pub foggy_beta: f64,
+    /// A folder of train-id labels (`<stem>.png`) read instead of the dataset's own
+    /// ([`pseudo`]: IntraDA's pseudo-labels, written by `advent rank`).
+    pub pseudo_labels: Option<PathBuf>,
     /// Seed and item count of the `synthetic` generator.
     pub synthetic_seed: u64,
     pub synthetic_len: usize,
@@ -122,9 +126,14 @@ pub fn open_with(spec: &DatasetSpec, options: &OpenOptions) -> Result<Arc<dyn Da
     }
 }
 
-/// The folder layout of a file-based dataset kind (see [`FILE_KINDS`]) at `spec.root`.
+/// The folder layout of a file-based dataset kind (see [`FILE_KINDS`]) at `spec.root`, with
+/// its labels from `spec.pseudo_labels` when that is set.
 pub fn layout(spec: &DatasetSpec, synthia_labels: SynthiaLabels) -> Result<Box<dyn Layout>> {
-    layout_of(&spec.kind, &spec.root, &spec.split, spec.foggy_beta, synthia_labels)
+    let images = layout_of(&spec.kind, &spec.root, &spec.split, spec.foggy_beta, synthia_labels)?;
+    Ok(match &spec.pseudo_labels {
+        Some(labels) => Box::new(pseudo::PseudoLabels { images, labels: labels.clone() }),
+        None => images,
+    })
 }
 
 /// The folder layout of dataset `kind` (see [`FILE_KINDS`]) at `root`. `split` is used by

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 /// SYNTHIA class ids 0..=22 → 19-class Cityscapes train ids (ignored: void (0),
 /// parking-slot (13), road-work (14), lanemarking (22)), and → DADA's 7 classes.
 pub const LABEL_IDS: IdTable =
-    IdTable { name: "SYNTHIA class ids", to_train19: Some(&TRAIN19), to_train7: Some(&TRAIN7) };
+    IdTable { name: "SYNTHIA class ids", to_train19: Some(&TRAIN19), to_train7: Some(&TRAIN7), train_ids: false };
 
 #[rustfmt::skip]
 const TRAIN19: [u8; 23] = [
