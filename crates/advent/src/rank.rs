@@ -18,7 +18,6 @@ use crate::device::Precision;
 use crate::image::{self, colormap};
 use crate::model::SegModel;
 use anyhow::{bail, ensure, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -133,14 +132,7 @@ pub fn rank(model: &SegModel, dataset: Arc<FileDataset>, options: &RankOptions, 
     let labels_dir = staging.dir.join("pseudo_labels");
     std::fs::create_dir_all(&labels_dir).with_context(|| format!("creating {}", labels_dir.display()))?;
     let palette = crate::classes::palette(num_classes);
-    let bar = if options.progress && dataset.len() > 1 {
-        ProgressBar::new(dataset.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"),
-    );
+    let bar = crate::eval::images_bar(dataset.len(), options.progress);
     let mut ranked = Vec::with_capacity(dataset.len());
     let loader: Arc<dyn Dataset> = dataset.clone();
     for item in sequential(loader, options.workers, 2 * options.workers.max(1)) {

@@ -239,14 +239,7 @@ pub fn confusion_matrix(
         bail!("fold_bn is `{}` but a model's batch-norm folding is `{}`", options.fold_bn, m.bn_fold());
     }
     let staging = options.save_predictions.as_deref().map(Staging::new).transpose()?;
-    let bar = if options.progress && dataset.len() > 1 {
-        ProgressBar::new(dataset.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"),
-    );
+    let bar = images_bar(dataset.len(), options.progress);
     let scoring = Scoring {
         num_classes,
         palette: classes::palette(num_classes),
@@ -536,6 +529,15 @@ impl Scoring {
         }
         Ok(())
     }
+}
+
+/// A progress bar over `images` images on stderr (hidden unless `shown` and more than one).
+pub(crate) fn images_bar(images: usize, shown: bool) -> ProgressBar {
+    let bar = if shown && images > 1 { ProgressBar::new(images as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").expect("static template"),
+    );
+    bar
 }
 
 /// A hidden folder inside the predictions folder that receives the predictions while the
