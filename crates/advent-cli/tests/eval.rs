@@ -621,4 +621,5 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
     assert_success(&o);
     let err = stderr(&o);
     assert!(err.contains("4 images at 64x32") && err.contains("2 images at 64x32"), "{err}");
+    assert!(err.contains(&format!("pseudo-labels {}), 4 images", s(&out.join("pseudo_labels")))), "{err}");
 }

@@ -8,7 +8,8 @@
 //!
 //! * one short file per dataset says where its files are and how its labels read:
 //!   [`gta5`], [`synthia`], [`cityscapes`], [`foggy`], [`mapillary`], and [`images`] (a
-//!   folder of one's own, unlabelled); [`synthetic`] generates scenes;
+//!   folder of one's own, unlabelled); [`synthetic`] generates scenes; [`pseudo`] gives any
+//!   of them labels of train ids from a folder (IntraDA's pseudo-labels);
 //! * [`layout`] finds the items of any of them and loads one ([`FileDataset`]); [`label`]
 //!   reads label files as stored and holds the id → train-id tables;
 //! * [`loader`] turns a dataset into endless, seeded, resumable batches, loaded ahead by

@@ -495,8 +495,12 @@ fn seg_domain_line(role: &str, d: &crate::config::DomainSection, images: usize) 
         _ => format!("{} in {}", d.split, d.root),
     };
     let list = if d.list.is_empty() { String::new() } else { format!(", list {}", d.list) };
+    let labels = match d.pseudo_labels.as_deref() {
+        Some(dir) if !dir.is_empty() => format!(", pseudo-labels {dir}"),
+        _ => String::new(),
+    };
     format!(
-        "{role}: {} ({place}{list}), {images} images at {}x{}, batch {}",
+        "{role}: {} ({place}{list}{labels}), {images} images at {}x{}, batch {}",
         d.dataset, d.size[0], d.size[1], d.batch_size
     )
 }
