@@ -585,6 +585,8 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
     let before = common::snapshot(&out);
     assert_clean_failure(&rank(&[]), "exists and is not an empty folder");
     assert_eq!(common::snapshot(&out), before);
+    // Mapillary's padded images are not ranked (the padding would be pseudo-labelled).
+    assert_clean_failure(&rank(&["--dataset", "mapillary"]), "not mapillary");
 
     // IntraDA's intra-domain stage: easy (pseudo-labelled) → hard.
     let o = advent(&[
