@@ -108,9 +108,8 @@ fn score_image(model: &SegModel, image: &Tensor, precision: Precision) -> Result
 /// # Errors
 ///
 /// `out` exists and is not empty; a λ outside (0, 1); a dataset whose images are padded
-/// (Mapillary); `normalize` with another class count
-/// than 19; two images of the same file name (their pseudo-labels would collide); a failing
-/// image (named); a failed write.
+/// (Mapillary); `normalize` with another class count than 19; two images of the same file
+/// name (their pseudo-labels would collide); a failing image (named); a failed write.
 pub fn rank(model: &SegModel, dataset: Arc<FileDataset>, options: &RankOptions, out: &Path) -> Result<Ranking> {
     ensure!(options.lambda > 0.0 && options.lambda < 1.0, "the easy share λ must be in (0, 1), not {}", options.lambda);
     ensure!(
