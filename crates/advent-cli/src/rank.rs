@@ -24,7 +24,8 @@ pub struct Args {
     /// The adapted network (the inter-domain stage's best checkpoint).
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
-    /// The target dataset: cityscapes, foggy-cityscapes or images (a folder of one's own).
+    /// The target dataset: cityscapes, foggy-cityscapes, mapillary or images (a folder of
+    /// one's own).
     #[arg(long, default_value = "cityscapes")]
     dataset: String,
     /// Its root folder, in the official layout.
@@ -38,8 +39,9 @@ pub struct Args {
     #[arg(long)]
     list: Option<PathBuf>,
     /// Network input size WxH, the size of the pseudo-labels (the target's training size).
-    #[arg(long, value_parser = parse_size, default_value = "1024x512")]
-    input_size: (u32, u32),
+    /// Default: 1024x512 (Mapillary: 1024x768, each image fitted and padded).
+    #[arg(long, value_parser = parse_size)]
+    input_size: Option<(u32, u32)>,
     /// Share of the images in the easy split (IntraDA's λ1).
     #[arg(long, default_value_t = DEFAULT_LAMBDA)]
     lambda: f64,
@@ -65,9 +67,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     ensure!(
-        ["cityscapes", "foggy-cityscapes", "images"].contains(&a.dataset.as_str()),
-        "--dataset {}: rank a target domain (cityscapes, foggy-cityscapes or images; not mapillary, whose \
-         padding would be scored and pseudo-labelled)",
+        ["cityscapes", "foggy-cityscapes", "mapillary", "images"].contains(&a.dataset.as_str()),
+        "--dataset {}: rank a target domain (cityscapes, foggy-cityscapes, mapillary or images)",
         a.dataset
     );
     let device = parse_device(&a.device)?;
@@ -80,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
     if report.kind != Some(WeightsKind::Model) {
         eprintln!("warning: {} is an initialisation file; its classifier is untrained", a.checkpoint.display());
     }
-    let input_size = a.input_size;
+    let input_size = a.input_size.unwrap_or(advent::eval::protocol(&a.dataset).input_size);
     let spec = DatasetSpec {
         kind: a.dataset.clone(),
         root: a.root.clone(),

@@ -490,6 +490,33 @@ fn mapillary_is_evaluated_at_each_label_padded_to_the_input_aspect() {
     );
 }
 
+/// IntraDA's score and pseudo-label of one `[3, H, W]` input, worked out in f64 from the
+/// network's upsampled logits: the mean over classes and the top-left `region` (width ×
+/// height) of `−p · log2(p + 1e-30) / log2(C)`, and the argmax (255 outside the region).
+fn rank_by_hand(model: &SegModel, image: &tch::Tensor, region: (usize, usize)) -> (f64, Vec<u8>) {
+    let (h, w) = (image.size()[1], image.size()[2]);
+    let logits =
+        tch::no_grad(|| advent::loss::upsample(&model.forward_main(&image.unsqueeze(0)).unwrap(), h, w).unwrap());
+    let l: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
+    let (c, hw) = (model.config.num_classes as usize, (h * w) as usize);
+    let (rw, rh) = (region.0.min(w as usize), region.1.min(h as usize));
+    let (mut sum, mut argmax) = (0.0f64, vec![255u8; hw]);
+    for p in (0..hw).filter(|p| p % (w as usize) < rw && p / (w as usize) < rh) {
+        let z: Vec<f64> = (0..c).map(|k| f64::from(l[k * hw + p])).collect();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let e: f64 = z.iter().map(|v| (v - m).exp()).sum();
+        argmax[p] = 0;
+        for (k, v) in z.iter().enumerate() {
+            let prob = (v - m).exp() / e;
+            sum += -prob * (prob + 1e-30).log2() / (c as f64).log2();
+            if *v > z[usize::from(argmax[p])] {
+                argmax[p] = k as u8;
+            }
+        }
+    }
+    (sum / (c * rw * rh) as f64, argmax)
+}
+
 /// `advent rank` (IntraDA's entropy ranking) against the formula worked out here from the
 /// network's logits: per image the mean over classes and pixels of
 /// `−p · log2(p + 1e-30) / log2(19)`, times `(11 − rare) / 11 + 0.5` with `--normalize`;
@@ -536,23 +563,7 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
     let mut want = Vec::new();
     for (i, item) in set.items().iter().enumerate() {
         use advent::dataset::Dataset;
-        let x = set.get(i).unwrap().image.unsqueeze(0);
-        let logits = tch::no_grad(|| advent::loss::upsample(&model.forward_main(&x).unwrap(), 32, 64).unwrap());
-        let l: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
-        let (c, hw) = (19, 32 * 64);
-        let (mut sum, mut argmax) = (0.0f64, vec![0u8; hw]);
-        for p in 0..hw {
-            let z: Vec<f64> = (0..c).map(|k| f64::from(l[k * hw + p])).collect();
-            let m = z.iter().cloned().fold(f64::MIN, f64::max);
-            let e: f64 = z.iter().map(|v| (v - m).exp()).sum();
-            for (k, v) in z.iter().enumerate() {
-                let prob = (v - m).exp() / e;
-                sum += -prob * (prob + 1e-30).log2() / (c as f64).log2();
-                if *v > z[usize::from(argmax[p])] {
-                    argmax[p] = k as u8;
-                }
-            }
-        }
+        let (entropy, argmax) = rank_by_hand(&model, &set.get(i).unwrap().image, (64, 32));
         let present = rare.iter().filter(|&&r| argmax.contains(&(r as u8))).count();
         let normalizer = (11.0 - present as f64) / 11.0 + 0.5;
         let stem = item.name.rsplit('/').next().unwrap().strip_suffix(".png").unwrap();
@@ -560,7 +571,7 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
         assert_eq!(pseudo.dimensions(), (64, 32));
         let differ = pseudo.as_raw().iter().zip(&argmax).filter(|(a, b)| a != b).count();
         assert!(differ <= 2, "{stem}: {differ} pseudo-label pixels differ from the argmax by hand");
-        want.push((item.name.clone(), sum / (c * hw) as f64, normalizer));
+        want.push((item.name.clone(), entropy, normalizer));
     }
     let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
@@ -585,8 +596,7 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
     let before = common::snapshot(&out);
     assert_clean_failure(&rank(&[]), "exists and is not an empty folder");
     assert_eq!(common::snapshot(&out), before);
-    // Mapillary's padded images are not ranked (the padding would be pseudo-labelled).
-    assert_clean_failure(&rank(&["--dataset", "mapillary"]), "not mapillary");
+    assert_clean_failure(&rank(&["--dataset", "gta5"]), "rank a target domain");
 
     // IntraDA's intra-domain stage: easy (pseudo-labelled) → hard.
     let o = advent(&[
@@ -624,4 +634,60 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
     let err = stderr(&o);
     assert!(err.contains("4 images at 64x32") && err.contains("2 images at 64x32"), "{err}");
     assert!(err.contains(&format!("pseudo-labels {}), 4 images", s(&out.join("pseudo_labels")))), "{err}");
+}
+
+/// `advent rank` on Mapillary, whose images are fitted into the input and padded (not in
+/// IntraDA): each image is scored over the part that holds it, and its pseudo-label ignores
+/// the padding (255); a wide 64x32 and a tall 24x48 image in a 64x48 input.
+#[test]
+fn rank_scores_mapillary_images_without_their_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mapillary");
+    std::fs::create_dir_all(root.join("training/images")).unwrap();
+    for (stem, (w, h), s) in [("tall", (24u32, 48u32), 3u32), ("wide", (64, 32), 7)] {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([((x * s * 9) ^ (y * 7)) as u8, (y * s * 23) as u8, (x * s * 5 + y * 3) as u8])
+        });
+        img.save(root.join(format!("training/images/{stem}.jpg"))).unwrap();
+    }
+    let ckpt = dir.path().join("seven.pth");
+    tiny_checkpoint_of(&ckpt, 9, 7);
+    let out = dir.path().join("ranked");
+    let o = advent(&[
+        "rank",
+        "--checkpoint",
+        s(&ckpt),
+        "--dataset",
+        "mapillary",
+        "--root",
+        s(&root),
+        "--input-size",
+        "64x48",
+        "--lambda",
+        "0.5",
+        "--out",
+        s(&out),
+    ]);
+    assert_success(&o);
+    let (model, _) = SegModel::from_checkpoint(&ckpt, &Default::default(), Default::default(), Device::Cpu).unwrap();
+    let mut spec = advent::config::Config::defaults().dataset_spec(false);
+    (spec.kind, spec.root, spec.split, spec.size) = ("mapillary".into(), root.clone(), "training".into(), (64, 48));
+    let set = advent::dataset::open_files(&spec, &Default::default()).unwrap();
+    let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    for (i, (stem, region)) in [("tall", (24, 48)), ("wide", (64, 32))].into_iter().enumerate() {
+        use advent::dataset::Dataset;
+        let (entropy, argmax) = rank_by_hand(&model, &set.get(i).unwrap().image, region);
+        let pseudo = image::open(out.join(format!("pseudo_labels/{stem}.png"))).unwrap().to_luma8();
+        assert_eq!(pseudo.dimensions(), (64, 48));
+        for (p, &got) in pseudo.as_raw().iter().enumerate() {
+            let inside = p % 64 < region.0 && p / 64 < region.1;
+            assert_eq!(got == 255, !inside, "{stem}: pixel {p}");
+        }
+        let differ = pseudo.as_raw().iter().zip(&argmax).filter(|(a, b)| a != b).count();
+        assert!(differ <= 2, "{stem}: {differ} pseudo-label pixels differ from the argmax by hand");
+        let row: Vec<&str> =
+            csv.lines().find(|l| l.split(',').nth(1) == Some(&format!("{stem}.jpg"))).unwrap().split(',').collect();
+        let got: f64 = row[2].parse().unwrap();
+        assert!((got - entropy).abs() <= 1e-5 * entropy, "{stem}: entropy {got}, by hand {entropy}");
+    }
 }

@@ -12,8 +12,10 @@
 //! ([`RARE_CLASSES_19`]) in the prediction; images are sorted by score, ascending, and the
 //! first `int(n · λ)` are easy. The pseudo-label is the argmax at the input size.
 
+use crate::dataset::label::IGNORE;
+use crate::dataset::layout::fitted_size;
 use crate::dataset::loader::sequential;
-use crate::dataset::{Dataset, FileDataset};
+use crate::dataset::{Dataset, FileDataset, Fit};
 use crate::device::Precision;
 use crate::image::{self, colormap};
 use crate::model::SegModel;
@@ -79,9 +81,10 @@ pub fn normalizer(rare: usize) -> f64 {
     (11.0 - rare as f64) / 11.0 + 0.5
 }
 
-/// One image's score and prediction: `[3, H, W]` input → (mean weighted self-information,
-/// argmax train ids `H · W` row-major).
-fn score_image(model: &SegModel, image: &Tensor, precision: Precision) -> Result<(f64, Vec<u8>)> {
+/// One image's score and prediction: `[3, H, W]` input → (mean weighted self-information
+/// over the top-left `region` (width × height) that holds the image, argmax train ids
+/// `H · W` row-major, [`IGNORE`] outside the region).
+fn score_image(model: &SegModel, image: &Tensor, region: (u32, u32), precision: Precision) -> Result<(f64, Vec<u8>)> {
     tch::no_grad(|| {
         let size = image.size();
         ensure!(size.len() == 3 && size[0] == 3, "an input of shape {size:?}, expected [3, H, W]");
@@ -92,10 +95,31 @@ fn score_image(model: &SegModel, image: &Tensor, precision: Precision) -> Result
         };
         let logits = crate::loss::upsample(&main.f_to_kind(Kind::Float)?, size[1], size[2])?;
         let prob = logits.f_softmax(1, Kind::Float)?;
-        let entropy = crate::loss::self_information(&prob)?.f_mean(Kind::Double)?.f_double_value(&[])?;
+        let (w, h) = (i64::from(region.0), i64::from(region.1));
+        let information = crate::loss::self_information(&prob)?.f_narrow(2, 0, h)?.f_narrow(3, 0, w)?;
+        let entropy = information.f_mean(Kind::Double)?.f_double_value(&[])?;
         let ids = logits.f_argmax(1, false)?.f_to_kind(Kind::Uint8)?.f_flatten(0, -1)?;
-        Ok((entropy, Vec::<u8>::try_from(ids)?))
+        let mut ids = Vec::<u8>::try_from(ids)?;
+        if (w, h) != (size[2], size[1]) {
+            for (y, row) in ids.chunks_exact_mut(size[2] as usize).enumerate() {
+                let from = if (y as i64) < h { w as usize } else { 0 };
+                row[from..].fill(IGNORE);
+            }
+        }
+        Ok((entropy, ids))
     })
+}
+
+/// The top-left part of a `size` input that holds the image `path`: all of it, or, for a
+/// dataset whose images are fitted and padded (Mapillary), the fitted size.
+fn image_region(fit: Fit, path: &Path, size: (u32, u32)) -> Result<(u32, u32)> {
+    match fit {
+        Fit::Stretch => Ok(size),
+        Fit::Pad => {
+            let dims = ::image::image_dimensions(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(if dims == size { size } else { fitted_size(dims, size) })
+        }
+    }
 }
 
 /// Ranks the images of `dataset` (read without labels, at the network's input size) with
@@ -107,16 +131,11 @@ fn score_image(model: &SegModel, image: &Tensor, precision: Precision) -> Result
 ///
 /// # Errors
 ///
-/// `out` exists and is not empty; a λ outside (0, 1); a dataset whose images are padded
-/// (Mapillary); `normalize` with another class count than 19; two images of the same file
-/// name (their pseudo-labels would collide); a failing image (named); a failed write.
+/// `out` exists and is not empty; a λ outside (0, 1); `normalize` with another class count
+/// than 19; two images of the same file name (their pseudo-labels would collide); a failing
+/// image (named); a failed write.
 pub fn rank(model: &SegModel, dataset: Arc<FileDataset>, options: &RankOptions, out: &Path) -> Result<Ranking> {
     ensure!(options.lambda > 0.0 && options.lambda < 1.0, "the easy share λ must be in (0, 1), not {}", options.lambda);
-    ensure!(
-        dataset.layout().fit() == crate::dataset::Fit::Stretch,
-        "{}: images fitted and padded cannot be ranked (the padding would be scored and pseudo-labelled)",
-        dataset.layout().name()
-    );
     let num_classes = model.config.num_classes as usize;
     ensure!(
         !options.normalize || num_classes == 19,
@@ -144,7 +163,9 @@ pub fn rank(model: &SegModel, dataset: Arc<FileDataset>, options: &RankOptions, 
         let (index, sample) = item?;
         let name = dataset.items()[index].name.clone();
         let (h, w) = (sample.image.size()[1] as u32, sample.image.size()[2] as u32);
-        let (entropy, ids) = score_image(model, &sample.image, options.precision).with_context(|| name.clone())?;
+        let region = image_region(dataset.layout().fit(), &dataset.items()[index].image, (w, h))?;
+        let (entropy, ids) =
+            score_image(model, &sample.image, region, options.precision).with_context(|| name.clone())?;
         let normalizer = match options.normalize {
             true => {
                 let mut present = [false; 256];
