@@ -490,6 +490,27 @@ fn mapillary_is_evaluated_at_each_label_padded_to_the_input_aspect() {
     );
 }
 
+/// A `w`x`h` picture of stripes and gradients that differ with `seed`.
+fn patterned(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([((x * (seed + 1) * 9) ^ (y * 7)) as u8, (y * seed * 23) as u8, (x * seed * 5 + y * 3) as u8])
+    })
+}
+
+/// The network of `ckpt` on the CPU, and the images of a dataset at `size`, without labels.
+fn model_and_images(
+    ckpt: &Path,
+    kind: &str,
+    root: &Path,
+    split: &str,
+    size: (u32, u32),
+) -> (SegModel, advent::dataset::FileDataset) {
+    let (model, _) = SegModel::from_checkpoint(ckpt, &Default::default(), Default::default(), Device::Cpu).unwrap();
+    let mut spec = advent::config::Config::defaults().dataset_spec(false);
+    (spec.kind, spec.root, spec.split, spec.size) = (kind.into(), root.to_path_buf(), split.into(), size);
+    (model, advent::dataset::open_files(&spec, &Default::default()).unwrap())
+}
+
 /// IntraDA's score and pseudo-label of one `[3, H, W]` input, worked out in f64 from the
 /// network's upsampled logits: the mean over classes and the top-left `region` (width ×
 /// height) of `−p · log2(p + 1e-30) / log2(C)`, and the argmax (255 outside the region).
@@ -533,11 +554,7 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
         let mut files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for (j, f) in files.iter().enumerate() {
-            let s = (3 * k + j) as u32;
-            let img = image::RgbImage::from_fn(64, 32, |x, y| {
-                image::Rgb([((x * (s + 1) * 9) ^ (y * 7)) as u8, (y * s * 23) as u8, (x * s * 5 + y * 3) as u8])
-            });
-            img.save(f).unwrap();
+            patterned(64, 32, (3 * k + j) as u32).save(f).unwrap();
             names.push(format!("{city}/{}", f.file_name().unwrap().to_str().unwrap()));
         }
     }
@@ -555,10 +572,7 @@ fn rank_splits_by_entropy_and_the_easy_split_trains_on_its_pseudo_labels() {
     assert!(stdout(&o).contains("easy: 4 images") && stdout(&o).contains("hard: 2 images"), "{}", stdout(&o));
 
     // The formula, by hand, from the logits.
-    let (model, _) = SegModel::from_checkpoint(&ckpt, &Default::default(), Default::default(), Device::Cpu).unwrap();
-    let mut spec = advent::config::Config::defaults().dataset_spec(false);
-    (spec.kind, spec.root, spec.split, spec.size) = ("cityscapes".into(), root.clone(), "val".into(), (64, 32));
-    let set = advent::dataset::open_files(&spec, &Default::default()).unwrap();
+    let (model, set) = model_and_images(&ckpt, "cityscapes", &root, "val", (64, 32));
     let rare = [3usize, 4, 5, 6, 7, 9, 12, 14, 15, 16, 17];
     let mut want = Vec::new();
     for (i, item) in set.items().iter().enumerate() {
@@ -645,10 +659,7 @@ fn rank_scores_mapillary_images_without_their_padding() {
     let root = dir.path().join("mapillary");
     std::fs::create_dir_all(root.join("training/images")).unwrap();
     for (stem, (w, h), s) in [("tall", (24u32, 48u32), 3u32), ("wide", (64, 32), 7)] {
-        let img = image::RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([((x * s * 9) ^ (y * 7)) as u8, (y * s * 23) as u8, (x * s * 5 + y * 3) as u8])
-        });
-        img.save(root.join(format!("training/images/{stem}.jpg"))).unwrap();
+        patterned(w, h, s).save(root.join(format!("training/images/{stem}.jpg"))).unwrap();
     }
     let ckpt = dir.path().join("seven.pth");
     tiny_checkpoint_of(&ckpt, 9, 7);
@@ -669,10 +680,7 @@ fn rank_scores_mapillary_images_without_their_padding() {
         s(&out),
     ]);
     assert_success(&o);
-    let (model, _) = SegModel::from_checkpoint(&ckpt, &Default::default(), Default::default(), Device::Cpu).unwrap();
-    let mut spec = advent::config::Config::defaults().dataset_spec(false);
-    (spec.kind, spec.root, spec.split, spec.size) = ("mapillary".into(), root.clone(), "training".into(), (64, 48));
-    let set = advent::dataset::open_files(&spec, &Default::default()).unwrap();
+    let (model, set) = model_and_images(&ckpt, "mapillary", &root, "training", (64, 48));
     let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
     for (i, (stem, region)) in [("tall", (24, 48)), ("wide", (64, 32))].into_iter().enumerate() {
         use advent::dataset::Dataset;

@@ -241,7 +241,7 @@ pub fn run_demo(options: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoResults
     let schedule = options.schedule.unwrap_or_else(|| Schedule::new(options.quick));
     // The user's settings are checked now, not after the first run has been announced.
     Config::parse(DEMO_CONFIG, &options.overrides).context("configs/demo.toml")?;
-    staged_output(&options.out, |tmp: &Path| -> Result<DemoResults> {
+    crate::fs::staged_output(&options.out, |tmp: &Path| -> Result<DemoResults> {
         let mut val_spec = val_spec();
         val_spec.synthetic_len = schedule.val_images;
         let val = dataset::open(&val_spec)?;
@@ -348,33 +348,6 @@ pub fn run_demo(options: &DemoOptions, say: &dyn Fn(&str)) -> Result<DemoResults
         crate::fs::write_bytes_atomic(&tmp.join("report.html"), html.as_bytes())?;
         Ok(results)
     })
-}
-
-/// Builds a demo's output in a hidden sibling folder of `out` (`build` gets its path) and,
-/// once complete, puts it in place of `out` (an earlier demo is moved aside first, then
-/// deleted); a failed demo leaves `out` as it was and no hidden folder behind. The hidden
-/// folders of an earlier demo into `out` that was killed or interrupted are removed first.
-pub fn staged_output<T>(out: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "demo".into());
-    crate::fs::remove_leftovers(parent, &[".tmp-", ".old-"], |stem| stem == name)?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let value = match build(&tmp) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if out.exists() {
-        std::fs::rename(out, &old).with_context(|| format!("moving the previous {} aside", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(value)
 }
 
 /// The demo's per-class table as text, in the paper's style (IoU with one decimal).
@@ -584,31 +557,4 @@ fn demo_report(
     sections.push(report::class_legend(&names, &classes::palette(19)));
     sections.push(report::entropy_legend());
     Ok(report::page("advent demo: ADVENT on a synthetic-to-real shift", &sections))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_killed_demos_hidden_folders_are_removed_and_a_running_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("demo");
-        // A process that has ended, and one that runs (the parent of this test process).
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        let alive = std::os::unix::process::parent_id();
-        let hidden = |marker: &str, pid: u32| dir.path().join(format!(".demo{marker}{pid}"));
-        for path in [hidden(".tmp-", dead), hidden(".old-", dead), hidden(".tmp-", alive)] {
-            std::fs::create_dir_all(path.join("runs")).unwrap();
-        }
-        // Another output's leftovers are not this demo's.
-        std::fs::create_dir_all(dir.path().join(format!(".demo2.tmp-{dead}"))).unwrap();
-        staged_output(&out, |tmp| Ok(std::fs::create_dir_all(tmp)?)).unwrap();
-        assert!(out.is_dir());
-        assert!(!hidden(".tmp-", dead).exists() && !hidden(".old-", dead).exists());
-        assert!(hidden(".tmp-", alive).exists(), "a running demo's folder was removed");
-        assert!(dir.path().join(format!(".demo2.tmp-{dead}")).exists());
-    }
 }

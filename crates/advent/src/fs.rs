@@ -57,6 +57,34 @@ where
     result.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Builds an output folder in a hidden sibling of `out` (`build` gets its path and creates
+/// it) and, once complete, puts it in place of `out` (an earlier output is moved aside first,
+/// then deleted); a failed build leaves `out` as it was and no hidden folder behind. The
+/// hidden folders of an earlier build into `out` that was killed or interrupted are removed
+/// first. The demos and `advent rank` write their folders so.
+pub fn staged_output<T>(out: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "output".into());
+    remove_leftovers(parent, &[".tmp-", ".old-"], |stem| stem == name)?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let value = match build(&tmp) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if out.exists() {
+        fs::rename(out, &old).with_context(|| format!("moving the previous {} aside", out.display()))?;
+    }
+    fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(value)
+}
+
 /// `dir/.name.tmp-PID-N`, hidden, in the same folder so that the rename stays on one
 /// file system. The extension is kept last so that writers that look at it still work.
 fn temporary_sibling(path: &Path) -> PathBuf {
@@ -142,6 +170,28 @@ fn walk(dir: &Path, recursive: bool, ancestors: &mut Vec<PathBuf>, out: &mut Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_demos_hidden_folders_are_removed_and_a_running_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("demo");
+        // A process that has ended, and one that runs (the parent of this test process).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let alive = std::os::unix::process::parent_id();
+        let hidden = |marker: &str, pid: u32| dir.path().join(format!(".demo{marker}{pid}"));
+        for path in [hidden(".tmp-", dead), hidden(".old-", dead), hidden(".tmp-", alive)] {
+            std::fs::create_dir_all(path.join("runs")).unwrap();
+        }
+        // Another output's leftovers are not this demo's.
+        std::fs::create_dir_all(dir.path().join(format!(".demo2.tmp-{dead}"))).unwrap();
+        staged_output(&out, |tmp| Ok(std::fs::create_dir_all(tmp)?)).unwrap();
+        assert!(out.is_dir());
+        assert!(!hidden(".tmp-", dead).exists() && !hidden(".old-", dead).exists());
+        assert!(hidden(".tmp-", alive).exists(), "a running demo's folder was removed");
+        assert!(dir.path().join(format!(".demo2.tmp-{dead}")).exists());
+    }
 
     #[test]
     fn failed_write_keeps_the_old_file_and_leaves_no_temporary() {

@@ -21,7 +21,7 @@ use crate::image::{self, colormap};
 use crate::model::SegModel;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -127,7 +127,7 @@ fn image_region(fit: Fit, path: &Path, size: (u32, u32)) -> Result<(u32, u32)> {
 /// (the reference's list format, in ranking order), `scores.csv`, and
 /// `pseudo_labels/<stem>.png` (train ids at the input size) with `<stem>_color.png` for every
 /// image. Everything is written into a hidden folder beside `out`, renamed to `out` at the
-/// end: a failed run leaves nothing behind.
+/// end ([`crate::fs::staged_output`]): a failed run leaves nothing behind.
 ///
 /// # Errors
 ///
@@ -152,10 +152,23 @@ pub fn rank(model: &SegModel, dataset: Arc<FileDataset>, options: &RankOptions, 
             bail!("two images would have the pseudo-label {}: {} and another", file.display(), item.name);
         }
     }
-    let staging = Staging::new(out)?;
-    let labels_dir = staging.dir.join("pseudo_labels");
-    std::fs::create_dir_all(&labels_dir).with_context(|| format!("creating {}", labels_dir.display()))?;
-    let palette = crate::classes::palette(num_classes);
+    crate::fs::staged_output(out, |dir: &Path| -> Result<Ranking> {
+        let labels_dir = dir.join("pseudo_labels");
+        std::fs::create_dir_all(&labels_dir).with_context(|| format!("creating {}", labels_dir.display()))?;
+        let ranked = score_all(model, &dataset, options, &labels_dir)?;
+        write_lists(dir, ranked, options.lambda)
+    })
+}
+
+/// Scores every image of `dataset` and writes its pseudo-label (and colours) into
+/// `labels_dir`; in the dataset's order.
+fn score_all(
+    model: &SegModel,
+    dataset: &Arc<FileDataset>,
+    options: &RankOptions,
+    labels_dir: &Path,
+) -> Result<Vec<Ranked>> {
+    let palette = crate::classes::palette(model.config.num_classes as usize);
     let bar = crate::eval::images_bar(dataset.len(), options.progress);
     let mut ranked = Vec::with_capacity(dataset.len());
     let loader: Arc<dyn Dataset> = dataset.clone();
@@ -174,7 +187,7 @@ pub fn rank(model: &SegModel, dataset: Arc<FileDataset>, options: &RankOptions, 
             }
             false => 1.0,
         };
-        let file = crate::dataset::pseudo::label_file(&labels_dir, &name);
+        let file = crate::dataset::pseudo::label_file(labels_dir, &name);
         image::write_png_gray8(&file, w, h, &ids)?;
         let color =
             file.with_file_name(format!("{}_color.png", file.file_stem().expect("a file name").to_string_lossy()));
@@ -183,52 +196,25 @@ pub fn rank(model: &SegModel, dataset: Arc<FileDataset>, options: &RankOptions, 
         bar.inc(1);
     }
     bar.finish_and_clear();
+    Ok(ranked)
+}
+
+/// Sorts `ranked` by score and writes the splits and `scores.csv` into `dir`.
+fn write_lists(dir: &Path, mut ranked: Vec<Ranked>, lambda: f64) -> Result<Ranking> {
     // Python's sort is stable; ties keep the dataset's order.
     ranked.sort_by(|a, b| a.score().total_cmp(&b.score()));
-    let ranking = Ranking { easy: easy_count(ranked.len(), options.lambda), ranked };
+    let ranking = Ranking { easy: easy_count(ranked.len(), lambda), ranked };
     let list = |part: &[Ranked]| part.iter().map(|r| format!("{}\n", r.name)).collect::<String>();
     let (easy, hard) = ranking.ranked.split_at(ranking.easy);
-    crate::fs::write_bytes_atomic(&staging.dir.join("easy_split.txt"), list(easy).as_bytes())?;
-    crate::fs::write_bytes_atomic(&staging.dir.join("hard_split.txt"), list(hard).as_bytes())?;
+    crate::fs::write_bytes_atomic(&dir.join("easy_split.txt"), list(easy).as_bytes())?;
+    crate::fs::write_bytes_atomic(&dir.join("hard_split.txt"), list(hard).as_bytes())?;
     let mut csv = String::from("rank,name,entropy,normalizer,score,split\n");
     for (i, r) in ranking.ranked.iter().enumerate() {
         let split = if i < ranking.easy { "easy" } else { "hard" };
         csv += &format!("{},{},{:e},{},{:e},{split}\n", i + 1, r.name, r.entropy, r.normalizer, r.score());
     }
-    crate::fs::write_bytes_atomic(&staging.dir.join("scores.csv"), csv.as_bytes())?;
-    staging.commit()?;
+    crate::fs::write_bytes_atomic(&dir.join("scores.csv"), csv.as_bytes())?;
     Ok(ranking)
-}
-
-/// The hidden folder beside `out` that receives the outputs, renamed to `out` by
-/// [`Staging::commit`] and removed if dropped before.
-struct Staging {
-    dir: PathBuf,
-    out: PathBuf,
-}
-
-impl Staging {
-    fn new(out: &Path) -> Result<Self> {
-        let name = out.file_name().with_context(|| format!("{}: not a folder name", out.display()))?;
-        let dir = out.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Staging { dir, out: out.to_path_buf() })
-    }
-
-    fn commit(self) -> Result<()> {
-        if self.out.is_dir() {
-            // Checked empty at the start.
-            std::fs::remove_dir(&self.out).with_context(|| format!("replacing {}", self.out.display()))?;
-        }
-        std::fs::rename(&self.dir, &self.out)
-            .with_context(|| format!("moving {} to {}", self.dir.display(), self.out.display()))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[cfg(test)]

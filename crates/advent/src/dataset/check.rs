@@ -298,7 +298,7 @@ impl Check {
                     );
                 }
             }
-            if let Err(e) = ids.validate(l) {
+            if let Err(e) = ids.validate(l, self.num_classes) {
                 problem(path, ProblemKind::UnknownIds, e.to_string());
             }
         }

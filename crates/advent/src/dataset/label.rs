@@ -9,6 +9,9 @@
 //! 0).
 
 use crate::classes::{COMMON_7, SYNTHIA_16_OF_19};
+// A label header claiming more than this is refused before anything is allocated; the
+// datasets' largest labels (SYNTHIA's 1280x760 16-bit RGBA) take 7.8 MB.
+use crate::image::MAX_DECODED_BYTES;
 use anyhow::{bail, Context, Result};
 use std::io::Cursor;
 use std::path::Path;
@@ -103,11 +106,6 @@ pub fn read_ids(path: &Path, encoding: LabelEncoding, what: &str) -> Result<RawL
     let bytes = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
     decode_label(&bytes, encoding).with_context(|| format!("decoding {what} {}", path.display()))
 }
-
-/// The most memory a decoded label may take, as the `image` crate bounds images (512 MiB):
-/// a header claiming more is refused before anything is allocated. The datasets' largest
-/// labels (SYNTHIA's 1280x760 16-bit RGBA) take 7.8 MB.
-const MAX_DECODED_BYTES: usize = 512 << 20;
 
 /// Decodes a label PNG held in memory (see [`read_label`]).
 pub fn decode_label(bytes: &[u8], encoding: LabelEncoding) -> Result<RawLabel, LabelError> {
@@ -261,12 +259,15 @@ impl IdTable {
             .collect())
     }
 
-    /// The ids in `label` that this table does not know, with their pixel counts.
-    pub fn unknown_ids(&self, label: &RawLabel) -> Vec<(u32, u64)> {
-        let known = self.known();
+    /// The ids in `label` that this table does not know, for labels mapped to
+    /// `num_classes`, with their pixel counts: ids beyond the table, or, for train ids
+    /// ([`IdTable::train_ids`]), ids of no class other than 255.
+    pub fn unknown_ids(&self, label: &RawLabel, num_classes: usize) -> Vec<(u32, u64)> {
+        let known = if self.train_ids { num_classes } else { self.known() };
+        let unknown = |v: usize| v >= known && !(self.train_ids && v == usize::from(IGNORE));
         let out_of_range = match &label.samples {
-            Samples::U8(s) => s.iter().any(|&v| usize::from(v) >= known),
-            Samples::U16(s) => s.iter().any(|&v| usize::from(v) >= known),
+            Samples::U8(s) => s.iter().any(|&v| unknown(usize::from(v))),
+            Samples::U16(s) => s.iter().any(|&v| unknown(usize::from(v))),
         };
         if !out_of_range {
             return Vec::new();
@@ -275,48 +276,30 @@ impl IdTable {
             .id_counts()
             .into_iter()
             .enumerate()
-            .skip(known)
-            .filter(|&(_, n)| n > 0)
+            .filter(|&(id, n)| n > 0 && unknown(id))
             .map(|(id, n)| (id as u32, n))
             .collect()
     }
 
-    /// [`IdTable::validate`] for labels mapped to `num_classes`: train ids
-    /// ([`IdTable::train_ids`]) must be below it or 255.
-    pub fn validate_for(&self, label: &RawLabel, num_classes: usize) -> Result<()> {
-        if !self.train_ids {
-            return self.validate(label);
-        }
-        let counts = label.id_counts();
-        let bad: Vec<String> = (num_classes..counts.len().min(255))
-            .filter(|&id| counts[id] > 0)
-            .take(8)
-            .map(|id| format!("{id} ({} px)", counts[id]))
-            .collect();
-        if !bad.is_empty() {
-            bail!(
-                "train ids of {num_classes} classes are 0..={} or 255 (ignored), found {}",
-                num_classes - 1,
-                bad.join(", ")
-            );
-        }
-        Ok(())
-    }
-
-    /// Fails if `label` holds ids this table does not know, saying which and how many.
-    pub fn validate(&self, label: &RawLabel) -> Result<()> {
-        let unknown = self.unknown_ids(label);
+    /// Fails if `label`, mapped to `num_classes`, holds ids this table does not know, saying
+    /// which and how many.
+    pub fn validate(&self, label: &RawLabel, num_classes: usize) -> Result<()> {
+        let unknown = self.unknown_ids(label, num_classes);
         if unknown.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = unknown.iter().take(8).map(|(id, n)| format!("{id} ({n} px)")).collect();
-        bail!(
-            "ids outside the {} table (0..={}): {}{}",
-            self.name,
-            self.known() - 1,
-            list.join(", "),
-            if unknown.len() > 8 { ", ..." } else { "" }
-        )
+        let mut list: Vec<String> = unknown.iter().take(8).map(|(id, n)| format!("{id} ({n} px)")).collect();
+        if unknown.len() > 8 {
+            list.push("...".into());
+        }
+        match self.train_ids {
+            true => bail!(
+                "train ids of {num_classes} classes are 0..={} or 255 (ignored), found {}",
+                num_classes - 1,
+                list.join(", ")
+            ),
+            false => bail!("ids outside the {} table (0..={}): {}", self.name, self.known() - 1, list.join(", ")),
+        }
     }
 }
 
@@ -396,8 +379,8 @@ mod tests {
         assert!(err.contains("test ids: no table for 7 classes"), "{err}");
         assert!(format!("{:#}", t.lookup(8).unwrap_err()).contains("19 (Cityscapes)"));
         let l = RawLabel { width: 3, height: 1, samples: Samples::U8(vec![7, 8, 200]) };
-        assert_eq!(t.unknown_ids(&l), vec![(8, 1), (200, 1)]);
-        let msg = format!("{:#}", t.validate(&l).unwrap_err());
+        assert_eq!(t.unknown_ids(&l, 19), vec![(8, 1), (200, 1)]);
+        let msg = format!("{:#}", t.validate(&l, 19).unwrap_err());
         assert!(msg.contains("8 (1 px), 200 (1 px)"), "{msg}");
         assert_eq!(map_ids(&l.samples, &t.lookup(19).unwrap()), vec![3, 255, 255]);
     }
@@ -407,8 +390,8 @@ mod tests {
         // 16 classes: ids stay as they are (no 19 → 16 reduction), 255 stays ignored.
         let l = RawLabel { width: 4, height: 1, samples: Samples::U8(vec![0, 15, 255, 9]) };
         assert_eq!(map_ids(&l.samples, &TRAIN_IDS.lookup(16).unwrap()), vec![0, 15, 255, 9]);
-        assert!(TRAIN_IDS.validate_for(&l, 16).is_ok());
-        let msg = format!("{:#}", TRAIN_IDS.validate_for(&l, 7).unwrap_err());
+        assert!(TRAIN_IDS.validate(&l, 16).is_ok());
+        let msg = format!("{:#}", TRAIN_IDS.validate(&l, 7).unwrap_err());
         assert!(msg.contains("0..=6 or 255") && msg.contains("9 (1 px), 15 (1 px)"), "{msg}");
     }
 }

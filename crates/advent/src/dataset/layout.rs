@@ -314,7 +314,7 @@ impl FileDataset {
         let raw = read_label(&item.label, self.layout.label_encoding())?;
         self.layout
             .ids()
-            .validate_for(&raw, self.num_classes)
+            .validate(&raw, self.num_classes)
             .with_context(|| format!("label {}", item.label.display()))?;
         let from = (raw.width, raw.height);
         let (ids, to) = match (self.layout.fit(), label_size) {

@@ -153,7 +153,7 @@ fn summarise(scores: &[&DetScores]) -> DetSummary {
 pub fn run(options: &DetDemoOptions, say: &dyn Fn(&str)) -> Result<DetDemoResults> {
     let began = Instant::now();
     let schedule = options.schedule.unwrap_or_else(|| DetSchedule::new(options.quick));
-    crate::demo::staged_output(&options.out, |tmp: &Path| -> Result<DetDemoResults> {
+    crate::fs::staged_output(&options.out, |tmp: &Path| -> Result<DetDemoResults> {
         let base = DetConfig::parse(DEMO_CONFIG, &options.overrides).context("configs/detection/demo.toml")?;
         let val = Arc::new(SyntheticDetection::scenes(VAL_SEED, Domain::Target, schedule.val_scenes));
         let val_source = Arc::new(SyntheticDetection::scenes(VAL_SEED, Domain::Source, schedule.val_scenes));

@@ -212,9 +212,9 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     })
 }
 
-/// The most memory a decoded image may take, as the `image` crate bounds its decoders
-/// (512 MiB): a header claiming more is refused before anything is allocated.
-const MAX_DECODED_BYTES: usize = 512 << 20;
+/// The most memory a decoded image or label may take, as the `image` crate bounds its
+/// decoders (512 MiB): a header claiming more is refused before anything is allocated.
+pub(crate) const MAX_DECODED_BYTES: usize = 512 << 20;
 
 /// Decodes a greyscale, YCbCr or RGB JPEG with libjpeg-turbo's decoder, as PIL does; `None`
 /// for another colour space (CMYK, YCCK), left to the `image` crate. libjpeg's fatal errors
